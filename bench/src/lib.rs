@@ -1,0 +1,1 @@
+//! Benchmark support for tapyard; the benchmarks themselves live in `benches/`.

@@ -1,0 +1,333 @@
+//! The `tapyard` command line: one subcommand per control-socket request,
+//! plus `daemon` (run the switch) and `lab` (the embedded demo and smoke test).
+//! Verbs, flags and `--json` outputs are a contract scripts rely on: add,
+//! never rename.
+
+pub mod client;
+pub mod lab;
+mod table;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::control::proto::*;
+use client::ClientError;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tapyard",
+    version,
+    about = "A userspace virtual switch for containers and VMs"
+)]
+pub struct Cli {
+    /// Control socket of the daemon [default: /run/tapyard/tapyard.sock as root,
+    /// $XDG_RUNTIME_DIR/tapyard/tapyard.sock otherwise]
+    #[arg(long, global = true, env = "TAPYARD_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the switch daemon (data path and control socket) in the foreground.
+    Daemon(DaemonArgs),
+    /// Create, list, inspect and remove networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Attach a network namespace to a network through a new TAP interface.
+    Connect {
+        network: String,
+        /// A name under /run/netns, a path to a namespace file, or pid:N.
+        netns: String,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// MAC address [default: a stable locally administered address].
+        #[arg(long)]
+        mac: Option<String>,
+        /// Address to assign inside the namespace, like 10.0.0.2/24.
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach a namespace from a network; its interface disappears.
+    Disconnect {
+        network: String,
+        netns: String,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+    },
+    /// List ports.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Show or flush the forwarding database (learned MAC addresses).
+    #[command(subcommand)]
+    Fdb(FdbCmd),
+    /// The embedded default lab: two networks, four namespaces, a connectivity matrix.
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// State directory [default: /var/lib/tapyard as root, $XDG_STATE_HOME/tapyard otherwise].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Worker threads [default: one per available core].
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create {
+        name: String,
+        /// IPv4 subnet in CIDR notation, like 10.10.0.0/24.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address [default: the subnet's first host address].
+        #[arg(long)]
+        gateway: Option<String>,
+        /// MTU of the interfaces attached to this network.
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Seconds after which an idle learned MAC is forgotten [default: 300].
+        #[arg(long)]
+        ageing: Option<u32>,
+        /// Most MAC addresses the network's forwarding table holds [default: 4096].
+        #[arg(long)]
+        fdb_capacity: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List networks.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one network as JSON.
+    Inspect { name: String },
+    /// Remove a network (refused while ports are attached, unless --force).
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PortCmd {
+    /// List ports with their counters.
+    Ls {
+        network: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FdbCmd {
+    /// List learned MAC addresses: MAC, network, port, age.
+    Show {
+        network: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget learned MAC addresses.
+    Flush { network: Option<String> },
+}
+
+fn euid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// `/run/tapyard` as root; the user's runtime directory otherwise.
+pub fn default_runtime_dir() -> PathBuf {
+    if euid() == Some(0) {
+        return PathBuf::from("/run/tapyard");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("tapyard"),
+        _ => std::env::temp_dir().join(format!("tapyard-{}", euid().unwrap_or(0))),
+    }
+}
+
+pub fn default_socket() -> PathBuf {
+    default_runtime_dir().join("tapyard.sock")
+}
+
+pub fn default_state_dir() -> PathBuf {
+    if euid() == Some(0) {
+        return PathBuf::from("/var/lib/tapyard");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("tapyard");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/tapyard"),
+        None => default_runtime_dir().join("state"),
+    }
+}
+
+/// Runs the CLI; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.cmd, socket) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tapyard: {e:#}");
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Api(a)) if a.kind == ErrorKind::NotFound => 3,
+                Some(ClientError::Connect { .. }) => 4,
+                _ => 1,
+            }
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
+    let call_v = |req: Request| -> anyhow::Result<serde_json::Value> {
+        Ok(client::Client::connect(&socket)?.call_value(&req)?)
+    };
+    match cmd {
+        Cmd::Daemon(a) => {
+            let workers = a
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if workers == 0 || workers > 256 {
+                anyhow::bail!("--workers must be between 1 and 256");
+            }
+            let cfg = crate::control::Config {
+                socket: socket.clone(),
+                state_dir: a.state_dir.unwrap_or_else(default_state_dir),
+                workers,
+            };
+            crate::control::server::run(cfg)?;
+        }
+        Cmd::Network(NetworkCmd::Create {
+            name,
+            subnet,
+            gateway,
+            mtu,
+            ageing,
+            fdb_capacity,
+            json,
+        }) => {
+            let info: NetworkInfo = client::call(
+                &socket,
+                &Request::NetworkCreate {
+                    name,
+                    subnet,
+                    gateway,
+                    mtu,
+                    ageing_secs: ageing,
+                    fdb_capacity,
+                },
+            )?;
+            if json {
+                print_json(&info);
+            } else {
+                println!("{}", info.name);
+            }
+        }
+        Cmd::Network(NetworkCmd::Ls { json }) => {
+            let nets: Vec<NetworkInfo> = client::call(&socket, &Request::NetworkLs)?;
+            if json {
+                print_json(&nets);
+            } else {
+                table::networks(&nets);
+            }
+        }
+        Cmd::Network(NetworkCmd::Inspect { name }) => {
+            print_json(&call_v(Request::NetworkInspect { name })?)
+        }
+        Cmd::Network(NetworkCmd::Rm { name, force }) => {
+            call_v(Request::NetworkRm {
+                name: name.clone(),
+                force,
+            })?;
+            println!("{name}");
+        }
+        Cmd::Connect {
+            network,
+            netns,
+            ifname,
+            mac,
+            ip,
+            json,
+        } => {
+            let p: PortInfo = client::call(
+                &socket,
+                &Request::Connect {
+                    network,
+                    netns,
+                    ifname: Some(ifname),
+                    mac,
+                    ip,
+                },
+            )?;
+            if json {
+                print_json(&p);
+            } else {
+                println!(
+                    "port {}: {} in {} on {} (mac {}{})",
+                    p.id,
+                    p.ifname,
+                    p.netns,
+                    p.network,
+                    p.mac,
+                    p.ip.map(|i| format!(", ip {i}")).unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Disconnect {
+            network,
+            netns,
+            ifname,
+        } => {
+            call_v(Request::Disconnect {
+                network,
+                netns,
+                ifname: Some(ifname),
+            })?;
+        }
+        Cmd::Port(PortCmd::Ls { network, json }) => {
+            let ports: Vec<PortInfo> = client::call(&socket, &Request::PortLs { network })?;
+            if json {
+                print_json(&ports);
+            } else {
+                table::ports(&ports);
+            }
+        }
+        Cmd::Fdb(FdbCmd::Show { network, json }) => {
+            let entries: Vec<FdbEntryInfo> = client::call(&socket, &Request::FdbShow { network })?;
+            if json {
+                print_json(&entries);
+            } else {
+                table::fdb(&entries);
+            }
+        }
+        Cmd::Fdb(FdbCmd::Flush { network }) => {
+            let v = call_v(Request::FdbFlush { network })?;
+            println!("flushed {} entries", v["flushed"]);
+        }
+        Cmd::Lab(cmd) => return lab::run(cmd, &socket),
+    }
+    Ok(0)
+}

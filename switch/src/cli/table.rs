@@ -1,0 +1,107 @@
+//! Human-readable tables for the listings (`--json` gives the full data).
+
+#![forbid(unsafe_code)]
+
+use crate::control::proto::{FdbEntryInfo, NetworkInfo, PortInfo};
+
+/// Prints rows with columns padded to their widest cell.
+fn print(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<1$}", c, w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn networks(nets: &[NetworkInfo]) {
+    let rows: Vec<Vec<String>> = nets
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.subnet.clone().unwrap_or_else(|| "-".into()),
+                n.gateway.clone().unwrap_or_else(|| "-".into()),
+                n.mtu.to_string(),
+                n.ports.len().to_string(),
+                format!("{}/{}", n.fdb_entries, n.fdb_capacity),
+            ]
+        })
+        .collect();
+    print(&["NAME", "SUBNET", "GATEWAY", "MTU", "PORTS", "FDB"], &rows);
+}
+
+pub fn ports(ports: &[PortInfo]) {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            let c = &p.counters;
+            let drops: Vec<String> = c
+                .drops
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            vec![
+                p.id.to_string(),
+                p.network.clone(),
+                p.netns.clone(),
+                p.ifname.clone(),
+                p.mac.clone(),
+                p.ip.clone().unwrap_or_else(|| "-".into()),
+                p.worker.to_string(),
+                format!("{}/{}", c.rx_packets, c.rx_bytes),
+                format!("{}/{}", c.tx_packets, c.tx_bytes),
+                if drops.is_empty() {
+                    "0".into()
+                } else {
+                    drops.join(",")
+                },
+                format!("{}/{}", c.rx_errors, c.tx_errors),
+            ]
+        })
+        .collect();
+    print(
+        &[
+            "ID",
+            "NETWORK",
+            "NETNS",
+            "IF",
+            "MAC",
+            "IP",
+            "WORKER",
+            "RX PKTS/BYTES",
+            "TX PKTS/BYTES",
+            "DROPS",
+            "ERR RX/TX",
+        ],
+        &rows,
+    );
+}
+
+pub fn fdb(entries: &[FdbEntryInfo]) {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.mac.clone(),
+                e.network.clone(),
+                format!("{} ({} {})", e.port, e.netns, e.ifname),
+                format!("{}s", e.age_secs),
+            ]
+        })
+        .collect();
+    print(&["MAC", "NETWORK", "PORT", "AGE"], &rows);
+}

@@ -1,0 +1,723 @@
+//! The control plane: owns the mutable configuration (networks, ports), turns
+//! every change into a new [`Snapshot`] for the workers, persists it, and
+//! answers the control socket. It may allocate, block and log; the data path
+//! never calls into it. It reaches the workers only by publishing snapshots
+//! and waking them, and hears from them only through a bounded event queue.
+//!
+//! Removing a port: the port leaves the configuration, a snapshot without it
+//! is published, the control plane waits until every worker has adopted that
+//! snapshot (so none still reads or writes the port), flushes the port's
+//! forwarding entries, and only then drops the last reference, which closes
+//! the TAP fd and makes the kernel delete the interface.
+
+pub mod netns;
+pub mod persist;
+pub mod proto;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{bounded, Receiver};
+use serde_json::{json, Value};
+use tapyard_ipam::{check_static, Addressing, Ipv4Net};
+
+use crate::clock::Clock;
+use crate::datapath::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
+use crate::datapath::{max_frame_len, Fdb};
+use crate::port::tap::TapPort;
+use crate::port::{Port, PortId};
+use crate::snapshot::{NetworkView, PortView, Snapshot};
+use crate::stats::PortStats;
+use crate::wire::MacAddr;
+use crate::worker::{self, WorkerEvent, WorkerHandle};
+use netns::Netns;
+use persist::{NetworkSpec, PortSpec, State};
+use proto::*;
+
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_IFNAME: &str = "eth0";
+/// Smallest MTU accepted: the IPv4 minimum (RFC 791: every host must take 68 octets).
+pub const MIN_MTU: u32 = 68;
+/// Largest MTU accepted: what a frame buffer holds (packet::MAX_FRAME).
+pub const MAX_MTU: u32 = 65_535;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub workers: usize,
+}
+
+struct Network {
+    spec: NetworkSpec,
+    fdb: Arc<Fdb>,
+}
+
+struct PortRec {
+    id: PortId,
+    spec: PortSpec,
+    netns: Netns,
+    port: Arc<dyn Port>,
+    stats: Arc<PortStats>,
+    worker: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    networks: BTreeMap<String, Network>,
+    ports: BTreeMap<PortId, PortRec>,
+    epoch: u64,
+}
+
+/// The running daemon's control plane.
+pub struct Daemon {
+    cfg: Config,
+    inner: Mutex<Inner>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    workers: Vec<WorkerHandle>,
+    stop: Arc<AtomicBool>,
+    events: Receiver<WorkerEvent>,
+    clock: Clock,
+}
+
+type ApiResult = Result<Value, ApiError>;
+
+fn to_value<T: serde::Serialize>(v: T) -> ApiResult {
+    serde_json::to_value(v).map_err(|e| ApiError::system(format!("encoding the reply: {e}")))
+}
+
+impl Daemon {
+    /// Starts the workers and restores the persisted networks and ports.
+    pub fn start(cfg: Config) -> anyhow::Result<Arc<Daemon>> {
+        let state = persist::load(&cfg.state_dir)?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = bounded(1024);
+        let clock = Clock::new();
+        let shared = worker::Shared {
+            snapshot: snapshot.clone(),
+            stop: stop.clone(),
+            events: tx,
+            clock,
+        };
+        // The cores this process may run on (its cpuset), read once here:
+        // from an already-pinned thread it would be one core (DEPENDENCIES §5).
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut workers = Vec::with_capacity(cfg.workers);
+        for i in 0..cfg.workers.max(1) {
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            workers.push(worker::spawn(i, core, shared.clone())?);
+        }
+        let d = Arc::new(Daemon {
+            cfg,
+            inner: Mutex::new(Inner::default()),
+            snapshot,
+            workers,
+            stop,
+            events: rx,
+            clock,
+        });
+        d.restore(state);
+        let hk = d.clone();
+        std::thread::Builder::new()
+            .name("tapyard-hk".into())
+            .spawn(move || hk.housekeeping())?;
+        Ok(d)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock aborts the process (panic = abort in
+        // release), so a poisoned lock only happens in tests: carry on.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn restore(&self, state: State) {
+        let mut inner = self.lock();
+        for spec in state.networks {
+            let fdb = Arc::new(Fdb::new(spec.fdb_capacity, spec.ageing_secs));
+            inner
+                .networks
+                .insert(spec.name.clone(), Network { spec, fdb });
+        }
+        for spec in state.ports {
+            let ns = match netns::resolve(&spec.netns) {
+                Ok(ns) if ns.dev == spec.netns_dev && ns.ino == spec.netns_ino => ns,
+                _ => {
+                    tracing::warn!(network = %spec.network, netns = %spec.netns, ifname = %spec.ifname,
+                        "not reattaching port: its namespace is gone");
+                    continue;
+                }
+            };
+            match self.attach(&mut inner, spec.clone(), ns) {
+                Ok(id) => {
+                    tracing::info!(port = %id, network = %spec.network, netns = %spec.netns, "port reattached")
+                }
+                Err(e) => {
+                    tracing::warn!(network = %spec.network, netns = %spec.netns, error = %e, "cannot reattach port")
+                }
+            }
+        }
+        self.publish(&mut inner);
+        self.persist(&inner);
+    }
+
+    /// Builds and publishes a snapshot of `inner`, wakes the workers, and returns its epoch.
+    fn publish(&self, inner: &mut Inner) -> u64 {
+        inner.epoch += 1;
+        let mut views: BTreeMap<&str, Arc<NetworkView>> = BTreeMap::new();
+        for (name, net) in &inner.networks {
+            let ports = inner
+                .ports
+                .values()
+                .filter(|p| &p.spec.network == name)
+                .map(|p| p.id)
+                .collect();
+            views.insert(
+                name,
+                Arc::new(NetworkView {
+                    name: name.clone(),
+                    max_frame: max_frame_len(net.spec.mtu),
+                    fdb: net.fdb.clone(),
+                    ports,
+                }),
+            );
+        }
+        let len = inner
+            .ports
+            .keys()
+            .next_back()
+            .map_or(0, |id| id.index() + 1);
+        let mut ports = vec![None; len];
+        for p in inner.ports.values() {
+            if let Some(network) = views.get(p.spec.network.as_str()) {
+                ports[p.id.index()] = Some(Arc::new(PortView {
+                    id: p.id,
+                    port: p.port.clone(),
+                    stats: p.stats.clone(),
+                    network: network.clone(),
+                    worker: p.worker,
+                }));
+            }
+        }
+        let epoch = inner.epoch;
+        self.snapshot.store(Arc::new(Snapshot { epoch, ports }));
+        for w in &self.workers {
+            if let Err(e) = w.waker.wake() {
+                tracing::error!(error = %e, "cannot wake worker");
+            }
+        }
+        epoch
+    }
+
+    /// Waits until every worker runs on snapshot `epoch` or later.
+    fn wait_adopted(&self, epoch: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .workers
+            .iter()
+            .any(|w| w.adopted.load(Ordering::Acquire) < epoch)
+        {
+            if Instant::now() > deadline {
+                tracing::error!(
+                    epoch,
+                    "a worker did not adopt the new configuration within 5 s"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn persist(&self, inner: &Inner) {
+        let state = State {
+            version: 0,
+            networks: inner.networks.values().map(|n| n.spec.clone()).collect(),
+            ports: inner.ports.values().map(|p| p.spec.clone()).collect(),
+        };
+        if let Err(e) = persist::save(&self.cfg.state_dir, &state) {
+            tracing::error!(dir = %self.cfg.state_dir.display(), error = %e, "cannot save state");
+        }
+    }
+
+    /// Serves one request.
+    pub fn handle(&self, req: Request) -> ApiResult {
+        match req {
+            Request::Ping => to_value(PingInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol: PROTOCOL_VERSION,
+                pid: std::process::id(),
+                workers: self.workers.len(),
+                socket: self.cfg.socket.display().to_string(),
+                state_dir: self.cfg.state_dir.display().to_string(),
+            }),
+            Request::NetworkCreate {
+                name,
+                subnet,
+                gateway,
+                mtu,
+                ageing_secs,
+                fdb_capacity,
+            } => self.network_create(name, subnet, gateway, mtu, ageing_secs, fdb_capacity),
+            Request::NetworkLs => {
+                let inner = self.lock();
+                to_value(
+                    inner
+                        .networks
+                        .values()
+                        .map(|n| self.network_info(&inner, n))
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Request::NetworkInspect { name } => {
+                let inner = self.lock();
+                let net = network(&inner, &name)?;
+                to_value(self.network_info(&inner, net))
+            }
+            Request::NetworkRm { name, force } => self.network_rm(&name, force),
+            Request::Connect {
+                network,
+                netns,
+                ifname,
+                mac,
+                ip,
+            } => self.connect(network, netns, ifname, mac, ip),
+            Request::Disconnect {
+                network,
+                netns,
+                ifname,
+            } => self.disconnect(&network, &netns, ifname),
+            Request::PortLs { network: filter } => {
+                let inner = self.lock();
+                if let Some(n) = &filter {
+                    network(&inner, n)?;
+                }
+                to_value(
+                    inner
+                        .ports
+                        .values()
+                        .filter(|p| filter.as_ref().is_none_or(|n| &p.spec.network == n))
+                        .map(port_info)
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Request::FdbShow { network: filter } => self.fdb_show(filter),
+            Request::FdbFlush { network: filter } => {
+                let inner = self.lock();
+                if let Some(n) = &filter {
+                    network(&inner, n)?;
+                }
+                let mut flushed = 0;
+                for (name, net) in &inner.networks {
+                    if filter.as_ref().is_none_or(|n| n == name) {
+                        flushed += net.fdb.flush(None);
+                    }
+                }
+                Ok(json!({ "flushed": flushed }))
+            }
+            Request::Shutdown => Ok(json!({ "stopping": true })),
+        }
+    }
+
+    fn network_info(&self, inner: &Inner, net: &Network) -> NetworkInfo {
+        let s = &net.spec;
+        NetworkInfo {
+            name: s.name.clone(),
+            subnet: s.addressing.map(|a| a.subnet.to_string()),
+            gateway: s.addressing.map(|a| a.gateway.to_string()),
+            mtu: s.mtu,
+            ageing_secs: net.fdb.ageing_secs(),
+            fdb_capacity: s.fdb_capacity,
+            fdb_entries: net.fdb.table().len(),
+            ports: inner
+                .ports
+                .values()
+                .filter(|p| p.spec.network == s.name)
+                .map(port_info)
+                .collect(),
+        }
+    }
+
+    fn network_create(
+        &self,
+        name: String,
+        subnet: Option<String>,
+        gateway: Option<String>,
+        mtu: Option<u32>,
+        ageing_secs: Option<u32>,
+        fdb_capacity: Option<usize>,
+    ) -> ApiResult {
+        check_network_name(&name)?;
+        let mtu = mtu.unwrap_or(DEFAULT_MTU);
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+            return Err(ApiError::bad_request(format!(
+                "MTU {mtu} is out of range: use {MIN_MTU} to {MAX_MTU}"
+            )));
+        }
+        let fdb_capacity = fdb_capacity.unwrap_or(DEFAULT_CAPACITY);
+        if !(1..=1 << 20).contains(&fdb_capacity) {
+            return Err(ApiError::bad_request(
+                "FDB capacity must be between 1 and 1048576 entries",
+            ));
+        }
+        let ageing_secs = ageing_secs.unwrap_or(DEFAULT_AGEING_SECS);
+        if ageing_secs == 0 {
+            return Err(ApiError::bad_request(
+                "ageing time must be at least 1 second",
+            ));
+        }
+        let gateway = gateway
+            .map(|g| {
+                g.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "invalid gateway {g:?}: expected an IPv4 address"
+                    ))
+                })
+            })
+            .transpose()?;
+        let addressing = match subnet {
+            Some(s) => {
+                let net: Ipv4Net = s.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "invalid subnet {s:?}: expected CIDR like 10.10.0.0/24"
+                    ))
+                })?;
+                Some(
+                    Addressing::new(net, gateway)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                )
+            }
+            None if gateway.is_some() => {
+                return Err(ApiError::bad_request("--gateway needs --subnet"))
+            }
+            None => None,
+        };
+        let mut inner = self.lock();
+        if inner.networks.contains_key(&name) {
+            return Err(ApiError::conflict(format!(
+                "network {name:?} already exists; remove it first or pick another name"
+            )));
+        }
+        if let Some(a) = &addressing {
+            a.check_overlap(
+                inner
+                    .networks
+                    .values()
+                    .filter_map(|n| n.spec.addressing.map(|x| (n.spec.name.as_str(), x.subnet))),
+            )
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
+        let spec = NetworkSpec {
+            name: name.clone(),
+            addressing,
+            mtu,
+            ageing_secs,
+            fdb_capacity,
+        };
+        let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));
+        inner.networks.insert(name.clone(), Network { spec, fdb });
+        self.publish(&mut inner);
+        self.persist(&inner);
+        tracing::info!(network = %name, "network created");
+        to_value(self.network_info(&inner, &inner.networks[&name]))
+    }
+
+    fn network_rm(&self, name: &str, force: bool) -> ApiResult {
+        let mut inner = self.lock();
+        network(&inner, name)?;
+        let ids: Vec<PortId> = inner
+            .ports
+            .values()
+            .filter(|p| p.spec.network == name)
+            .map(|p| p.id)
+            .collect();
+        if !ids.is_empty() && !force {
+            return Err(ApiError::new(
+                ErrorKind::Busy,
+                format!(
+                    "network {name:?} has {} port(s) attached; disconnect them or use --force",
+                    ids.len()
+                ),
+            ));
+        }
+        let removed = self.remove_ports(&mut inner, &ids);
+        inner.networks.remove(name);
+        self.publish(&mut inner);
+        self.persist(&inner);
+        tracing::info!(network = %name, ports = removed, "network removed");
+        Ok(json!({ "removed": name, "ports_removed": removed }))
+    }
+
+    fn connect(
+        &self,
+        network_name: String,
+        ns_spec: String,
+        ifname: Option<String>,
+        mac: Option<String>,
+        ip: Option<String>,
+    ) -> ApiResult {
+        let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
+        netns::check_ifname(&ifname)?;
+        let mac = match mac {
+            Some(m) => {
+                let m: MacAddr = m.parse().map_err(|e: crate::wire::ParseMacError| {
+                    ApiError::bad_request(e.to_string())
+                })?;
+                if m.is_multicast() || m.is_zero() {
+                    return Err(ApiError::bad_request(format!(
+                        "MAC {m} is not a unicast address"
+                    )));
+                }
+                m
+            }
+            None => {
+                MacAddr::stable_local(format!("{network_name}\0{ns_spec}\0{ifname}").as_bytes())
+            }
+        };
+        let ip = ip.as_deref().map(netns::parse_ip).transpose()?;
+        let ns = netns::resolve(&ns_spec)?;
+        let mut inner = self.lock();
+        let net = network(&inner, &network_name)?;
+        if let Some(p) = inner
+            .ports
+            .values()
+            .find(|p| p.netns.dev == ns.dev && p.netns.ino == ns.ino && p.spec.ifname == ifname)
+        {
+            return Err(ApiError::conflict(format!(
+                "namespace {ns_spec} already has {ifname} attached to network {:?}; use another --ifname",
+                p.spec.network
+            )));
+        }
+        let peers = || {
+            inner
+                .ports
+                .values()
+                .filter(|p| p.spec.network == network_name)
+        };
+        if let Some(p) = peers().find(|p| p.spec.mac == mac) {
+            return Err(ApiError::conflict(format!(
+                "MAC {mac} is already used by {} in {} on network {network_name:?}",
+                p.spec.ifname, p.spec.netns
+            )));
+        }
+        let ip = match ip {
+            Some((addr, prefix)) => Some(
+                check_static(
+                    addr,
+                    prefix,
+                    net.spec.addressing.as_ref(),
+                    peers().filter_map(|p| p.spec.ip.map(|i| i.addr())),
+                )
+                .map_err(|e| ApiError::conflict(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let spec = PortSpec {
+            network: network_name,
+            netns: ns_spec,
+            ifname,
+            mac,
+            ip,
+            netns_dev: ns.dev,
+            netns_ino: ns.ino,
+        };
+        let id = self.attach(&mut inner, spec, ns)?;
+        self.publish(&mut inner);
+        self.persist(&inner);
+        let rec = &inner.ports[&id];
+        tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname, "port connected");
+        to_value(port_info(rec))
+    }
+
+    /// Creates the TAP for `spec`, moves it into `ns`, and records the port
+    /// (unpublished). On error nothing is left behind: dropping the TAP fd deletes the interface.
+    fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
+        let mtu = network(inner, &spec.network)?.spec.mtu;
+        let id = (1..=PortId::MAX)
+            .map(PortId)
+            .find(|id| !inner.ports.contains_key(id))
+            .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
+        let tap = TapPort::create("typ%d")
+            .map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
+        netns::move_and_configure(tap.name(), &ns, &spec.ifname, spec.mac, mtu, spec.ip)?;
+        let worker = (0..self.workers.len())
+            .min_by_key(|w| inner.ports.values().filter(|p| p.worker == *w).count())
+            .unwrap_or(0);
+        let rec = PortRec {
+            id,
+            spec,
+            netns: ns,
+            port: Arc::new(tap),
+            stats: Arc::default(),
+            worker,
+        };
+        inner.ports.insert(id, rec);
+        Ok(id)
+    }
+
+    /// Removes ports: unpublish, wait for the workers, flush their FDB
+    /// entries, close their devices. Returns how many were removed.
+    fn remove_ports(&self, inner: &mut Inner, ids: &[PortId]) -> usize {
+        let recs: Vec<PortRec> = ids.iter().filter_map(|id| inner.ports.remove(id)).collect();
+        if recs.is_empty() {
+            return 0;
+        }
+        let epoch = self.publish(inner);
+        self.wait_adopted(epoch);
+        for rec in &recs {
+            if let Some(net) = inner.networks.get(&rec.spec.network) {
+                net.fdb.flush(Some(rec.id));
+            }
+        }
+        let n = recs.len();
+        for rec in recs {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Arc::strong_count(&rec.port) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            drop(rec);
+        }
+        n
+    }
+
+    fn disconnect(&self, network_name: &str, ns_spec: &str, ifname: Option<String>) -> ApiResult {
+        let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
+        let ns = netns::resolve(ns_spec).ok();
+        let mut inner = self.lock();
+        network(&inner, network_name)?;
+        let id = inner
+            .ports
+            .values()
+            .find(|p| {
+                p.spec.network == network_name
+                    && p.spec.ifname == ifname
+                    && match &ns {
+                        Some(ns) => p.netns.dev == ns.dev && p.netns.ino == ns.ino,
+                        None => p.spec.netns == ns_spec,
+                    }
+            })
+            .map(|p| p.id)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no port {ifname} in namespace {ns_spec} on network {network_name:?}; see `tapyard port ls`"
+                ))
+            })?;
+        self.remove_ports(&mut inner, &[id]);
+        self.persist(&inner);
+        tracing::info!(port = %id, network = %network_name, netns = %ns_spec, ifname = %ifname, "port disconnected");
+        Ok(json!({ "disconnected": id.0 }))
+    }
+
+    fn fdb_show(&self, filter: Option<String>) -> ApiResult {
+        let inner = self.lock();
+        if let Some(n) = &filter {
+            network(&inner, n)?;
+        }
+        let now = self.clock.now_secs();
+        let mut out = Vec::new();
+        for (name, net) in &inner.networks {
+            if filter.as_ref().is_some_and(|n| n != name) {
+                continue;
+            }
+            for e in net.fdb.entries(now) {
+                // An entry whose port is already gone is about to be flushed: skip it.
+                let Some(p) = inner.ports.get(&e.port) else {
+                    continue;
+                };
+                out.push(FdbEntryInfo {
+                    mac: e.mac.to_string(),
+                    network: name.clone(),
+                    port: e.port.0,
+                    netns: p.spec.netns.clone(),
+                    ifname: p.spec.ifname.clone(),
+                    age_secs: e.age_secs,
+                });
+            }
+        }
+        to_value(out)
+    }
+
+    /// Ages forwarding tables once a second and removes ports whose device vanished.
+    fn housekeeping(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.events.recv_timeout(Duration::from_secs(1)) {
+                Ok(WorkerEvent::PortGone { port, errno }) => {
+                    let mut inner = self.lock();
+                    if let Some(p) = inner.ports.get(&port) {
+                        tracing::warn!(port = %port, network = %p.spec.network, netns = %p.spec.netns,
+                            ifname = %p.spec.ifname, errno, "port's interface vanished (namespace deleted?); removing the port");
+                        self.remove_ports(&mut inner, &[port]);
+                        self.persist(&inner);
+                    }
+                }
+                Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
+            }
+            let now = self.clock.now_secs();
+            let inner = self.lock();
+            for net in inner.networks.values() {
+                net.fdb.age(now);
+            }
+        }
+    }
+
+    /// Stops the workers and closes every port (the kernel deletes the TAP
+    /// devices). The persisted state is kept: the next start reattaches the
+    /// ports whose namespaces still exist.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.workers {
+            let _ = w.waker.wake();
+        }
+        let mut inner = self.lock();
+        let ids: Vec<PortId> = inner.ports.keys().copied().collect();
+        inner.ports.clear();
+        self.snapshot.store(Arc::new(Snapshot::default()));
+        tracing::info!(ports = ids.len(), "stopped; ports closed");
+    }
+}
+
+fn network<'a>(inner: &'a Inner, name: &str) -> Result<&'a Network, ApiError> {
+    inner.networks.get(name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no network named {name:?}; see `tapyard network ls`"
+        ))
+    })
+}
+
+fn check_network_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid network name {name:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
+        )))
+    }
+}
+
+fn port_info(p: &PortRec) -> PortInfo {
+    PortInfo {
+        id: p.id.0,
+        network: p.spec.network.clone(),
+        netns: p.spec.netns.clone(),
+        ifname: p.spec.ifname.clone(),
+        mac: p.spec.mac.to_string(),
+        ip: p.spec.ip.map(|i| i.to_string()),
+        worker: p.worker,
+        counters: p.stats.snapshot(),
+    }
+}

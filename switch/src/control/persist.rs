@@ -1,0 +1,151 @@
+//! The daemon's persistent state: networks and the ports attached to them,
+//! in `STATE_DIR/state.json`, rewritten atomically on every change (temporary
+//! file, fsync, rename, fsync of the directory), so a daemon killed at any
+//! moment finds either the old or the new state, never a torn one.
+
+#![forbid(unsafe_code)]
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tapyard_ipam::{Addressing, Ipv4Net};
+
+use crate::wire::MacAddr;
+
+pub const STATE_FILE: &str = "state.json";
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub addressing: Option<Addressing>,
+    pub mtu: u32,
+    pub ageing_secs: u32,
+    pub fdb_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub network: String,
+    pub netns: String,
+    pub ifname: String,
+    pub mac: MacAddr,
+    pub ip: Option<Ipv4Net>,
+    /// Identity of the namespace when the port was made: a namespace
+    /// re-created under the same name is a different one, and is not reattached.
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub networks: Vec<NetworkSpec>,
+    pub ports: Vec<PortSpec>,
+}
+
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE)
+}
+
+/// Loads the state; a missing file is an empty state. A file that does not
+/// parse is an error naming it: nothing is discarded silently.
+pub fn load(dir: &Path) -> anyhow::Result<State> {
+    let path = state_path(dir);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(State {
+                version: STATE_VERSION,
+                ..State::default()
+            })
+        }
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is corrupt ({e}); move it aside to start with no networks, or fix it by hand",
+            path.display()
+        )
+    })?;
+    if state.version != STATE_VERSION {
+        anyhow::bail!(
+            "{} has state version {}, this tapyard reads version {STATE_VERSION}",
+            path.display(),
+            state.version
+        );
+    }
+    Ok(state)
+}
+
+/// Writes `contents` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+pub fn save(dir: &Path, state: &State) -> std::io::Result<()> {
+    let mut s = state.clone();
+    s.version = STATE_VERSION;
+    let mut bytes = serde_json::to_vec_pretty(&s).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    write_atomic(&state_path(dir), &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tapyard-persist-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let d = tmpdir("rt");
+        assert!(load(&d).unwrap().networks.is_empty());
+        let st = State {
+            version: STATE_VERSION,
+            networks: vec![NetworkSpec {
+                name: "a".into(),
+                addressing: Some(Addressing::new("10.0.0.0/24".parse().unwrap(), None).unwrap()),
+                mtu: 1500,
+                ageing_secs: 300,
+                fdb_capacity: 4096,
+            }],
+            ports: vec![PortSpec {
+                network: "a".into(),
+                netns: "ns1".into(),
+                ifname: "eth0".into(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+                ip: Some("10.0.0.2/24".parse().unwrap()),
+                netns_dev: 4,
+                netns_ino: 4026532000,
+            }],
+        };
+        save(&d, &st).unwrap();
+        assert_eq!(load(&d).unwrap(), st);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let d = tmpdir("bad");
+        fs::write(state_path(&d), b"{\"version\":1,\"networks\":[{\"name\":").unwrap();
+        let e = load(&d).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("corrupt"), "{e}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,204 @@
+//! The daemon process: the control socket, its lock, signals, and an orderly stop.
+//!
+//! Socket ownership: a lock file beside the socket (`SOCKET.lock`, held with
+//! `flock` for the daemon's life) says whether a daemon owns the socket. If
+//! the lock is free, a socket file left there was left by a daemon that died
+//! and is replaced; if it is held, this daemon refuses to start. The state
+//! directory carries a lock of its own, so two daemons never share one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use crossbeam::channel::{bounded, Sender};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use super::proto::{ApiError, Request, Response};
+use super::{Config, Daemon};
+
+/// Longest request line accepted; a longer one closes the connection.
+const MAX_REQUEST: u64 = 1 << 20;
+
+fn lock_file(path: &Path, what: &str) -> anyhow::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => bail!("{what}"),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Binds the control socket, replacing a stale one. Keep the returned lock for the daemon's life.
+pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let lock = lock_file(
+        &lock_path,
+        &format!(
+            "another tapyard daemon is already running on {} (it holds {}); stop it first, or start this one with --socket elsewhere",
+            path.display(),
+            lock_path.display()
+        ),
+    )?;
+    match fs::symlink_metadata(path) {
+        Ok(md) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !md.file_type().is_socket() {
+                bail!(
+                    "{} exists and is not a socket; remove it or choose another --socket",
+                    path.display()
+                );
+            }
+            tracing::warn!(socket = %path.display(), "replacing a stale socket left by a daemon that did not stop cleanly");
+            fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
+    Ok((listener, lock))
+}
+
+/// Runs the daemon until SIGINT, SIGTERM or a `shutdown` request.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let (listener, _socket_lock) = bind_socket(&cfg.socket)?;
+    create_private_dir(&cfg.state_dir)?;
+    let _state_lock = lock_file(
+        &cfg.state_dir.join("lock"),
+        &format!(
+            "another tapyard daemon uses state directory {}; give this one its own --state-dir",
+            cfg.state_dir.display()
+        ),
+    );
+    let _state_lock = match _state_lock {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = fs::remove_file(&cfg.socket);
+            return Err(e);
+        }
+    };
+    let daemon = match Daemon::start(cfg.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = fs::remove_file(&cfg.socket);
+            return Err(e);
+        }
+    };
+    let (stop_tx, stop_rx) = bounded::<&'static str>(4);
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    let sig_tx = stop_tx.clone();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _ = sig_tx.send(if sig == SIGINT { "SIGINT" } else { "SIGTERM" });
+        }
+    });
+
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("tapyard-ctl".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(stream) => {
+                        let d = d.clone();
+                        let stop = stop_tx.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("tapyard-conn".into())
+                            .spawn(move || serve(&d, stream, &stop));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                }
+            }
+        })?;
+
+    tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), workers = cfg.workers, pid = std::process::id(), "tapyard daemon ready");
+    let why = stop_rx.recv().unwrap_or("channel closed");
+    tracing::info!(reason = why, "stopping");
+    let _ = fs::remove_file(&cfg.socket);
+    daemon.shutdown();
+    Ok(())
+}
+
+/// Serves one connection: a request per line, a response per line.
+fn serve(d: &Arc<Daemon>, stream: UnixStream, stop: &Sender<&'static str>) {
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut out = std::io::BufWriter::new(write_half);
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_REQUEST).read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => {
+                let _ = reply(
+                    &mut out,
+                    Err(ApiError::bad_request("request longer than 1 MiB")),
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = reply(
+                    &mut out,
+                    Err(ApiError::bad_request(format!("unreadable request: {e}"))),
+                );
+                return;
+            }
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Shutdown) => {
+                let r = d.handle(Request::Shutdown);
+                let _ = reply(&mut out, r);
+                let _ = stop.send("shutdown request");
+                return;
+            }
+            Ok(req) => d.handle(req),
+            Err(e) => Err(ApiError::bad_request(format!("malformed request: {e}"))),
+        };
+        if reply(&mut out, result).is_err() {
+            return;
+        }
+    }
+}
+
+fn reply(out: &mut impl Write, r: Result<serde_json::Value, ApiError>) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(&Response::from_result(r)).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    out.write_all(&bytes)?;
+    out.flush()
+}

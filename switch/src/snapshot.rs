@@ -1,0 +1,59 @@
+//! The immutable view of networks and ports that workers forward with.
+//!
+//! The control plane owns the mutable configuration; after every change it
+//! builds a new [`Snapshot`], publishes it through an `ArcSwap` and wakes the
+//! workers, which adopt it at the top of their loop (STYLE §8). A worker never
+//! sees a half-applied change, and never takes a lock to read one. The
+//! forwarding tables are not part of the snapshot's immutability: each
+//! network's [`Fdb`] is shared, written by workers, and carried over from one
+//! snapshot to the next.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use crate::datapath::Fdb;
+use crate::port::{Port, PortId};
+use crate::stats::PortStats;
+
+/// A network as the data path sees it.
+pub struct NetworkView {
+    pub name: String,
+    /// Largest frame accepted (from the MTU).
+    pub max_frame: usize,
+    pub fdb: Arc<Fdb>,
+    /// Every port of this network: the flood set.
+    pub ports: Vec<PortId>,
+}
+
+/// A port as the data path sees it.
+pub struct PortView {
+    pub id: PortId,
+    pub port: Arc<dyn Port>,
+    pub stats: Arc<PortStats>,
+    pub network: Arc<NetworkView>,
+    /// The worker that reads this port.
+    pub worker: usize,
+}
+
+#[derive(Default)]
+pub struct Snapshot {
+    /// Increases with every publication.
+    pub epoch: u64,
+    /// Indexed by [`PortId`]; `None` for ids not in use.
+    pub ports: Vec<Option<Arc<PortView>>>,
+}
+
+impl Snapshot {
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&Arc<PortView>> {
+        self.ports.get(id.index()).and_then(Option::as_ref)
+    }
+
+    pub fn ports_of_worker(&self, worker: usize) -> impl Iterator<Item = &Arc<PortView>> {
+        self.ports
+            .iter()
+            .flatten()
+            .filter(move |p| p.worker == worker)
+    }
+}

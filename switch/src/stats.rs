@@ -1,0 +1,141 @@
+//! Per-port counters: what came in, what went out, and every drop by name
+//! (STYLE §5). Written by workers with relaxed atomics, read by the control
+//! plane; a worker adds to them once per burst where it can, not per frame.
+//!
+//! Ordering: counters are statistics, not synchronisation. `Relaxed` is
+//! enough because no decision is made from them; the control plane may see a
+//! burst's packets before its bytes, never a torn value.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Every reason a frame is not delivered, each with its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Shorter than an Ethernet header (counted on the ingress port).
+    Runt,
+    /// Source MAC is multicast, broadcast or all-zero: no station sends from
+    /// one (IEEE 802.1Q §8.7 learns only individual addresses).
+    BadSrcMac,
+    /// The destination was learned on the port the frame came in on.
+    Hairpin,
+    /// Larger than the network's MTU plus the Ethernet header.
+    Oversize,
+    /// The ingress port belongs to no network in the current snapshot
+    /// (it is being removed).
+    NoNetwork,
+    /// The egress interface is down (write returned EIO; counted on the egress port).
+    LinkDown,
+    /// The egress queue is full (write would block; counted on the egress port).
+    QueueFull,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Runt,
+        DropReason::BadSrcMac,
+        DropReason::Hairpin,
+        DropReason::Oversize,
+        DropReason::NoNetwork,
+        DropReason::LinkDown,
+        DropReason::QueueFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::BadSrcMac => "bad_src_mac",
+            DropReason::Hairpin => "hairpin",
+            DropReason::Oversize => "oversize",
+            DropReason::NoNetwork => "no_network",
+            DropReason::LinkDown => "link_down",
+            DropReason::QueueFull => "queue_full",
+        }
+    }
+}
+
+const N_REASONS: usize = DropReason::ALL.len();
+
+/// Counters of one port.
+#[derive(Default)]
+pub struct PortStats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Read errors other than "no more frames" (the port is then checked for removal).
+    pub rx_errors: AtomicU64,
+    /// Write errors other than the named drops.
+    pub tx_errors: AtomicU64,
+    /// Source MACs that could not be learned because the network's table is full.
+    /// The frame itself is still forwarded.
+    pub learn_full: AtomicU64,
+    drops: [AtomicU64; N_REASONS],
+}
+
+impl PortStats {
+    #[inline]
+    pub fn drop_n(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].fetch_add(n, Relaxed);
+    }
+
+    #[inline]
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Relaxed)
+    }
+
+    pub fn snapshot(&self) -> PortCounters {
+        PortCounters {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            rx_errors: self.rx_errors.load(Relaxed),
+            tx_errors: self.tx_errors.load(Relaxed),
+            learn_full: self.learn_full.load(Relaxed),
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r.name().to_string(), self.drops(r)))
+                .collect(),
+        }
+    }
+}
+
+/// A point-in-time copy of [`PortStats`], as the control socket reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PortCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub learn_full: u64,
+    /// Drops by reason name, every reason listed (zero included) so scripts can rely on the keys.
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+impl PortCounters {
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+/// Counts a worker accumulates over one burst and adds to [`PortStats`] once.
+#[derive(Default, Clone, Copy)]
+pub struct BurstCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl BurstCount {
+    #[inline]
+    pub fn add(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+}

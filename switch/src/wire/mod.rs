@@ -1,0 +1,202 @@
+//! Bytes to typed views: MAC addresses and the Ethernet header fields the
+//! forwarding decision reads. No I/O, no state, no `unsafe`.
+//!
+//! Parsing contract (after smoltcp): everything here is checked, because every
+//! byte the switch parses comes from a port, that is, from someone else.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A 48-bit IEEE 802 MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+    pub const ZERO: MacAddr = MacAddr([0; 6]);
+
+    /// The I/G bit (IEEE 802-2014 §8.2): set for group (multicast and broadcast) addresses.
+    #[inline]
+    pub fn is_multicast(self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+
+    /// The U/L bit: set for locally administered addresses.
+    #[inline]
+    pub fn is_local(self) -> bool {
+        self.0[0] & 0x02 != 0
+    }
+
+    #[inline]
+    pub fn is_zero(self) -> bool {
+        self == Self::ZERO
+    }
+
+    /// The address packed into the low 48 bits of a `u64` (big-endian order).
+    #[inline]
+    pub fn to_u64(self) -> u64 {
+        let b = self.0;
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+
+    /// The inverse of [`MacAddr::to_u64`]; the top 16 bits are ignored.
+    #[inline]
+    pub fn from_u64(v: u64) -> MacAddr {
+        let b = v.to_be_bytes();
+        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    /// A stable, locally administered unicast address derived from `seed`
+    /// (FNV-1a over the bytes): the same network, namespace and interface
+    /// get the same MAC across reconnects and daemon restarts, so neighbour
+    /// caches in containers stay valid.
+    pub fn stable_local(seed: &[u8]) -> MacAddr {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in seed {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut m = MacAddr::from_u64(h);
+        // Unicast (I/G = 0), locally administered (U/L = 1).
+        m.0[0] = (m.0[0] & 0xfc) | 0x02;
+        m
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a string is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid MAC address {0:?}: expected six hex octets separated by ':', like 02:00:00:00:00:01"
+)]
+pub struct ParseMacError(pub String);
+
+impl FromStr for MacAddr {
+    type Err = ParseMacError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseMacError(s.to_string());
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in out.iter_mut() {
+            let p = parts.next().ok_or_else(err)?;
+            if p.is_empty() || p.len() > 2 {
+                return Err(err());
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Length of an Ethernet II header without 802.1Q tags.
+pub const ETH_HEADER_LEN: usize = 14;
+
+/// The two addresses the L2 decision needs, read through etherparse's
+/// zero-copy `Ethernet2Slice`. Bridging needs nothing deeper (STYLE §4):
+/// a frame with a valid Ethernet header and garbage above it is still forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthAddrs {
+    pub dst: MacAddr,
+    pub src: MacAddr,
+}
+
+/// Why a frame cannot be switched at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EthError {
+    /// Shorter than an Ethernet header.
+    Runt,
+}
+
+impl EthAddrs {
+    #[inline]
+    pub fn parse(frame: &[u8]) -> Result<EthAddrs, EthError> {
+        let eth = etherparse::Ethernet2Slice::from_slice_without_fcs(frame)
+            .map_err(|_| EthError::Runt)?;
+        Ok(EthAddrs {
+            dst: MacAddr(eth.destination()),
+            src: MacAddr(eth.source()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parse_and_display_round_trip() {
+        let m: MacAddr = "02:AB:cd:00:01:ff".parse().unwrap();
+        assert_eq!(m.0, [0x02, 0xab, 0xcd, 0x00, 0x01, 0xff]);
+        assert_eq!(m.to_string(), "02:ab:cd:00:01:ff");
+        assert_eq!(MacAddr::from_u64(m.to_u64()), m);
+    }
+
+    #[test]
+    fn mac_parse_rejects_garbage() {
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0g:00:00:00:00:00",
+            "002:00:00:00:00:0",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn stable_mac_is_local_unicast_and_stable() {
+        let a = MacAddr::stable_local(b"net/ns/eth0");
+        assert_eq!(a, MacAddr::stable_local(b"net/ns/eth0"));
+        assert_ne!(a, MacAddr::stable_local(b"net/ns/eth1"));
+        assert!(a.is_local());
+        assert!(!a.is_multicast());
+    }
+
+    #[test]
+    fn eth_parse_reads_addresses_and_rejects_runts() {
+        let mut f = [0u8; 60];
+        f[..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        let a = EthAddrs::parse(&f).unwrap();
+        assert!(a.dst.is_multicast());
+        assert_eq!(a.src, MacAddr([2, 0, 0, 0, 0, 1]));
+        assert_eq!(EthAddrs::parse(&f[..13]), Err(EthError::Runt));
+        assert_eq!(EthAddrs::parse(&[]), Err(EthError::Runt));
+    }
+}
