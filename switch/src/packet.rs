@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::fmt;
+
 /// Room reserved in front of every frame for a `virtio_net_hdr_v1`.
 pub const HEADROOM: usize = 12;
 
@@ -61,6 +63,35 @@ impl PacketBuf {
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// A port's number, unique in the daemon while the port exists. 0 is never
+/// used, so a forwarding-table slot of all zeroes means "empty".
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct PortId(pub u16);
+
+impl PortId {
+    /// The largest id handed out; `u16::MAX` is reserved by the forwarding table.
+    pub const MAX: u16 = u16::MAX - 1;
+
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "port{}", self.0)
     }
 }
 

@@ -96,14 +96,20 @@ pub fn spawn(
 
 /// Per-egress send results gathered over one burst, added to the shared
 /// stats once at its end.
-struct TxAcc {
+pub struct TxAcc {
     ids: [PortId; 64],
     reps: [SendReport; 64],
     n: usize,
 }
 
+impl Default for TxAcc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TxAcc {
-    fn new() -> TxAcc {
+    pub fn new() -> TxAcc {
         TxAcc {
             ids: [PortId(0); 64],
             reps: [SendReport::default(); 64],
@@ -257,17 +263,15 @@ impl Worker {
                 continue;
             }
             self.owned.push(view.id);
-            match view.port.raw_fd() {
-                Some(fd) => {
-                    if let Err(e) = self.poll.registry().register(
-                        &mut SourceFd(&fd),
-                        Token(view.id.index()),
-                        Interest::READABLE,
-                    ) {
-                        tracing::error!(port = %view.id, error = %e, "cannot poll port");
-                    }
+            if let Some(fd) = view.port.raw_fd() {
+                let r = self.poll.registry().register(
+                    &mut SourceFd(&fd),
+                    Token(view.id.index()),
+                    Interest::READABLE,
+                );
+                if let Err(e) = r {
+                    tracing::error!(port = %view.id, error = %e, "cannot poll port");
                 }
-                None => {}
             }
             // Frames may have queued before registration; edge-triggered
             // readiness would never report them, so look once now.
@@ -285,23 +289,21 @@ impl Worker {
                 break;
             };
             self.in_pending[id.index()] = false;
-            let Some(view) = self
-                .snap
-                .port(id)
-                .filter(|v| v.worker == self.index)
-                .cloned()
-            else {
-                continue;
-            };
             if self.gone[id.index()] {
                 continue;
             }
-            match self.burst(&view, now) {
+            // Borrow the snapshot and the scratch space separately, so a
+            // burst costs no reference-count traffic on shared cache lines.
+            let Some(view) = self.snap.port(id).filter(|v| v.worker == self.index) else {
+                continue;
+            };
+            let state = burst(&mut self.batch, &mut self.tx, &self.snap, view, now);
+            match state {
                 RecvState::More => self.mark_pending(id),
                 RecvState::Drained => {}
                 RecvState::Gone => {
                     self.gone[id.index()] = true;
-                    if let Some(fd) = view.port.raw_fd() {
+                    if let Some(fd) = self.snap.port(id).and_then(|v| v.port.raw_fd()) {
                         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                     }
                     let _ = self.shared.events.try_send(WorkerEvent::PortGone {
@@ -310,71 +312,208 @@ impl Worker {
                     });
                 }
                 RecvState::Error(_) => {
-                    view.stats.rx_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(v) = self.snap.port(id) {
+                        v.stats.rx_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
     }
+}
 
-    /// Reads one burst from `view` and forwards it.
-    fn burst(&mut self, view: &PortView, now: u32) -> RecvState {
-        self.batch.clear();
-        let report = view.port.recv_batch(&mut self.batch);
-        if report.frames == 0 {
-            return report.state;
+/// Reads one burst from `view` and forwards it: the whole per-frame path.
+pub fn burst(
+    batch: &mut Batch,
+    tx: &mut TxAcc,
+    snap: &Snapshot,
+    view: &PortView,
+    now: u32,
+) -> RecvState {
+    batch.clear();
+    let report = view.port.recv_batch(batch);
+    if report.frames == 0 {
+        return report.state;
+    }
+    let net = &view.network;
+    let table = net.fdb.table();
+    let mut rx = BurstCount::default();
+    let mut drops = [0u64; DropReason::ALL.len()];
+    let mut learn_full = 0u64;
+    for buf in batch.iter() {
+        let frame = buf.frame();
+        rx.add(frame.len());
+        let v = decide(frame, view.id, &table, net.max_frame, now);
+        if v.learned == Some(Learned::Full) {
+            learn_full += 1;
         }
-        let net = &view.network;
-        let table = net.fdb.table();
-        let mut rx = BurstCount::default();
-        let mut drops = [0u64; DropReason::ALL.len()];
-        let mut learn_full = 0u64;
-        for buf in self.batch.iter() {
-            let frame = buf.frame();
-            rx.add(frame.len());
-            let v = decide(frame, view.id, &table, net.max_frame, now);
-            if v.learned == Some(Learned::Full) {
-                learn_full += 1;
+        let flood = match v.decision {
+            Decision::Drop(r) => {
+                drops[r as usize] += 1;
+                continue;
             }
-            let flood = match v.decision {
-                Decision::Drop(r) => {
-                    drops[r as usize] += 1;
+            Decision::Flood => true,
+            Decision::Unicast(out) => match snap.port(out) {
+                // The entry may name a port that left or changed networks
+                // since it was learned: flood then, as for an unknown MAC.
+                Some(egress) if Arc::ptr_eq(&egress.network, net) => {
+                    tx.add(egress, egress.port.send_batch(&[frame]));
+                    false
+                }
+                _ => true,
+            },
+        };
+        if flood {
+            for &out in &net.ports {
+                if out == view.id {
                     continue;
                 }
-                Decision::Flood => true,
-                Decision::Unicast(out) => match self.snap.port(out) {
-                    // The entry may name a port that left or changed networks
-                    // since it was learned: flood then, as for an unknown MAC.
-                    Some(egress) if Arc::ptr_eq(&egress.network, net) => {
-                        self.tx.add(egress, egress.port.send_batch(&[frame]));
-                        false
-                    }
-                    _ => true,
-                },
-            };
-            if flood {
-                for &out in &net.ports {
-                    if out == view.id {
-                        continue;
-                    }
-                    if let Some(egress) = self.snap.port(out) {
-                        self.tx.add(egress, egress.port.send_batch(&[frame]));
-                    }
+                if let Some(egress) = snap.port(out) {
+                    tx.add(egress, egress.port.send_batch(&[frame]));
                 }
             }
         }
-        let s = &view.stats;
-        s.rx_packets.fetch_add(rx.packets, Ordering::Relaxed);
-        s.rx_bytes.fetch_add(rx.bytes, Ordering::Relaxed);
-        if learn_full > 0 {
-            s.learn_full.fetch_add(learn_full, Ordering::Relaxed);
+    }
+    let s = &view.stats;
+    s.rx_packets.fetch_add(rx.packets, Ordering::Relaxed);
+    s.rx_bytes.fetch_add(rx.bytes, Ordering::Relaxed);
+    if learn_full > 0 {
+        s.learn_full.fetch_add(learn_full, Ordering::Relaxed);
+    }
+    for r in DropReason::ALL {
+        if drops[r as usize] > 0 {
+            s.drop_n(r, drops[r as usize]);
         }
-        for r in DropReason::ALL {
-            if drops[r as usize] > 0 {
-                s.drop_n(r, drops[r as usize]);
-            }
+    }
+    drop(table);
+    tx.flush(snap);
+    report.state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::Fdb;
+    use crate::port::mem::MemPort;
+    use crate::port::Port;
+    use crate::snapshot::NetworkView;
+    use crate::stats::PortStats;
+
+    const BCAST: [u8; 6] = [0xff; 6];
+
+    fn frame(dst: [u8; 6], src: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len.max(14)];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, src]);
+        f.truncate(len);
+        f
+    }
+
+    /// Two networks: ports 1, 2, 3 on "a", port 4 on "b".
+    fn setup() -> (Snapshot, Vec<Arc<MemPort>>) {
+        let mems: Vec<Arc<MemPort>> = (0..=4)
+            .map(|i| Arc::new(MemPort::new(&format!("m{i}"))))
+            .collect();
+        let net = |name: &str, ports: Vec<u16>| {
+            Arc::new(NetworkView {
+                name: name.into(),
+                max_frame: 1518,
+                fdb: Arc::new(Fdb::new(64, 300)),
+                ports: ports.into_iter().map(PortId).collect(),
+            })
+        };
+        let (a, b) = (net("a", vec![1, 2, 3]), net("b", vec![4]));
+        let mut ports = vec![None];
+        for i in 1..=4u16 {
+            let network = if i == 4 { b.clone() } else { a.clone() };
+            let port: Arc<dyn Port> = mems[i as usize].clone();
+            ports.push(Some(Arc::new(PortView {
+                id: PortId(i),
+                port,
+                stats: Arc::default(),
+                network,
+                worker: 0,
+            })));
         }
-        drop(table);
-        self.tx.flush(&self.snap);
-        report.state
+        (Snapshot { epoch: 1, ports }, mems)
+    }
+
+    fn run(snap: &Snapshot, id: u16) -> RecvState {
+        let mut batch = Batch::new();
+        let mut tx = TxAcc::new();
+        burst(&mut batch, &mut tx, snap, snap.port(PortId(id)).unwrap(), 0)
+    }
+
+    fn stats(snap: &Snapshot, id: u16) -> &PortStats {
+        &snap.port(PortId(id)).unwrap().stats
+    }
+
+    #[test]
+    fn broadcast_floods_its_network_only_and_unicast_follows_learning() {
+        let (snap, m) = setup();
+        m[1].inject(&frame(BCAST, 1, 60));
+        assert_eq!(run(&snap, 1), RecvState::Drained);
+        assert_eq!(m[1].take_sent().len(), 0, "never back out the ingress port");
+        assert_eq!(m[2].take_sent().len(), 1);
+        assert_eq!(m[3].take_sent().len(), 1);
+        assert_eq!(m[4].take_sent().len(), 0, "networks are isolated");
+        // Port 2 answers port 1: known unicast, one copy, to port 1 only.
+        m[2].inject(&frame([2, 0, 0, 0, 0, 1], 2, 60));
+        run(&snap, 2);
+        assert_eq!(m[1].take_sent().len(), 1);
+        assert_eq!(m[3].take_sent().len(), 0);
+        assert_eq!(stats(&snap, 1).tx_packets.load(Ordering::Relaxed), 1);
+        assert_eq!(stats(&snap, 2).rx_packets.load(Ordering::Relaxed), 1);
+        assert_eq!(stats(&snap, 2).rx_bytes.load(Ordering::Relaxed), 60);
+    }
+
+    #[test]
+    fn an_entry_pointing_into_another_network_is_not_followed() {
+        let (snap, m) = setup();
+        // A MAC learned on port 4 (network b) must not pull a frame of network a across.
+        snap.port(PortId(1)).unwrap().network.fdb.table().learn(
+            crate::wire::MacAddr([2, 0, 0, 0, 0, 9]),
+            PortId(4),
+            0,
+        );
+        m[1].inject(&frame([2, 0, 0, 0, 0, 9], 1, 60));
+        run(&snap, 1);
+        assert_eq!(m[4].take_sent().len(), 0);
+        assert_eq!(
+            m[2].take_sent().len(),
+            1,
+            "flooded within its own network instead"
+        );
+    }
+
+    #[test]
+    fn bursts_are_bounded_and_drops_are_counted_by_reason() {
+        let (snap, m) = setup();
+        for _ in 0..(crate::packet::BATCH + 5) {
+            m[1].inject(&frame(BCAST, 1, 60));
+        }
+        assert_eq!(
+            run(&snap, 1),
+            RecvState::More,
+            "a full burst leaves the rest for the next turn"
+        );
+        assert_eq!(run(&snap, 1), RecvState::Drained);
+        m[1].inject(&frame(BCAST, 1, 10));
+        m[1].inject(&frame(BCAST, 1, 2000));
+        m[1].inject(&frame(BCAST, 0xff, 60)); // src 02:..:ff is fine
+        let mut mc = frame(BCAST, 1, 60);
+        mc[6] = 0x01; // group source address
+        m[1].inject(&mc);
+        m[3].set_down(true);
+        run(&snap, 1);
+        let s = stats(&snap, 1);
+        assert_eq!(s.drops(DropReason::Runt), 1);
+        assert_eq!(s.drops(DropReason::Oversize), 1);
+        assert_eq!(s.drops(DropReason::BadSrcMac), 1);
+        // Port 3 was down for the one good frame of the last burst.
+        assert_eq!(stats(&snap, 3).drops(DropReason::LinkDown), 1);
+        assert_eq!(
+            stats(&snap, 2).tx_packets.load(Ordering::Relaxed),
+            crate::packet::BATCH as u64 + 5 + 1
+        );
     }
 }

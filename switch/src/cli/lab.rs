@@ -111,8 +111,17 @@ pub fn run(cmd: LabCmd, socket: &Path) -> anyhow::Result<i32> {
     }
 }
 
+/// Whether `pid` runs: exists and is not a zombie (a daemon the lab started
+/// stays a zombie until the `lab up` process that spawned it exits).
 fn process_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the command name, which is in parentheses and may contain spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 fn check_prefix(prefix: &str) -> anyhow::Result<()> {

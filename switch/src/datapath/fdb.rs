@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::port::PortId;
+use crate::packet::PortId;
 use crate::wire::MacAddr;
 
 /// The port value of a tombstone slot (never a real [`PortId`]).

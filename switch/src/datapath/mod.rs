@@ -15,7 +15,7 @@
 
 pub mod fdb;
 
-use crate::port::PortId;
+use crate::packet::PortId;
 use crate::stats::DropReason;
 use crate::wire::{EthAddrs, ETH_HEADER_LEN};
 pub use fdb::{Fdb, Learned, Table};

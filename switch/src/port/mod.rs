@@ -13,39 +13,10 @@
 pub mod mem;
 pub mod tap;
 
-use std::fmt;
 use std::os::fd::RawFd;
 
 use crate::packet::Batch;
-
-/// A port's number, unique in the daemon while the port exists. 0 is never
-/// used, so a forwarding-table slot of all zeroes means "empty".
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct PortId(pub u16);
-
-impl PortId {
-    /// The largest id handed out; `u16::MAX` is reserved by the forwarding table.
-    pub const MAX: u16 = u16::MAX - 1;
-
-    #[inline]
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl fmt::Display for PortId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl fmt::Debug for PortId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "port{}", self.0)
-    }
-}
+pub use crate::packet::PortId;
 
 /// How a receive burst ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command (README, CI): formatting, lints, the layer rules, and every
+# test (unit and integration against real namespaces and TAP devices).
+#
+# Integration tests need CAP_NET_ADMIN. As root they run directly. As any other
+# user this script re-runs itself inside `unshare --user --map-root-user --net
+# --mount`, with a private /run for `ip netns`; TAP devices then need
+# /dev/net/tun to be mode 0666 (the distribution default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
+  if [ ! -w /dev/net/tun ]; then
+    echo "test.sh: /dev/net/tun is not writable by $(id -un) (mode $(stat -c %a /dev/net/tun)); the TAP tests need mode 0666, the distribution default" >&2
+  fi
+  cargo build --all-targets --quiet   # build outside: the user namespace has no network for crates.io
+  exec env TAPYARD_IN_USERNS=1 unshare --user --map-root-user --net --mount -- "$0" "$@"
+fi
+if [ -n "${TAPYARD_IN_USERNS:-}" ]; then
+  mount -t tmpfs tapyard-run /run
+  mkdir -p /run/netns
+  ip link set lo up
+fi
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+cargo fmt --all -- --check
+scripts/check-layers.sh
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --workspace "$@"

@@ -1,0 +1,245 @@
+//! Harness for the integration tests: a real `tapyard daemon` on a private
+//! socket and state directory, and network namespaces named after the test
+//! process, all removed on drop (also when a test fails).
+//!
+//! Needs CAP_NET_ADMIN: run as root, or through `scripts/test.sh`, which
+//! re-runs the suite inside `unshare --user --map-root-user --net --mount`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TAPYARD: &str = env!("CARGO_BIN_EXE_tapyard");
+
+/// A unique, short tag for names: process id plus a per-test tag.
+pub fn name(tag: &str) -> String {
+    format!("ty{}{}", std::process::id(), tag)
+}
+
+fn ensure_privileged(tag: &str) {
+    let probe = name(&format!("probe{tag}"));
+    let ok = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let _ = Command::new("ip")
+        .args(["netns", "del", &probe])
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        ok,
+        "these tests need to create network namespaces: run them as root, or with scripts/test.sh, \
+         which runs them inside `unshare --user --map-root-user --net --mount`"
+    );
+}
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(tag: &str) -> Daemon {
+        ensure_privileged(tag);
+        let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name(tag)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Daemon {
+            socket: dir.join("run/tapyard.sock"),
+            state: dir.join("state"),
+            dir,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon process on this socket and state directory and waits until it answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(TAPYARD)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["daemon", "--workers", "2", "--state-dir"])
+            .arg(&self.state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.cli(&["network", "ls"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `sig` to the daemon and waits for it to exit; returns its exit code (None if killed by a signal).
+    pub fn signal(&mut self, sig: &str) -> Option<i32> {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not exit after SIG{sig}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(TAPYARD)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and panics with its stderr if it fails; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tapyard {args:?} failed ({}): {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI with `--json` appended and parses its output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A network namespace made by a test, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = Netns { name: name(tag) };
+        sh(&["ip", "netns", "add", &n.name]);
+        sh(&["ip", "-n", &n.name, "link", "set", "lo", "up"]);
+        n
+    }
+
+    /// Runs a command inside the namespace; returns whether it succeeded.
+    pub fn run(&self, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    pub fn has_link(&self, ifname: &str) -> bool {
+        self.run(&["ip", "link", "show", "dev", ifname])
+    }
+
+    /// Pings `ip` until one reply or 3 s pass.
+    pub fn reaches(&self, ip: &str) -> bool {
+        self.run(&["ping", "-n", "-q", "-c", "1", "-w", "3", ip])
+    }
+
+    /// Two pings 0.2 s apart, one second to answer: false when nothing answers.
+    pub fn ping_quick(&self, ip: &str) -> bool {
+        self.run(&["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", ip])
+    }
+
+    pub fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `f` every 50 ms until it holds or `secs` pass.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
