@@ -8,6 +8,10 @@
 # /dev/net/tun to be mode 0666 (the distribution default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${TAPYARD_IN_USERNS:-}" ]; then
+  scripts/setup.sh
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
 
 if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
   if [ ! -w /dev/net/tun ]; then
@@ -27,3 +31,7 @@ cargo fmt --all -- --check
 scripts/check-layers.sh
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --workspace "$@"
+# As root, also run the integration tests the rootless way (as nobody in a user namespace).
+if [ "$(id -u)" -eq 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ] && [ -z "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
+  scripts/test-rootless.sh
+fi
