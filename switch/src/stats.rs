@@ -25,9 +25,6 @@ pub enum DropReason {
     Hairpin,
     /// Larger than the network's MTU plus the Ethernet header.
     Oversize,
-    /// The ingress port belongs to no network in the current snapshot
-    /// (it is being removed).
-    NoNetwork,
     /// The egress interface is down (write returned EIO; counted on the egress port).
     LinkDown,
     /// The egress queue is full (write would block; counted on the egress port).
@@ -35,12 +32,11 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::Runt,
         DropReason::BadSrcMac,
         DropReason::Hairpin,
         DropReason::Oversize,
-        DropReason::NoNetwork,
         DropReason::LinkDown,
         DropReason::QueueFull,
     ];
@@ -51,7 +47,6 @@ impl DropReason {
             DropReason::BadSrcMac => "bad_src_mac",
             DropReason::Hairpin => "hairpin",
             DropReason::Oversize => "oversize",
-            DropReason::NoNetwork => "no_network",
             DropReason::LinkDown => "link_down",
             DropReason::QueueFull => "queue_full",
         }
