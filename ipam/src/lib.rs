@@ -22,30 +22,17 @@ pub enum IpamError {
     #[error("gateway {gateway} is not a usable host address of subnet {subnet}")]
     GatewayOutsideSubnet { gateway: Ipv4Addr, subnet: Ipv4Net },
     #[error("subnet {subnet} overlaps subnet {other} of network {network:?}: choose a subnet that does not overlap")]
-    Overlap {
-        subnet: Ipv4Net,
-        other: Ipv4Net,
-        network: String,
-    },
+    Overlap { subnet: Ipv4Net, other: Ipv4Net, network: String },
     #[error("address {addr} is not in subnet {subnet} of this network")]
     AddressOutsideSubnet { addr: Ipv4Addr, subnet: Ipv4Net },
     #[error("address {addr} is the {what} address of subnet {subnet}, which no port may take")]
-    AddressReserved {
-        addr: Ipv4Addr,
-        subnet: Ipv4Net,
-        what: &'static str,
-    },
+    AddressReserved { addr: Ipv4Addr, subnet: Ipv4Net, what: &'static str },
     #[error("address {0} is already assigned to another port on this network")]
     AddressInUse(Ipv4Addr),
     #[error("address {0} needs a prefix length (like {0}/24) because the network has no subnet")]
     PrefixNeeded(Ipv4Addr),
     #[error("address {addr}/{given} does not match the network's subnet {subnet}: use {addr}/{want} or leave the prefix out")]
-    PrefixMismatch {
-        addr: Ipv4Addr,
-        given: u8,
-        want: u8,
-        subnet: Ipv4Net,
-    },
+    PrefixMismatch { addr: Ipv4Addr, given: u8, want: u8, subnet: Ipv4Net },
 }
 
 /// A network's subnet and gateway, validated.
@@ -59,10 +46,7 @@ impl Addressing {
     /// Validates `subnet` and `gateway` (default: the first host address, as Docker does).
     pub fn new(subnet: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<Addressing, IpamError> {
         if subnet.trunc() != subnet {
-            return Err(IpamError::HostBitsSet {
-                given: subnet,
-                canonical: subnet.trunc(),
-            });
+            return Err(IpamError::HostBitsSet { given: subnet, canonical: subnet.trunc() });
         }
         if subnet.prefix_len() > 30 {
             return Err(IpamError::SubnetTooSmall(subnet));
@@ -76,17 +60,10 @@ impl Addressing {
     }
 
     /// Refuses a subnet that overlaps one of `others` (name, subnet).
-    pub fn check_overlap<'a>(
-        &self,
-        others: impl IntoIterator<Item = (&'a str, Ipv4Net)>,
-    ) -> Result<(), IpamError> {
+    pub fn check_overlap<'a>(&self, others: impl IntoIterator<Item = (&'a str, Ipv4Net)>) -> Result<(), IpamError> {
         for (name, other) in others {
             if other.contains(&self.subnet.network()) || self.subnet.contains(&other.network()) {
-                return Err(IpamError::Overlap {
-                    subnet: self.subnet,
-                    other,
-                    network: name.to_string(),
-                });
+                return Err(IpamError::Overlap { subnet: self.subnet, other, network: name.to_string() });
             }
         }
         Ok(())
@@ -113,18 +90,10 @@ pub fn check_static(
         Some(a) => {
             let want = a.subnet.prefix_len();
             if let Some(given) = prefix.filter(|&p| p != want) {
-                return Err(IpamError::PrefixMismatch {
-                    addr: requested,
-                    given,
-                    want,
-                    subnet: a.subnet,
-                });
+                return Err(IpamError::PrefixMismatch { addr: requested, given, want, subnet: a.subnet });
             }
             if !a.subnet.contains(&requested) {
-                return Err(IpamError::AddressOutsideSubnet {
-                    addr: requested,
-                    subnet: a.subnet,
-                });
+                return Err(IpamError::AddressOutsideSubnet { addr: requested, subnet: a.subnet });
             }
             let reserved = if requested == a.subnet.network() {
                 Some("network")
@@ -136,11 +105,7 @@ pub fn check_static(
                 None
             };
             if let Some(what) = reserved {
-                return Err(IpamError::AddressReserved {
-                    addr: requested,
-                    subnet: a.subnet,
-                    what,
-                });
+                return Err(IpamError::AddressReserved { addr: requested, subnet: a.subnet, what });
             }
             Ipv4Net::new(requested, want).expect("prefix of a valid subnet")
         }
@@ -175,14 +140,8 @@ mod tests {
 
     #[test]
     fn bad_subnets_and_gateways_are_refused() {
-        assert!(matches!(
-            Addressing::new(net("10.1.0.5/24"), None),
-            Err(IpamError::HostBitsSet { .. })
-        ));
-        assert!(matches!(
-            Addressing::new(net("10.1.0.0/31"), None),
-            Err(IpamError::SubnetTooSmall(_))
-        ));
+        assert!(matches!(Addressing::new(net("10.1.0.5/24"), None), Err(IpamError::HostBitsSet { .. })));
+        assert!(matches!(Addressing::new(net("10.1.0.0/31"), None), Err(IpamError::SubnetTooSmall(_))));
         for gw in ["10.2.0.1", "10.1.0.0", "10.1.0.255"] {
             assert!(matches!(
                 Addressing::new(net("10.1.0.0/24"), Some(ip(gw))),
@@ -203,14 +162,8 @@ mod tests {
     fn static_addresses_are_checked() {
         let a = Addressing::new(net("10.1.0.0/24"), None).unwrap();
         let used = [ip("10.1.0.7")];
-        assert_eq!(
-            check_static(ip("10.1.0.2"), None, Some(&a), used).unwrap(),
-            net("10.1.0.2/24")
-        );
-        assert_eq!(
-            check_static(ip("10.1.0.2"), Some(24), Some(&a), used).unwrap(),
-            net("10.1.0.2/24")
-        );
+        assert_eq!(check_static(ip("10.1.0.2"), None, Some(&a), used).unwrap(), net("10.1.0.2/24"));
+        assert_eq!(check_static(ip("10.1.0.2"), Some(24), Some(&a), used).unwrap(), net("10.1.0.2/24"));
         assert!(matches!(
             check_static(ip("10.1.0.2"), Some(16), Some(&a), used),
             Err(IpamError::PrefixMismatch { .. })
@@ -221,33 +174,18 @@ mod tests {
         ));
         assert!(matches!(
             check_static(ip("10.1.0.1"), None, Some(&a), used),
-            Err(IpamError::AddressReserved {
-                what: "gateway",
-                ..
-            })
+            Err(IpamError::AddressReserved { what: "gateway", .. })
         ));
         assert!(matches!(
             check_static(ip("10.1.0.255"), None, Some(&a), used),
-            Err(IpamError::AddressReserved {
-                what: "broadcast",
-                ..
-            })
+            Err(IpamError::AddressReserved { what: "broadcast", .. })
         ));
-        assert_eq!(
-            check_static(ip("10.1.0.7"), None, Some(&a), used),
-            Err(IpamError::AddressInUse(ip("10.1.0.7")))
-        );
+        assert_eq!(check_static(ip("10.1.0.7"), None, Some(&a), used), Err(IpamError::AddressInUse(ip("10.1.0.7"))));
     }
 
     #[test]
     fn without_a_subnet_the_prefix_is_required() {
-        assert_eq!(
-            check_static(ip("10.1.0.2"), Some(24), None, []).unwrap(),
-            net("10.1.0.2/24")
-        );
-        assert_eq!(
-            check_static(ip("10.1.0.2"), None, None, []),
-            Err(IpamError::PrefixNeeded(ip("10.1.0.2")))
-        );
+        assert_eq!(check_static(ip("10.1.0.2"), Some(24), None, []).unwrap(), net("10.1.0.2/24"));
+        assert_eq!(check_static(ip("10.1.0.2"), None, None, []), Err(IpamError::PrefixNeeded(ip("10.1.0.2"))));
     }
 }

@@ -19,9 +19,7 @@ impl Default for Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-        }
+        Clock { start: Instant::now() }
     }
 
     /// Seconds since start; wraps after 136 years.

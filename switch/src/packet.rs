@@ -30,10 +30,7 @@ impl Default for PacketBuf {
 
 impl PacketBuf {
     pub fn new() -> PacketBuf {
-        PacketBuf {
-            data: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(),
-            len: 0,
-        }
+        PacketBuf { data: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(), len: 0 }
     }
 
     /// The frame bytes (after the headroom).
@@ -68,9 +65,7 @@ impl PacketBuf {
 
 /// A port's number, unique in the daemon while the port exists. 0 is never
 /// used, so a forwarding-table slot of all zeroes means "empty".
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct PortId(pub u16);
 
 impl PortId {
@@ -112,10 +107,7 @@ impl Default for Batch {
 
 impl Batch {
     pub fn new() -> Batch {
-        Batch {
-            bufs: (0..BATCH).map(|_| PacketBuf::new()).collect(),
-            len: 0,
-        }
+        Batch { bufs: (0..BATCH).map(|_| PacketBuf::new()).collect(), len: 0 }
     }
 
     #[inline]

@@ -51,9 +51,6 @@ impl Snapshot {
     }
 
     pub fn ports_of_worker(&self, worker: usize) -> impl Iterator<Item = &Arc<PortView>> {
-        self.ports
-            .iter()
-            .flatten()
-            .filter(move |p| p.worker == worker)
+        self.ports.iter().flatten().filter(move |p| p.worker == worker)
     }
 }

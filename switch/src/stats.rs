@@ -92,10 +92,7 @@ impl PortStats {
             rx_errors: self.rx_errors.load(Relaxed),
             tx_errors: self.tx_errors.load(Relaxed),
             learn_full: self.learn_full.load(Relaxed),
-            drops: DropReason::ALL
-                .iter()
-                .map(|&r| (r.name().to_string(), self.drops(r)))
-                .collect(),
+            drops: DropReason::ALL.iter().map(|&r| (r.name().to_string(), self.drops(r))).collect(),
         }
     }
 }

@@ -61,37 +61,23 @@ pub struct Shared {
 }
 
 /// Starts worker `index`, pinned to `core` when given.
-pub fn spawn(
-    index: usize,
-    core: Option<core_affinity::CoreId>,
-    shared: Shared,
-) -> io::Result<WorkerHandle> {
+pub fn spawn(index: usize, core: Option<core_affinity::CoreId>, shared: Shared) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let adopted = Arc::new(AtomicU64::new(0));
     let adopted2 = adopted.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("tapyard-w{index}"))
-        .spawn(move || {
-            if let Some(core) = core {
-                if !core_affinity::set_for_current(core) {
-                    tracing::warn!(
-                        worker = index,
-                        core = core.id,
-                        "could not pin worker to its core"
-                    );
-                }
+    let thread = std::thread::Builder::new().name(format!("tapyard-w{index}")).spawn(move || {
+        if let Some(core) = core {
+            if !core_affinity::set_for_current(core) {
+                tracing::warn!(worker = index, core = core.id, "could not pin worker to its core");
             }
-            let mut w = Worker::new(index, poll, shared, adopted2);
-            if let Err(e) = w.run() {
-                tracing::error!(worker = index, error = %e, "worker stopped");
-            }
-        })?;
-    Ok(WorkerHandle {
-        waker,
-        adopted,
-        thread,
-    })
+        }
+        let mut w = Worker::new(index, poll, shared, adopted2);
+        if let Err(e) = w.run() {
+            tracing::error!(worker = index, error = %e, "worker stopped");
+        }
+    })?;
+    Ok(WorkerHandle { waker, adopted, thread })
 }
 
 /// Per-egress send results gathered over one burst, added to the shared
@@ -110,11 +96,7 @@ impl Default for TxAcc {
 
 impl TxAcc {
     pub fn new() -> TxAcc {
-        TxAcc {
-            ids: [PortId(0); 64],
-            reps: [SendReport::default(); 64],
-            n: 0,
-        }
+        TxAcc { ids: [PortId(0); 64], reps: [SendReport::default(); 64], n: 0 }
     }
 
     #[inline]
@@ -202,11 +184,7 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         self.adopt();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let timeout = if self.pending.is_empty() {
-                None
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout = if self.pending.is_empty() { None } else { Some(Duration::ZERO) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -264,11 +242,7 @@ impl Worker {
             }
             self.owned.push(view.id);
             if let Some(fd) = view.port.raw_fd() {
-                let r = self.poll.registry().register(
-                    &mut SourceFd(&fd),
-                    Token(view.id.index()),
-                    Interest::READABLE,
-                );
+                let r = self.poll.registry().register(&mut SourceFd(&fd), Token(view.id.index()), Interest::READABLE);
                 if let Err(e) = r {
                     tracing::error!(port = %view.id, error = %e, "cannot poll port");
                 }
@@ -306,10 +280,7 @@ impl Worker {
                     if let Some(fd) = self.snap.port(id).and_then(|v| v.port.raw_fd()) {
                         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                     }
-                    let _ = self.shared.events.try_send(WorkerEvent::PortGone {
-                        port: id,
-                        errno: libc::EBADFD,
-                    });
+                    let _ = self.shared.events.try_send(WorkerEvent::PortGone { port: id, errno: libc::EBADFD });
                 }
                 RecvState::Error(_) => {
                     if let Some(v) = self.snap.port(id) {
@@ -322,13 +293,7 @@ impl Worker {
 }
 
 /// Reads one burst from `view` and forwards it: the whole per-frame path.
-pub fn burst(
-    batch: &mut Batch,
-    tx: &mut TxAcc,
-    snap: &Snapshot,
-    view: &PortView,
-    now: u32,
-) -> RecvState {
+pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView, now: u32) -> RecvState {
     batch.clear();
     let report = view.port.recv_batch(batch);
     if report.frames == 0 {
@@ -410,9 +375,7 @@ mod tests {
 
     /// Two networks: ports 1, 2, 3 on "a", port 4 on "b".
     fn setup() -> (Snapshot, Vec<Arc<MemPort>>) {
-        let mems: Vec<Arc<MemPort>> = (0..=4)
-            .map(|i| Arc::new(MemPort::new(&format!("m{i}"))))
-            .collect();
+        let mems: Vec<Arc<MemPort>> = (0..=4).map(|i| Arc::new(MemPort::new(&format!("m{i}")))).collect();
         let net = |name: &str, ports: Vec<u16>| {
             Arc::new(NetworkView {
                 name: name.into(),
@@ -426,13 +389,7 @@ mod tests {
         for i in 1..=4u16 {
             let network = if i == 4 { b.clone() } else { a.clone() };
             let port: Arc<dyn Port> = mems[i as usize].clone();
-            ports.push(Some(Arc::new(PortView {
-                id: PortId(i),
-                port,
-                stats: Arc::default(),
-                network,
-                worker: 0,
-            })));
+            ports.push(Some(Arc::new(PortView { id: PortId(i), port, stats: Arc::default(), network, worker: 0 })));
         }
         (Snapshot { epoch: 1, ports }, mems)
     }
@@ -470,19 +427,11 @@ mod tests {
     fn an_entry_pointing_into_another_network_is_not_followed() {
         let (snap, m) = setup();
         // A MAC learned on port 4 (network b) must not pull a frame of network a across.
-        snap.port(PortId(1)).unwrap().network.fdb.table().learn(
-            crate::wire::MacAddr([2, 0, 0, 0, 0, 9]),
-            PortId(4),
-            0,
-        );
+        snap.port(PortId(1)).unwrap().network.fdb.table().learn(crate::wire::MacAddr([2, 0, 0, 0, 0, 9]), PortId(4), 0);
         m[1].inject(&frame([2, 0, 0, 0, 0, 9], 1, 60));
         run(&snap, 1);
         assert_eq!(m[4].take_sent().len(), 0);
-        assert_eq!(
-            m[2].take_sent().len(),
-            1,
-            "flooded within its own network instead"
-        );
+        assert_eq!(m[2].take_sent().len(), 1, "flooded within its own network instead");
     }
 
     #[test]
@@ -491,11 +440,7 @@ mod tests {
         for _ in 0..(crate::packet::BATCH + 5) {
             m[1].inject(&frame(BCAST, 1, 60));
         }
-        assert_eq!(
-            run(&snap, 1),
-            RecvState::More,
-            "a full burst leaves the rest for the next turn"
-        );
+        assert_eq!(run(&snap, 1), RecvState::More, "a full burst leaves the rest for the next turn");
         assert_eq!(run(&snap, 1), RecvState::Drained);
         m[1].inject(&frame(BCAST, 1, 10));
         m[1].inject(&frame(BCAST, 1, 2000));
@@ -511,9 +456,6 @@ mod tests {
         assert_eq!(s.drops(DropReason::BadSrcMac), 1);
         // Port 3 was down for the one good frame of the last burst.
         assert_eq!(stats(&snap, 3).drops(DropReason::LinkDown), 1);
-        assert_eq!(
-            stats(&snap, 2).tx_packets.load(Ordering::Relaxed),
-            crate::packet::BATCH as u64 + 5 + 1
-        );
+        assert_eq!(stats(&snap, 2).tx_packets.load(Ordering::Relaxed), crate::packet::BATCH as u64 + 5 + 1);
     }
 }

@@ -15,15 +15,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn sigkill_then_restart_brings_networks_and_ports_back() {
     let mut d = Daemon::start("kill");
     let net = name("kill");
-    d.ok(&[
-        "network",
-        "create",
-        &net,
-        "--subnet",
-        "10.82.0.0/24",
-        "--mtu",
-        "1400",
-    ]);
+    d.ok(&["network", "create", &net, "--subnet", "10.82.0.0/24", "--mtu", "1400"]);
     let a = Netns::new("killa");
     let b = Netns::new("killb");
     d.ok(&["connect", &net, &a.name, "--ip", "10.82.0.11"]);
@@ -33,27 +25,17 @@ fn sigkill_then_restart_brings_networks_and_ports_back() {
 
     assert_eq!(d.signal("KILL"), None);
     // The kernel closed the TAP fds: the interfaces are gone, the socket file is stale.
-    assert!(
-        wait_for(3, || !a.has_link("eth0")),
-        "TAP must vanish with the daemon"
-    );
+    assert!(wait_for(3, || !a.has_link("eth0")), "TAP must vanish with the daemon");
     assert!(exists(&d.socket), "SIGKILL leaves the socket file behind");
 
     d.spawn();
-    assert!(
-        d.log().contains("stale socket"),
-        "the stale socket should be noticed and replaced"
-    );
+    assert!(d.log().contains("stale socket"), "the stale socket should be noticed and replaced");
     let nets = d.json(&["network", "ls"]);
     assert_eq!(nets[0]["name"], net.as_str());
     assert_eq!(nets[0]["mtu"], 1400);
     assert_eq!(nets[0]["subnet"], "10.82.0.0/24");
     let ports = d.json(&["port", "ls"]);
-    assert_eq!(
-        ports.as_array().unwrap().len(),
-        2,
-        "ports reattached: {ports}"
-    );
+    assert_eq!(ports.as_array().unwrap().len(), 2, "ports reattached: {ports}");
     assert_eq!(ports[0]["mac"], mac_before, "same MAC after restart");
     assert!(a.has_link("eth0"));
     assert!(a.run(&["sh", "-c", "ip link show dev eth0 | grep -q 'mtu 1400'"]));
@@ -93,9 +75,7 @@ fn a_second_daemon_on_a_live_socket_refuses_to_start() {
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
     // The first one is unharmed.
     d.ok(&["network", "ls"]);
-    let mode = std::fs::metadata(&d.socket)
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
-        .unwrap();
+    let mode = std::fs::metadata(&d.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();
     assert_eq!(mode & 0o777, 0o600, "socket mode");
 }
 
@@ -106,86 +86,40 @@ fn cli_errors_are_clear_and_change_nothing() {
     d.ok(&["network", "create", &net, "--subnet", "10.83.0.0/24"]);
     let cases: &[(&[&str], &str)] = &[
         (&["network", "create", &net], "already exists"),
-        (
-            &["network", "create", "x", "--subnet", "10.83.0.0/16"],
-            "overlaps",
-        ),
-        (
-            &["network", "create", "x", "--subnet", "10.0.0.0/33"],
-            "invalid subnet",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "x",
-                "--subnet",
-                "10.84.0.0/24",
-                "--gateway",
-                "10.85.0.1",
-            ],
-            "not a usable host",
-        ),
+        (&["network", "create", "x", "--subnet", "10.83.0.0/16"], "overlaps"),
+        (&["network", "create", "x", "--subnet", "10.0.0.0/33"], "invalid subnet"),
+        (&["network", "create", "x", "--subnet", "10.84.0.0/24", "--gateway", "10.85.0.1"], "not a usable host"),
         (&["network", "create", "x", "--mtu", "20"], "MTU"),
         (&["network", "create", "bad name"], "invalid network name"),
         (&["network", "inspect", "nope"], "no network named"),
         (&["connect", "nope", "whatever"], "not found"),
         (&["connect", &net, "ty-no-such-namespace"], "not found"),
-        (
-            &["connect", &net, "x", "--mac", "zz:00:00:00:00:00"],
-            "invalid MAC",
-        ),
-        (
-            &["connect", &net, "x", "--ifname", "a/b"],
-            "invalid interface name",
-        ),
-        (
-            &["connect", &net, "x", "--ip", "10.83.0.300"],
-            "invalid address",
-        ),
+        (&["connect", &net, "x", "--mac", "zz:00:00:00:00:00"], "invalid MAC"),
+        (&["connect", &net, "x", "--ifname", "a/b"], "invalid interface name"),
+        (&["connect", &net, "x", "--ip", "10.83.0.300"], "invalid address"),
         (&["port", "ls", "nope"], "no network named"),
         (&["fdb", "show", "nope"], "no network named"),
     ];
     for (args, want) in cases {
         let out = d.cli(args);
         assert!(!out.status.success(), "{args:?} should fail");
-        assert!(
-            stderr(&out).contains(want),
-            "{args:?}: stderr {:?} lacks {want:?}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains(want), "{args:?}: stderr {:?} lacks {want:?}", stderr(&out));
     }
     // Address checks need a real namespace to get that far.
     let ns = Netns::new("erra");
-    for (ip, want) in [
-        ("10.99.0.2", "not in subnet"),
-        ("10.83.0.1", "gateway"),
-        ("10.83.0.2/16", "does not match"),
-    ] {
+    for (ip, want) in [("10.99.0.2", "not in subnet"), ("10.83.0.1", "gateway"), ("10.83.0.2/16", "does not match")] {
         let out = d.cli(&["connect", &net, &ns.name, "--ip", ip]);
         assert!(stderr(&out).contains(want), "--ip {ip}: {}", stderr(&out));
     }
     d.ok(&["connect", &net, &ns.name, "--ip", "10.83.0.2"]);
     let out = d.cli(&["connect", &net, &ns.name, "--ip", "10.83.0.3"]);
-    assert!(
-        stderr(&out).contains("already has eth0"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("already has eth0"), "{}", stderr(&out));
     let ns2 = Netns::new("errb");
     let out = d.cli(&["connect", &net, &ns2.name, "--ip", "10.83.0.2"]);
-    assert!(
-        stderr(&out).contains("already assigned"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("already assigned"), "{}", stderr(&out));
     // A busy network is not removed without --force.
     let out = d.cli(&["network", "rm", &net]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("--force"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(!out.status.success() && stderr(&out).contains("--force"), "{}", stderr(&out));
     // Nothing above changed the state.
     let nets = d.json(&["network", "ls"]);
     assert_eq!(nets.as_array().unwrap().len(), 1);
@@ -198,16 +132,10 @@ fn cli_errors_are_clear_and_change_nothing() {
 
 #[test]
 fn cli_without_a_daemon_says_how_to_start_one() {
-    let out = Command::new(TAPYARD)
-        .args(["--socket", "/nonexistent/tapyard.sock", "network", "ls"])
-        .output()
-        .unwrap();
+    let out = Command::new(TAPYARD).args(["--socket", "/nonexistent/tapyard.sock", "network", "ls"]).output().unwrap();
     assert_eq!(out.status.code(), Some(4));
     assert!(stderr(&out).contains("tapyard daemon"), "{}", stderr(&out));
-    let out = Command::new(TAPYARD)
-        .args(["network", "frobnicate"])
-        .output()
-        .unwrap();
+    let out = Command::new(TAPYARD).args(["network", "frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -224,13 +152,7 @@ fn the_protocol_rejects_malformed_requests_and_keeps_serving() {
         r.read_line(&mut resp).unwrap();
         serde_json::from_str(&resp).unwrap()
     };
-    for bad in [
-        "{",
-        "[]",
-        r#"{"op":"explode"}"#,
-        r#"{"op":"network_rm"}"#,
-        "\u{0}\u{1}",
-    ] {
+    for bad in ["{", "[]", r#"{"op":"explode"}"#, r#"{"op":"network_rm"}"#, "\u{0}\u{1}"] {
         let v = ask(bad);
         assert_eq!(v["ok"], false, "{bad:?}");
         assert_eq!(v["error"]["kind"], "bad_request", "{bad:?}");
@@ -255,50 +177,25 @@ fn lab_up_check_passes_and_leaves_nothing_behind() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // Clean up even if the check failed, then assert.
-    let leftover: Vec<String> = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .lines()
-    .filter(|l| l.starts_with(&format!("{prefix}-")))
-    .map(String::from)
-    .collect();
+    let leftover: Vec<String> =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{prefix}-")))
+            .map(String::from)
+            .collect();
     for ns in &leftover {
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns.split_whitespace().next().unwrap()])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", ns.split_whitespace().next().unwrap()]).status();
     }
     let daemon_gone = !exists(&socket);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "lab check failed:\n{text}\n{}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "lab check failed:\n{text}\n{}", stderr(&out));
     assert!(text.contains("lab check passed"), "{text}");
     // The matrix rows: one per namespace, a cell per other namespace.
-    let cells: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains('·'))
-        .flat_map(|l| l.split_whitespace().skip(1))
-        .collect();
-    assert_eq!(
-        cells.iter().filter(|c| **c == "ok").count(),
-        4,
-        "four reachable pairs:\n{text}"
-    );
-    assert_eq!(
-        cells.iter().filter(|c| **c == "--").count(),
-        8,
-        "eight isolated pairs:\n{text}"
-    );
+    let cells: Vec<&str> =
+        text.lines().filter(|l| l.contains('·')).flat_map(|l| l.split_whitespace().skip(1)).collect();
+    assert_eq!(cells.iter().filter(|c| **c == "ok").count(), 4, "four reachable pairs:\n{text}");
+    assert_eq!(cells.iter().filter(|c| **c == "--").count(), 8, "eight isolated pairs:\n{text}");
     assert_eq!(cells.len(), 16, "{text}");
-    assert!(
-        leftover.is_empty(),
-        "lab left namespaces behind: {leftover:?}"
-    );
+    assert!(leftover.is_empty(), "lab left namespaces behind: {leftover:?}");
     assert!(daemon_gone, "the daemon the lab started must be stopped");
 }

@@ -56,10 +56,7 @@ impl Port for Repeat {
         while batch.push_copy(&self.frame) {
             n += 1;
         }
-        RecvReport {
-            frames: n,
-            state: RecvState::More,
-        }
+        RecvReport { frames: n, state: RecvState::More }
     }
     fn send_batch(&self, frames: &[&[u8]]) -> SendReport {
         self.sent.fetch_add(frames.len() as u64, Relaxed);
@@ -84,20 +81,13 @@ fn repeat(dst: [u8; 6], src: u8) -> Arc<Repeat> {
     let mut frame = [0u8; 64];
     frame[..6].copy_from_slice(&dst);
     frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, src]);
-    Arc::new(Repeat {
-        frame,
-        sent: AtomicU64::new(0),
-    })
+    Arc::new(Repeat { frame, sent: AtomicU64::new(0) })
 }
 
 #[test]
 fn steady_state_forwarding_does_not_allocate() {
     // Port 1 sends unicast to port 2's MAC, port 2 broadcasts (flood to 1 and 3).
-    let ports = [
-        repeat([2, 0, 0, 0, 0, 2], 1),
-        repeat([0xff; 6], 2),
-        repeat([2, 0, 0, 0, 0, 1], 3),
-    ];
+    let ports = [repeat([2, 0, 0, 0, 0, 2], 1), repeat([0xff; 6], 2), repeat([2, 0, 0, 0, 0, 1], 3)];
     let net = Arc::new(NetworkView {
         name: "n".into(),
         max_frame: 1518,
@@ -115,10 +105,7 @@ fn steady_state_forwarding_does_not_allocate() {
             worker: 0,
         })));
     }
-    let snap = Snapshot {
-        epoch: 1,
-        ports: views,
-    };
+    let snap = Snapshot { epoch: 1, ports: views };
     let mut batch = Batch::new();
     let mut tx = TxAcc::new();
     let step = |batch: &mut Batch, tx: &mut TxAcc, now: u32| {

@@ -15,15 +15,9 @@ use crate::control::proto::{ApiError, Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the tapyard daemon at {path}: {source}. Start it with `tapyard daemon` (as root it listens on /run/tapyard/tapyard.sock), or point to it with --socket or TAPYARD_SOCKET")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Connect { path: PathBuf, source: std::io::Error },
     #[error("lost the connection to the daemon at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("the daemon sent a reply this CLI cannot read: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -38,47 +32,27 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let s =
+            UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
         // Connecting and moving links take milliseconds; a minute means the daemon is stuck.
         let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-        let writer = s.try_clone().map_err(|source| ClientError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Client {
-            path: path.to_path_buf(),
-            reader: BufReader::new(s),
-            writer,
-        })
+        let writer = s.try_clone().map_err(|source| ClientError::Io { path: path.to_path_buf(), source })?;
+        Ok(Client { path: path.to_path_buf(), reader: BufReader::new(s), writer })
     }
 
     /// Sends `req` and returns the raw result value.
     pub fn call_value(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
-        let io = |source| ClientError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = |source| ClientError::Io { path: self.path.clone(), source };
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line).map_err(io)?;
         let mut resp = String::new();
-        let n = self
-            .reader
-            .read_line(&mut resp)
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let n =
+            self.reader.read_line(&mut resp).map_err(|source| ClientError::Io { path: self.path.clone(), source })?;
         if n == 0 {
-            return Err(ClientError::Protocol(
-                "the daemon closed the connection without replying".into(),
-            ));
+            return Err(ClientError::Protocol("the daemon closed the connection without replying".into()));
         }
-        let r: Response =
-            serde_json::from_str(&resp).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let r: Response = serde_json::from_str(&resp).map_err(|e| ClientError::Protocol(e.to_string()))?;
         match (r.ok, r.result, r.error) {
             (true, Some(v), _) => Ok(v),
             (true, None, _) => Ok(serde_json::Value::Null),

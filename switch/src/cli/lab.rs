@@ -66,22 +66,13 @@ struct LabRecord {
 }
 
 fn record_path(socket: &Path, prefix: &str) -> PathBuf {
-    socket
-        .parent()
-        .unwrap_or(Path::new("/tmp"))
-        .join(format!("lab-{prefix}.json"))
+    socket.parent().unwrap_or(Path::new("/tmp")).join(format!("lab-{prefix}.json"))
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    let out = cmd.output().with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
     if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -95,15 +86,13 @@ pub fn run(cmd: LabCmd, socket: &Path) -> anyhow::Result<i32> {
                 println!("no lab {prefix:?} is up (no {})", path.display());
                 return Ok(0);
             };
-            let rec: LabRecord = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is corrupt", path.display()))?;
+            let rec: LabRecord =
+                serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display()))?;
             teardown(socket, &rec);
             let _ = std::fs::remove_file(&path);
             if rec.lab_pid != std::process::id() && process_alive(rec.lab_pid) {
                 // The foreground `lab up` that made it: tell it the lab is gone.
-                let _ = Command::new("kill")
-                    .args(["-TERM", &rec.lab_pid.to_string()])
-                    .status();
+                let _ = Command::new("kill").args(["-TERM", &rec.lab_pid.to_string()]).status();
             }
             println!("lab {prefix:?} removed");
             Ok(0)
@@ -118,19 +107,12 @@ fn process_alive(pid: u32) -> bool {
         return false;
     };
     // The state letter follows the command name, which is in parentheses and may contain spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
     !matches!(state, Some("Z" | "X") | None)
 }
 
 fn check_prefix(prefix: &str) -> anyhow::Result<()> {
-    if prefix.is_empty()
-        || prefix.len() > 20
-        || !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
+    if prefix.is_empty() || prefix.len() > 20 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         bail!("--prefix must be 1 to 20 letters, digits or '-'");
     }
     Ok(())
@@ -146,8 +128,7 @@ fn ensure_daemon(socket: &Path, prefix: &str) -> anyhow::Result<Option<u32>> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let state_dir = dir.join(format!("lab-{prefix}-state"));
     let log = dir.join(format!("lab-{prefix}-daemon.log"));
-    let logf =
-        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let logf = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     // A fresh state directory: a lab daemon must not bring back an older lab's networks.
     let _ = std::fs::remove_dir_all(&state_dir);
     let exe = std::env::current_exe().context("cannot find the tapyard executable")?;
@@ -172,26 +153,15 @@ fn ensure_daemon(socket: &Path, prefix: &str) -> anyhow::Result<Option<u32>> {
         }
         if let Ok(Some(status)) = child.try_wait() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            bail!(
-                "the daemon exited ({status}) before answering:\n{}",
-                text.trim()
-            );
+            bail!("the daemon exited ({status}) before answering:\n{}", text.trim());
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            bail!(
-                "the daemon did not answer within 10 s; see {}",
-                log.display()
-            );
+            bail!("the daemon did not answer within 10 s; see {}", log.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!(
-        "started a tapyard daemon (pid {}) at {}; log: {}",
-        child.id(),
-        socket.display(),
-        log.display()
-    );
+    println!("started a tapyard daemon (pid {}) at {}; log: {}", child.id(), socket.display(), log.display());
     Ok(Some(child.id()))
 }
 
@@ -201,10 +171,7 @@ fn up(socket: &Path, prefix: &str, check: bool) -> anyhow::Result<i32> {
     if let Ok(bytes) = std::fs::read(&rec_path) {
         match serde_json::from_slice::<LabRecord>(&bytes) {
             Ok(old) if process_alive(old.lab_pid) => {
-                bail!(
-                    "lab {prefix:?} is already up (pid {}); run `tapyard lab down` first",
-                    old.lab_pid
-                )
+                bail!("lab {prefix:?} is already up (pid {}); run `tapyard lab down` first", old.lab_pid)
             }
             Ok(old) => {
                 println!("cleaning up what an earlier lab {prefix:?} left behind");
@@ -225,13 +192,8 @@ fn up(socket: &Path, prefix: &str, check: bool) -> anyhow::Result<i32> {
         }
     }
     let daemon_pid = ensure_daemon(socket, prefix)?;
-    let mut rec = LabRecord {
-        prefix: prefix.into(),
-        lab_pid: std::process::id(),
-        daemon_pid,
-        networks: vec![],
-        hosts: vec![],
-    };
+    let mut rec =
+        LabRecord { prefix: prefix.into(), lab_pid: std::process::id(), daemon_pid, networks: vec![], hosts: vec![] };
     for (color, net24) in NETWORKS {
         for h in 1..=HOSTS_PER_NETWORK {
             rec.hosts.push(LabHost {
@@ -242,12 +204,7 @@ fn up(socket: &Path, prefix: &str, check: bool) -> anyhow::Result<i32> {
         }
     }
     // Record before building, so an interrupted build is still cleaned up.
-    let save = |rec: &LabRecord| {
-        std::fs::write(
-            &rec_path,
-            serde_json::to_vec_pretty(rec).unwrap_or_default(),
-        )
-    };
+    let save = |rec: &LabRecord| std::fs::write(&rec_path, serde_json::to_vec_pretty(rec).unwrap_or_default());
     save(&rec).with_context(|| format!("cannot write {}", rec_path.display()))?;
     let built = build(socket, &mut rec);
     save(&rec).ok();
@@ -263,14 +220,7 @@ fn up(socket: &Path, prefix: &str, check: bool) -> anyhow::Result<i32> {
     if check {
         teardown(socket, &rec);
         let _ = std::fs::remove_file(&rec_path);
-        println!(
-            "{}",
-            if ok {
-                "lab check passed"
-            } else {
-                "lab check FAILED"
-            }
-        );
+        println!("{}", if ok { "lab check passed" } else { "lab check FAILED" });
         return Ok(if ok { 0 } else { 1 });
     }
     println!();
@@ -278,10 +228,7 @@ fn up(socket: &Path, prefix: &str, check: bool) -> anyhow::Result<i32> {
     println!("  ip netns exec {prefix}-red1 ping -c 3 10.89.1.12");
     println!("  tapyard port ls        tapyard fdb show        tapyard network ls");
     println!("Ctrl-C here, or `tapyard lab down` elsewhere, removes it.");
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     signals.forever().next();
     if rec_path.exists() {
         teardown(socket, &rec);
@@ -316,21 +263,10 @@ fn build(socket: &Path, rec: &mut LabRecord) -> anyhow::Result<()> {
             mac: None,
             ip: Some(h.ip.clone()),
         })?;
-        println!(
-            "  {:<14} {:<10} eth0 {} {}/24",
-            h.netns, h.network, p.mac, h.ip
-        );
+        println!("  {:<14} {:<10} eth0 {} {}/24", h.netns, h.network, p.mac, h.ip);
         // On-link route to the other network (see the module doc).
         for (_, other) in NETWORKS.iter().filter(|(_, n)| !h.ip.starts_with(n)) {
-            sh(Command::new("ip").args([
-                "-n",
-                &h.netns,
-                "route",
-                "add",
-                &format!("{other}.0/24"),
-                "dev",
-                "eth0",
-            ]))?;
+            sh(Command::new("ip").args(["-n", &h.netns, "route", "add", &format!("{other}.0/24"), "dev", "eth0"]))?;
         }
     }
     Ok(())
@@ -351,10 +287,7 @@ fn matrix(rec: &LabRecord) -> bool {
                 j,
                 std::thread::spawn(move || {
                     Command::new("ip")
-                        .args([
-                            "netns", "exec", &ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W",
-                            "1", &ip,
-                        ])
+                        .args(["netns", "exec", &ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &ip])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()
@@ -369,12 +302,7 @@ fn matrix(rec: &LabRecord) -> bool {
     for (i, j, h) in jobs {
         reach[i][j] = Some(h.join().unwrap_or(false));
     }
-    let w = hosts
-        .iter()
-        .map(|h| h.netns.len())
-        .max()
-        .unwrap_or(4)
-        .max(6);
+    let w = hosts.iter().map(|h| h.netns.len()).max().unwrap_or(4).max(6);
     println!();
     println!("Connectivity (row pings column; ok = reached, -- = blocked, as expected; FAIL = not as expected):");
     print!("{:w$}", "", w = w + 2);
@@ -424,12 +352,7 @@ fn matrix(rec: &LabRecord) -> bool {
     let same = hosts
         .iter()
         .enumerate()
-        .flat_map(|(i, a)| {
-            hosts
-                .iter()
-                .enumerate()
-                .filter(move |(j, b)| *j != i && b.network == a.network)
-        })
+        .flat_map(|(i, a)| hosts.iter().enumerate().filter(move |(j, b)| *j != i && b.network == a.network))
         .count();
     println!(
         "{} pairs on the same network reach each other; {} cross-network pairs stay isolated.",
@@ -444,20 +367,14 @@ fn matrix(rec: &LabRecord) -> bool {
 fn teardown(socket: &Path, rec: &LabRecord) {
     if let Ok(mut c) = Client::connect(socket) {
         for n in &rec.networks {
-            let _ = c.call_value(&Request::NetworkRm {
-                name: n.clone(),
-                force: true,
-            });
+            let _ = c.call_value(&Request::NetworkRm { name: n.clone(), force: true });
         }
         if rec.daemon_pid.is_some() {
             let _ = c.call_value(&Request::Shutdown);
         }
     }
     for h in &rec.hosts {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &h.netns])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &h.netns]).stderr(Stdio::null()).status();
     }
     if let Some(pid) = rec.daemon_pid {
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -16,11 +16,7 @@ use crate::control::proto::*;
 use client::ClientError;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "tapyard",
-    version,
-    about = "A userspace virtual switch for containers and VMs"
-)]
+#[command(name = "tapyard", version, about = "A userspace virtual switch for containers and VMs")]
 pub struct Cli {
     /// Control socket of the daemon [default: /run/tapyard/tapyard.sock as root,
     /// $XDG_RUNTIME_DIR/tapyard/tapyard.sock otherwise]
@@ -180,10 +176,7 @@ pub fn main() -> i32 {
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli.cmd, socket) {
         Ok(code) => code,
         Err(e) => {
@@ -202,14 +195,11 @@ fn print_json<T: serde::Serialize>(v: &T) {
 }
 
 fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
-    let call_v = |req: Request| -> anyhow::Result<serde_json::Value> {
-        Ok(client::Client::connect(&socket)?.call_value(&req)?)
-    };
+    let call_v =
+        |req: Request| -> anyhow::Result<serde_json::Value> { Ok(client::Client::connect(&socket)?.call_value(&req)?) };
     match cmd {
         Cmd::Daemon(a) => {
-            let workers = a
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if workers == 0 || workers > 256 {
                 anyhow::bail!("--workers must be between 1 and 256");
             }
@@ -220,25 +210,10 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             };
             crate::control::server::run(cfg)?;
         }
-        Cmd::Network(NetworkCmd::Create {
-            name,
-            subnet,
-            gateway,
-            mtu,
-            ageing,
-            fdb_capacity,
-            json,
-        }) => {
+        Cmd::Network(NetworkCmd::Create { name, subnet, gateway, mtu, ageing, fdb_capacity, json }) => {
             let info: NetworkInfo = client::call(
                 &socket,
-                &Request::NetworkCreate {
-                    name,
-                    subnet,
-                    gateway,
-                    mtu,
-                    ageing_secs: ageing,
-                    fdb_capacity,
-                },
+                &Request::NetworkCreate { name, subnet, gateway, mtu, ageing_secs: ageing, fdb_capacity },
             )?;
             if json {
                 print_json(&info);
@@ -254,34 +229,14 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
                 table::networks(&nets);
             }
         }
-        Cmd::Network(NetworkCmd::Inspect { name }) => {
-            print_json(&call_v(Request::NetworkInspect { name })?)
-        }
+        Cmd::Network(NetworkCmd::Inspect { name }) => print_json(&call_v(Request::NetworkInspect { name })?),
         Cmd::Network(NetworkCmd::Rm { name, force }) => {
-            call_v(Request::NetworkRm {
-                name: name.clone(),
-                force,
-            })?;
+            call_v(Request::NetworkRm { name: name.clone(), force })?;
             println!("{name}");
         }
-        Cmd::Connect {
-            network,
-            netns,
-            ifname,
-            mac,
-            ip,
-            json,
-        } => {
-            let p: PortInfo = client::call(
-                &socket,
-                &Request::Connect {
-                    network,
-                    netns,
-                    ifname: Some(ifname),
-                    mac,
-                    ip,
-                },
-            )?;
+        Cmd::Connect { network, netns, ifname, mac, ip, json } => {
+            let p: PortInfo =
+                client::call(&socket, &Request::Connect { network, netns, ifname: Some(ifname), mac, ip })?;
             if json {
                 print_json(&p);
             } else {
@@ -296,16 +251,8 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
                 );
             }
         }
-        Cmd::Disconnect {
-            network,
-            netns,
-            ifname,
-        } => {
-            call_v(Request::Disconnect {
-                network,
-                netns,
-                ifname: Some(ifname),
-            })?;
+        Cmd::Disconnect { network, netns, ifname } => {
+            call_v(Request::Disconnect { network, netns, ifname: Some(ifname) })?;
         }
         Cmd::Port(PortCmd::Ls { network, json }) => {
             let ports: Vec<PortInfo> = client::call(&socket, &Request::PortLs { network })?;

@@ -13,11 +13,7 @@ fn print(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<1$}", c, w[i]))
-            .collect();
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<1$}", c, w[i])).collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -48,12 +44,7 @@ pub fn ports(ports: &[PortInfo]) {
         .iter()
         .map(|p| {
             let c = &p.counters;
-            let drops: Vec<String> = c
-                .drops
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let drops: Vec<String> = c.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
             vec![
                 p.id.to_string(),
                 p.network.clone(),
@@ -64,11 +55,7 @@ pub fn ports(ports: &[PortInfo]) {
                 p.worker.to_string(),
                 format!("{}/{}", c.rx_packets, c.rx_bytes),
                 format!("{}/{}", c.tx_packets, c.tx_bytes),
-                if drops.is_empty() {
-                    "0".into()
-                } else {
-                    drops.join(",")
-                },
+                if drops.is_empty() { "0".into() } else { drops.join(",") },
                 format!("{}/{}", c.rx_errors, c.tx_errors),
             ]
         })

@@ -99,12 +99,7 @@ impl Daemon {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded(1024);
         let clock = Clock::new();
-        let shared = worker::Shared {
-            snapshot: snapshot.clone(),
-            stop: stop.clone(),
-            events: tx,
-            clock,
-        };
+        let shared = worker::Shared { snapshot: snapshot.clone(), stop: stop.clone(), events: tx, clock };
         // The cores this process may run on (its cpuset), read once here:
         // from an already-pinned thread it would be one core (DEPENDENCIES §5).
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -113,20 +108,11 @@ impl Daemon {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker::spawn(i, core, shared.clone())?);
         }
-        let d = Arc::new(Daemon {
-            cfg,
-            inner: Mutex::new(Inner::default()),
-            snapshot,
-            workers,
-            stop,
-            events: rx,
-            clock,
-        });
+        let d =
+            Arc::new(Daemon { cfg, inner: Mutex::new(Inner::default()), snapshot, workers, stop, events: rx, clock });
         d.restore(state);
         let hk = d.clone();
-        std::thread::Builder::new()
-            .name("tapyard-hk".into())
-            .spawn(move || hk.housekeeping())?;
+        std::thread::Builder::new().name("tapyard-hk".into()).spawn(move || hk.housekeeping())?;
         Ok(d)
     }
 
@@ -144,9 +130,7 @@ impl Daemon {
         let mut inner = self.lock();
         for spec in state.networks {
             let fdb = Arc::new(Fdb::new(spec.fdb_capacity, spec.ageing_secs));
-            inner
-                .networks
-                .insert(spec.name.clone(), Network { spec, fdb });
+            inner.networks.insert(spec.name.clone(), Network { spec, fdb });
         }
         for spec in state.ports {
             let ns = match netns::resolve(&spec.netns) {
@@ -175,12 +159,7 @@ impl Daemon {
         inner.epoch += 1;
         let mut views: BTreeMap<&str, Arc<NetworkView>> = BTreeMap::new();
         for (name, net) in &inner.networks {
-            let ports = inner
-                .ports
-                .values()
-                .filter(|p| &p.spec.network == name)
-                .map(|p| p.id)
-                .collect();
+            let ports = inner.ports.values().filter(|p| &p.spec.network == name).map(|p| p.id).collect();
             views.insert(
                 name,
                 Arc::new(NetworkView {
@@ -191,11 +170,7 @@ impl Daemon {
                 }),
             );
         }
-        let len = inner
-            .ports
-            .keys()
-            .next_back()
-            .map_or(0, |id| id.index() + 1);
+        let len = inner.ports.keys().next_back().map_or(0, |id| id.index() + 1);
         let mut ports = vec![None; len];
         for p in inner.ports.values() {
             if let Some(network) = views.get(p.spec.network.as_str()) {
@@ -221,16 +196,9 @@ impl Daemon {
     /// Waits until every worker runs on snapshot `epoch` or later.
     fn wait_adopted(&self, epoch: u64) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self
-            .workers
-            .iter()
-            .any(|w| w.adopted.load(Ordering::Acquire) < epoch)
-        {
+        while self.workers.iter().any(|w| w.adopted.load(Ordering::Acquire) < epoch) {
             if Instant::now() > deadline {
-                tracing::error!(
-                    epoch,
-                    "a worker did not adopt the new configuration within 5 s"
-                );
+                tracing::error!(epoch, "a worker did not adopt the new configuration within 5 s");
                 return;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -259,23 +227,12 @@ impl Daemon {
                 socket: self.cfg.socket.display().to_string(),
                 state_dir: self.cfg.state_dir.display().to_string(),
             }),
-            Request::NetworkCreate {
-                name,
-                subnet,
-                gateway,
-                mtu,
-                ageing_secs,
-                fdb_capacity,
-            } => self.network_create(name, subnet, gateway, mtu, ageing_secs, fdb_capacity),
+            Request::NetworkCreate { name, subnet, gateway, mtu, ageing_secs, fdb_capacity } => {
+                self.network_create(name, subnet, gateway, mtu, ageing_secs, fdb_capacity)
+            }
             Request::NetworkLs => {
                 let inner = self.lock();
-                to_value(
-                    inner
-                        .networks
-                        .values()
-                        .map(|n| self.network_info(&inner, n))
-                        .collect::<Vec<_>>(),
-                )
+                to_value(inner.networks.values().map(|n| self.network_info(&inner, n)).collect::<Vec<_>>())
             }
             Request::NetworkInspect { name } => {
                 let inner = self.lock();
@@ -283,18 +240,8 @@ impl Daemon {
                 to_value(self.network_info(&inner, net))
             }
             Request::NetworkRm { name, force } => self.network_rm(&name, force),
-            Request::Connect {
-                network,
-                netns,
-                ifname,
-                mac,
-                ip,
-            } => self.connect(network, netns, ifname, mac, ip),
-            Request::Disconnect {
-                network,
-                netns,
-                ifname,
-            } => self.disconnect(&network, &netns, ifname),
+            Request::Connect { network, netns, ifname, mac, ip } => self.connect(network, netns, ifname, mac, ip),
+            Request::Disconnect { network, netns, ifname } => self.disconnect(&network, &netns, ifname),
             Request::PortLs { network: filter } => {
                 let inner = self.lock();
                 if let Some(n) = &filter {
@@ -337,12 +284,7 @@ impl Daemon {
             ageing_secs: net.fdb.ageing_secs(),
             fdb_capacity: s.fdb_capacity,
             fdb_entries: net.fdb.table().len(),
-            ports: inner
-                .ports
-                .values()
-                .filter(|p| p.spec.network == s.name)
-                .map(port_info)
-                .collect(),
+            ports: inner.ports.values().filter(|p| p.spec.network == s.name).map(port_info).collect(),
         }
     }
 
@@ -358,46 +300,29 @@ impl Daemon {
         check_network_name(&name)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
         if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-            return Err(ApiError::bad_request(format!(
-                "MTU {mtu} is out of range: use {MIN_MTU} to {MAX_MTU}"
-            )));
+            return Err(ApiError::bad_request(format!("MTU {mtu} is out of range: use {MIN_MTU} to {MAX_MTU}")));
         }
         let fdb_capacity = fdb_capacity.unwrap_or(DEFAULT_CAPACITY);
         if !(1..=1 << 20).contains(&fdb_capacity) {
-            return Err(ApiError::bad_request(
-                "FDB capacity must be between 1 and 1048576 entries",
-            ));
+            return Err(ApiError::bad_request("FDB capacity must be between 1 and 1048576 entries"));
         }
         let ageing_secs = ageing_secs.unwrap_or(DEFAULT_AGEING_SECS);
         if ageing_secs == 0 {
-            return Err(ApiError::bad_request(
-                "ageing time must be at least 1 second",
-            ));
+            return Err(ApiError::bad_request("ageing time must be at least 1 second"));
         }
         let gateway = gateway
             .map(|g| {
-                g.parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "invalid gateway {g:?}: expected an IPv4 address"
-                    ))
-                })
+                g.parse().map_err(|_| ApiError::bad_request(format!("invalid gateway {g:?}: expected an IPv4 address")))
             })
             .transpose()?;
         let addressing = match subnet {
             Some(s) => {
                 let net: Ipv4Net = s.parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "invalid subnet {s:?}: expected CIDR like 10.10.0.0/24"
-                    ))
+                    ApiError::bad_request(format!("invalid subnet {s:?}: expected CIDR like 10.10.0.0/24"))
                 })?;
-                Some(
-                    Addressing::new(net, gateway)
-                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
-                )
+                Some(Addressing::new(net, gateway).map_err(|e| ApiError::bad_request(e.to_string()))?)
             }
-            None if gateway.is_some() => {
-                return Err(ApiError::bad_request("--gateway needs --subnet"))
-            }
+            None if gateway.is_some() => return Err(ApiError::bad_request("--gateway needs --subnet")),
             None => None,
         };
         let mut inner = self.lock();
@@ -408,20 +333,11 @@ impl Daemon {
         }
         if let Some(a) = &addressing {
             a.check_overlap(
-                inner
-                    .networks
-                    .values()
-                    .filter_map(|n| n.spec.addressing.map(|x| (n.spec.name.as_str(), x.subnet))),
+                inner.networks.values().filter_map(|n| n.spec.addressing.map(|x| (n.spec.name.as_str(), x.subnet))),
             )
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         }
-        let spec = NetworkSpec {
-            name: name.clone(),
-            addressing,
-            mtu,
-            ageing_secs,
-            fdb_capacity,
-        };
+        let spec = NetworkSpec { name: name.clone(), addressing, mtu, ageing_secs, fdb_capacity };
         let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));
         inner.networks.insert(name.clone(), Network { spec, fdb });
         self.publish(&mut inner);
@@ -433,19 +349,11 @@ impl Daemon {
     fn network_rm(&self, name: &str, force: bool) -> ApiResult {
         let mut inner = self.lock();
         network(&inner, name)?;
-        let ids: Vec<PortId> = inner
-            .ports
-            .values()
-            .filter(|p| p.spec.network == name)
-            .map(|p| p.id)
-            .collect();
+        let ids: Vec<PortId> = inner.ports.values().filter(|p| p.spec.network == name).map(|p| p.id).collect();
         if !ids.is_empty() && !force {
             return Err(ApiError::new(
                 ErrorKind::Busy,
-                format!(
-                    "network {name:?} has {} port(s) attached; disconnect them or use --force",
-                    ids.len()
-                ),
+                format!("network {name:?} has {} port(s) attached; disconnect them or use --force", ids.len()),
             ));
         }
         let removed = self.remove_ports(&mut inner, &ids);
@@ -468,40 +376,28 @@ impl Daemon {
         netns::check_ifname(&ifname)?;
         let mac = match mac {
             Some(m) => {
-                let m: MacAddr = m.parse().map_err(|e: crate::wire::ParseMacError| {
-                    ApiError::bad_request(e.to_string())
-                })?;
+                let m: MacAddr =
+                    m.parse().map_err(|e: crate::wire::ParseMacError| ApiError::bad_request(e.to_string()))?;
                 if m.is_multicast() || m.is_zero() {
-                    return Err(ApiError::bad_request(format!(
-                        "MAC {m} is not a unicast address"
-                    )));
+                    return Err(ApiError::bad_request(format!("MAC {m} is not a unicast address")));
                 }
                 m
             }
-            None => {
-                MacAddr::stable_local(format!("{network_name}\0{ns_spec}\0{ifname}").as_bytes())
-            }
+            None => MacAddr::stable_local(format!("{network_name}\0{ns_spec}\0{ifname}").as_bytes()),
         };
         let ip = ip.as_deref().map(netns::parse_ip).transpose()?;
         let ns = netns::resolve(&ns_spec)?;
         let mut inner = self.lock();
         let net = network(&inner, &network_name)?;
-        if let Some(p) = inner
-            .ports
-            .values()
-            .find(|p| p.netns.dev == ns.dev && p.netns.ino == ns.ino && p.spec.ifname == ifname)
+        if let Some(p) =
+            inner.ports.values().find(|p| p.netns.dev == ns.dev && p.netns.ino == ns.ino && p.spec.ifname == ifname)
         {
             return Err(ApiError::conflict(format!(
                 "namespace {ns_spec} already has {ifname} attached to network {:?}; use another --ifname",
                 p.spec.network
             )));
         }
-        let peers = || {
-            inner
-                .ports
-                .values()
-                .filter(|p| p.spec.network == network_name)
-        };
+        let peers = || inner.ports.values().filter(|p| p.spec.network == network_name);
         if let Some(p) = peers().find(|p| p.spec.mac == mac) {
             return Err(ApiError::conflict(format!(
                 "MAC {mac} is already used by {} in {} on network {network_name:?}",
@@ -520,15 +416,8 @@ impl Daemon {
             ),
             None => None,
         };
-        let spec = PortSpec {
-            network: network_name,
-            netns: ns_spec,
-            ifname,
-            mac,
-            ip,
-            netns_dev: ns.dev,
-            netns_ino: ns.ino,
-        };
+        let spec =
+            PortSpec { network: network_name, netns: ns_spec, ifname, mac, ip, netns_dev: ns.dev, netns_ino: ns.ino };
         let id = self.attach(&mut inner, spec, ns)?;
         self.publish(&mut inner);
         self.persist(&inner);
@@ -545,20 +434,12 @@ impl Daemon {
             .map(PortId)
             .find(|id| !inner.ports.contains_key(id))
             .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
-        let tap = TapPort::create("typ%d")
-            .map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
+        let tap = TapPort::create("typ%d").map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
         netns::move_and_configure(tap.name(), &ns, &spec.ifname, spec.mac, mtu, spec.ip)?;
         let worker = (0..self.workers.len())
             .min_by_key(|w| inner.ports.values().filter(|p| p.worker == *w).count())
             .unwrap_or(0);
-        let rec = PortRec {
-            id,
-            spec,
-            netns: ns,
-            port: Arc::new(tap),
-            stats: Arc::default(),
-            worker,
-        };
+        let rec = PortRec { id, spec, netns: ns, port: Arc::new(tap), stats: Arc::default(), worker };
         inner.ports.insert(id, rec);
         Ok(id)
     }
@@ -686,19 +567,16 @@ impl Daemon {
 }
 
 fn network<'a>(inner: &'a Inner, name: &str) -> Result<&'a Network, ApiError> {
-    inner.networks.get(name).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no network named {name:?}; see `tapyard network ls`"
-        ))
-    })
+    inner
+        .networks
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no network named {name:?}; see `tapyard network ls`")))
 }
 
 fn check_network_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !name.starts_with(['-', '.']);
     if ok {
         Ok(())

@@ -39,21 +39,15 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// Maps a namespace spec to the file that names it, without touching the file system.
 pub fn spec_path(spec: &str) -> Result<PathBuf, ApiError> {
     if let Some(pid) = spec.strip_prefix("pid:") {
-        let pid: u32 = pid.parse().map_err(|_| {
-            ApiError::bad_request(format!(
-                "invalid namespace {spec:?}: pid:N takes a process id"
-            ))
-        })?;
+        let pid: u32 = pid
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid namespace {spec:?}: pid:N takes a process id")))?;
         return Ok(PathBuf::from(format!("/proc/{pid}/ns/net")));
     }
     if spec.contains('/') {
         return Ok(PathBuf::from(spec));
     }
-    if spec.is_empty()
-        || spec == "."
-        || spec == ".."
-        || spec.chars().any(|c| c.is_whitespace() || c == '\0')
-    {
+    if spec.is_empty() || spec == "." || spec == ".." || spec.chars().any(|c| c.is_whitespace() || c == '\0') {
         return Err(ApiError::bad_request(format!(
             "invalid namespace {spec:?}: give a name under {NETNS_RUN_DIR}, a path, or pid:N"
         )));
@@ -70,20 +64,13 @@ pub fn resolve(spec: &str) -> Result<Netns, ApiError> {
             path.display()
         ))
     })?;
-    Ok(Netns {
-        spec: spec.to_string(),
-        path,
-        dev: md.dev(),
-        ino: md.ino(),
-    })
+    Ok(Netns { spec: spec.to_string(), path, dev: md.dev(), ino: md.ino() })
 }
 
 impl Netns {
     /// Whether the namespace file still names the same namespace.
     pub fn still_exists(&self) -> bool {
-        std::fs::metadata(&self.path)
-            .map(|md| md.dev() == self.dev && md.ino() == self.ino)
-            .unwrap_or(false)
+        std::fs::metadata(&self.path).map(|md| md.dev() == self.dev && md.ino() == self.ino).unwrap_or(false)
     }
 }
 
@@ -93,9 +80,7 @@ pub fn check_ifname(name: &str) -> Result<(), ApiError> {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
     if ok {
         Ok(())
     } else {
@@ -121,9 +106,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), ApiError> {
 
 fn in_ns(ns: &Netns) -> Command {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", ns.path.display()))
-        .arg("--")
-        .arg("ip");
+    c.arg(format!("--net={}", ns.path.display())).arg("--").arg("ip");
     c
 }
 
@@ -138,9 +121,7 @@ pub fn move_and_configure(
     ip: Option<Ipv4Net>,
 ) -> Result<(), ApiError> {
     run(
-        Command::new("ip")
-            .args(["link", "set", "dev", dev, "netns"])
-            .arg(&ns.path),
+        Command::new("ip").args(["link", "set", "dev", dev, "netns"]).arg(&ns.path),
         &format!("moving {dev} into namespace {}", ns.spec),
     )?;
     run(
@@ -168,10 +149,7 @@ pub fn move_and_configure(
             e
         }
     })?;
-    run(
-        in_ns(ns).args(["link", "set", "dev", ifname, "up"]),
-        &format!("bringing up {ifname} in {}", ns.spec),
-    )?;
+    run(in_ns(ns).args(["link", "set", "dev", ifname, "up"]), &format!("bringing up {ifname} in {}", ns.spec))?;
     if let Some(ip) = ip {
         run(
             in_ns(ns).args(["addr", "add", &ip.to_string(), "dev", ifname]),
@@ -183,11 +161,7 @@ pub fn move_and_configure(
 
 /// Parses `A.B.C.D` or `A.B.C.D/P`.
 pub fn parse_ip(s: &str) -> Result<(Ipv4Addr, Option<u8>), ApiError> {
-    let bad = || {
-        ApiError::bad_request(format!(
-            "invalid address {s:?}: expected IPv4 like 10.0.0.2 or 10.0.0.2/24"
-        ))
-    };
+    let bad = || ApiError::bad_request(format!("invalid address {s:?}: expected IPv4 like 10.0.0.2 or 10.0.0.2/24"));
     match s.split_once('/') {
         Some((a, p)) => {
             let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
@@ -208,14 +182,8 @@ mod tests {
     #[test]
     fn specs_map_to_paths() {
         assert_eq!(spec_path("blue").unwrap(), PathBuf::from("/run/netns/blue"));
-        assert_eq!(
-            spec_path("pid:42").unwrap(),
-            PathBuf::from("/proc/42/ns/net")
-        );
-        assert_eq!(
-            spec_path("/var/run/x").unwrap(),
-            PathBuf::from("/var/run/x")
-        );
+        assert_eq!(spec_path("pid:42").unwrap(), PathBuf::from("/proc/42/ns/net"));
+        assert_eq!(spec_path("/var/run/x").unwrap(), PathBuf::from("/var/run/x"));
         assert!(spec_path("pid:x").is_err());
         assert!(spec_path("").is_err());
         assert!(spec_path("..").is_err());
@@ -238,14 +206,8 @@ mod tests {
 
     #[test]
     fn ip_parsing() {
-        assert_eq!(
-            parse_ip("10.0.0.2").unwrap(),
-            ("10.0.0.2".parse().unwrap(), None)
-        );
-        assert_eq!(
-            parse_ip("10.0.0.2/24").unwrap(),
-            ("10.0.0.2".parse().unwrap(), Some(24))
-        );
+        assert_eq!(parse_ip("10.0.0.2").unwrap(), ("10.0.0.2".parse().unwrap(), None));
+        assert_eq!(parse_ip("10.0.0.2/24").unwrap(), ("10.0.0.2".parse().unwrap(), Some(24)));
         assert!(parse_ip("10.0.0.2/33").is_err());
         assert!(parse_ip("10.0.0").is_err());
     }

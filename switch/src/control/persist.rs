@@ -57,10 +57,7 @@ pub fn load(dir: &Path) -> anyhow::Result<State> {
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(State {
-                version: STATE_VERSION,
-                ..State::default()
-            })
+            return Ok(State { version: STATE_VERSION, ..State::default() })
         }
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };

@@ -101,10 +101,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
-        ApiError {
-            kind,
-            message: message.into(),
-        }
+        ApiError { kind, message: message.into() }
     }
     pub fn bad_request(m: impl Into<String>) -> ApiError {
         Self::new(ErrorKind::BadRequest, m)
@@ -132,16 +129,8 @@ pub struct Response {
 impl Response {
     pub fn from_result(r: Result<serde_json::Value, ApiError>) -> Response {
         match r {
-            Ok(v) => Response {
-                ok: true,
-                result: Some(v),
-                error: None,
-            },
-            Err(e) => Response {
-                ok: false,
-                result: None,
-                error: Some(e),
-            },
+            Ok(v) => Response { ok: true, result: Some(v), error: None },
+            Err(e) => Response { ok: false, result: None, error: Some(e) },
         }
     }
 }
@@ -206,23 +195,15 @@ mod tests {
             fdb_capacity: None,
         };
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(
-            s,
-            r#"{"op":"network_create","name":"a","subnet":"10.0.0.0/24"}"#
-        );
+        assert_eq!(s, r#"{"op":"network_create","name":"a","subnet":"10.0.0.0/24"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
-        assert_eq!(
-            serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(),
-            Request::Ping
-        );
+        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(), Request::Ping);
     }
 
     #[test]
     fn unknown_ops_and_fields_are_rejected() {
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
-        assert!(
-            serde_json::from_str::<Request>(r#"{"op":"network_rm","name":"a","bogus":1}"#).is_err()
-        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"network_rm","name":"a","bogus":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"name":"a"}"#).is_err());
     }
 }

@@ -33,9 +33,7 @@ fn lock_file(path: &Path, what: &str) -> anyhow::Result<File> {
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(fs::TryLockError::WouldBlock) => bail!("{what}"),
-        Err(fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
+        Err(fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
     }
 }
 
@@ -68,20 +66,15 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
         Ok(md) => {
             use std::os::unix::fs::FileTypeExt;
             if !md.file_type().is_socket() {
-                bail!(
-                    "{} exists and is not a socket; remove it or choose another --socket",
-                    path.display()
-                );
+                bail!("{} exists and is not a socket; remove it or choose another --socket", path.display());
             }
             tracing::warn!(socket = %path.display(), "replacing a stale socket left by a daemon that did not stop cleanly");
-            fs::remove_file(path)
-                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
     Ok((listener, lock))
@@ -114,8 +107,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let (stop_tx, stop_rx) = bounded::<&'static str>(4);
 
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("cannot install signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     let sig_tx = stop_tx.clone();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -124,22 +117,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     });
 
     let d = daemon.clone();
-    std::thread::Builder::new()
-        .name("tapyard-ctl".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        let d = d.clone();
-                        let stop = stop_tx.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("tapyard-conn".into())
-                            .spawn(move || serve(&d, stream, &stop));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+    std::thread::Builder::new().name("tapyard-ctl".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(stream) => {
+                    let d = d.clone();
+                    let stop = stop_tx.clone();
+                    let _ =
+                        std::thread::Builder::new().name("tapyard-conn".into()).spawn(move || serve(&d, stream, &stop));
                 }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
             }
-        })?;
+        }
+    })?;
 
     tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), workers = cfg.workers, pid = std::process::id(), "tapyard daemon ready");
     let why = stop_rx.recv().unwrap_or("channel closed");
@@ -162,18 +152,12 @@ fn serve(d: &Arc<Daemon>, stream: UnixStream, stop: &Sender<&'static str>) {
         match (&mut reader).take(MAX_REQUEST).read_line(&mut line) {
             Ok(0) => return,
             Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => {
-                let _ = reply(
-                    &mut out,
-                    Err(ApiError::bad_request("request longer than 1 MiB")),
-                );
+                let _ = reply(&mut out, Err(ApiError::bad_request("request longer than 1 MiB")));
                 return;
             }
             Ok(_) => {}
             Err(e) => {
-                let _ = reply(
-                    &mut out,
-                    Err(ApiError::bad_request(format!("unreadable request: {e}"))),
-                );
+                let _ = reply(&mut out, Err(ApiError::bad_request(format!("unreadable request: {e}"))));
                 return;
             }
         }

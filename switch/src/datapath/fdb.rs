@@ -92,10 +92,7 @@ impl Table {
     fn new(capacity: usize) -> Table {
         let capacity = capacity.max(1);
         let n = (capacity * 2).next_power_of_two().max(16);
-        let seed = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-            | 1;
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
         Table {
             slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
             seen: (0..n).map(|_| AtomicU32::new(0)).collect(),
@@ -132,11 +129,7 @@ impl Table {
             }
             if v >> 16 == key {
                 let p = v & PORT_MASK;
-                return if p == TOMB {
-                    None
-                } else {
-                    Some(PortId(p as u16))
-                };
+                return if p == TOMB { None } else { Some(PortId(p as u16)) };
             }
             i = (i + 1) & self.mask;
         }
@@ -190,11 +183,7 @@ impl Table {
                 self.seen[i].store(now, Relaxed);
                 match self.slots[i].compare_exchange(v, want, AcqRel, Acquire) {
                     Ok(_) if p == TOMB => return Learned::New,
-                    Ok(_) => {
-                        return Learned::Moved {
-                            from: PortId(p as u16),
-                        }
-                    }
+                    Ok(_) => return Learned::Moved { from: PortId(p as u16) },
                     Err(_) => {
                         if p == TOMB {
                             self.live.fetch_sub(1, Relaxed);
@@ -233,10 +222,7 @@ impl Table {
                 continue;
             }
             // A failed CAS means a worker just moved or refreshed it: leave it.
-            if slot
-                .compare_exchange(v, (v & !PORT_MASK) | TOMB, AcqRel, Relaxed)
-                .is_ok()
-            {
+            if slot.compare_exchange(v, (v & !PORT_MASK) | TOMB, AcqRel, Relaxed).is_ok() {
                 self.live.fetch_sub(1, Relaxed);
                 n += 1;
             }
@@ -245,20 +231,11 @@ impl Table {
     }
 
     fn live_entries(&self) -> impl Iterator<Item = (MacAddr, PortId, u32)> + '_ {
-        self.slots
-            .iter()
-            .zip(self.seen.iter())
-            .filter_map(|(s, seen)| {
-                let v = s.load(Acquire);
-                let p = v & PORT_MASK;
-                (v != 0 && p != TOMB).then(|| {
-                    (
-                        MacAddr::from_u64(v >> 16),
-                        PortId(p as u16),
-                        seen.load(Relaxed),
-                    )
-                })
-            })
+        self.slots.iter().zip(self.seen.iter()).filter_map(|(s, seen)| {
+            let v = s.load(Acquire);
+            let p = v & PORT_MASK;
+            (v != 0 && p != TOMB).then(|| (MacAddr::from_u64(v >> 16), PortId(p as u16), seen.load(Relaxed)))
+        })
     }
 }
 
@@ -278,10 +255,7 @@ pub struct Fdb {
 
 impl Fdb {
     pub fn new(capacity: usize, ageing_secs: u32) -> Fdb {
-        Fdb {
-            table: ArcSwap::from_pointee(Table::new(capacity)),
-            ageing_secs: AtomicU32::new(ageing_secs),
-        }
+        Fdb { table: ArcSwap::from_pointee(Table::new(capacity)), ageing_secs: AtomicU32::new(ageing_secs) }
     }
 
     /// The current table; a worker takes it once per burst.
@@ -336,11 +310,7 @@ impl Fdb {
             .table
             .load()
             .live_entries()
-            .map(|(mac, port, seen)| FdbEntry {
-                mac,
-                port,
-                age_secs: now.saturating_sub(seen),
-            })
+            .map(|(mac, port, seen)| FdbEntry { mac, port, age_secs: now.saturating_sub(seen) })
             .collect();
         v.sort_by_key(|e| e.mac);
         v
@@ -373,10 +343,7 @@ mod tests {
         let f = Fdb::new(16, 300);
         let t = f.table();
         t.learn(mac(1), PortId(3), 0);
-        assert_eq!(
-            t.learn(mac(1), PortId(4), 1),
-            Learned::Moved { from: PortId(3) }
-        );
+        assert_eq!(t.learn(mac(1), PortId(4), 1), Learned::Moved { from: PortId(3) });
         assert_eq!(t.lookup(mac(1)), Some(PortId(4)));
         assert_eq!(t.len(), 1);
         assert_eq!(f.entries(1).len(), 1);
@@ -438,10 +405,7 @@ mod tests {
         assert_eq!(t.lookup(mac(100)), Some(PortId(1)));
         assert_eq!(t.lookup(mac(101)), None);
         // A move at capacity is still a move.
-        assert_eq!(
-            t.learn(mac(2), PortId(2), 5),
-            Learned::Moved { from: PortId(1) }
-        );
+        assert_eq!(t.learn(mac(2), PortId(2), 5), Learned::Moved { from: PortId(1) });
     }
 
     #[test]
@@ -531,8 +495,6 @@ mod tests {
         let entries = f.entries(50);
         assert_eq!(entries.len(), 1000, "a MAC must occupy exactly one slot");
         assert_eq!(f.table().len(), 1000);
-        assert!(entries
-            .iter()
-            .all(|e| e.port == PortId(1) || e.port == PortId(2)));
+        assert!(entries.iter().all(|e| e.port == PortId(1) || e.port == PortId(2)));
     }
 }

@@ -49,10 +49,7 @@ pub fn max_frame_len(mtu: u32) -> usize {
 /// table is `table` and whose largest frame is `max_frame`, at second `now`.
 #[inline]
 pub fn decide(frame: &[u8], in_port: PortId, table: &Table, max_frame: usize, now: u32) -> Verdict {
-    let drop = |r| Verdict {
-        decision: Decision::Drop(r),
-        learned: None,
-    };
+    let drop = |r| Verdict { decision: Decision::Drop(r), learned: None };
     let Ok(eth) = EthAddrs::parse(frame) else {
         return drop(DropReason::Runt);
     };
@@ -122,10 +119,7 @@ mod tests {
         let v = decide(&frame(MacAddr::BROADCAST, A, 60), PortId(1), &t, MAX, 0);
         assert_eq!(v.decision, Decision::Flood);
         let mcast = MacAddr([0x01, 0x00, 0x5e, 0, 0, 1]);
-        assert_eq!(
-            decide(&frame(mcast, A, 60), PortId(1), &t, MAX, 0).decision,
-            Decision::Flood
-        );
+        assert_eq!(decide(&frame(mcast, A, 60), PortId(1), &t, MAX, 0).decision, Decision::Flood);
     }
 
     #[test]
@@ -144,10 +138,7 @@ mod tests {
         decide(&frame(B, A, 60), PortId(1), &t, MAX, 0);
         let v = decide(&frame(B, A, 60), PortId(3), &t, MAX, 1);
         assert_eq!(v.learned, Some(Learned::Moved { from: PortId(1) }));
-        assert_eq!(
-            decide(&frame(A, B, 60), PortId(2), &t, MAX, 1).decision,
-            Decision::Unicast(PortId(3))
-        );
+        assert_eq!(decide(&frame(A, B, 60), PortId(2), &t, MAX, 1).decision, Decision::Unicast(PortId(3)));
     }
 
     #[test]
@@ -167,10 +158,7 @@ mod tests {
         // Dropped frames teach the table nothing.
         assert!(t.is_empty());
         // A bare Ethernet header with nothing above it is still a frame (bridging needs no L3).
-        assert_eq!(
-            decide(&frame(B, A, 14), PortId(1), &t, MAX, 0).decision,
-            Decision::Flood
-        );
+        assert_eq!(decide(&frame(B, A, 14), PortId(1), &t, MAX, 0).decision, Decision::Flood);
         assert_eq!(t.lookup(A), Some(PortId(1)));
     }
 

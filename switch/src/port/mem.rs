@@ -20,10 +20,7 @@ pub struct MemPort {
 
 impl MemPort {
     pub fn new(name: &str) -> MemPort {
-        MemPort {
-            name: name.to_string(),
-            ..Default::default()
-        }
+        MemPort { name: name.to_string(), ..Default::default() }
     }
 
     /// Queues a frame for the switch to receive.
@@ -47,20 +44,13 @@ impl Port for MemPort {
         let mut frames = 0;
         while !batch.is_full() {
             let Some(f) = rx.pop_front() else {
-                return RecvReport {
-                    frames,
-                    state: RecvState::Drained,
-                };
+                return RecvReport { frames, state: RecvState::Drained };
             };
             if batch.push_copy(&f) {
                 frames += 1;
             }
         }
-        let state = if rx.is_empty() {
-            RecvState::Drained
-        } else {
-            RecvState::More
-        };
+        let state = if rx.is_empty() { RecvState::Drained } else { RecvState::More };
         RecvReport { frames, state }
     }
 

@@ -56,10 +56,7 @@ impl Port for TapPort {
         let mut frames = 0;
         loop {
             let Some(buf) = batch.next_free() else {
-                return RecvReport {
-                    frames,
-                    state: RecvState::More,
-                };
+                return RecvReport { frames, state: RecvState::More };
             };
             match self.iface.recv(buf.space_mut()) {
                 Ok(n) => {
@@ -68,19 +65,12 @@ impl Port for TapPort {
                     frames += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return RecvReport {
-                        frames,
-                        state: RecvState::Drained,
-                    };
+                    return RecvReport { frames, state: RecvState::Drained };
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let errno = e.raw_os_error().unwrap_or(0);
-                    let state = if gone_errno(errno) {
-                        RecvState::Gone
-                    } else {
-                        RecvState::Error(errno)
-                    };
+                    let state = if gone_errno(errno) { RecvState::Gone } else { RecvState::Error(errno) };
                     return RecvReport { frames, state };
                 }
             }

@@ -68,11 +68,7 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -84,9 +80,7 @@ impl fmt::Debug for MacAddr {
 
 /// Why a string is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid MAC address {0:?}: expected six hex octets separated by ':', like 02:00:00:00:00:01"
-)]
+#[error("invalid MAC address {0:?}: expected six hex octets separated by ':', like 02:00:00:00:00:01")]
 pub struct ParseMacError(pub String);
 
 impl FromStr for MacAddr {
@@ -145,12 +139,8 @@ pub enum EthError {
 impl EthAddrs {
     #[inline]
     pub fn parse(frame: &[u8]) -> Result<EthAddrs, EthError> {
-        let eth = etherparse::Ethernet2Slice::from_slice_without_fcs(frame)
-            .map_err(|_| EthError::Runt)?;
-        Ok(EthAddrs {
-            dst: MacAddr(eth.destination()),
-            src: MacAddr(eth.source()),
-        })
+        let eth = etherparse::Ethernet2Slice::from_slice_without_fcs(frame).map_err(|_| EthError::Runt)?;
+        Ok(EthAddrs { dst: MacAddr(eth.destination()), src: MacAddr(eth.source()) })
     }
 }
 
@@ -168,13 +158,7 @@ mod tests {
 
     #[test]
     fn mac_parse_rejects_garbage() {
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:00:00",
-            "0g:00:00:00:00:00",
-            "002:00:00:00:00:0",
-        ] {
+        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "0g:00:00:00:00:00", "002:00:00:00:00:0"] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} parsed");
         }
     }

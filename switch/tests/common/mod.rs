@@ -26,10 +26,7 @@ fn ensure_privileged(tag: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    let _ = Command::new("ip")
-        .args(["netns", "del", &probe])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("ip").args(["netns", "del", &probe]).stderr(Stdio::null()).status();
     assert!(
         ok,
         "these tests need to create network namespaces: run them as root, or with scripts/test.sh, \
@@ -50,23 +47,14 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name(tag)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon {
-            socket: dir.join("run/tapyard.sock"),
-            state: dir.join("state"),
-            dir,
-            child: None,
-        };
+        let mut d = Daemon { socket: dir.join("run/tapyard.sock"), state: dir.join("state"), dir, child: None };
         d.spawn();
         d
     }
 
     /// Starts the daemon process on this socket and state directory and waits until it answers.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
         let child = Command::new(TAPYARD)
             .arg("--socket")
             .arg(&self.socket)
@@ -80,11 +68,7 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.cli(&["network", "ls"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not answer; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "daemon did not answer; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -100,9 +84,7 @@ impl Daemon {
     /// Sends `sig` to the daemon and waits for it to exit; returns its exit code (None if killed by a signal).
     pub fn signal(&mut self, sig: &str) -> Option<i32> {
         let mut child = self.child.take().expect("daemon running");
-        let _ = Command::new("kill")
-            .args([&format!("-{sig}"), &child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -118,12 +100,7 @@ impl Daemon {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(TAPYARD)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap()
+        Command::new(TAPYARD).arg("--socket").arg(&self.socket).args(args).output().unwrap()
     }
 
     /// Runs the CLI and panics with its stderr if it fails; returns stdout.
@@ -139,6 +116,12 @@ impl Daemon {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// The `port ls` entry of the port in namespace `netns`.
+    pub fn port(&self, netns: &str) -> serde_json::Value {
+        let ports = self.json(&["port", "ls"]);
+        ports.as_array().unwrap().iter().find(|p| p["netns"] == netns).cloned().unwrap_or_default()
+    }
+
     /// Runs the CLI with `--json` appended and parses its output.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
@@ -150,9 +133,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -204,10 +185,7 @@ impl Netns {
     }
 
     pub fn delete(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
     }
 }
 
@@ -219,11 +197,7 @@ impl Drop for Netns {
 
 pub fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Polls `f` every 50 ms until it holds or `secs` pass.
