@@ -197,3 +197,77 @@ for src in (bytes([1, 0, 0x5e, 0, 0, 1]), bytes(6)):
     assert!(a.reaches("10.81.0.2"));
     assert!(d.json(&["fdb", "show"]).as_array().unwrap().iter().all(|e| e["mac"] != "01:00:5e:00:00:01"));
 }
+
+/// Turns IPv6 off in a namespace, so that no router solicitations or MLD
+/// reports refresh the forwarding table behind a test's back.
+fn quiet(ns: &Netns) {
+    assert!(ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]));
+    assert!(ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"]));
+}
+
+#[test]
+fn a_full_forwarding_table_counts_and_still_forwards() {
+    let d = Daemon::start("full");
+    let net = name("full");
+    d.ok(&["network", "create", &net, "--fdb-capacity", "2"]);
+    let ns: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("full{i}"))).collect();
+    for (i, n) in ns.iter().enumerate() {
+        quiet(n);
+        d.ok(&["connect", &net, &n.name, "--ip", &format!("10.84.0.{}/24", i + 1)]);
+    }
+    // Three stations, room for two: everyone still reaches everyone (frames
+    // to the unlearned one are flooded), and the overflow is counted.
+    assert!(ns[0].reaches("10.84.0.2"));
+    assert!(ns[1].reaches("10.84.0.3"));
+    assert!(ns[2].reaches("10.84.0.1"));
+    assert_eq!(d.json(&["fdb", "show"]).as_array().unwrap().len(), 2, "the bound holds");
+    let learn_full: u64 =
+        d.json(&["port", "ls"]).as_array().unwrap().iter().map(|p| p["counters"]["learn_full"].as_u64().unwrap()).sum();
+    assert!(learn_full > 0, "frames whose source could not be learned are counted");
+    let inspect = d.json(&["network", "ls"]);
+    assert_eq!(inspect[0]["fdb_capacity"], 2);
+}
+
+#[test]
+fn idle_macs_age_out_after_the_networks_ageing_time() {
+    let d = Daemon::start("age");
+    let net = name("age");
+    d.ok(&["network", "create", &net, "--ageing", "2"]);
+    let a = Netns::new("agea");
+    let b = Netns::new("ageb");
+    for n in [&a, &b] {
+        quiet(n);
+    }
+    d.ok(&["connect", &net, &a.name, "--ip", "10.85.0.1/24"]);
+    d.ok(&["connect", &net, &b.name, "--ip", "10.85.0.2/24"]);
+    assert!(a.reaches("10.85.0.2"));
+    assert_eq!(d.json(&["fdb", "show", &net]).as_array().unwrap().len(), 2);
+    assert_eq!(d.json(&["network", "inspect", &net])["ageing_secs"], 2);
+    // Silence for a little over the ageing time: the entries go.
+    let aged = wait_for(8, || d.json(&["fdb", "show", &net]).as_array().unwrap().is_empty());
+    assert!(aged, "entries should age out: {}", d.json(&["fdb", "show"]));
+    // Traffic brings them back.
+    assert!(a.reaches("10.85.0.2"));
+    assert_eq!(d.json(&["fdb", "show", &net]).as_array().unwrap().len(), 2);
+    // And flush empties the table on demand.
+    assert!(d.ok(&["fdb", "flush", &net]).contains("flushed 2"));
+    assert!(d.json(&["fdb", "show"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn frames_for_a_down_interface_are_counted_as_link_down() {
+    let d = Daemon::start("down");
+    let net = name("down");
+    d.ok(&["network", "create", &net]);
+    let a = Netns::new("downa");
+    let b = Netns::new("downb");
+    d.ok(&["connect", &net, &a.name, "--ip", "10.86.0.1/24"]);
+    d.ok(&["connect", &net, &b.name, "--ip", "10.86.0.2/24"]);
+    assert!(a.reaches("10.86.0.2"));
+    assert!(b.run(&["ip", "link", "set", "eth0", "down"]));
+    assert!(!a.ping_quick("10.86.0.2"));
+    let drops = d.port(&b.name)["counters"]["drops"]["link_down"].as_u64().unwrap();
+    assert!(drops >= 2, "the pings toward the down interface are counted on its port: {}", d.port(&b.name));
+    assert!(b.run(&["ip", "link", "set", "eth0", "up"]));
+    assert!(a.reaches("10.86.0.2"), "and traffic resumes when it comes back up");
+}

@@ -106,8 +106,12 @@ pub enum NetworkCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show one network as JSON.
-    Inspect { name: String },
+    /// Show one network as JSON (always JSON; --json is accepted for uniformity).
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a network (refused while ports are attached, unless --force).
     Rm {
         name: String,
@@ -229,7 +233,7 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
                 table::networks(&nets);
             }
         }
-        Cmd::Network(NetworkCmd::Inspect { name }) => print_json(&call_v(Request::NetworkInspect { name })?),
+        Cmd::Network(NetworkCmd::Inspect { name, json: _ }) => print_json(&call_v(Request::NetworkInspect { name })?),
         Cmd::Network(NetworkCmd::Rm { name, force }) => {
             call_v(Request::NetworkRm { name: name.clone(), force })?;
             println!("{name}");
