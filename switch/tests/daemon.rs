@@ -207,3 +207,29 @@ fn lab_up_check_passes_and_leaves_nothing_behind() {
     assert!(leftover.is_empty(), "lab left namespaces behind: {leftover:?}");
     assert!(daemon_gone, "the daemon the lab started must be stopped");
 }
+
+#[test]
+fn a_corrupt_state_file_stops_the_daemon_with_a_clear_error() {
+    let mut d = Daemon::start("corrupt");
+    d.ok(&["network", "create", &name("corrupt")]);
+    assert_eq!(d.signal("TERM"), Some(0));
+    let state = d.state.join("state.json");
+    let good = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &good[..good.len() / 2]).unwrap();
+    let out = Command::new(TAPYARD)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["daemon", "--state-dir"])
+        .arg(&d.state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("state.json") && err.contains("corrupt") && err.contains("move it aside"), "{err}");
+    assert!(!exists(&d.socket), "a daemon that failed to start leaves no socket");
+    // The file was not touched: restoring it brings the network back.
+    assert_eq!(std::fs::read(&state).unwrap(), &good[..good.len() / 2]);
+    std::fs::write(&state, &good).unwrap();
+    d.spawn();
+    assert_eq!(d.json(&["network", "ls"])[0]["name"], name("corrupt").as_str());
+}

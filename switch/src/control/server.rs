@@ -83,23 +83,8 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
 /// Runs the daemon until SIGINT, SIGTERM or a `shutdown` request.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let (listener, _socket_lock) = bind_socket(&cfg.socket)?;
-    create_private_dir(&cfg.state_dir)?;
-    let _state_lock = lock_file(
-        &cfg.state_dir.join("lock"),
-        &format!(
-            "another tapyard daemon uses state directory {}; give this one its own --state-dir",
-            cfg.state_dir.display()
-        ),
-    );
-    let _state_lock = match _state_lock {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = fs::remove_file(&cfg.socket);
-            return Err(e);
-        }
-    };
-    let daemon = match Daemon::start(cfg.clone()) {
-        Ok(d) => d,
+    let (daemon, _state_lock) = match start(&cfg) {
+        Ok(started) => started,
         Err(e) => {
             let _ = fs::remove_file(&cfg.socket);
             return Err(e);
@@ -137,6 +122,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = fs::remove_file(&cfg.socket);
     daemon.shutdown();
     Ok(())
+}
+
+/// Locks the state directory and starts the control plane and workers.
+/// Keep the returned lock for the daemon's life.
+fn start(cfg: &Config) -> anyhow::Result<(Arc<Daemon>, File)> {
+    create_private_dir(&cfg.state_dir)?;
+    let lock = lock_file(
+        &cfg.state_dir.join("lock"),
+        &format!(
+            "another tapyard daemon uses state directory {}; give this one its own --state-dir",
+            cfg.state_dir.display()
+        ),
+    )?;
+    Ok((Daemon::start(cfg.clone())?, lock))
 }
 
 /// Serves one connection: a request per line, a response per line.
