@@ -69,6 +69,12 @@ pub struct PortStats {
     /// Source MACs that could not be learned because the network's table is full.
     /// The frame itself is still forwarded.
     pub learn_full: AtomicU64,
+    /// Entries of this port evicted so that a port under its fair share of
+    /// the forwarding table could learn.
+    pub learn_evicted: AtomicU64,
+    /// Forwarding-table entries learned on this port (a gauge the control
+    /// plane refreshes every second; workers read it to share the table fairly).
+    pub fdb_entries: AtomicU64,
     drops: [AtomicU64; N_REASONS],
 }
 
@@ -92,6 +98,8 @@ impl PortStats {
             rx_errors: self.rx_errors.load(Relaxed),
             tx_errors: self.tx_errors.load(Relaxed),
             learn_full: self.learn_full.load(Relaxed),
+            learn_evicted: self.learn_evicted.load(Relaxed),
+            fdb_entries: self.fdb_entries.load(Relaxed),
             drops: DropReason::ALL.iter().map(|&r| (r.name().to_string(), self.drops(r))).collect(),
         }
     }
@@ -107,6 +115,9 @@ pub struct PortCounters {
     pub rx_errors: u64,
     pub tx_errors: u64,
     pub learn_full: u64,
+    pub learn_evicted: u64,
+    /// Forwarding-table entries currently learned on this port (refreshed every second).
+    pub fdb_entries: u64,
     /// Drops by reason name, every reason listed (zero included) so scripts can rely on the keys.
     pub drops: std::collections::BTreeMap<String, u64>,
 }

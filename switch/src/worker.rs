@@ -28,11 +28,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::Clock;
-use crate::datapath::{decide, Decision, Learned};
+use crate::datapath::{decide, Decision, Learned, Table};
 use crate::packet::Batch;
 use crate::port::{PortId, RecvState, SendReport};
 use crate::snapshot::{PortView, Snapshot};
 use crate::stats::{BurstCount, DropReason};
+use crate::wire::EthAddrs;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -292,6 +293,39 @@ impl Worker {
     }
 }
 
+/// Called when the table is full and the source of `frame` (on `view`'s port)
+/// was not learned. If that port holds less than its fair share of the table
+/// (capacity / ports of the network), evict one entry of the port holding the
+/// most, if that one holds more than its share, and learn again. Returns
+/// whether the source is now learned. Bounded work, no allocation; taken only
+/// by a port under its share, so a port flooding made-up MACs never gets here.
+fn share_fairly(table: &Table, snap: &Snapshot, view: &PortView, frame: &[u8], now: u32) -> bool {
+    let net = &view.network;
+    let fair = table.capacity() as u64 / net.ports.len().max(1) as u64;
+    if view.stats.fdb_entries.load(Ordering::Relaxed) >= fair {
+        return false;
+    }
+    let victim = net
+        .ports
+        .iter()
+        .filter(|&&p| p != view.id)
+        .filter_map(|&p| snap.port(p))
+        .max_by_key(|p| p.stats.fdb_entries.load(Ordering::Relaxed));
+    let Some(victim) = victim.filter(|v| v.stats.fdb_entries.load(Ordering::Relaxed) > fair) else {
+        return false;
+    };
+    let Ok(eth) = EthAddrs::parse(frame) else { return false };
+    // Start the scan at a place that varies with the MAC, so evictions spread.
+    if !table.evict_one(victim.id, eth.src.to_u64() as usize) {
+        return false;
+    }
+    victim.stats.learn_evicted.fetch_add(1, Ordering::Relaxed);
+    let _ = victim.stats.fdb_entries.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    // Count ourselves at once, so the share check tightens before the next refresh.
+    view.stats.fdb_entries.fetch_add(1, Ordering::Relaxed);
+    table.learn(eth.src, view.id, now) == Learned::New
+}
+
 /// Reads one burst from `view` and forwards it: the whole per-frame path.
 pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView, now: u32) -> RecvState {
     batch.clear();
@@ -308,7 +342,7 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
         let frame = buf.frame();
         rx.add(frame.len());
         let v = decide(frame, view.id, &table, net.max_frame, now);
-        if v.learned == Some(Learned::Full) {
+        if v.learned == Some(Learned::Full) && !share_fairly(&table, snap, view, frame, now) {
             learn_full += 1;
         }
         let flood = match v.decision {
@@ -421,6 +455,42 @@ mod tests {
         assert_eq!(stats(&snap, 1).tx_packets.load(Ordering::Relaxed), 1);
         assert_eq!(stats(&snap, 2).rx_packets.load(Ordering::Relaxed), 1);
         assert_eq!(stats(&snap, 2).rx_bytes.load(Ordering::Relaxed), 60);
+    }
+
+    #[test]
+    fn a_port_flooding_made_up_macs_cannot_lock_its_neighbours_out() {
+        let (snap, m) = setup();
+        let net = snap.port(PortId(1)).unwrap().network.clone();
+        // Port 1 sends from 200 made-up MACs; the table (64) fills with them.
+        for i in 0..200u32 {
+            let mut f = frame(BCAST, 0, 60);
+            f[8..12].copy_from_slice(&i.to_be_bytes());
+            f[6] = 0x02;
+            m[1].inject(&f);
+            if i % 32 == 31 {
+                run(&snap, 1);
+            }
+        }
+        run(&snap, 1);
+        assert_eq!(net.fdb.table().len(), 64);
+        assert!(stats(&snap, 1).learn_full.load(Ordering::Relaxed) > 0);
+        // The control plane's per-second refresh of the gauges.
+        for (p, n) in net.fdb.port_counts() {
+            stats(&snap, p.0).fdb_entries.store(n, Ordering::Relaxed);
+        }
+        // Port 2, holding nothing, still gets its MAC learned: one of port 1's goes.
+        m[2].inject(&frame(BCAST, 0x77, 60));
+        run(&snap, 2);
+        let t = net.fdb.table();
+        assert_eq!(t.lookup(crate::wire::MacAddr([2, 0, 0, 0, 0, 0x77])), Some(PortId(2)));
+        assert_eq!(t.len(), 64);
+        assert_eq!(stats(&snap, 1).learn_evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(stats(&snap, 2).learn_full.load(Ordering::Relaxed), 0);
+        // Port 1, far over its share, never evicts anyone to learn more.
+        let before = net.fdb.port_counts()[&PortId(1)];
+        m[1].inject(&frame(BCAST, 0x99, 60));
+        run(&snap, 1);
+        assert_eq!(net.fdb.port_counts()[&PortId(1)], before);
     }
 
     #[test]

@@ -547,6 +547,15 @@ impl Daemon {
             for net in inner.networks.values() {
                 net.fdb.age(now);
             }
+            // Refresh each port's share of its table, which workers read to
+            // share a full table fairly (datapath/fdb.rs, "Bounds and fairness").
+            let mut counts: std::collections::HashMap<PortId, u64> = std::collections::HashMap::new();
+            for net in inner.networks.values() {
+                counts.extend(net.fdb.port_counts());
+            }
+            for p in inner.ports.values() {
+                p.stats.fdb_entries.store(counts.get(&p.id).copied().unwrap_or(0), Ordering::Relaxed);
+            }
         }
     }
 

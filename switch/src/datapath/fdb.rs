@@ -33,16 +33,21 @@
 //!   after tombstoning and puts the entry back if it was refreshed meanwhile.
 //!   A new or moved entry's second is written just before its CAS (so a sweep
 //!   never sees a live entry with a stale second); when that CAS loses, the
-//!   winner's second has been overwritten with the same second, give or take one. When tombstones pile up it builds
-//!   a fresh table from the live entries and swaps it in (read-copy-update
+//!   winner's second has been overwritten with the same second, give or take one.
+//! - When tombstones pile up, the control plane builds a fresh table from the live entries and swaps it in (read-copy-update
 //!   through `ArcSwap`). A worker still holding the old table for the rest of
 //!   its burst may learn into it; that learning is lost and redone by the
 //!   MAC's next frame, which is flooded meanwhile. Nothing is torn or duplicated.
 //!
-//! # Bounds
+//! # Bounds and fairness
 //! At most `capacity` live entries (default 4096). A MAC that does not fit is
 //! not learned and is counted by the caller (`learn_full`); its frames are
-//! flooded, as on a Linux bridge at its limit. Probing is bounded by the slot
+//! flooded. So that one port sending from thousands of made-up MACs cannot
+//! lock its neighbours out (STYLE §9, as Open vSwitch does), a port holding
+//! fewer than its fair share (capacity / ports of the network) may evict one
+//! entry of the port holding the most ([`Table::evict_one`]); the per-port
+//! counts it decides with are recomputed by the control plane every second
+//! ([`Fdb::port_counts`]). Probing is bounded by the slot
 //! count, and the slot array is kept at most 7/8 used, so every probe ends.
 //! The hash is keyed per table: a random XOR key and two random odd
 //! multipliers with a fold between them. A sender who does not know the keys
@@ -234,6 +239,25 @@ impl Table {
         self.slots.len()
     }
 
+    /// Tombstones one live entry learned on `port`, scanning from slot
+    /// `start` (any number; callers spread it). Returns whether one was found.
+    /// Bounded by the slot count; used only when the table is full.
+    pub fn evict_one(&self, port: PortId, start: usize) -> bool {
+        let want = u64::from(port.0);
+        for k in 0..self.slots.len() {
+            let entry = &self.slots[(start + k) & self.mask];
+            let v = entry.load(Acquire);
+            if v != 0
+                && v & PORT_MASK == want
+                && entry.compare_exchange(v, (v & !PORT_MASK) | TOMB, AcqRel, Relaxed).is_ok()
+            {
+                self.live.fetch_sub(1, Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Live entries.
     pub fn len(&self) -> usize {
         self.live.load(Relaxed)
@@ -348,6 +372,15 @@ impl Fdb {
         self.table.store(Arc::new(fresh));
     }
 
+    /// Live entries per port. Control plane only (allocates).
+    pub fn port_counts(&self) -> std::collections::HashMap<PortId, u64> {
+        let mut m = std::collections::HashMap::new();
+        for (_, port, _) in self.table.load().live_entries() {
+            *m.entry(port).or_insert(0) += 1;
+        }
+        m
+    }
+
     /// Live entries with their age at `now`, sorted by MAC.
     pub fn entries(&self, now: u32) -> Vec<FdbEntry> {
         let mut v: Vec<FdbEntry> = self
@@ -450,6 +483,23 @@ mod tests {
         assert_eq!(t.lookup(mac(101)), None);
         // A move at capacity is still a move.
         assert_eq!(t.learn(mac(2), PortId(2), 5), Learned::Moved { from: PortId(1) });
+    }
+
+    #[test]
+    fn evict_one_takes_an_entry_of_that_port_only() {
+        let f = Fdb::new(4, 300);
+        let t = f.table();
+        for i in 1..=3 {
+            t.learn(mac(i), PortId(1), 0);
+        }
+        t.learn(mac(4), PortId(2), 0);
+        assert_eq!(t.learn(mac(5), PortId(3), 0), Learned::Full);
+        assert!(!t.evict_one(PortId(3), 7), "port 3 has nothing to evict");
+        assert!(t.evict_one(PortId(1), 12345));
+        assert_eq!(f.port_counts()[&PortId(1)], 2);
+        assert_eq!(f.port_counts()[&PortId(2)], 1);
+        assert_eq!(t.learn(mac(5), PortId(3), 0), Learned::New);
+        assert_eq!(t.len(), 4);
     }
 
     #[test]
