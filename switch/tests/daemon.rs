@@ -115,13 +115,12 @@ fn cli_errors_are_clear_and_change_nothing() {
     let out = d.cli(&["connect", &net, &ns.name, "--ip", "10.83.0.3"]);
     assert!(stderr(&out).contains("already has eth0"), "{}", stderr(&out));
     // The kernel refuses the interface name (a veth called eth1 is already there):
-    // a clear conflict, and no TAP is left behind in the namespace or the host.
-    let links_before = Command::new("ip").args(["-o", "link"]).output().unwrap().stdout.len();
+    // a clear conflict, and no TAP is left behind in the namespace. (The host
+    // side is not checked here: tests running in parallel create TAPs there.)
     assert!(ns.run(&["ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p"]));
     let out = d.cli(&["connect", &net, &ns.name, "--ifname", "eth1", "--ip", "10.83.0.9"]);
     assert!(stderr(&out).contains("already exists") && stderr(&out).contains("--ifname"), "{}", stderr(&out));
     assert!(!ns.run(&["sh", "-c", "ip -o link | grep -q typ"]), "no TAP left in the namespace");
-    assert_eq!(Command::new("ip").args(["-o", "link"]).output().unwrap().stdout.len(), links_before);
     let ns2 = Netns::new("errb");
     let out = d.cli(&["connect", &net, &ns2.name, "--ip", "10.83.0.2"]);
     assert!(stderr(&out).contains("already assigned"), "{}", stderr(&out));
