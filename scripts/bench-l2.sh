@@ -8,7 +8,7 @@
 # Medians of $RUNS runs. Needs root, iperf3, ping, a release build of tapyard.
 # The full harness with vde_switch and Open vSwitch is `tapyard bench` (fast-path issue).
 #
-# usage: scripts/bench-l2.sh            env: RUNS=3 DUR=5 PINGS=200
+# usage: scripts/bench-l2.sh            env: RUNS=3 DUR=5 PINGS=200 TY_WORKERS=(daemon default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}; DUR=${DUR:-5}; PINGS=${PINGS:-200}
@@ -42,7 +42,7 @@ setup_bridge() {
 }
 setup_tapyard() {
   mkns
-  $TY --socket $SOCK daemon --state-dir $W/state 2>$W/daemon.log & DPID=$!
+  $TY --socket $SOCK daemon --state-dir $W/state ${TY_WORKERS:+--workers $TY_WORKERS} 2>$W/daemon.log & DPID=$!
   for _ in $(seq 100); do $TY --socket $SOCK network ls >/dev/null 2>&1 && break; sleep 0.05; done
   $TY --socket $SOCK network create bench >/dev/null
   $TY --socket $SOCK connect bench $A --ip 10.90.0.1/24 >/dev/null

@@ -18,6 +18,8 @@
 //! its own copy of the table, so nothing is shared. What `2_threads` loses
 //! beyond it is the shared table's cost; what the control itself loses against
 //! `1_thread` is the machine's (SMT siblings, shared caches, a noisy VM).
+//! `fdb/lookup_known_baseline/std_hashmap_1_thread` is std's `HashMap` doing
+//! the same lookups in the same run: quote the table's speed as a ratio to it.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -97,6 +99,25 @@ fn fdb_benches(c: &mut Criterion) {
     bench_op(c, &fx.fdb, &twin.fdb, "lookup_known", &side(&known, PORT_A, 1), &side(&known, PORT_B, 2), |t, m, _| {
         black_box(t.lookup(m));
     });
+    // Baseline in the same run: std's HashMap (SipHash-1-3, keyed like ours),
+    // same MACs, same order, same batches; one thread, no concurrency at all.
+    let map: std::collections::HashMap<u64, PortId> =
+        fx.macs_a.iter().map(|m| (m.to_u64(), PORT_A)).chain(fx.macs_b.iter().map(|m| (m.to_u64(), PORT_B))).collect();
+    let order = side(&known, PORT_A, 1).order;
+    let mut g = c.benchmark_group("fdb/lookup_known_baseline");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("std_hashmap_1_thread", |bench| {
+        bench.iter_custom(|iters| {
+            let t = Instant::now();
+            for batch in order.iter().cycle().take(iters as usize) {
+                for m in batch {
+                    black_box(map.get(&m.to_u64()));
+                }
+            }
+            t.elapsed()
+        })
+    });
+    g.finish();
     bench_op(
         c,
         &fx.fdb,
