@@ -271,3 +271,51 @@ fn frames_for_a_down_interface_are_counted_as_link_down() {
     assert!(b.run(&["ip", "link", "set", "eth0", "up"]));
     assert!(a.reaches("10.86.0.2"), "and traffic resumes when it comes back up");
 }
+
+#[test]
+fn namespaces_are_found_by_name_path_and_pid() {
+    let d = Daemon::start("spec");
+    let net = name("spec");
+    d.ok(&["network", "create", &net, "--subnet", "10.87.0.0/24"]);
+    let named = Netns::new("specn");
+    // An anonymous namespace, held only by a process: reached as pid:N.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Kill(std::process::Command::new("unshare").args(["--net", "sleep", "60"]).spawn().unwrap());
+    let pid = holder.0.id().to_string();
+    let by_pid = format!("pid:{pid}");
+    let in_pid_ns = |args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .args(["--net", "-t", &pid])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    // Wait until unshare has switched namespaces (its ns differs from ours).
+    assert!(wait_for(5, || {
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() != std::fs::read_link("/proc/self/ns/net").ok()
+    }));
+    let path = format!("/run/netns/{}", named.name);
+    d.ok(&["connect", &net, &path, "--ip", "10.87.0.2"]);
+    d.ok(&["connect", &net, &by_pid, "--ip", "10.87.0.3", "--ifname", "lan0"]);
+    assert!(named.has_link("eth0"));
+    assert!(in_pid_ns(&["ip", "link", "show", "dev", "lan0"]));
+    assert!(in_pid_ns(&["ip", "link", "set", "lo", "up"]));
+    assert!(named.reaches("10.87.0.3"));
+    assert!(in_pid_ns(&["ping", "-n", "-q", "-c", "1", "-w", "3", "10.87.0.2"]));
+    d.ok(&["disconnect", &net, &by_pid, "--ifname", "lan0"]);
+    assert!(!in_pid_ns(&["ip", "link", "show", "dev", "lan0"]));
+    d.ok(&["disconnect", &net, &path]);
+    assert!(!named.has_link("eth0"));
+    // A pid that does not exist is a clear not-found.
+    let out = d.cli(&["connect", &net, "pid:999999999"]);
+    assert_eq!(out.status.code(), Some(3));
+}
