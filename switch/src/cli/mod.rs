@@ -35,6 +35,7 @@ pub enum Cmd {
     Network(NetworkCmd),
     /// Attach a network namespace to a network through a new TAP interface.
     Connect {
+        /// The network to attach to.
         network: String,
         /// A name under /run/netns, a path to a namespace file, or pid:N.
         netns: String,
@@ -47,12 +48,14 @@ pub enum Cmd {
         /// Address to assign inside the namespace, like 10.0.0.2/24.
         #[arg(long)]
         ip: Option<String>,
+        /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Detach a namespace from a network; its interface disappears.
     Disconnect {
         network: String,
+        /// The namespace as given to `connect` (name, path or pid:N).
         netns: String,
         #[arg(long, default_value = "eth0")]
         ifname: String,
@@ -98,17 +101,20 @@ pub enum NetworkCmd {
         /// Most MAC addresses the network's forwarding table holds [default: 4096].
         #[arg(long)]
         fdb_capacity: Option<usize>,
+        /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// List networks.
     Ls {
+        /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one network as JSON (always JSON; --json is accepted for uniformity).
     Inspect {
         name: String,
+        /// Accepted for uniformity: inspect always prints JSON.
         #[arg(long)]
         json: bool,
     },
@@ -125,6 +131,7 @@ pub enum PortCmd {
     /// List ports with their counters.
     Ls {
         network: Option<String>,
+        /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -135,6 +142,7 @@ pub enum FdbCmd {
     /// List learned MAC addresses: MAC, network, port, age.
     Show {
         network: Option<String>,
+        /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
     },
