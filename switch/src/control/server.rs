@@ -11,17 +11,21 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use crossbeam::channel::{bounded, Sender};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use super::proto::{ApiError, Request, Response};
+use super::proto::{ApiError, ErrorKind, Request, Response};
 use super::{Config, Daemon};
 
 /// Longest request line accepted; a longer one closes the connection.
 const MAX_REQUEST: u64 = 1 << 20;
+
+/// Control connections served at once (a thread each); more are refused with `busy`.
+const MAX_CONNECTIONS: usize = 64;
 
 fn lock_file(path: &Path, what: &str) -> anyhow::Result<File> {
     let f = OpenOptions::new()
@@ -103,13 +107,27 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let d = daemon.clone();
     std::thread::Builder::new().name("tapyard-ctl".into()).spawn(move || {
+        let active = Arc::new(AtomicUsize::new(0));
         for conn in listener.incoming() {
             match conn {
-                Ok(stream) => {
-                    let d = d.clone();
-                    let stop = stop_tx.clone();
-                    let _ =
-                        std::thread::Builder::new().name("tapyard-conn".into()).spawn(move || serve(&d, stream, &stop));
+                Ok(mut stream) => {
+                    if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                        let _ = reply(
+                            &mut stream,
+                            Err(ApiError::new(ErrorKind::Busy, "too many control connections; retry later")),
+                        );
+                        continue;
+                    }
+                    active.fetch_add(1, Ordering::Relaxed);
+                    let (d, stop, mine) = (d.clone(), stop_tx.clone(), active.clone());
+                    let spawned = std::thread::Builder::new().name("tapyard-conn".into()).spawn(move || {
+                        serve(&d, stream, &stop);
+                        mine.fetch_sub(1, Ordering::Relaxed);
+                    });
+                    if spawned.is_err() {
+                        active.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!("cannot start a thread for a control connection");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             }
