@@ -9,7 +9,10 @@
 
 use std::net::Ipv4Addr;
 
+pub mod pool;
+
 pub use ipnet::Ipv4Net;
+pub use pool::Pool;
 use serde::{Deserialize, Serialize};
 
 /// Why an addressing request is refused. Messages say what to do instead.
