@@ -145,7 +145,7 @@ impl Pool {
         // Later words, found through the summary.
         let next = w + 1;
         let mut sw = next / 64;
-        let mut mask = if next % 64 == 0 { !0u64 } else { !0u64 << (next % 64) };
+        let mut mask = !0u64 << (next % 64);
         while sw < self.free_words.len() {
             let bits = self.free_words[sw] & mask;
             if bits != 0 {
