@@ -297,6 +297,15 @@ impl Leases {
         Ok(Record::Lease(lease))
     }
 
+    /// Withdraws an outstanding offer to `key` (it chose another server).
+    pub fn withdraw_offer(&mut self, key: &ClientKey) {
+        if self.leases.get(key).is_some_and(|l| l.state == LeaseState::Offered) {
+            if let Some(l) = self.remove(key) {
+                self.pool.release(l.addr);
+            }
+        }
+    }
+
     /// DHCPRELEASE (§4.4.6): the address is remembered for the client.
     pub fn release(&mut self, key: &ClientKey, addr: Ipv4Addr, now: u64) -> Option<Record> {
         let mut l = self.leases.get(key).filter(|l| l.addr == addr)?.clone();

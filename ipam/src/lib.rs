@@ -9,6 +9,7 @@
 
 use std::net::Ipv4Addr;
 
+pub mod dhcp;
 pub mod journal;
 pub mod lease;
 pub mod pool;
