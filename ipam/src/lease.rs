@@ -306,6 +306,20 @@ impl Leases {
         }
     }
 
+    /// Drops `key`'s lease and frees its address at once (a port that was
+    /// disconnected). Returns the record to make durable.
+    pub fn forget(&mut self, key: &ClientKey) -> Vec<Record> {
+        match self.remove(key) {
+            Some(l) => {
+                if !self.reserved.contains(&l.addr) {
+                    self.pool.release(l.addr);
+                }
+                vec![Record::Forget(key.clone())]
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// DHCPRELEASE (§4.4.6): the address is remembered for the client.
     pub fn release(&mut self, key: &ClientKey, addr: Ipv4Addr, now: u64) -> Option<Record> {
         let mut l = self.leases.get(key).filter(|l| l.addr == addr)?.clone();

@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod journal;
 pub mod lease;
 pub mod pool;
+pub mod store;
 
 pub use ipnet::Ipv4Net;
 pub use pool::Pool;

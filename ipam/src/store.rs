@@ -1,0 +1,241 @@
+//! The IPAM state of every network, made durable through one [`Journal`]
+//! (so one fsync commits the leases of all networks: group commit).
+//!
+//! Use: [`Store::open`] loads the journal; [`Store::add_network`] creates a
+//! network's DHCP server and replays its records; [`Store::handle`] runs a
+//! DHCP message and queues its records; [`Store::commit`] makes everything
+//! queued durable, and only then may the replies it produced be sent.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dhcp::{DhcpConfig, DhcpServer, Handled};
+use crate::journal::{Journal, JournalError};
+use crate::lease::{ClientKey, Lease, LeaseError, Leases, Record};
+use crate::Ipv4Net;
+
+/// A journal entry: a lease record of one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub network: String,
+    pub record: Record,
+}
+
+/// Compact once the journal holds this many bytes.
+const COMPACT_BYTES: u64 = 4 << 20;
+
+pub struct Store {
+    journal: Journal<Entry>,
+    nets: HashMap<String, DhcpServer>,
+    /// Records loaded for networks not (yet) added.
+    pending: HashMap<String, Vec<Record>>,
+    /// Bytes of a torn journal tail skipped at open.
+    pub torn_bytes: u64,
+}
+
+/// Lease lifetime for addresses given with `connect --ip auto`: they belong
+/// to the port until it is disconnected.
+pub const STATIC_LEASE_SECS: u64 = 100 * 365 * 24 * 3600;
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, JournalError> {
+        let (journal, loaded) = Journal::<Entry>::open(dir, "leases")?;
+        let mut pending: HashMap<String, Vec<Record>> = HashMap::new();
+        for e in loaded.records {
+            pending.entry(e.network).or_default().push(e.record);
+        }
+        Ok(Store { journal, nets: HashMap::new(), pending, torn_bytes: loaded.torn_bytes })
+    }
+
+    /// Adds (or replaces) a network: dynamic addresses from `range`, never
+    /// `reserved` ones, static reservations by MAC; replays its records.
+    pub fn add_network(
+        &mut self,
+        name: &str,
+        cfg: DhcpConfig,
+        range: Ipv4Net,
+        reserved: impl IntoIterator<Item = Ipv4Addr>,
+        statics: impl IntoIterator<Item = ([u8; 6], Ipv4Addr)>,
+    ) {
+        let mut leases = Leases::new(cfg.subnet, range, reserved);
+        for (mac, ip) in statics {
+            let _ = leases.add_static(mac, ip);
+        }
+        for r in self.pending.remove(name).unwrap_or_default() {
+            leases.apply(r);
+        }
+        self.nets.insert(name.to_string(), DhcpServer::new(cfg, leases));
+    }
+
+    /// Removes a network and forgets its leases (durably, at the next commit).
+    pub fn remove_network(&mut self, name: &str) {
+        if let Some(s) = self.nets.remove(name) {
+            for l in s.leases.iter() {
+                self.journal.append(&Entry { network: name.to_string(), record: Record::Forget(l.key.clone()) });
+            }
+        }
+        self.pending.remove(name);
+    }
+
+    pub fn network(&self, name: &str) -> Option<&DhcpServer> {
+        self.nets.get(name)
+    }
+
+    pub fn network_mut(&mut self, name: &str) -> Option<&mut DhcpServer> {
+        self.nets.get_mut(name)
+    }
+
+    fn queue(&mut self, network: &str, records: &[Record]) {
+        for r in records {
+            self.journal.append(&Entry { network: network.to_string(), record: r.clone() });
+        }
+    }
+
+    /// Runs one DHCP message of `network`; its records are queued for [`Store::commit`].
+    pub fn handle(&mut self, network: &str, payload: &[u8], now: u64) -> Option<Handled> {
+        let h = self.nets.get_mut(network)?.handle(payload, now);
+        let recs = h.records.clone();
+        self.queue(network, &recs);
+        Some(h)
+    }
+
+    /// Takes an address for a port (`connect --ip auto`), bound to its MAC
+    /// until [`Store::release_port`]. Commits before returning.
+    pub fn allocate_port(&mut self, network: &str, mac: [u8; 6], now: u64) -> Result<Ipv4Addr, LeaseError> {
+        let s = self.nets.get_mut(network).ok_or(LeaseError::Exhausted)?;
+        let key = ClientKey::Mac(mac);
+        let addr = s.leases.offer(&key, mac, None, now)?;
+        let r = s.leases.bind(&key, mac, addr, STATIC_LEASE_SECS, None, now)?;
+        self.queue(network, &[r]);
+        Ok(addr)
+    }
+
+    /// Records a static address given with `connect --ip`, so DHCP never hands it out.
+    pub fn claim_port(&mut self, network: &str, mac: [u8; 6], addr: Ipv4Addr, now: u64) -> Result<(), LeaseError> {
+        let Some(s) = self.nets.get_mut(network) else { return Ok(()) };
+        let key = ClientKey::Mac(mac);
+        let r = s.leases.bind(&key, mac, addr, STATIC_LEASE_SECS, None, now)?;
+        self.queue(network, &[r]);
+        Ok(())
+    }
+
+    /// Frees the address a port held through [`Store::allocate_port`] or [`Store::claim_port`].
+    pub fn release_port(&mut self, network: &str, mac: [u8; 6]) {
+        let Some(s) = self.nets.get_mut(network) else { return };
+        let key = ClientKey::Mac(mac);
+        if s.leases.get(&key).is_some_and(|l| l.expires > STATIC_LEASE_SECS) {
+            let recs = s.leases.forget(&key);
+            self.queue(network, &recs);
+        }
+    }
+
+    /// Makes every queued record durable (one fsync), compacting when the journal is large.
+    pub fn commit(&mut self) -> Result<(), JournalError> {
+        self.journal.commit()?;
+        if self.journal.len() > COMPACT_BYTES {
+            let all: Vec<Entry> = self
+                .nets
+                .iter()
+                .flat_map(|(n, s)| s.leases.records().into_iter().map(|record| Entry { network: n.clone(), record }))
+                .collect();
+            self.journal.compact(&all)?;
+        }
+        Ok(())
+    }
+
+    /// The leases of one network or all, with the network name.
+    pub fn leases(&self, network: Option<&str>) -> Vec<(String, Lease)> {
+        let mut v: Vec<(String, Lease)> = self
+            .nets
+            .iter()
+            .filter(|(n, _)| network.is_none_or(|x| x == n.as_str()))
+            .flat_map(|(n, s)| s.leases.iter().map(|l| (n.clone(), l.clone())))
+            .collect();
+        v.sort_by(|a, b| (&a.0, a.1.addr).cmp(&(&b.0, b.1.addr)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn cfg() -> DhcpConfig {
+        DhcpConfig {
+            server: Ipv4Addr::new(10, 5, 0, 1),
+            subnet: "10.5.0.0/24".parse().unwrap(),
+            dns: vec![],
+            domain: None,
+            mtu: None,
+            lease_secs: 600,
+            decline_secs: 60,
+        }
+    }
+
+    fn add(s: &mut Store) {
+        s.add_network("n", cfg(), "10.5.0.0/24".parse().unwrap(), [Ipv4Addr::new(10, 5, 0, 1)], []);
+    }
+
+    /// A DISCOVER with Rapid Commit from `mac`: one round trip to a bound lease.
+    fn rapid(mac: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 240];
+        b[0] = 1;
+        b[1] = 1;
+        b[2] = 6;
+        b[28..34].copy_from_slice(&[2, 0, 0, 0, 1, mac]);
+        b[236..240].copy_from_slice(&0x6382_5363u32.to_be_bytes());
+        b.extend_from_slice(&[53, 1, 1, 80, 0, 255]);
+        b
+    }
+
+    #[test]
+    fn leases_survive_a_restart_and_are_never_handed_out_twice() {
+        let dir = std::env::temp_dir().join(format!("tapyard-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut before = Vec::new();
+        {
+            let mut s = Store::open(&dir).unwrap();
+            add(&mut s);
+            let port = s.allocate_port("n", [2, 0, 0, 0, 0, 9], NOW).unwrap();
+            before.push(port);
+            for m in 0..20 {
+                let h = s.handle("n", &rapid(m), NOW).unwrap();
+                assert_eq!(h.records.len(), 1);
+            }
+            s.commit().unwrap();
+            before.extend(s.leases(None).iter().map(|(_, l)| l.addr));
+            // Queued but never committed: lost with the "crash", never acknowledged.
+            s.handle("n", &rapid(99), NOW).unwrap();
+        }
+        let mut s = Store::open(&dir).unwrap();
+        add(&mut s);
+        let after: Vec<Ipv4Addr> = s.leases(None).iter().map(|(_, l)| l.addr).collect();
+        assert_eq!(after.len(), 21);
+        for a in &after {
+            assert!(before.contains(a));
+        }
+        // New clients get addresses nobody holds.
+        for m in 100..120 {
+            let h = s.handle("n", &rapid(m), NOW).unwrap();
+            assert_eq!(h.records.len(), 1);
+        }
+        let all: Vec<Ipv4Addr> = s.leases(None).iter().map(|(_, l)| l.addr).collect();
+        let unique: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+        // Releasing the port frees its address for good.
+        s.release_port("n", [2, 0, 0, 0, 0, 9]);
+        s.commit().unwrap();
+        drop(s);
+        let mut s = Store::open(&dir).unwrap();
+        add(&mut s);
+        assert!(s.leases(None).iter().all(|(_, l)| l.addr != before[0]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
