@@ -81,6 +81,57 @@ fn is_host(subnet: Ipv4Net, addr: Ipv4Addr) -> bool {
     subnet.contains(&addr) && addr != subnet.network() && addr != subnet.broadcast()
 }
 
+/// A default address pool: networks created without `--subnet` take the
+/// next free `/size` subnet of `base`, starting at `base`'s own address
+/// (Docker's convention: 172.17.0.0/16 first, never 172.16.0.0/16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultPool {
+    pub base: Ipv4Net,
+    pub size: u8,
+}
+
+impl std::str::FromStr for DefaultPool {
+    type Err = String;
+
+    /// `A.B.C.D/N/M`: subnets of prefix M out of A.B.C.D/N.
+    fn from_str(s: &str) -> Result<DefaultPool, String> {
+        let bad = || format!("invalid default pool {s:?}: expected CIDR/PREFIX, like 172.17.0.0/12/16");
+        let (cidr, size) = s.rsplit_once('/').ok_or_else(bad)?;
+        let base: Ipv4Net = cidr.parse().map_err(|_| bad())?;
+        let size: u8 = size.parse().map_err(|_| bad())?;
+        if size < base.prefix_len() || size > 30 {
+            return Err(format!("invalid default pool {s:?}: the subnet size /{size} must lie between /{} and /30", base.prefix_len()));
+        }
+        Ok(DefaultPool { base, size })
+    }
+}
+
+/// Docker's defaults: /16s out of 172.17.0.0/12, then /20s out of 192.168.0.0/16.
+pub fn default_pools() -> Vec<DefaultPool> {
+    vec![
+        DefaultPool { base: "172.17.0.0/12".parse().expect("valid"), size: 16 },
+        DefaultPool { base: "192.168.0.0/16".parse().expect("valid"), size: 20 },
+    ]
+}
+
+/// The first subnet of the pools, in order, that overlaps none of `taken`.
+pub fn next_subnet(pools: &[DefaultPool], taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    for p in pools {
+        let step = 1u64 << (32 - p.size);
+        let end = u64::from(u32::from(p.base.broadcast())) + 1;
+        // Start at the base address itself, aligned down to the subnet size.
+        let mut at = u64::from(u32::from(p.base.addr())) & !(step - 1);
+        while at + step <= end {
+            let net = Ipv4Net::new(Ipv4Addr::from(at as u32), p.size).expect("prefix <= 32");
+            if !taken.iter().any(|t| t.contains(&net.network()) || net.contains(&t.network())) {
+                return Some(net);
+            }
+            at += step;
+        }
+    }
+    None
+}
+
 /// Checks a static address for a port (`connect --ip`), given the network's
 /// addressing (if any) and the addresses other ports of the network hold.
 ///
@@ -188,6 +239,20 @@ mod tests {
             Err(IpamError::AddressReserved { what: "broadcast", .. })
         ));
         assert_eq!(check_static(ip("10.1.0.7"), None, Some(&a), used), Err(IpamError::AddressInUse(ip("10.1.0.7"))));
+    }
+
+    #[test]
+    fn default_pools_follow_dockers_order_and_skip_taken_subnets() {
+        let pools = default_pools();
+        assert_eq!(next_subnet(&pools, &[]), Some(net("172.17.0.0/16")));
+        assert_eq!(next_subnet(&pools, &[net("172.17.0.0/16"), net("172.18.5.0/24")]), Some(net("172.19.0.0/16")));
+        let all172: Vec<Ipv4Net> = (17..32).map(|i| net(&format!("172.{i}.0.0/16"))).collect();
+        assert_eq!(next_subnet(&pools, &all172), Some(net("192.168.0.0/20")));
+        let custom: DefaultPool = "10.100.0.0/16/24".parse().unwrap();
+        assert_eq!(next_subnet(&[custom], &[net("10.100.0.0/24")]), Some(net("10.100.1.0/24")));
+        assert!("10.0.0.0/16/8".parse::<DefaultPool>().is_err());
+        assert!("10.0.0.0/16".parse::<DefaultPool>().is_err());
+        assert_eq!(next_subnet(&[custom], &[net("10.0.0.0/8")]), None);
     }
 
     #[test]
