@@ -116,7 +116,7 @@ impl Leases {
     pub fn new(subnet: Ipv4Net, range: Ipv4Net, reserved: impl IntoIterator<Item = Ipv4Addr>) -> Leases {
         let mut l = Leases {
             subnet,
-            pool: Pool::new(range),
+            pool: Pool::for_range(range, subnet),
             reserved: BTreeSet::new(),
             statics: HashMap::new(),
             leases: HashMap::new(),
@@ -318,6 +318,32 @@ impl Leases {
             }
             None => Vec::new(),
         }
+    }
+
+    /// Binds an address given by hand (`connect --ip`): any host of the
+    /// subnet, inside the dynamic range or not, that no other client holds
+    /// and that is not reserved or quarantined.
+    pub fn claim(
+        &mut self,
+        key: &ClientKey,
+        mac: [u8; 6],
+        addr: Ipv4Addr,
+        secs: u64,
+        now: u64,
+    ) -> Result<Record, LeaseError> {
+        self.expire(now);
+        let host = self.subnet.contains(&addr) && addr != self.subnet.network() && addr != self.subnet.broadcast();
+        let taken = self.by_addr.get(&addr).is_some_and(|k| k != key)
+            || self.reserved.contains(&addr) && self.statics.get(&mac) != Some(&addr)
+            || self.quarantine.get(&addr).is_some_and(|&t| t > now)
+            || self.pool.contains(addr) && self.pool.is_used(addr) && !self.by_addr.contains_key(&addr);
+        if !host || taken {
+            return Err(LeaseError::NotYours(addr));
+        }
+        let lease =
+            Lease { key: key.clone(), mac, addr, hostname: None, expires: now + secs, state: LeaseState::Bound };
+        self.set(lease.clone());
+        Ok(Record::Lease(lease))
     }
 
     /// DHCPRELEASE (§4.4.6): the address is remembered for the client.

@@ -100,7 +100,10 @@ impl std::str::FromStr for DefaultPool {
         let base: Ipv4Net = cidr.parse().map_err(|_| bad())?;
         let size: u8 = size.parse().map_err(|_| bad())?;
         if size < base.prefix_len() || size > 30 {
-            return Err(format!("invalid default pool {s:?}: the subnet size /{size} must lie between /{} and /30", base.prefix_len()));
+            return Err(format!(
+                "invalid default pool {s:?}: the subnet size /{size} must lie between /{} and /30",
+                base.prefix_len()
+            ));
         }
         Ok(DefaultPool { base, size })
     }

@@ -39,6 +39,15 @@ impl Pool {
         Pool::from_bounds(first, last)
     }
 
+    /// A pool of the addresses of `range` that are hosts of `subnet` (the
+    /// range's own first and last addresses are usable unless they are the
+    /// subnet's network or broadcast address).
+    pub fn for_range(range: Ipv4Net, subnet: Ipv4Net) -> Pool {
+        let first = u32::from(range.network()).max(u32::from(subnet.network()) + 1);
+        let last = u32::from(range.broadcast()).min(u32::from(subnet.broadcast()) - 1);
+        Pool::from_bounds(first, last.max(first))
+    }
+
     /// A pool of the addresses `first..=last`, all free.
     pub fn from_bounds(first: u32, last: u32) -> Pool {
         let len = last - first + 1;

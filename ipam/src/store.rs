@@ -119,7 +119,7 @@ impl Store {
     pub fn claim_port(&mut self, network: &str, mac: [u8; 6], addr: Ipv4Addr, now: u64) -> Result<(), LeaseError> {
         let Some(s) = self.nets.get_mut(network) else { return Ok(()) };
         let key = ClientKey::Mac(mac);
-        let r = s.leases.bind(&key, mac, addr, STATIC_LEASE_SECS, None, now)?;
+        let r = s.leases.claim(&key, mac, addr, STATIC_LEASE_SECS, now)?;
         self.queue(network, &[r]);
         Ok(())
     }

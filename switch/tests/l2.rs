@@ -30,8 +30,8 @@ fn three_and_two_namespaces_reach_within_and_never_across_networks() {
     let (na, nb) = (name("isoA"), name("isoB"));
     // No subnets: both networks use addresses of the same /24, so only the
     // switch keeps them apart (an ARP broadcast leaking would be answered).
-    d.ok(&["network", "create", &na]);
-    d.ok(&["network", "create", &nb]);
+    d.ok(&["network", "create", &na, "--ipam", "none"]);
+    d.ok(&["network", "create", &nb, "--ipam", "none"]);
     let a: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("isoa{i}"))).collect();
     let b: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("isob{i}"))).collect();
     let ip = |i: usize| format!("10.77.0.{}", i);
@@ -135,7 +135,7 @@ fn a_mac_that_moves_to_another_port_is_followed() {
 fn disconnect_removes_the_interface_and_the_port() {
     let d = Daemon::start("dc");
     let net = name("dc");
-    d.ok(&["network", "create", &net]);
+    d.ok(&["network", "create", &net, "--ipam", "none"]);
     let ns = Netns::new("dc1");
     d.ok(&["connect", &net, &ns.name, "--ifname", "lan0", "--ip", "10.79.0.2/24"]);
     assert!(ns.has_link("lan0"));
@@ -154,7 +154,7 @@ fn disconnect_removes_the_interface_and_the_port() {
 fn a_deleted_namespace_takes_its_port_with_it() {
     let d = Daemon::start("gone");
     let net = name("gone");
-    d.ok(&["network", "create", &net]);
+    d.ok(&["network", "create", &net, "--ipam", "none"]);
     let keep = Netns::new("gonek");
     let doomed = Netns::new("gone1");
     d.ok(&["connect", &net, &keep.name, "--ip", "10.80.0.1/24"]);
@@ -173,7 +173,7 @@ fn a_deleted_namespace_takes_its_port_with_it() {
 fn frames_with_a_group_source_address_are_dropped_and_counted() {
     let d = Daemon::start("bad");
     let net = name("bad");
-    d.ok(&["network", "create", &net]);
+    d.ok(&["network", "create", &net, "--ipam", "none"]);
     let a = Netns::new("bada");
     let b = Netns::new("badb");
     d.ok(&["connect", &net, &a.name, "--ip", "10.81.0.1/24"]);
@@ -209,7 +209,7 @@ fn quiet(ns: &Netns) {
 fn a_full_forwarding_table_counts_and_still_forwards() {
     let d = Daemon::start("full");
     let net = name("full");
-    d.ok(&["network", "create", &net, "--fdb-capacity", "2"]);
+    d.ok(&["network", "create", &net, "--ipam", "none", "--fdb-capacity", "2"]);
     let ns: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("full{i}"))).collect();
     for (i, n) in ns.iter().enumerate() {
         quiet(n);
@@ -232,7 +232,7 @@ fn a_full_forwarding_table_counts_and_still_forwards() {
 fn idle_macs_age_out_after_the_networks_ageing_time() {
     let d = Daemon::start("age");
     let net = name("age");
-    d.ok(&["network", "create", &net, "--ageing", "2"]);
+    d.ok(&["network", "create", &net, "--ipam", "none", "--ageing", "2"]);
     let a = Netns::new("agea");
     let b = Netns::new("ageb");
     for n in [&a, &b] {
@@ -258,7 +258,7 @@ fn idle_macs_age_out_after_the_networks_ageing_time() {
 fn frames_for_a_down_interface_are_counted_as_link_down() {
     let d = Daemon::start("down");
     let net = name("down");
-    d.ok(&["network", "create", &net]);
+    d.ok(&["network", "create", &net, "--ipam", "none"]);
     let a = Netns::new("downa");
     let b = Netns::new("downb");
     d.ok(&["connect", &net, &a.name, "--ip", "10.86.0.1/24"]);

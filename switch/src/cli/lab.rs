@@ -24,7 +24,7 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
 use super::client::{self, Client};
-use crate::control::proto::{PingInfo, PortInfo, Request};
+use crate::control::proto::{NetworkCreate, PingInfo, PortInfo, Request};
 
 #[derive(Subcommand, Debug)]
 pub enum LabCmd {
@@ -242,14 +242,11 @@ fn build(socket: &Path, rec: &mut LabRecord) -> anyhow::Result<()> {
     let mut c = Client::connect(socket)?;
     for (color, net24) in NETWORKS {
         let name = format!("{}-{color}", rec.prefix);
-        c.call_value(&Request::NetworkCreate {
+        c.call_value(&Request::NetworkCreate(NetworkCreate {
             name: name.clone(),
             subnet: Some(format!("{net24}.0/24")),
-            gateway: None,
-            mtu: None,
-            ageing_secs: None,
-            fdb_capacity: None,
-        })?;
+            ..Default::default()
+        }))?;
         rec.networks.push(name);
     }
     let hosts = rec.hosts.clone();

@@ -63,6 +63,9 @@ pub enum Cmd {
     /// List ports.
     #[command(subcommand)]
     Port(PortCmd),
+    /// List DHCP leases and addresses given to ports.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
     /// Show or flush the forwarding database (learned MAC addresses).
     #[command(subcommand)]
     Fdb(FdbCmd),
@@ -79,6 +82,11 @@ pub struct DaemonArgs {
     /// Worker threads [default: one per available core].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Default address pool as CIDR/PREFIX (repeatable), like 10.200.0.0/16/24:
+    /// networks created without --subnet take the next free /PREFIX of it
+    /// [default: 172.17.0.0/12/16, then 192.168.0.0/16/20].
+    #[arg(long = "default-pool", value_name = "CIDR/PREFIX")]
+    pub default_pools: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,12 +94,31 @@ pub enum NetworkCmd {
     /// Create a network.
     Create {
         name: String,
-        /// IPv4 subnet in CIDR notation, like 10.10.0.0/24.
+        /// IPv4 subnet in CIDR notation, like 10.10.0.0/24 [default: the next
+        /// free subnet of the daemon's default pools].
         #[arg(long)]
         subnet: Option<String>,
         /// Gateway address [default: the subnet's first host address].
         #[arg(long)]
         gateway: Option<String>,
+        /// Range inside the subnet from which DHCP and --ip auto take addresses.
+        #[arg(long)]
+        ip_range: Option<String>,
+        /// NAME=IP: an address of the subnet never handed out (repeatable).
+        #[arg(long = "aux-address")]
+        aux_addresses: Vec<String>,
+        /// DNS server handed out by DHCP (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Domain name handed out by DHCP.
+        #[arg(long)]
+        domain: Option<String>,
+        /// DHCP lease time in seconds [default: 3600].
+        #[arg(long)]
+        lease_time: Option<u32>,
+        /// `none` for a pure L2 network: no subnet, gateway or DHCP.
+        #[arg(long)]
+        ipam: Option<String>,
         /// MTU of the interfaces attached to this network.
         #[arg(long)]
         mtu: Option<u32>,
@@ -118,6 +145,8 @@ pub enum NetworkCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reserve an address for a MAC: DHCP always gives it that address, and nobody else.
+    Reserve { network: String, mac: String, ip: String },
     /// Remove a network (refused while ports are attached, unless --force).
     Rm {
         name: String,
@@ -129,6 +158,17 @@ pub enum NetworkCmd {
 #[derive(Subcommand, Debug)]
 pub enum PortCmd {
     /// List ports with their counters.
+    Ls {
+        network: Option<String>,
+        /// Print JSON (the full data) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCmd {
+    /// List leases: network, MAC, client id, address, hostname, expiry, state.
     Ls {
         network: Option<String>,
         /// Print JSON (the full data) instead of a table.
@@ -188,7 +228,9 @@ pub fn main() -> i32 {
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: daemon logs usually go to files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     match run(cli.cmd, socket) {
         Ok(code) => code,
         Err(e) => {
@@ -215,18 +257,53 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             if workers == 0 || workers > 256 {
                 anyhow::bail!("--workers must be between 1 and 256");
             }
+            let default_pools = if a.default_pools.is_empty() {
+                tapyard_ipam::default_pools()
+            } else {
+                a.default_pools
+                    .iter()
+                    .map(|p| p.parse())
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(anyhow::Error::msg)?
+            };
             let cfg = crate::control::Config {
                 socket: socket.clone(),
                 state_dir: a.state_dir.unwrap_or_else(default_state_dir),
                 workers,
+                default_pools,
             };
             crate::control::server::run(cfg)?;
         }
-        Cmd::Network(NetworkCmd::Create { name, subnet, gateway, mtu, ageing, fdb_capacity, json }) => {
-            let info: NetworkInfo = client::call(
-                &socket,
-                &Request::NetworkCreate { name, subnet, gateway, mtu, ageing_secs: ageing, fdb_capacity },
-            )?;
+        Cmd::Network(NetworkCmd::Create {
+            name,
+            subnet,
+            gateway,
+            ip_range,
+            aux_addresses,
+            dns,
+            domain,
+            lease_time,
+            ipam,
+            mtu,
+            ageing,
+            fdb_capacity,
+            json,
+        }) => {
+            let args = NetworkCreate {
+                name,
+                subnet,
+                gateway,
+                ip_range,
+                aux_addresses,
+                dns,
+                domain,
+                lease_secs: lease_time,
+                ipam,
+                mtu,
+                ageing_secs: ageing,
+                fdb_capacity,
+            };
+            let info: NetworkInfo = client::call(&socket, &Request::NetworkCreate(args))?;
             if json {
                 print_json(&info);
             } else {
@@ -242,6 +319,17 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             }
         }
         Cmd::Network(NetworkCmd::Inspect { name, json: _ }) => print_json(&call_v(Request::NetworkInspect { name })?),
+        Cmd::Network(NetworkCmd::Reserve { network, mac, ip }) => {
+            call_v(Request::NetworkReserve { network, mac, ip })?;
+        }
+        Cmd::Lease(LeaseCmd::Ls { network, json }) => {
+            let leases: Vec<LeaseInfo> = client::call(&socket, &Request::LeaseLs { network })?;
+            if json {
+                print_json(&leases);
+            } else {
+                table::leases(&leases);
+            }
+        }
         Cmd::Network(NetworkCmd::Rm { name, force }) => {
             call_v(Request::NetworkRm { name: name.clone(), force })?;
             println!("{name}");

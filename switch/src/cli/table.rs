@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::control::proto::{FdbEntryInfo, NetworkInfo, PortInfo};
+use crate::control::proto::{FdbEntryInfo, LeaseInfo, NetworkInfo, PortInfo};
 
 /// Prints rows with columns padded to their widest cell.
 fn print(header: &[&str], rows: &[Vec<String>]) {
@@ -33,10 +33,11 @@ pub fn networks(nets: &[NetworkInfo]) {
                 n.mtu.to_string(),
                 n.ports.len().to_string(),
                 format!("{}/{}", n.fdb_entries, n.fdb_capacity),
+                if n.pool_size > 0 { format!("{}/{}", n.pool_used, n.pool_size) } else { "-".into() },
             ]
         })
         .collect();
-    print(&["NAME", "SUBNET", "GATEWAY", "MTU", "PORTS", "FDB"], &rows);
+    print(&["NAME", "SUBNET", "GATEWAY", "MTU", "PORTS", "FDB", "POOL"], &rows);
 }
 
 pub fn ports(ports: &[PortInfo]) {
@@ -91,4 +92,24 @@ pub fn fdb(entries: &[FdbEntryInfo]) {
         })
         .collect();
     print(&["MAC", "NETWORK", "PORT", "AGE"], &rows);
+}
+
+pub fn leases(leases: &[LeaseInfo]) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let rows: Vec<Vec<String>> = leases
+        .iter()
+        .map(|l| {
+            let left = l.expires.saturating_sub(now);
+            vec![
+                l.network.clone(),
+                l.ip.clone(),
+                l.mac.clone(),
+                l.client_id.clone().unwrap_or_else(|| "-".into()),
+                l.hostname.clone().unwrap_or_else(|| "-".into()),
+                l.state.clone(),
+                if left > 50 * 365 * 24 * 3600 { "never".into() } else { format!("{left}s") },
+            ]
+        })
+        .collect();
+    print(&["NETWORK", "IP", "MAC", "CLIENT ID", "HOSTNAME", "STATE", "EXPIRES IN"], &rows);
 }

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{bounded, Receiver};
 use serde_json::{json, Value};
-use tapyard_ipam::{check_static, Addressing, Ipv4Net};
+use tapyard_ipam::dhcp::DhcpConfig;
+use tapyard_ipam::lease::LeaseState;
+use tapyard_ipam::store::Store;
+use tapyard_ipam::{check_static, next_subnet, Addressing, DefaultPool, Ipv4Net};
 
 use crate::clock::Clock;
 use crate::datapath::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
@@ -51,6 +54,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub workers: usize,
+    /// Where networks created without `--subnet` take their subnet.
+    pub default_pools: Vec<DefaultPool>,
 }
 
 struct Network {
@@ -78,6 +83,8 @@ struct Inner {
 pub struct Daemon {
     cfg: Config,
     inner: Mutex<Inner>,
+    /// Leases and reservations of every network. Lock order: `inner`, then `ipam`.
+    ipam: Mutex<Store>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
@@ -95,6 +102,13 @@ impl Daemon {
     /// Starts the workers and restores the persisted networks and ports.
     pub fn start(cfg: Config) -> anyhow::Result<Arc<Daemon>> {
         let state = persist::load(&cfg.state_dir)?;
+        let ipam = Store::open(&cfg.state_dir)?;
+        if ipam.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = ipam.torn_bytes,
+                "skipped the torn end of the lease journal (a write cut short by a crash, never acknowledged)"
+            );
+        }
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded(1024);
@@ -108,8 +122,16 @@ impl Daemon {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker::spawn(i, core, shared.clone())?);
         }
-        let d =
-            Arc::new(Daemon { cfg, inner: Mutex::new(Inner::default()), snapshot, workers, stop, events: rx, clock });
+        let d = Arc::new(Daemon {
+            cfg,
+            inner: Mutex::new(Inner::default()),
+            ipam: Mutex::new(ipam),
+            snapshot,
+            workers,
+            stop,
+            events: rx,
+            clock,
+        });
         d.restore(state);
         let hk = d.clone();
         std::thread::Builder::new().name("tapyard-hk".into()).spawn(move || hk.housekeeping())?;
@@ -126,9 +148,14 @@ impl Daemon {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn ipam(&self) -> MutexGuard<'_, Store> {
+        self.ipam.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn restore(&self, state: State) {
         let mut inner = self.lock();
         for spec in state.networks {
+            self.add_to_ipam(&spec);
             let fdb = Arc::new(Fdb::new(spec.fdb_capacity, spec.ageing_secs));
             inner.networks.insert(spec.name.clone(), Network { spec, fdb });
         }
@@ -152,6 +179,32 @@ impl Daemon {
         }
         self.publish(&mut inner);
         self.persist(&inner);
+    }
+
+    /// Gives a network with a subnet its DHCP server and leases (replaying
+    /// the journal's records for it).
+    fn add_to_ipam(&self, spec: &NetworkSpec) {
+        let Some(a) = spec.addressing else { return };
+        let cfg = DhcpConfig {
+            server: a.gateway,
+            subnet: a.subnet,
+            dns: spec.dns.clone(),
+            domain: spec.domain.clone(),
+            mtu: u16::try_from(spec.mtu).ok(),
+            lease_secs: spec.lease_secs,
+            decline_secs: DECLINE_SECS,
+        };
+        let reserved = std::iter::once(a.gateway).chain(spec.aux_addresses.values().copied());
+        let statics = spec.reservations.iter().map(|(m, ip)| (m.0, *ip));
+        self.ipam().add_network(&spec.name, cfg, spec.ip_range.unwrap_or(a.subnet), reserved, statics);
+    }
+
+    /// Makes queued lease records durable.
+    fn commit_ipam(&self, store: &mut Store) -> Result<(), ApiError> {
+        store.commit().map_err(|e| {
+            tracing::error!(error = %e, "cannot write the lease journal");
+            ApiError::system(format!("cannot write the lease journal: {e}"))
+        })
     }
 
     /// Builds and publishes a snapshot of `inner`, wakes the workers, and returns its epoch.
@@ -227,8 +280,15 @@ impl Daemon {
                 socket: self.cfg.socket.display().to_string(),
                 state_dir: self.cfg.state_dir.display().to_string(),
             }),
-            Request::NetworkCreate { name, subnet, gateway, mtu, ageing_secs, fdb_capacity } => {
-                self.network_create(name, subnet, gateway, mtu, ageing_secs, fdb_capacity)
+            Request::NetworkCreate(args) => self.network_create(args),
+            Request::NetworkReserve { network, mac, ip } => self.network_reserve(&network, &mac, &ip),
+            Request::LeaseLs { network: filter } => {
+                if let Some(n) = &filter {
+                    network(&self.lock(), n)?;
+                }
+                let now = unix_now();
+                let leases = self.ipam().leases(filter.as_deref());
+                to_value(leases.into_iter().map(|(n, l)| lease_info(n, l, now)).collect::<Vec<_>>())
             }
             Request::NetworkLs => {
                 let inner = self.lock();
@@ -276,10 +336,19 @@ impl Daemon {
 
     fn network_info(&self, inner: &Inner, net: &Network) -> NetworkInfo {
         let s = &net.spec;
+        let (pool_used, pool_size) = self.ipam().network(&s.name).map_or((0, 0), |d| d.leases.usage());
         NetworkInfo {
             name: s.name.clone(),
             subnet: s.addressing.map(|a| a.subnet.to_string()),
             gateway: s.addressing.map(|a| a.gateway.to_string()),
+            ip_range: s.ip_range.map(|r| r.to_string()),
+            aux_addresses: s.aux_addresses.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            reservations: s.reservations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            dns: s.dns.iter().map(|d| d.to_string()).collect(),
+            domain: s.domain.clone(),
+            lease_secs: s.lease_secs,
+            pool_used,
+            pool_size,
             mtu: s.mtu,
             ageing_secs: net.fdb.ageing_secs(),
             fdb_capacity: s.fdb_capacity,
@@ -288,15 +357,21 @@ impl Daemon {
         }
     }
 
-    fn network_create(
-        &self,
-        name: String,
-        subnet: Option<String>,
-        gateway: Option<String>,
-        mtu: Option<u32>,
-        ageing_secs: Option<u32>,
-        fdb_capacity: Option<usize>,
-    ) -> ApiResult {
+    fn network_create(&self, args: NetworkCreate) -> ApiResult {
+        let NetworkCreate {
+            name,
+            subnet,
+            gateway,
+            ip_range,
+            aux_addresses,
+            dns,
+            domain,
+            lease_secs,
+            ipam,
+            mtu,
+            ageing_secs,
+            fdb_capacity,
+        } = args;
         check_network_name(&name)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
         if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
@@ -310,40 +385,126 @@ impl Daemon {
         if ageing_secs == 0 {
             return Err(ApiError::bad_request("ageing time must be at least 1 second"));
         }
-        let gateway = gateway
-            .map(|g| {
-                g.parse().map_err(|_| ApiError::bad_request(format!("invalid gateway {g:?}: expected an IPv4 address")))
-            })
-            .transpose()?;
-        let addressing = match subnet {
-            Some(s) => {
-                let net: Ipv4Net = s.parse().map_err(|_| {
-                    ApiError::bad_request(format!("invalid subnet {s:?}: expected CIDR like 10.10.0.0/24"))
-                })?;
-                Some(Addressing::new(net, gateway).map_err(|e| ApiError::bad_request(e.to_string()))?)
-            }
-            None if gateway.is_some() => return Err(ApiError::bad_request("--gateway needs --subnet")),
-            None => None,
+        let lease_secs = lease_secs.unwrap_or_else(persist::default_lease_secs);
+        if lease_secs < 60 {
+            return Err(ApiError::bad_request("lease time must be at least 60 seconds"));
+        }
+        let l2_only = match ipam.as_deref() {
+            None | Some("default") => false,
+            Some("none") => true,
+            Some(other) => return Err(ApiError::bad_request(format!("unknown --ipam {other:?}: use default or none"))),
         };
+        let parse_ip = |what: &str, v: &str| -> Result<std::net::Ipv4Addr, ApiError> {
+            v.parse().map_err(|_| ApiError::bad_request(format!("invalid {what} {v:?}: expected an IPv4 address")))
+        };
+        let parse_net = |what: &str, v: &str| -> Result<Ipv4Net, ApiError> {
+            v.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid {what} {v:?}: expected CIDR like 10.10.0.0/24")))
+        };
+        let gateway = gateway.map(|g| parse_ip("gateway", &g)).transpose()?;
+        let subnet = subnet.map(|v| parse_net("subnet", &v)).transpose()?;
+        let ip_range = ip_range.map(|v| parse_net("--ip-range", &v)).transpose()?;
+        let dns = dns.iter().map(|d| parse_ip("DNS server", d)).collect::<Result<Vec<_>, _>>()?;
+        let mut aux = std::collections::BTreeMap::new();
+        for a in &aux_addresses {
+            let (n, ip) = a
+                .split_once('=')
+                .ok_or_else(|| ApiError::bad_request(format!("invalid --aux-address {a:?}: expected NAME=IP")))?;
+            aux.insert(n.to_string(), parse_ip("aux address", ip)?);
+        }
+        let has_ipam_args =
+            subnet.is_some() || gateway.is_some() || ip_range.is_some() || !aux.is_empty() || !dns.is_empty();
+        if l2_only && has_ipam_args {
+            return Err(ApiError::bad_request(
+                "--ipam none takes no --subnet, --gateway, --ip-range, --aux-address or --dns",
+            ));
+        }
+        if subnet.is_none() && (gateway.is_some() || ip_range.is_some()) {
+            return Err(ApiError::bad_request("--gateway and --ip-range need --subnet"));
+        }
         let mut inner = self.lock();
         if inner.networks.contains_key(&name) {
             return Err(ApiError::conflict(format!(
                 "network {name:?} already exists; remove it first or pick another name"
             )));
         }
+        let taken: Vec<Ipv4Net> = inner.networks.values().filter_map(|n| n.spec.addressing.map(|a| a.subnet)).collect();
+        let subnet = match (subnet, l2_only) {
+            (Some(s), _) => Some(s),
+            (None, true) => None,
+            (None, false) => Some(next_subnet(&self.cfg.default_pools, &taken).ok_or_else(|| {
+                ApiError::conflict(
+                    "every subnet of the default address pools is taken: give --subnet, or start the daemon with more --default-pool",
+                )
+            })?),
+        };
+        let addressing = match subnet {
+            Some(net) => Some(Addressing::new(net, gateway).map_err(|e| ApiError::bad_request(e.to_string()))?),
+            None => None,
+        };
         if let Some(a) = &addressing {
             a.check_overlap(
                 inner.networks.values().filter_map(|n| n.spec.addressing.map(|x| (n.spec.name.as_str(), x.subnet))),
             )
             .map_err(|e| ApiError::conflict(e.to_string()))?;
+            if let Some(r) = ip_range {
+                if !a.subnet.contains(&r) {
+                    return Err(ApiError::bad_request(format!("--ip-range {r} must lie inside subnet {}", a.subnet)));
+                }
+            }
+            for (n, ip) in &aux {
+                if !a.subnet.contains(ip) || *ip == a.gateway {
+                    return Err(ApiError::bad_request(format!(
+                        "aux address {n}={ip} must be a host of subnet {} other than the gateway",
+                        a.subnet
+                    )));
+                }
+            }
         }
-        let spec = NetworkSpec { name: name.clone(), addressing, mtu, ageing_secs, fdb_capacity };
+        let spec = NetworkSpec {
+            name: name.clone(),
+            addressing,
+            mtu,
+            ageing_secs,
+            fdb_capacity,
+            ip_range,
+            aux_addresses: aux,
+            reservations: Default::default(),
+            dns,
+            domain,
+            lease_secs,
+        };
+        self.add_to_ipam(&spec);
         let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));
         inner.networks.insert(name.clone(), Network { spec, fdb });
         self.publish(&mut inner);
         self.persist(&inner);
-        tracing::info!(network = %name, "network created");
+        tracing::info!(network = %name, subnet = ?subnet, "network created");
         to_value(self.network_info(&inner, &inner.networks[&name]))
+    }
+
+    fn network_reserve(&self, name: &str, mac: &str, ip: &str) -> ApiResult {
+        let mac: MacAddr = mac.parse().map_err(|e: crate::wire::ParseMacError| ApiError::bad_request(e.to_string()))?;
+        let (addr, _) = netns::parse_ip(ip)?;
+        let mut inner = self.lock();
+        let net = network(&inner, name)?;
+        let a = net.spec.addressing.ok_or_else(|| {
+            ApiError::bad_request(format!("network {name:?} has no subnet (it was created with --ipam none)"))
+        })?;
+        check_static(addr, None, Some(&a), net.spec.aux_addresses.values().copied())
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        {
+            let mut store = self.ipam();
+            let leases = &mut store.network_mut(name).expect("networks with a subnet are in IPAM").leases;
+            if leases.iter().any(|l| l.addr == addr && l.mac != mac.0) {
+                return Err(ApiError::conflict(format!("{addr} is leased to another client; pick another address")));
+            }
+            leases.add_static(mac.0, addr).map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
+        let net = inner.networks.get_mut(name).expect("checked above");
+        net.spec.reservations.insert(mac, addr);
+        self.persist(&inner);
+        Ok(json!({ "network": name, "mac": mac.to_string(), "ip": addr.to_string() }))
     }
 
     fn network_rm(&self, name: &str, force: bool) -> ApiResult {
@@ -358,6 +519,11 @@ impl Daemon {
         }
         let removed = self.remove_ports(&mut inner, &ids);
         inner.networks.remove(name);
+        {
+            let mut store = self.ipam();
+            store.remove_network(name);
+            let _ = self.commit_ipam(&mut store);
+        }
         self.publish(&mut inner);
         self.persist(&inner);
         tracing::info!(network = %name, ports = removed, "network removed");
@@ -385,7 +551,8 @@ impl Daemon {
             }
             None => MacAddr::stable_local(format!("{network_name}\0{ns_spec}\0{ifname}").as_bytes()),
         };
-        let ip = ip.as_deref().map(netns::parse_ip).transpose()?;
+        let auto = ip.as_deref() == Some("auto");
+        let ip = if auto { None } else { ip.as_deref().map(netns::parse_ip).transpose()? };
         let ns = netns::resolve(&ns_spec)?;
         let mut inner = self.lock();
         let net = network(&inner, &network_name)?;
@@ -404,17 +571,49 @@ impl Daemon {
                 p.spec.ifname, p.spec.netns
             )));
         }
+        let addressing = net.spec.addressing;
+        let reserved_aux = net.spec.aux_addresses.values().any(|a| ip.is_some_and(|(x, _)| x == *a));
         let ip = match ip {
+            Some((addr, _)) if reserved_aux => {
+                return Err(ApiError::conflict(format!("{addr} is an aux address of network {network_name:?}")))
+            }
             Some((addr, prefix)) => Some(
-                check_static(
-                    addr,
-                    prefix,
-                    net.spec.addressing.as_ref(),
-                    peers().filter_map(|p| p.spec.ip.map(|i| i.addr())),
-                )
-                .map_err(|e| ApiError::conflict(e.to_string()))?,
+                check_static(addr, prefix, addressing.as_ref(), peers().filter_map(|p| p.spec.ip.map(|i| i.addr())))
+                    .map_err(|e| ApiError::conflict(e.to_string()))?,
             ),
             None => None,
+        };
+        if auto && addressing.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "--ip auto needs a network with a subnet; {network_name:?} was created with --ipam none"
+            )));
+        }
+        // IPAM: --ip auto takes an address; --ip claims it so DHCP never hands it out.
+        let ip = if let Some(a) = addressing {
+            let mut store = self.ipam();
+            let now = unix_now();
+            let got = match ip {
+                _ if auto => {
+                    let addr = store
+                        .allocate_port(&network_name, mac.0, now)
+                        .map_err(|_| ApiError::conflict(format!("no free address left on network {network_name:?}")))?;
+                    Some(Ipv4Net::new(addr, a.subnet.prefix_len()).expect("prefix of a valid subnet"))
+                }
+                Some(net) => {
+                    store.claim_port(&network_name, mac.0, net.addr(), now).map_err(|_| {
+                        ApiError::conflict(format!(
+                            "{} is leased to another client on network {network_name:?}",
+                            net.addr()
+                        ))
+                    })?;
+                    Some(net)
+                }
+                None => None,
+            };
+            self.commit_ipam(&mut store)?;
+            got
+        } else {
+            ip
         };
         let spec =
             PortSpec { network: network_name, netns: ns_spec, ifname, mac, ip, netns_dev: ns.dev, netns_ino: ns.ino };
@@ -429,13 +628,17 @@ impl Daemon {
     /// Creates the TAP for `spec`, moves it into `ns`, and records the port
     /// (unpublished). On error nothing is left behind: dropping the TAP fd deletes the interface.
     fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
-        let mtu = network(inner, &spec.network)?.spec.mtu;
+        let net = network(inner, &spec.network)?;
+        let mtu = net.spec.mtu;
+        // A port with an address in the subnet routes through the gateway.
+        let gateway =
+            net.spec.addressing.filter(|a| spec.ip.is_some_and(|ip| a.subnet.contains(&ip.addr()))).map(|a| a.gateway);
         let id = (1..=PortId::MAX)
             .map(PortId)
             .find(|id| !inner.ports.contains_key(id))
             .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
         let tap = TapPort::create("typ%d").map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
-        netns::move_and_configure(tap.name(), &ns, &spec.ifname, spec.mac, mtu, spec.ip)?;
+        netns::move_and_configure(tap.name(), &ns, &spec.ifname, spec.mac, mtu, spec.ip, gateway)?;
         let worker = self.pick_worker(inner, &spec.network);
         let rec = PortRec { id, spec, netns: ns, port: Arc::new(tap), stats: Arc::default(), worker };
         inner.ports.insert(id, rec);
@@ -462,6 +665,13 @@ impl Daemon {
         let recs: Vec<PortRec> = ids.iter().filter_map(|id| inner.ports.remove(id)).collect();
         if recs.is_empty() {
             return 0;
+        }
+        {
+            let mut store = self.ipam();
+            for r in &recs {
+                store.release_port(&r.spec.network, r.spec.mac.0);
+            }
+            let _ = self.commit_ipam(&mut store);
         }
         let epoch = self.publish(inner);
         self.wait_adopted(epoch);
@@ -584,6 +794,36 @@ impl Daemon {
         inner.ports.clear();
         self.snapshot.store(Arc::new(Snapshot::default()));
         tracing::info!(ports, "stopped; ports closed");
+    }
+}
+
+/// How long a declined address stays out of use (RFC 2131 §4.3.3 leaves it to the server).
+const DECLINE_SECS: u64 = 600;
+
+/// Wall-clock seconds since the Unix epoch: lease expiries outlive the daemon.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn lease_info(network: String, l: tapyard_ipam::lease::Lease, now: u64) -> LeaseInfo {
+    let (client_id, mac) = match &l.key {
+        tapyard_ipam::lease::ClientKey::Id(id) => (Some(id.iter().map(|b| format!("{b:02x}")).collect()), l.mac),
+        tapyard_ipam::lease::ClientKey::Mac(m) => (None, *m),
+    };
+    let state = match l.state {
+        LeaseState::Bound if l.expires <= now => "expired",
+        LeaseState::Bound => "bound",
+        LeaseState::Offered => "offered",
+        LeaseState::Released => "released",
+    };
+    LeaseInfo {
+        network,
+        mac: MacAddr(mac).to_string(),
+        client_id,
+        ip: l.addr.to_string(),
+        hostname: l.hostname,
+        expires: l.expires,
+        state: state.to_string(),
     }
 }
 

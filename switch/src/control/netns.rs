@@ -119,6 +119,7 @@ pub fn move_and_configure(
     mac: MacAddr,
     mtu: u32,
     ip: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
 ) -> Result<(), ApiError> {
     run(
         Command::new("ip").args(["link", "set", "dev", dev, "netns"]).arg(&ns.path),
@@ -154,6 +155,12 @@ pub fn move_and_configure(
         run(
             in_ns(ns).args(["addr", "add", &ip.to_string(), "dev", ifname]),
             &format!("assigning {ip} to {ifname} in {}", ns.spec),
+        )?;
+    }
+    if let Some(gw) = gateway {
+        run(
+            in_ns(ns).args(["route", "replace", "default", "via", &gw.to_string(), "dev", ifname]),
+            &format!("adding the default route via {gw} in {}", ns.spec),
         )?;
     }
     Ok(())

@@ -5,8 +5,10 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,22 @@ pub struct NetworkSpec {
     pub mtu: u32,
     pub ageing_secs: u32,
     pub fdb_capacity: usize,
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+    #[serde(default)]
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+    #[serde(default)]
+    pub reservations: BTreeMap<MacAddr, Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u32,
+}
+
+pub fn default_lease_secs() -> u32 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +139,12 @@ mod tests {
                 mtu: 1500,
                 ageing_secs: 300,
                 fdb_capacity: 4096,
+                ip_range: None,
+                aux_addresses: BTreeMap::from([("host".to_string(), "10.0.0.200".parse().unwrap())]),
+                reservations: BTreeMap::from([("02:00:00:00:00:07".parse().unwrap(), "10.0.0.7".parse().unwrap())]),
+                dns: vec![],
+                domain: None,
+                lease_secs: 600,
             }],
             ports: vec![PortSpec {
                 network: "a".into(),

@@ -22,19 +22,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Ping,
-    NetworkCreate {
-        name: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        subnet: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        gateway: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        mtu: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ageing_secs: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        fdb_capacity: Option<usize>,
-    },
+    NetworkCreate(NetworkCreate),
     NetworkLs,
     NetworkInspect {
         name: String,
@@ -60,6 +48,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ifname: Option<String>,
     },
+    /// A static reservation: `mac` always gets `ip` on `network`.
+    NetworkReserve {
+        network: String,
+        mac: String,
+        ip: String,
+    },
+    LeaseLs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+    },
     PortLs {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<String>,
@@ -74,6 +72,42 @@ pub enum Request {
     },
     /// Stops the daemon as SIGTERM does: ports removed, socket removed.
     Shutdown,
+}
+
+/// Arguments of `network_create`; every field but `name` is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    pub name: String,
+    /// CIDR; without it the next free subnet of the daemon's default pools is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// CIDR inside the subnet from which dynamic addresses are taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    /// `NAME=IP` addresses never handed out (like Docker's --aux-address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aux_addresses: Vec<String>,
+    /// DNS servers handed out by DHCP (option 6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// Domain name handed out by DHCP (option 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// DHCP lease time in seconds (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u32>,
+    /// `none`: a pure L2 network with no subnet, gateway or DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ageing_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fdb_capacity: Option<usize>,
 }
 
 /// The class of an error, for programs; the message is for people.
@@ -150,6 +184,23 @@ pub struct NetworkInfo {
     pub name: String,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    #[serde(default)]
+    pub ip_range: Option<String>,
+    #[serde(default)]
+    pub aux_addresses: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub reservations: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub lease_secs: u32,
+    /// Dynamic range usage: addresses in use (leases, reservations inside the range) and size.
+    #[serde(default)]
+    pub pool_used: u32,
+    #[serde(default)]
+    pub pool_size: u32,
     pub mtu: u32,
     pub ageing_secs: u32,
     pub fdb_capacity: usize,
@@ -171,6 +222,20 @@ pub struct PortInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub network: String,
+    pub mac: String,
+    /// Option 61 as hex, when the client sent one.
+    pub client_id: Option<String>,
+    pub ip: String,
+    pub hostname: Option<String>,
+    /// Unix seconds.
+    pub expires: u64,
+    /// `offered`, `bound`, `released`, or `expired`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdbEntryInfo {
     pub mac: String,
     pub network: String,
@@ -186,14 +251,11 @@ mod tests {
 
     #[test]
     fn requests_are_flat_json_with_an_op() {
-        let r = Request::NetworkCreate {
+        let r = Request::NetworkCreate(NetworkCreate {
             name: "a".into(),
             subnet: Some("10.0.0.0/24".into()),
-            gateway: None,
-            mtu: None,
-            ageing_secs: None,
-            fdb_capacity: None,
-        };
+            ..Default::default()
+        });
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"op":"network_create","name":"a","subnet":"10.0.0.0/24"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
