@@ -27,6 +27,7 @@ pub mod control;
 pub mod datapath;
 pub mod packet;
 pub mod port;
+pub mod punt;
 pub mod snapshot;
 pub mod stats;
 pub mod wire;

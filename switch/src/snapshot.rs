@@ -14,11 +14,22 @@ use std::sync::Arc;
 
 use crate::datapath::Fdb;
 use crate::port::{Port, PortId};
+use crate::punt::PuntQueue;
 use crate::stats::PortStats;
+
+/// A network's gateway, as the data path needs it to punt frames.
+pub struct GatewayView {
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+    pub prefix: u8,
+    pub punt: Arc<PuntQueue>,
+}
 
 /// A network as the data path sees it.
 pub struct NetworkView {
     pub name: String,
+    /// None for a network without a subnet (`--ipam none`).
+    pub gateway: Option<GatewayView>,
     /// Largest frame accepted (from the MTU).
     pub max_frame: usize,
     pub fdb: Arc<Fdb>,

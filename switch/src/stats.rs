@@ -29,16 +29,19 @@ pub enum DropReason {
     LinkDown,
     /// The egress queue is full (write would block; counted on the egress port).
     QueueFull,
+    /// A frame for the gateway found its queue full (or was too large to punt).
+    GatewayFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Runt,
         DropReason::BadSrcMac,
         DropReason::Hairpin,
         DropReason::Oversize,
         DropReason::LinkDown,
         DropReason::QueueFull,
+        DropReason::GatewayFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl DropReason {
             DropReason::Oversize => "oversize",
             DropReason::LinkDown => "link_down",
             DropReason::QueueFull => "queue_full",
+            DropReason::GatewayFull => "gateway_full",
         }
     }
 }

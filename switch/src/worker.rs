@@ -28,7 +28,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::Clock;
-use crate::datapath::{decide, Decision, Learned, Table};
+use crate::datapath::{decide, to_gateway, Decision, Learned, Table, ToGateway};
 use crate::packet::Batch;
 use crate::port::{PortId, RecvState, SendReport};
 use crate::snapshot::{PortView, Snapshot};
@@ -345,6 +345,22 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
         if v.learned == Some(Learned::Full) && !share_fairly(&table, snap, view, frame, now) {
             learn_full += 1;
         }
+        if let (Some(gw), false) = (&net.gateway, matches!(v.decision, Decision::Drop(_))) {
+            match to_gateway(frame, gw.mac, gw.ip) {
+                ToGateway::No => {}
+                ToGateway::Only => {
+                    if !gw.punt.push(net, view.id, frame) {
+                        drops[DropReason::GatewayFull as usize] += 1;
+                    }
+                    continue;
+                }
+                ToGateway::Copy => {
+                    if !gw.punt.push(net, view.id, frame) {
+                        drops[DropReason::GatewayFull as usize] += 1;
+                    }
+                }
+            }
+        }
         let flood = match v.decision {
             Decision::Drop(r) => {
                 drops[r as usize] += 1;
@@ -412,6 +428,7 @@ mod tests {
         let mems: Vec<Arc<MemPort>> = (0..=4).map(|i| Arc::new(MemPort::new(&format!("m{i}")))).collect();
         let net = |name: &str, ports: Vec<u16>| {
             Arc::new(NetworkView {
+                gateway: None,
                 name: name.into(),
                 max_frame: 1518,
                 fdb: Arc::new(Fdb::new(64, 300)),

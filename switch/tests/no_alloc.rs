@@ -105,6 +105,7 @@ fn steady_state_forwarding_does_not_allocate() {
     // Port 1 sends unicast to port 2's MAC, port 2 broadcasts (flood to 1 and 3).
     let ports = [repeat([2, 0, 0, 0, 0, 2], 1), repeat([0xff; 6], 2), repeat([2, 0, 0, 0, 0, 1], 3)];
     let net = Arc::new(NetworkView {
+        gateway: None,
         name: "n".into(),
         max_frame: 1518,
         fdb: Arc::new(Fdb::new(4096, 300)),

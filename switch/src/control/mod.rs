@@ -10,6 +10,7 @@
 //! forwarding entries, and only then drops the last reference, which closes
 //! the TAP fd and makes the kernel delete the interface.
 
+pub mod gateway;
 pub mod netns;
 pub mod persist;
 pub mod proto;
@@ -34,7 +35,8 @@ use crate::datapath::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
 use crate::datapath::{max_frame_len, Fdb};
 use crate::port::tap::TapPort;
 use crate::port::{Port, PortId};
-use crate::snapshot::{NetworkView, PortView, Snapshot};
+use crate::punt::PuntQueue;
+use crate::snapshot::{GatewayView, NetworkView, PortView, Snapshot};
 use crate::stats::PortStats;
 use crate::wire::MacAddr;
 use crate::worker::{self, WorkerEvent, WorkerHandle};
@@ -85,6 +87,10 @@ pub struct Daemon {
     inner: Mutex<Inner>,
     /// Leases and reservations of every network. Lock order: `inner`, then `ipam`.
     ipam: Mutex<Store>,
+    /// Frames from the workers to the gateway responder.
+    punt: Arc<PuntQueue>,
+    /// Gateway counters per network (DHCP drops by reason, replies sent).
+    gw_stats: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
@@ -126,6 +132,8 @@ impl Daemon {
             cfg,
             inner: Mutex::new(Inner::default()),
             ipam: Mutex::new(ipam),
+            punt: Arc::new(PuntQueue::new()),
+            gw_stats: Mutex::default(),
             snapshot,
             workers,
             stop,
@@ -135,6 +143,9 @@ impl Daemon {
         d.restore(state);
         let hk = d.clone();
         std::thread::Builder::new().name("tapyard-hk".into()).spawn(move || hk.housekeeping())?;
+        let gw = d.clone();
+        let t = std::thread::Builder::new().name("tapyard-gw".into()).spawn(move || gateway::run(&gw))?;
+        d.punt.set_consumer(t.thread().clone());
         Ok(d)
     }
 
@@ -216,6 +227,12 @@ impl Daemon {
             views.insert(
                 name,
                 Arc::new(NetworkView {
+                    gateway: net.spec.addressing.map(|a| GatewayView {
+                        mac: gateway_mac(name).0,
+                        ip: a.gateway.octets(),
+                        prefix: a.subnet.prefix_len(),
+                        punt: self.punt.clone(),
+                    }),
                     name: name.clone(),
                     max_frame: max_frame_len(net.spec.mtu),
                     fdb: net.fdb.clone(),
@@ -349,6 +366,14 @@ impl Daemon {
             lease_secs: s.lease_secs,
             pool_used,
             pool_size,
+            gateway_mac: s.addressing.map(|_| gateway_mac(&s.name).to_string()),
+            gateway_counters: self
+                .gw_stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&s.name)
+                .cloned()
+                .unwrap_or_default(),
             mtu: s.mtu,
             ageing_secs: net.fdb.ageing_secs(),
             fdb_capacity: s.fdb_capacity,
@@ -795,6 +820,11 @@ impl Daemon {
         self.snapshot.store(Arc::new(Snapshot::default()));
         tracing::info!(ports, "stopped; ports closed");
     }
+}
+
+/// The gateway's MAC on a network: stable, locally administered, derived from the name.
+pub fn gateway_mac(network: &str) -> MacAddr {
+    MacAddr::stable_local(format!("gateway\0{network}").as_bytes())
 }
 
 /// How long a declined address stays out of use (RFC 2131 §4.3.3 leaves it to the server).

@@ -201,6 +201,12 @@ pub struct NetworkInfo {
     pub pool_used: u32,
     #[serde(default)]
     pub pool_size: u32,
+    /// The MAC the gateway answers ARP, ICMP and DHCP with.
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+    /// Gateway responder counters: DHCP replies by type, drops by reason.
+    #[serde(default)]
+    pub gateway_counters: std::collections::BTreeMap<String, u64>,
     pub mtu: u32,
     pub ageing_secs: u32,
     pub fdb_capacity: usize,

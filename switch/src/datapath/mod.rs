@@ -72,6 +72,48 @@ pub fn decide(frame: &[u8], in_port: PortId, table: &Table, max_frame: usize, no
     Verdict { decision, learned }
 }
 
+/// What a network's gateway wants of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToGateway {
+    /// Not for the gateway.
+    No,
+    /// Addressed to the gateway's MAC: the gateway's alone, not forwarded.
+    Only,
+    /// A broadcast the gateway answers (ARP for its address, DHCP to port
+    /// 67); it is flooded as well, as any broadcast.
+    Copy,
+}
+
+/// Classifies a frame for the gateway at `gw_mac`/`gw_ip`. Reads fixed
+/// offsets only (no VLAN tags on these networks); a frame too short for a
+/// field is simply not for the gateway.
+#[inline]
+pub fn to_gateway(frame: &[u8], gw_mac: [u8; 6], gw_ip: [u8; 4]) -> ToGateway {
+    if frame.len() < ETH_HEADER_LEN {
+        return ToGateway::No;
+    }
+    if frame[..6] == gw_mac {
+        return ToGateway::Only;
+    }
+    if frame[..6] != [0xff; 6] {
+        return ToGateway::No;
+    }
+    match [frame[12], frame[13]] {
+        // ARP (RFC 826): target protocol address at bytes 24..28 of the payload.
+        [0x08, 0x06] if frame.len() >= 42 && frame[38..42] == gw_ip => ToGateway::Copy,
+        // IPv4 / UDP / destination port 67 (DHCP server, RFC 2131 §4.1).
+        [0x08, 0x00] if frame.len() >= 34 && frame[23] == 17 => {
+            let udp = ETH_HEADER_LEN + usize::from(frame[14] & 0x0f) * 4;
+            if frame.len() >= udp + 4 && frame[udp + 2..udp + 4] == [0, 67] {
+                ToGateway::Copy
+            } else {
+                ToGateway::No
+            }
+        }
+        _ => ToGateway::No,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +219,33 @@ mod tests {
                 *b = x as u8;
             }
             let _ = decide(&buf, PortId(1), &t, MAX, 0);
+        }
+    }
+
+    #[test]
+    fn gateway_frames_are_recognised() {
+        let gw = [2, 0, 0, 0, 0, 0x01];
+        let ip = [10, 0, 0, 1];
+        let mut to_gw = frame(MacAddr(gw), A, 60);
+        assert_eq!(to_gateway(&to_gw, gw, ip), ToGateway::Only);
+        to_gw[0] = 0x02;
+        to_gw[5] = 0x99;
+        assert_eq!(to_gateway(&to_gw, gw, ip), ToGateway::No);
+        let mut arp = frame(MacAddr::BROADCAST, A, 60);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        arp[38..42].copy_from_slice(&ip);
+        assert_eq!(to_gateway(&arp, gw, ip), ToGateway::Copy);
+        arp[41] = 7; // ARP for someone else (or an RFC 5227 probe): not ours
+        assert_eq!(to_gateway(&arp, gw, ip), ToGateway::No);
+        let mut dhcp = frame(MacAddr::BROADCAST, A, 342);
+        dhcp[14] = 0x45;
+        dhcp[23] = 17;
+        dhcp[36..38].copy_from_slice(&[0, 67]);
+        assert_eq!(to_gateway(&dhcp, gw, ip), ToGateway::Copy);
+        dhcp[37] = 68;
+        assert_eq!(to_gateway(&dhcp, gw, ip), ToGateway::No);
+        for len in 0..60 {
+            let _ = to_gateway(&dhcp[..len], gw, ip);
         }
     }
 

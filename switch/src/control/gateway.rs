@@ -1,0 +1,300 @@
+//! The gateway responder: one thread that answers, for every network with a
+//! subnet, ARP for the gateway address and ICMP echo to it (through a
+//! smoltcp `Interface` per network) and DHCP (through `tapyard_ipam`'s
+//! server). It runs off the per-frame path: workers hand it frames through
+//! the bounded punt queue, and it writes its replies to the ports as if they
+//! came from a port of the network (unicast by the forwarding table, else
+//! flooded).
+//!
+//! Durability: the DHCP records of a whole batch of punted frames are made
+//! durable with one journal commit (one fsync), and only then are the ACKs of
+//! that batch sent (RFC 2131 leaves persistence to the server; we promise an
+//! ACK never outlives a crash).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpProtocol,
+    Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+};
+use tapyard_ipam::dhcp::{Destination, Reply};
+
+use super::{unix_now, Daemon};
+use crate::snapshot::NetworkView;
+
+const BATCH: usize = 64;
+
+/// A smoltcp device backed by queues: frames in from the punt queue, frames
+/// out to the ports.
+#[derive(Default)]
+struct QueueDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.push(buf);
+        r
+    }
+}
+
+impl phy::Device for QueueDevice {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((Rx(f), Tx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+/// The smoltcp side of one network's gateway.
+struct NetGateway {
+    mac: [u8; 6],
+    ip: [u8; 4],
+    iface: Interface,
+    dev: QueueDevice,
+}
+
+impl NetGateway {
+    fn new(mac: [u8; 6], ip: [u8; 4], prefix: u8) -> NetGateway {
+        let mut dev = QueueDevice::default();
+        let cfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let mut iface = Interface::new(cfg, &mut dev, SmolInstant::now());
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Addr::from(ip)), prefix));
+        });
+        NetGateway { mac, ip, iface, dev }
+    }
+}
+
+/// What a punted frame is, for the gateway.
+enum Kind<'a> {
+    Dhcp(&'a [u8]),
+    /// IPv4/UDP to port 67 whose headers do not check out.
+    BadDhcp,
+    Other,
+}
+
+fn classify(frame: &[u8]) -> Kind<'_> {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else { return Kind::Other };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return Kind::Other;
+    }
+    let payload = &frame[14..];
+    let Ok(ip) = Ipv4Packet::new_checked(payload) else { return Kind::Other };
+    if ip.next_header() != IpProtocol::Udp {
+        return Kind::Other;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let hl = usize::from(ip.header_len());
+    let total = usize::from(ip.total_len()).min(payload.len());
+    let Ok(udp) = UdpPacket::new_checked(&payload[hl.min(total)..total]) else { return Kind::BadDhcp };
+    if udp.dst_port() != 67 {
+        return Kind::Other;
+    }
+    if !ip.verify_checksum() || ip.more_frags() || ip.frag_offset() != 0 {
+        return Kind::BadDhcp;
+    }
+    // A UDP checksum of 0 means "none" in IPv4 (RFC 768), and is accepted.
+    if udp.checksum() != 0 && !udp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)) {
+        return Kind::BadDhcp;
+    }
+    let len = usize::from(udp.len()).saturating_sub(8);
+    let data = &payload[hl.min(total)..total];
+    match data.get(8..8 + len) {
+        Some(p) => Kind::Dhcp(p),
+        None => Kind::BadDhcp,
+    }
+}
+
+/// Builds the Ethernet/IPv4/UDP frame of a DHCP reply, addressed per RFC 2131 §4.1.
+fn dhcp_frame(gw_mac: [u8; 6], gw_ip: [u8; 4], r: &Reply) -> Vec<u8> {
+    let (dst_mac, dst_ip, dst_port) = match r.dst {
+        Destination::Broadcast => ([0xff; 6], Ipv4Addr::BROADCAST, 68),
+        Destination::Unicast { mac, ip } => (mac, ip, 68),
+        // The relay's MAC is not known here: broadcast at L2, unicast at L3.
+        Destination::Relay(ip) => ([0xff; 6], ip, 67),
+    };
+    let src_ip = Ipv4Addr::from(gw_ip);
+    let udp = UdpRepr { src_port: 67, dst_port };
+    let ip = Ipv4Repr {
+        src_addr: src_ip,
+        dst_addr: dst_ip,
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + r.payload.len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(gw_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut buf = vec![0u8; 14 + 20 + 8 + r.payload.len()];
+    eth.emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
+    let caps = ChecksumCapabilities::default();
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..34]), &caps);
+    udp.emit(
+        &mut UdpPacket::new_unchecked(&mut buf[34..]),
+        &IpAddress::Ipv4(src_ip),
+        &IpAddress::Ipv4(dst_ip),
+        r.payload.len(),
+        |p| p.copy_from_slice(&r.payload),
+        &caps,
+    );
+    buf
+}
+
+/// Sends a frame from the gateway into its network: to the learned port of
+/// the destination MAC, else to every port of the network.
+fn send(d: &Daemon, net: &NetworkView, frame: &[u8]) {
+    let snap = d.snapshot.load();
+    let dst = crate::wire::MacAddr(frame[..6].try_into().expect("an Ethernet frame"));
+    let one = (!dst.is_multicast())
+        .then(|| net.fdb.table().lookup(dst))
+        .flatten()
+        .and_then(|p| snap.port(p))
+        .filter(|v| v.network.name == net.name);
+    let out = |v: &crate::snapshot::PortView| {
+        let r = v.port.send_batch(&[frame]);
+        v.stats.tx_packets.fetch_add(r.sent, Ordering::Relaxed);
+        v.stats.tx_bytes.fetch_add(r.bytes, Ordering::Relaxed);
+    };
+    match one {
+        Some(v) => out(v),
+        None => snap.ports.iter().flatten().filter(|v| v.network.name == net.name).for_each(|v| out(v)),
+    }
+}
+
+/// The responder loop; returns when the daemon stops.
+pub fn run(d: &Daemon) {
+    let mut gws: HashMap<String, NetGateway> = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last_exhausted_log: HashMap<String, Instant> = HashMap::new();
+    while !d.stop.load(Ordering::Relaxed) {
+        while batch.len() < BATCH {
+            match d.punt.pop() {
+                Some(p) => batch.push(p),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            std::thread::park_timeout(Duration::from_millis(500));
+            continue;
+        }
+        let now = unix_now();
+        let mut replies = Vec::new();
+        let mut counts: Vec<(String, &'static str)> = Vec::new();
+        {
+            let mut store = d.ipam();
+            for p in batch.iter() {
+                let net = &p.network;
+                let Some(gw) = &net.gateway else { continue };
+                match classify(p.frame()) {
+                    Kind::Dhcp(payload) => {
+                        let Some(h) = store.handle(&net.name, payload, now) else { continue };
+                        if let Some(why) = h.dropped {
+                            counts.push((net.name.clone(), why.name()));
+                            if why == tapyard_ipam::dhcp::DhcpDrop::Exhausted {
+                                let due = last_exhausted_log
+                                    .get(&net.name)
+                                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                                if due {
+                                    tracing::warn!(network = %net.name, "DHCP pool exhausted: no address to offer");
+                                    last_exhausted_log.insert(net.name.clone(), Instant::now());
+                                }
+                            }
+                        }
+                        if let Some(r) = h.reply {
+                            counts.push((net.name.clone(), dhcp_name(r.kind)));
+                            replies.push((net.clone(), dhcp_frame(gw.mac, gw.ip, &r)));
+                        }
+                    }
+                    Kind::BadDhcp => counts.push((net.name.clone(), "dhcp_malformed")),
+                    Kind::Other => {
+                        let g =
+                            gws.entry(net.name.clone()).or_insert_with(|| NetGateway::new(gw.mac, gw.ip, gw.prefix));
+                        if g.mac != gw.mac || g.ip != gw.ip {
+                            *g = NetGateway::new(gw.mac, gw.ip, gw.prefix);
+                        }
+                        g.dev.rx.push_back(p.frame().to_vec());
+                    }
+                }
+            }
+            // One fsync for the whole batch; no ACK leaves before it.
+            if let Err(e) = store.commit() {
+                tracing::error!(error = %e, "cannot make leases durable; withholding this batch's DHCP replies");
+                replies.clear();
+                counts.push(("*".into(), "journal_error"));
+            }
+        }
+        for (net, frame) in &replies {
+            send(d, net, frame);
+        }
+        // ARP and ICMP through smoltcp.
+        let nets: HashMap<String, std::sync::Arc<NetworkView>> =
+            batch.iter().map(|p| (p.network.name.clone(), p.network.clone())).collect();
+        for (name, g) in gws.iter_mut() {
+            if g.dev.rx.is_empty() {
+                continue;
+            }
+            let mut sockets = SocketSet::new(vec![]);
+            g.iface.poll(SmolInstant::now(), &mut g.dev, &mut sockets);
+            if let Some(net) = nets.get(name) {
+                for f in g.dev.tx.drain(..) {
+                    counts.push((name.clone(), "arp_icmp_sent"));
+                    send(d, net, &f);
+                }
+            }
+            g.dev.tx.clear();
+        }
+        if !counts.is_empty() {
+            let mut st = d.gw_stats.lock().unwrap_or_else(|e| e.into_inner());
+            for (n, what) in counts {
+                *st.entry(n).or_default().entry(what.to_string()).or_insert(0) += 1;
+            }
+        }
+        for p in batch.drain(..) {
+            d.punt.recycle(p.buf);
+        }
+    }
+}
+
+fn dhcp_name(k: smoltcp::wire::DhcpMessageType) -> &'static str {
+    use smoltcp::wire::DhcpMessageType as T;
+    match k {
+        T::Offer => "dhcp_offer",
+        T::Ack => "dhcp_ack",
+        T::Nak => "dhcp_nak",
+        _ => "dhcp_other",
+    }
+}
