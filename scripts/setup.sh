@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tapyard and its tests need on a fresh Debian/Ubuntu machine:
 # iproute2 (ip), util-linux (nsenter, unshare), iputils-ping, python3 (raw-socket
-# test sender), a C compiler (the tun-tap crate builds a small C file), and Rust
+# test sender), udhcpc and isc-dhcp-client (DHCP clients the tests run), a C compiler (the tun-tap crate builds a small C file), and Rust
 # if cargo is missing. Idempotent; installs only what is absent.
 set -euo pipefail
 
@@ -12,6 +12,9 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v kill >/dev/null 2>&1 || need+=(procps)
+# Real DHCP clients for the gateway tests.
+command -v udhcpc >/dev/null 2>&1 || need+=(udhcpc)
+command -v dhclient >/dev/null 2>&1 || need+=(isc-dhcp-client)
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need+=(cargo rustc)
 fi
