@@ -200,9 +200,10 @@ fn lab_up_check_passes_and_leaves_nothing_behind() {
     // The matrix rows: one per namespace, a cell per other namespace.
     let cells: Vec<&str> =
         text.lines().filter(|l| l.contains('·')).flat_map(|l| l.split_whitespace().skip(1)).collect();
-    assert_eq!(cells.iter().filter(|c| **c == "ok").count(), 4, "four reachable pairs:\n{text}");
+    // Four reachable pairs plus four gateways, eight isolated pairs, four diagonal cells.
+    assert_eq!(cells.iter().filter(|c| **c == "ok").count(), 8, "four reachable pairs and four gateways:\n{text}");
     assert_eq!(cells.iter().filter(|c| **c == "--").count(), 8, "eight isolated pairs:\n{text}");
-    assert_eq!(cells.len(), 16, "{text}");
+    assert_eq!(cells.len(), 20, "{text}");
     assert!(leftover.is_empty(), "lab left namespaces behind: {leftover:?}");
     assert!(daemon_gone, "the daemon the lab started must be stopped");
 }

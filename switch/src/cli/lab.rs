@@ -196,10 +196,12 @@ fn up(socket: &Path, prefix: &str, check: bool) -> anyhow::Result<i32> {
         LabRecord { prefix: prefix.into(), lab_pid: std::process::id(), daemon_pid, networks: vec![], hosts: vec![] };
     for (color, net24) in NETWORKS {
         for h in 1..=HOSTS_PER_NETWORK {
+            let _ = net24;
             rec.hosts.push(LabHost {
                 netns: format!("{prefix}-{color}{h}"),
                 network: format!("{prefix}-{color}"),
-                ip: format!("{net24}.{}", 10 + h),
+                // Filled in from IPAM when the namespace is connected (--ip auto).
+                ip: String::new(),
             });
         }
     }
@@ -225,7 +227,8 @@ fn up(socket: &Path, prefix: &str, check: bool) -> anyhow::Result<i32> {
     }
     println!();
     println!("The lab is up. Try:");
-    println!("  ip netns exec {prefix}-red1 ping -c 3 10.89.1.12");
+    println!("  ip netns exec {prefix}-red1 ping -c 3 {}", rec.hosts[1].ip);
+    println!("  ip netns exec {prefix}-red1 ping -c 3 10.89.1.1      # the gateway");
     println!("  tapyard port ls        tapyard fdb show        tapyard network ls");
     println!("Ctrl-C here, or `tapyard lab down` elsewhere, removes it.");
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
@@ -249,20 +252,23 @@ fn build(socket: &Path, rec: &mut LabRecord) -> anyhow::Result<()> {
         }))?;
         rec.networks.push(name);
     }
-    let hosts = rec.hosts.clone();
-    for h in &hosts {
+    for i in 0..rec.hosts.len() {
+        let h = rec.hosts[i].clone();
         sh(Command::new("ip").args(["netns", "add", &h.netns]))?;
         sh(Command::new("ip").args(["-n", &h.netns, "link", "set", "lo", "up"]))?;
+        // The address comes from IPAM; the default route points at the gateway.
         let p: PortInfo = c.call(&Request::Connect {
             network: h.network.clone(),
             netns: h.netns.clone(),
             ifname: None,
             mac: None,
-            ip: Some(h.ip.clone()),
+            ip: Some("auto".into()),
         })?;
-        println!("  {:<14} {:<10} eth0 {} {}/24", h.netns, h.network, p.mac, h.ip);
+        let cidr = p.ip.unwrap_or_default();
+        rec.hosts[i].ip = cidr.split('/').next().unwrap_or_default().to_string();
+        println!("  {:<14} {:<10} eth0 {} {cidr}", h.netns, h.network, p.mac);
         // On-link route to the other network (see the module doc).
-        for (_, other) in NETWORKS.iter().filter(|(_, n)| !h.ip.starts_with(n)) {
+        for (_, other) in NETWORKS.iter().filter(|(color, _)| !h.network.ends_with(&format!("-{color}"))) {
             sh(Command::new("ip").args(["-n", &h.netns, "route", "add", &format!("{other}.0/24"), "dev", "eth0"]))?;
         }
     }
@@ -294,8 +300,25 @@ fn matrix(rec: &LabRecord) -> bool {
             ));
         }
     }
+    // Each namespace also pings its own network's gateway (answered by tapyard).
+    for (i, a) in hosts.iter().enumerate() {
+        let (ns, gw) = (a.netns.clone(), gateway_of(a));
+        jobs.push((
+            i,
+            hosts.len(),
+            std::thread::spawn(move || {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &gw])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            }),
+        ));
+    }
     let n = hosts.len();
-    let mut reach = vec![vec![None; n]; n];
+    let mut reach = vec![vec![None; n + 1]; n];
     for (i, j, h) in jobs {
         reach[i][j] = Some(h.join().unwrap_or(false));
     }
@@ -306,7 +329,7 @@ fn matrix(rec: &LabRecord) -> bool {
     for h in hosts {
         print!("{:>w$}", h.netns, w = w + 2);
     }
-    println!();
+    println!("{:>9}", "gateway");
     let mut all_ok = true;
     let mut failures = Vec::new();
     for (i, a) in hosts.iter().enumerate() {
@@ -341,7 +364,15 @@ fn matrix(rec: &LabRecord) -> bool {
             };
             print!("{:>w$}", cell, w = w + 2);
         }
-        println!();
+        let gw = match reach[i][n] {
+            Some(true) => "ok".to_string(),
+            _ => {
+                all_ok = false;
+                failures.push(format!("{} -> its gateway {}: no answer", a.netns, gateway_of(a)));
+                "FAIL".to_string()
+            }
+        };
+        println!("{gw:>9}");
     }
     for f in &failures {
         println!("  FAIL {f}");
@@ -352,11 +383,17 @@ fn matrix(rec: &LabRecord) -> bool {
         .flat_map(|(i, a)| hosts.iter().enumerate().filter(move |(j, b)| *j != i && b.network == a.network))
         .count();
     println!(
-        "{} pairs on the same network reach each other; {} cross-network pairs stay isolated.",
+        "{} pairs on the same network reach each other and their gateway; {} cross-network pairs stay isolated.",
         if all_ok { "All" } else { "Not all" },
         n * (n - 1) - same
     );
     all_ok
+}
+
+/// The gateway address of a lab host's network (the first host of its /24).
+fn gateway_of(h: &LabHost) -> String {
+    let net24 = NETWORKS.iter().find(|(c, _)| h.network.ends_with(&format!("-{c}"))).map_or("", |(_, n)| n);
+    format!("{net24}.1")
 }
 
 /// Removes the lab's ports, networks and namespaces, and the daemon if the
