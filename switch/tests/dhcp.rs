@@ -203,3 +203,50 @@ fn fifty_clients_get_fifty_distinct_addresses() {
     assert_eq!(d.json(&["lease", "ls", &net]).as_array().unwrap().len(), 50);
     assert_eq!(d.json(&["network", "inspect", &net])["pool_used"], 51, "50 leases and the gateway");
 }
+
+#[test]
+fn malformed_dhcp_and_arp_are_counted_and_the_gateway_keeps_serving() {
+    need("udhcpc");
+    let d = Daemon::start("mal");
+    let net = name("mal");
+    d.ok(&["network", "create", &net, "--subnet", "10.94.0.0/24"]);
+    let c = Netns::new("malc");
+    d.ok(&["connect", &net, &c.name]);
+    let script = r"
+import socket, struct
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return (~s) & 0xffff
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('eth0', 0))
+mac = s.getsockname()[4]
+def udp_frame(payload, udp_len=None):
+    udp = struct.pack('!HHHH', 68, 67, udp_len or 8 + len(payload), 0) + payload
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes(4), b'\xff' * 4)
+    ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+    return b'\xff' * 6 + mac + b'\x08\x00' + ip + udp
+bootp = bytearray(240); bootp[0] = 1; bootp[1] = 1; bootp[2] = 6; bootp[28:34] = mac
+bad_magic = bytes(bootp) + b'\x35\x01\x01\xff'
+s.send(udp_frame(bad_magic))
+good = bytes(bootp[:236]) + b'\x63\x82\x53\x63' + b'\x35\x01\x01\xff'
+s.send(udp_frame(good[:100], udp_len=8 + len(good)))
+overrun = bytes(bootp[:236]) + b'\x63\x82\x53\x63' + b'\x35\x01\x01\x0c\x40ab'
+s.send(udp_frame(overrun))
+arp = struct.pack('!HHBBH', 1, 0x0800, 16, 4, 1) + bytes(16) + bytes(4) + bytes(6) + bytes([10, 94, 0, 1])
+# the gateway address where an Ethernet ARP has its target (what the switch looks at)
+arp = arp[:24] + bytes([10, 94, 0, 1]) + arp[28:]
+s.send(b'\xff' * 6 + mac + b'\x08\x06' + arp.ljust(46, b'\0'))
+";
+    assert!(c.run(&["python3", "-c", script]), "python3 raw-socket sender failed");
+    let counters = || d.json(&["network", "inspect", &net])["gateway_counters"].clone();
+    let ok = wait_for(3, || {
+        let k = counters();
+        k["bad_magic"] == 1 && k["dhcp_malformed"] == 1 && k["truncated"] == 1 && k["arp_malformed"] == 1
+    });
+    assert!(ok, "each malformed message counted by reason: {}", counters());
+    assert!(d.json(&["lease", "ls"]).as_array().unwrap().is_empty());
+    // And a real client is still served.
+    assert!(udhcpc_once(&c, "after"), "log:\n{}", d.log());
+    assert!(c.reaches("10.94.0.1"));
+}

@@ -20,8 +20,8 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress, IpAddress, IpCidr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 use tapyard_ipam::dhcp::{Destination, Reply};
 
@@ -102,11 +102,20 @@ enum Kind<'a> {
     Dhcp(&'a [u8]),
     /// IPv4/UDP to port 67 whose headers do not check out.
     BadDhcp,
+    /// ARP that is truncated or not Ethernet/IPv4 (hardware length 6, protocol length 4).
+    BadArp,
     Other,
 }
 
 fn classify(frame: &[u8]) -> Kind<'_> {
     let Ok(eth) = EthernetFrame::new_checked(frame) else { return Kind::Other };
+    if eth.ethertype() == EthernetProtocol::Arp {
+        // RFC 826 over Ethernet: hardware type 1, lengths 6 and 4.
+        return match ArpPacket::new_checked(&frame[14..]) {
+            Ok(a) if a.hardware_len() == 6 && a.protocol_len() == 4 => Kind::Other,
+            _ => Kind::BadArp,
+        };
+    }
     if eth.ethertype() != EthernetProtocol::Ipv4 {
         return Kind::Other;
     }
@@ -240,6 +249,7 @@ pub fn run(d: &Daemon) {
                         }
                     }
                     Kind::BadDhcp => counts.push((net.name.clone(), "dhcp_malformed")),
+                    Kind::BadArp => counts.push((net.name.clone(), "arp_malformed")),
                     Kind::Other => {
                         let g =
                             gws.entry(net.name.clone()).or_insert_with(|| NetGateway::new(gw.mac, gw.ip, gw.prefix));
