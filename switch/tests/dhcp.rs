@@ -125,11 +125,8 @@ fn udhcpc_gets_a_lease_reaches_gateway_and_peers_and_renews_across_a_sigkill() {
     let after_restart = lease_of(&d, &ip);
     assert_eq!(after_restart["state"], "bound", "the lease survived SIGKILL");
     std::thread::sleep(Duration::from_millis(1100));
-    // The restart re-created the TAP (same name, MAC and network), which
-    // loses the namespace's address configuration: put it back, as a client
-    // whose interface survived would have it, and check the server side.
-    // (Keeping interfaces across daemon restarts is future work; see docs.)
-    let _ = c.run(&["ip", "addr", "replace", &format!("{ip}/24"), "dev", "eth0"]);
+    // The interface survived the kill (persistent TAP), address and all.
+    assert_eq!(addr_in(&c).as_deref(), Some(ip.as_str()));
     assert!(renewed(&d, after_restart["expires"].as_u64().unwrap()), "renewal after restart failed; log:\n{}", d.log());
     assert_eq!(lease_of(&d, &ip)["mac"], d.port(&c.name)["mac"]);
     let counters = d.json(&["network", "inspect", &net])["gateway_counters"].clone();

@@ -179,6 +179,18 @@ impl Daemon {
                     continue;
                 }
             };
+            // The interface a killed daemon left behind (persistent TAP): take it back as it is.
+            if let Ok(tap) = TapPort::attach_in(&ns.path, &spec.ifname) {
+                let id = (1..=PortId::MAX).map(PortId).find(|id| !inner.ports.contains_key(id));
+                if let Some(id) = id {
+                    let worker = self.pick_worker(&inner, &spec.network);
+                    tracing::info!(port = %id, network = %spec.network, netns = %spec.netns, ifname = %spec.ifname,
+                        "port reattached to its surviving interface");
+                    let rec = PortRec { id, spec, netns: ns, port: Arc::new(tap), stats: Arc::default(), worker };
+                    inner.ports.insert(id, rec);
+                    continue;
+                }
+            }
             match self.attach(&mut inner, spec.clone(), ns) {
                 Ok(id) => {
                     tracing::info!(port = %id, network = %spec.network, netns = %spec.netns, "port reattached")
@@ -664,6 +676,8 @@ impl Daemon {
             .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
         let tap = TapPort::create("typ%d").map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
         netns::move_and_configure(tap.name(), &ns, &spec.ifname, spec.mac, mtu, spec.ip, gateway)?;
+        // Configured: from now on the interface survives a SIGKILL of the daemon.
+        tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
         let worker = self.pick_worker(inner, &spec.network);
         let rec = PortRec { id, spec, netns: ns, port: Arc::new(tap), stats: Arc::default(), worker };
         inner.ports.insert(id, rec);
@@ -707,6 +721,7 @@ impl Daemon {
         }
         let n = recs.len();
         for rec in recs {
+            rec.port.release();
             let deadline = Instant::now() + Duration::from_secs(1);
             while Arc::strong_count(&rec.port) > 1 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_micros(200));
@@ -816,6 +831,9 @@ impl Daemon {
         }
         let mut inner = self.lock();
         let ports = inner.ports.len();
+        for p in inner.ports.values() {
+            p.port.release();
+        }
         inner.ports.clear();
         self.snapshot.store(Arc::new(Snapshot::default()));
         tracing::info!(ports, "stopped; ports closed");

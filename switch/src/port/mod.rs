@@ -81,4 +81,8 @@ pub trait Port: Send + Sync {
 
     /// Kernel interface name, for logs and `port ls`.
     fn name(&self) -> &str;
+
+    /// Called once before the port is dropped for good (not when the daemon
+    /// is killed): a port that outlives its fd (a persistent TAP) lets go.
+    fn release(&self) {}
 }

@@ -1,16 +1,22 @@
 //! TAP ports: a `/dev/net/tun` device in TAP mode without packet information,
 //! opened with the tun-tap crate and switched to non-blocking I/O.
 //!
-//! The device is not persistent: when the switch closes the fd (port removed,
-//! daemon stopped or killed) the kernel deletes the interface, wherever it
-//! lives by then. Moving the interface into a container's namespace does not
-//! affect the fd the switch holds.
+//! The device is made persistent (`TUNSETPERSIST`) once it is configured, so
+//! that a daemon killed with SIGKILL leaves the interface in its namespace,
+//! address and routes intact, and the next start reattaches to it
+//! ([`TapPort::attach_in`]) instead of making a new one: containers keep their
+//! configuration, DHCP clients included. Every orderly removal (disconnect,
+//! network removal, SIGTERM/SIGINT) turns persistence off first
+//! ([`Port::release`]), so closing the fd deletes the interface. Moving the
+//! interface into a container's namespace does not affect the fd the switch holds.
 //!
 //! Offloads (`IFF_VNET_HDR`, `IFF_MULTI_QUEUE`, `TUNSETOFFLOAD`) need flags
 //! tun-tap cannot set; the fast-path issue opens worker queues with libc ioctls.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 
 use tun_tap::{Iface, Mode};
 
@@ -41,6 +47,40 @@ impl TapPort {
         iface.set_non_blocking()?;
         let name = iface.name().to_string();
         Ok(TapPort { iface, name })
+    }
+
+    /// Turns persistence on or off (see the module doc).
+    pub fn set_persist(&self, on: bool) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value (0 or 1), not a
+        // pointer; the fd is an open tun file owned by `self.iface`.
+        let r = unsafe { libc::ioctl(self.iface.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(on)) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Attaches to the existing (persistent) TAP `ifname` inside the network
+    /// namespace at `ns_path`: the interface a killed daemon left behind.
+    /// Fails if there is no such interface, or it is not an unattached TAP.
+    pub fn attach_in(ns_path: &Path, ifname: &str) -> io::Result<TapPort> {
+        let ns = File::open(ns_path)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: `ns` is an open namespace file; setns changes the
+                // network namespace of this short-lived thread only, which
+                // ends right after the TUNSETIFF below. The fd it opens keeps
+                // working from any thread afterwards.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let iface = Iface::without_packet_info(ifname, Mode::Tap)?;
+                iface.set_non_blocking()?;
+                Ok(TapPort { iface, name: ifname.to_string() })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the attach thread panicked")))
+        })
     }
 }
 
@@ -109,5 +149,9 @@ impl Port for TapPort {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn release(&self) {
+        let _ = self.set_persist(false);
     }
 }
