@@ -275,6 +275,21 @@ fn build(socket: &Path, rec: &mut LabRecord) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pings `ip` from namespace `ns` in a thread: three pings 0.2 s apart, one
+/// second to answer; true if any answer came.
+fn ping(ns: &str, ip: &str) -> std::thread::JoinHandle<bool> {
+    let (ns, ip) = (ns.to_string(), ip.to_string());
+    std::thread::spawn(move || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    })
+}
+
 /// Pings every ordered pair at once; prints the matrix; true if every expectation held.
 fn matrix(rec: &LabRecord) -> bool {
     let hosts = &rec.hosts;
@@ -284,38 +299,12 @@ fn matrix(rec: &LabRecord) -> bool {
             if i == j {
                 continue;
             }
-            let (ns, ip) = (a.netns.clone(), b.ip.clone());
-            jobs.push((
-                i,
-                j,
-                std::thread::spawn(move || {
-                    Command::new("ip")
-                        .args(["netns", "exec", &ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &ip])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .map(|s| s.success())
-                        .unwrap_or(false)
-                }),
-            ));
+            jobs.push((i, j, ping(&a.netns, &b.ip)));
         }
     }
     // Each namespace also pings its own network's gateway (answered by tapyard).
     for (i, a) in hosts.iter().enumerate() {
-        let (ns, gw) = (a.netns.clone(), gateway_of(a));
-        jobs.push((
-            i,
-            hosts.len(),
-            std::thread::spawn(move || {
-                Command::new("ip")
-                    .args(["netns", "exec", &ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &gw])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false)
-            }),
-        ));
+        jobs.push((i, hosts.len(), ping(&a.netns, &gateway_of(a))));
     }
     let n = hosts.len();
     let mut reach = vec![vec![None; n + 1]; n];

@@ -93,42 +93,9 @@ pub struct DaemonArgs {
 pub enum NetworkCmd {
     /// Create a network.
     Create {
-        name: String,
-        /// IPv4 subnet in CIDR notation, like 10.10.0.0/24 [default: the next
-        /// free subnet of the daemon's default pools].
-        #[arg(long)]
-        subnet: Option<String>,
-        /// Gateway address [default: the subnet's first host address].
-        #[arg(long)]
-        gateway: Option<String>,
-        /// Range inside the subnet from which DHCP and --ip auto take addresses.
-        #[arg(long)]
-        ip_range: Option<String>,
-        /// NAME=IP: an address of the subnet never handed out (repeatable).
-        #[arg(long = "aux-address")]
-        aux_addresses: Vec<String>,
-        /// DNS server handed out by DHCP (repeatable).
-        #[arg(long)]
-        dns: Vec<String>,
-        /// Domain name handed out by DHCP.
-        #[arg(long)]
-        domain: Option<String>,
-        /// DHCP lease time in seconds [default: 3600].
-        #[arg(long)]
-        lease_time: Option<u32>,
-        /// `none` for a pure L2 network: no subnet, gateway or DHCP.
-        #[arg(long)]
-        ipam: Option<String>,
-        /// MTU of the interfaces attached to this network.
-        #[arg(long)]
-        mtu: Option<u32>,
-        /// Seconds after which an idle learned MAC is forgotten [default: 300].
-        #[arg(long)]
-        ageing: Option<u32>,
-        /// Most MAC addresses the network's forwarding table holds [default: 4096].
-        #[arg(long)]
-        fdb_capacity: Option<usize>,
-        /// Print JSON (the full data) instead of a table.
+        #[command(flatten)]
+        args: NetworkCreate,
+        /// Print JSON (the full data) instead of the name.
         #[arg(long)]
         json: bool,
     },
@@ -274,35 +241,7 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             };
             crate::control::server::run(cfg)?;
         }
-        Cmd::Network(NetworkCmd::Create {
-            name,
-            subnet,
-            gateway,
-            ip_range,
-            aux_addresses,
-            dns,
-            domain,
-            lease_time,
-            ipam,
-            mtu,
-            ageing,
-            fdb_capacity,
-            json,
-        }) => {
-            let args = NetworkCreate {
-                name,
-                subnet,
-                gateway,
-                ip_range,
-                aux_addresses,
-                dns,
-                domain,
-                lease_secs: lease_time,
-                ipam,
-                mtu,
-                ageing_secs: ageing,
-                fdb_capacity,
-            };
+        Cmd::Network(NetworkCmd::Create { args, json }) => {
             let info: NetworkInfo = client::call(&socket, &Request::NetworkCreate(args))?;
             if json {
                 print_json(&info);

@@ -74,38 +74,56 @@ pub enum Request {
     Shutdown,
 }
 
-/// Arguments of `network_create`; every field but `name` is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Arguments of `network_create`; every field but `name` is optional. The
+/// same struct is the CLI's `network create` flags (clap) and the protocol's
+/// JSON fields (serde), so the two cannot drift apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
     pub name: String,
-    /// CIDR; without it the next free subnet of the daemon's default pools is taken.
+    /// IPv4 subnet in CIDR notation, like 10.10.0.0/24 [default: the next
+    /// free subnet of the daemon's default pools].
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// Gateway address [default: the subnet's first host address].
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    /// CIDR inside the subnet from which dynamic addresses are taken.
+    /// Range inside the subnet from which DHCP and --ip auto take addresses.
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<String>,
-    /// `NAME=IP` addresses never handed out (like Docker's --aux-address).
+    /// NAME=IP: an address of the subnet never handed out (repeatable; like Docker's).
+    #[arg(long = "aux-address")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aux_addresses: Vec<String>,
-    /// DNS servers handed out by DHCP (option 6).
+    /// DNS server handed out by DHCP, option 6 (repeatable).
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
     /// Domain name handed out by DHCP (option 15).
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    /// DHCP lease time in seconds (default 3600).
+    /// DHCP lease time in seconds [default: 3600].
+    #[arg(long = "lease-time")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_secs: Option<u32>,
-    /// `none`: a pure L2 network with no subnet, gateway or DHCP.
+    /// `none` for a pure L2 network: no subnet, gateway or DHCP.
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<String>,
+    /// MTU of the interfaces attached to this network [default: 1500].
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Seconds after which an idle learned MAC is forgotten [default: 300].
+    #[arg(long = "ageing")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ageing_secs: Option<u32>,
+    /// Most MAC addresses the network's forwarding table holds [default: 4096].
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fdb_capacity: Option<usize>,
 }
