@@ -561,6 +561,7 @@ impl Daemon {
             store.remove_network(name);
             let _ = self.commit_ipam(&mut store);
         }
+        self.gw_stats.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.publish(&mut inner);
         self.persist(&inner);
         tracing::info!(network = %name, ports = removed, "network removed");
