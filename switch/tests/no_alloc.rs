@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tapyard_switch::datapath::Fdb;
 use tapyard_switch::packet::{Batch, BATCH};
 use tapyard_switch::port::{Port, PortCaps, PortId, RecvReport, RecvState, SendReport};
-use tapyard_switch::snapshot::{NetworkView, PortView, Snapshot};
+use tapyard_switch::punt::PuntQueue;
+use tapyard_switch::snapshot::{GatewayView, NetworkView, PortView, Snapshot};
 use tapyard_switch::worker::{burst, TxAcc};
 
 struct Counting;
@@ -102,14 +103,17 @@ fn repeat(dst: [u8; 6], src: u8) -> Arc<Repeat> {
 
 #[test]
 fn steady_state_forwarding_does_not_allocate() {
-    // Port 1 sends unicast to port 2's MAC, port 2 broadcasts (flood to 1 and 3).
-    let ports = [repeat([2, 0, 0, 0, 0, 2], 1), repeat([0xff; 6], 2), repeat([2, 0, 0, 0, 0, 1], 3)];
+    // Port 1 sends unicast to port 2's MAC, port 2 broadcasts (flood to 1
+    // and 3), port 3 sends to port 1, port 4 to the gateway's MAC (punted).
+    const GW: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
+    let ports = [repeat([2, 0, 0, 0, 0, 2], 1), repeat([0xff; 6], 2), repeat([2, 0, 0, 0, 0, 1], 3), repeat(GW, 4)];
+    let punt = Arc::new(PuntQueue::new());
     let net = Arc::new(NetworkView {
-        gateway: None,
+        gateway: Some(GatewayView { mac: GW, ip: [10, 0, 0, 1], prefix: 24, punt: punt.clone() }),
         name: "n".into(),
         max_frame: 1518,
         fdb: Arc::new(Fdb::new(4096, 300)),
-        ports: vec![PortId(1), PortId(2), PortId(3)],
+        ports: vec![PortId(1), PortId(2), PortId(3), PortId(4)],
     });
     let mut views = vec![None];
     for (i, p) in ports.iter().enumerate() {
@@ -125,9 +129,15 @@ fn steady_state_forwarding_does_not_allocate() {
     let snap = Snapshot { epoch: 1, ports: views };
     let mut batch = Batch::new();
     let mut tx = TxAcc::new();
-    let step = |batch: &mut Batch, tx: &mut TxAcc, now: u32| {
-        for id in 1..=3 {
+    let mut punted = 0u64;
+    let mut step = |batch: &mut Batch, tx: &mut TxAcc, now: u32| {
+        for id in 1..=4 {
             burst(batch, tx, &snap, snap.port(PortId(id)).unwrap(), now);
+        }
+        // Play the gateway thread: take the punted frames, return the buffers.
+        while let Some(p) = punt.pop() {
+            punted += 1;
+            punt.recycle(p.buf);
         }
     };
     // Warm-up: learns every MAC (learning a new MAC allocates nothing either,
@@ -141,6 +151,7 @@ fn steady_state_forwarding_does_not_allocate() {
     COUNTING.store(false, Relaxed);
     eprintln!("allocations on other threads meanwhile: {}", OTHER_THREADS.load(Relaxed));
     assert_eq!(ALLOCS.load(Relaxed), 0, "allocations on the per-frame path");
+    assert_eq!(punted, 1001 * BATCH as u64, "every frame to the gateway was punted");
     // And it really forwarded: port 2 got port 1's unicast, ports 1 and 3 got port 2's floods.
     let per_round = BATCH as u64;
     assert_eq!(ports[1].sent.load(Relaxed), 1001 * per_round);
