@@ -44,7 +44,7 @@ setup_tapyard() {
   mkns
   $TY --socket $SOCK daemon --state-dir $W/state ${TY_WORKERS:+--workers $TY_WORKERS} 2>$W/daemon.log & DPID=$!
   for _ in $(seq 100); do $TY --socket $SOCK network ls >/dev/null 2>&1 && break; sleep 0.05; done
-  $TY --socket $SOCK network create bench >/dev/null
+  $TY --socket $SOCK network create bench --ipam none >/dev/null   # pure L2, like the bridge
   $TY --socket $SOCK connect bench $A --ip 10.90.0.1/24 >/dev/null
   $TY --socket $SOCK connect bench $B --ip 10.90.0.2/24 >/dev/null
 }
