@@ -16,6 +16,9 @@
 //!   thread receiving on port 1, the other on port 2 with its own MAC pairs;
 //!   the time is the slower thread's, so it compares directly with `64B`.
 //!
+//! - `route/lpm_and_ttl_rewrite`: the routing issue's per-frame routing
+//!   decision and header rewrite (see `route_benches`).
+//!
 //! Reading the numbers: criterion's `time` is per burst of 32; `thrpt` is in
 //! frames, so **ns per frame = 1000 / thrpt in Melem/s** (or `time` / 32).
 
@@ -105,6 +108,40 @@ fn decision_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// The routing decision and rewrite for one IPv4 packet: longest-prefix match
+/// over a router's table (6 routes: connected networks and static routes),
+/// then the TTL decrement with its incremental checksum (RFC 1624). The
+/// packet's TTL is reset each time so it never expires.
+fn route_benches(c: &mut Criterion) {
+    use std::net::Ipv4Addr;
+    use tapyard_switch::datapath::route::{decrement_ttl, Route, RouteTable};
+    let table = RouteTable::new(vec![
+        Route::new(Ipv4Addr::new(10, 1, 0, 0), 24, 1, None),
+        Route::new(Ipv4Addr::new(10, 2, 0, 0), 24, 2, None),
+        Route::new(Ipv4Addr::new(10, 3, 0, 0), 24, 3, None),
+        Route::new(Ipv4Addr::new(10, 9, 0, 0), 16, 1, Some(Ipv4Addr::new(10, 1, 0, 9))),
+        Route::new(Ipv4Addr::new(192, 168, 7, 0), 24, 2, Some(Ipv4Addr::new(10, 2, 0, 3))),
+        Route::new(Ipv4Addr::new(0, 0, 0, 0), 0, 3, Some(Ipv4Addr::new(10, 3, 0, 254))),
+    ]);
+    let mut pkt = [0u8; 20];
+    pkt[0] = 0x45;
+    pkt[8] = 64;
+    pkt[9] = 17;
+    let dsts: Vec<Ipv4Addr> = (0..32u8).map(|i| Ipv4Addr::new(10, 1 + i % 3, 0, 2 + i)).collect();
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(dsts.len() as u64));
+    g.bench_function("lpm_and_ttl_rewrite", |b| {
+        b.iter(|| {
+            for d in &dsts {
+                let r = table.lookup(black_box(*d)).expect("a route");
+                pkt[8] = 64;
+                black_box((r.target, decrement_ttl(&mut pkt)));
+            }
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -116,6 +153,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = decision_benches
+    targets = decision_benches, route_benches
 }
 criterion_main!(benches);

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fdb;
+pub mod route;
 
 use crate::packet::PortId;
 use crate::stats::DropReason;
