@@ -236,3 +236,79 @@ fn a_corrupt_state_file_stops_the_daemon_with_a_clear_error() {
     d.spawn();
     assert_eq!(d.json(&["network", "ls"])[0]["name"], name("corrupt").as_str());
 }
+
+/// Runs `lab up` (no --check) in the background and waits until it says the lab is up.
+fn lab_up_background(socket: &std::path::Path, prefix: &str) -> (std::process::Child, std::path::PathBuf) {
+    let out = socket.parent().unwrap().join("lab-up.out");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let child = Command::new(TAPYARD)
+        .arg("--socket")
+        .arg(socket)
+        .args(["lab", "up", "--prefix", prefix])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = wait_for(30, || std::fs::read_to_string(&out).unwrap_or_default().contains("The lab is up"));
+    assert!(up, "lab up did not come up:\n{}", std::fs::read_to_string(&out).unwrap_or_default());
+    (child, out)
+}
+
+fn lab_namespaces(prefix: &str) -> Vec<String> {
+    String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{prefix}-")))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
+    let mut code = None;
+    let ok = wait_for(15, || match child.try_wait() {
+        Ok(Some(s)) => {
+            code = s.code();
+            true
+        }
+        _ => false,
+    });
+    if !ok {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    code
+}
+
+#[test]
+fn lab_down_from_another_shell_and_ctrl_c_both_remove_the_lab() {
+    let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name("labdn")));
+    let socket = dir.join("tapyard.sock");
+    for (round, how) in ["lab down", "SIGINT"].iter().enumerate() {
+        let prefix = format!("d{}x{round}", std::process::id());
+        let (mut child, _) = lab_up_background(&socket, &prefix);
+        assert_eq!(lab_namespaces(&prefix).len(), 4);
+        // While it runs, the lab is a normal daemon with ports and leases.
+        let ports = Command::new(TAPYARD).arg("--socket").arg(&socket).args(["port", "ls", "--json"]).output().unwrap();
+        let ports: serde_json::Value = serde_json::from_slice(&ports.stdout).unwrap();
+        assert_eq!(ports.as_array().unwrap().len(), 4);
+        if *how == "lab down" {
+            let out = Command::new(TAPYARD)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["lab", "down", "--prefix", &prefix])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+        } else {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        }
+        let code = wait_exit(&mut child);
+        let left = lab_namespaces(&prefix);
+        for ns in &left {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        assert_eq!(code, Some(0), "{how}: lab up exits 0");
+        assert!(left.is_empty(), "{how}: namespaces left behind: {left:?}");
+        assert!(wait_for(5, || !exists(&socket)), "{how}: the daemon the lab started is stopped");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
