@@ -158,6 +158,14 @@ impl Batch {
         }
     }
 
+    /// The frame in buffer `i` (which must be below [`Batch::len`]), writable
+    /// in place (routing rewrites headers in the buffer it read into).
+    #[inline]
+    pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
+        let b = &mut self.bufs[i];
+        &mut b.data[HEADROOM..HEADROOM + b.len]
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &PacketBuf> {
         self.bufs[..self.len].iter()
     }

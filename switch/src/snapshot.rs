@@ -10,12 +10,14 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::datapath::route::RouteTable;
 use crate::datapath::Fdb;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
-use crate::stats::PortStats;
+use crate::stats::{PortStats, RouterStats};
 
 /// A network's gateway, as the data path needs it to punt frames.
 pub struct GatewayView {
@@ -25,9 +27,24 @@ pub struct GatewayView {
     pub punt: Arc<PuntQueue>,
 }
 
+/// A router as the data path sees it: its route table, whose targets are
+/// indexes into [`Snapshot::networks`].
+pub struct RouterView {
+    pub name: String,
+    pub table: RouteTable,
+    pub stats: Arc<RouterStats>,
+}
+
 /// A network as the data path sees it.
 pub struct NetworkView {
     pub name: String,
+    /// Position in [`Snapshot::networks`].
+    pub index: usize,
+    /// The router this network is attached to, if any.
+    pub router: Option<Arc<RouterView>>,
+    /// IPv4 address → MAC of the stations on this network that tapyard knows
+    /// (ports' addresses and DHCP leases): where routed packets go.
+    pub neighbors: HashMap<u32, [u8; 6]>,
     /// None for a network without a subnet (`--ipam none`).
     pub gateway: Option<GatewayView>,
     /// Largest frame accepted (from the MTU).
@@ -51,6 +68,8 @@ pub struct PortView {
 pub struct Snapshot {
     /// Increases with every publication.
     pub epoch: u64,
+    /// Every network, by [`NetworkView::index`].
+    pub networks: Vec<Arc<NetworkView>>,
     /// Indexed by [`PortId`]; `None` for ids not in use.
     pub ports: Vec<Option<Arc<PortView>>>,
 }

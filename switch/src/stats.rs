@@ -146,3 +146,33 @@ impl BurstCount {
         self.bytes += bytes as u64;
     }
 }
+
+/// Counters of one router (RFC 1812 terms), written by workers and the gateway thread.
+#[derive(Default)]
+pub struct RouterStats {
+    /// Packets forwarded between networks.
+    pub routed: AtomicU64,
+    /// Packets whose TTL would have reached 0 (Time Exceeded sent).
+    pub ttl_expired: AtomicU64,
+    /// Packets with no route (Network Unreachable sent).
+    pub no_route: AtomicU64,
+    /// Packets whose next hop has no known MAC (Host Unreachable sent).
+    pub unresolved: AtomicU64,
+    /// ICMP errors sent (after rate limiting).
+    pub icmp_sent: AtomicU64,
+}
+
+impl RouterStats {
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            ("routed", &self.routed),
+            ("ttl_expired", &self.ttl_expired),
+            ("no_route", &self.no_route),
+            ("unresolved", &self.unresolved),
+            ("icmp_sent", &self.icmp_sent),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.load(Relaxed)))
+        .collect()
+    }
+}

@@ -28,12 +28,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::Clock;
+use crate::datapath::route::{route_frame, Routed};
 use crate::datapath::{decide, to_gateway, Decision, Learned, Table, ToGateway};
 use crate::packet::Batch;
 use crate::port::{PortId, RecvState, SendReport};
-use crate::snapshot::{PortView, Snapshot};
+use crate::snapshot::{PortView, RouterView, Snapshot};
 use crate::stats::{BurstCount, DropReason};
 use crate::wire::EthAddrs;
+use crate::wire::MacAddr;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -326,6 +328,49 @@ fn share_fairly(table: &Table, snap: &Snapshot, view: &PortView, frame: &[u8], n
     table.learn(eth.src, view.id, now) == Learned::New
 }
 
+/// Routes a frame addressed to the gateway (see `datapath::route`). Returns
+/// true when it was forwarded; false hands it to the gateway responder, which
+/// answers the gateway's own traffic and sends the ICMP errors (the counter
+/// of the reason is bumped here).
+#[inline]
+fn route(frame: &mut [u8], gw_ip: [u8; 4], router: &RouterView, snap: &Snapshot, tx: &mut TxAcc) -> bool {
+    let neighbor = |n: u16, ip: u32| snap.networks.get(usize::from(n)).and_then(|v| v.neighbors.get(&ip).copied());
+    let gateway_mac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
+    let st = &router.stats;
+    match route_frame(frame, gw_ip, &router.table, neighbor, gateway_mac) {
+        Routed::Forward { egress } => {
+            let Some(out) = snap.networks.get(usize::from(egress)) else { return false };
+            st.routed.fetch_add(1, Ordering::Relaxed);
+            let dst = MacAddr(frame[..6].try_into().expect("an Ethernet frame"));
+            let frame: &[u8] = frame;
+            match out.fdb.table().lookup(dst).and_then(|p| snap.port(p)).filter(|p| Arc::ptr_eq(&p.network, out)) {
+                Some(p) => tx.add(p, p.port.send_batch(&[frame])),
+                None => {
+                    for &q in &out.ports {
+                        if let Some(p) = snap.port(q) {
+                            tx.add(p, p.port.send_batch(&[frame]));
+                        }
+                    }
+                }
+            }
+            true
+        }
+        Routed::NotRouted => false,
+        Routed::Expired => {
+            st.ttl_expired.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Routed::NoRoute => {
+            st.no_route.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Routed::Unresolved => {
+            st.unresolved.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
 /// Reads one burst from `view` and forwards it: the whole per-frame path.
 pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView, now: u32) -> RecvState {
     batch.clear();
@@ -338,8 +383,8 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
     let mut rx = BurstCount::default();
     let mut drops = [0u64; DropReason::ALL.len()];
     let mut learn_full = 0u64;
-    for buf in batch.iter() {
-        let frame = buf.frame();
+    for i in 0..batch.len() {
+        let frame = batch.frame_mut(i);
         rx.add(frame.len());
         let v = decide(frame, view.id, &table, net.max_frame, now);
         if v.learned == Some(Learned::Full) && !share_fairly(&table, snap, view, frame, now) {
@@ -349,6 +394,11 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
             match to_gateway(frame, gw.mac, gw.ip) {
                 ToGateway::No => {}
                 ToGateway::Only => {
+                    if let Some(router) = &net.router {
+                        if route(frame, gw.ip, router, snap, tx) {
+                            continue;
+                        }
+                    }
                     if !gw.punt.push(net, view.id, frame) {
                         drops[DropReason::GatewayFull as usize] += 1;
                     }
@@ -429,6 +479,9 @@ mod tests {
         let net = |name: &str, ports: Vec<u16>| {
             Arc::new(NetworkView {
                 gateway: None,
+                index: 0,
+                router: None,
+                neighbors: Default::default(),
                 name: name.into(),
                 max_frame: 1518,
                 fdb: Arc::new(Fdb::new(64, 300)),
@@ -442,7 +495,7 @@ mod tests {
             let port: Arc<dyn Port> = mems[i as usize].clone();
             ports.push(Some(Arc::new(PortView { id: PortId(i), port, stats: Arc::default(), network, worker: 0 })));
         }
-        (Snapshot { epoch: 1, ports }, mems)
+        (Snapshot { epoch: 1, networks: vec![a, b], ports }, mems)
     }
 
     fn run(snap: &Snapshot, id: u16) -> RecvState {

@@ -109,6 +109,9 @@ fn steady_state_forwarding_does_not_allocate() {
     let ports = [repeat([2, 0, 0, 0, 0, 2], 1), repeat([0xff; 6], 2), repeat([2, 0, 0, 0, 0, 1], 3), repeat(GW, 4)];
     let punt = Arc::new(PuntQueue::new());
     let net = Arc::new(NetworkView {
+        index: 0,
+        router: None,
+        neighbors: Default::default(),
         gateway: Some(GatewayView { mac: GW, ip: [10, 0, 0, 1], prefix: 24, punt: punt.clone() }),
         name: "n".into(),
         max_frame: 1518,
@@ -126,7 +129,7 @@ fn steady_state_forwarding_does_not_allocate() {
             worker: 0,
         })));
     }
-    let snap = Snapshot { epoch: 1, ports: views };
+    let snap = Snapshot { epoch: 1, networks: vec![net.clone()], ports: views };
     let mut batch = Batch::new();
     let mut tx = TxAcc::new();
     let mut punted = 0u64;

@@ -63,6 +63,12 @@ pub enum Cmd {
     /// List ports.
     #[command(subcommand)]
     Port(PortCmd),
+    /// Routers: connect networks to each other through their gateways.
+    #[command(subcommand)]
+    Router(RouterCmd),
+    /// Static routes of a router.
+    #[command(subcommand)]
+    Route(RouteCmd),
     /// List DHCP leases and addresses given to ports.
     #[command(subcommand)]
     Lease(LeaseCmd),
@@ -127,6 +133,53 @@ pub enum PortCmd {
     /// List ports with their counters.
     Ls {
         network: Option<String>,
+        /// Print JSON (the full data) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RouterCmd {
+    /// Create a router.
+    Create { name: String },
+    /// Attach a network: it is routed to the router's other networks through its gateway.
+    Attach { router: String, network: String },
+    /// Detach a network: it is cut off from the others at once.
+    Detach { router: String, network: String },
+    /// List routers.
+    Ls {
+        /// Print JSON (the full data) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one router as JSON: networks, routes, counters.
+    Inspect {
+        name: String,
+        /// Accepted for uniformity: inspect always prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a router (its networks are no longer routed).
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RouteCmd {
+    /// Add a static route: PREFIX via IP, where IP lies in an attached network.
+    Add {
+        router: String,
+        prefix: String,
+        /// The literal word `via`.
+        #[arg(value_parser = ["via"])]
+        via_kw: String,
+        via: String,
+    },
+    /// Delete a static route.
+    Del { router: String, prefix: String },
+    /// List routes (connected networks and static routes).
+    Ls {
+        router: Option<String>,
         /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
@@ -260,6 +313,42 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
         Cmd::Network(NetworkCmd::Inspect { name, json: _ }) => print_json(&call_v(Request::NetworkInspect { name })?),
         Cmd::Network(NetworkCmd::Reserve { network, mac, ip }) => {
             call_v(Request::NetworkReserve { network, mac, ip })?;
+        }
+        Cmd::Router(RouterCmd::Create { name }) => {
+            call_v(Request::RouterCreate { name: name.clone() })?;
+            println!("{name}");
+        }
+        Cmd::Router(RouterCmd::Attach { router, network }) => {
+            call_v(Request::RouterAttach { router, network })?;
+        }
+        Cmd::Router(RouterCmd::Detach { router, network }) => {
+            call_v(Request::RouterDetach { router, network })?;
+        }
+        Cmd::Router(RouterCmd::Ls { json }) => {
+            let routers: Vec<RouterInfo> = client::call(&socket, &Request::RouterLs)?;
+            if json {
+                print_json(&routers);
+            } else {
+                table::routers(&routers);
+            }
+        }
+        Cmd::Router(RouterCmd::Inspect { name, json: _ }) => print_json(&call_v(Request::RouterInspect { name })?),
+        Cmd::Router(RouterCmd::Rm { name }) => {
+            call_v(Request::RouterRm { name })?;
+        }
+        Cmd::Route(RouteCmd::Add { router, prefix, via_kw: _, via }) => {
+            call_v(Request::RouteAdd { router, prefix, via })?;
+        }
+        Cmd::Route(RouteCmd::Del { router, prefix }) => {
+            call_v(Request::RouteDel { router, prefix })?;
+        }
+        Cmd::Route(RouteCmd::Ls { router, json }) => {
+            let routes: Vec<RouteInfo> = client::call(&socket, &Request::RouteLs { router })?;
+            if json {
+                print_json(&routes);
+            } else {
+                table::routes(&routes);
+            }
         }
         Cmd::Lease(LeaseCmd::Ls { network, json }) => {
             let leases: Vec<LeaseInfo> = client::call(&socket, &Request::LeaseLs { network })?;

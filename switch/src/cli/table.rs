@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::control::proto::{FdbEntryInfo, LeaseInfo, NetworkInfo, PortInfo};
+use crate::control::proto::{FdbEntryInfo, LeaseInfo, NetworkInfo, PortInfo, RouteInfo, RouterInfo};
 
 /// Prints rows with columns padded to their widest cell.
 fn print(header: &[&str], rows: &[Vec<String>]) {
@@ -112,4 +112,34 @@ pub fn leases(leases: &[LeaseInfo]) {
         })
         .collect();
     print(&["NETWORK", "IP", "MAC", "CLIENT ID", "HOSTNAME", "STATE", "EXPIRES IN"], &rows);
+}
+
+pub fn routers(routers: &[RouterInfo]) {
+    let rows: Vec<Vec<String>> = routers
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                if r.networks.is_empty() { "-".into() } else { r.networks.join(",") },
+                r.routes.iter().filter(|x| x.via.is_some()).count().to_string(),
+                r.counters.get("routed").copied().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    print(&["NAME", "NETWORKS", "STATIC ROUTES", "ROUTED"], &rows);
+}
+
+pub fn routes(routes: &[RouteInfo]) {
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.router.clone(),
+                r.prefix.clone(),
+                r.via.clone().map_or_else(|| "connected".into(), |v| format!("via {v}")),
+                r.network.clone(),
+            ]
+        })
+        .collect();
+    print(&["ROUTER", "PREFIX", "NEXT HOP", "NETWORK"], &rows);
 }

@@ -209,6 +209,7 @@ pub fn run(d: &Daemon) {
     let mut gws: HashMap<String, NetGateway> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_exhausted_log: HashMap<String, Instant> = HashMap::new();
+    let mut icmp_budget: HashMap<String, (Instant, u32)> = HashMap::new();
     while !d.stop.load(Ordering::Relaxed) {
         while batch.len() < BATCH {
             match d.punt.pop() {
@@ -222,6 +223,7 @@ pub fn run(d: &Daemon) {
         }
         let now = unix_now();
         let mut replies = Vec::new();
+        let mut icmp_out = Vec::new();
         let mut counts: Vec<(String, &'static str)> = Vec::new();
         {
             let mut store = d.ipam();
@@ -248,6 +250,12 @@ pub fn run(d: &Daemon) {
                             replies.push((net.clone(), dhcp_frame(gw.mac, gw.ip, &r)));
                         }
                     }
+                    Kind::Other if is_routed_error(p.frame(), gw.mac, gw.ip) => {
+                        if let Some(f) = icmp_for(net, gw.mac, gw.ip, p.frame(), &mut icmp_budget) {
+                            counts.push((net.name.clone(), "icmp_error_sent"));
+                            icmp_out.push((net.clone(), f));
+                        }
+                    }
                     Kind::BadDhcp => counts.push((net.name.clone(), "dhcp_malformed")),
                     Kind::BadArp => counts.push((net.name.clone(), "arp_malformed")),
                     Kind::Other => {
@@ -267,8 +275,12 @@ pub fn run(d: &Daemon) {
                 counts.push(("*".into(), "journal_error"));
             }
         }
-        for (net, frame) in &replies {
+        for (net, frame) in replies.iter().chain(icmp_out.iter()) {
             send(d, net, frame);
+        }
+        // A bound lease is a new neighbour to route to: publish it.
+        if replies.iter().any(|(n, _)| n.router.is_some()) {
+            d.republish();
         }
         // ARP and ICMP through smoltcp.
         let nets: HashMap<String, std::sync::Arc<NetworkView>> =
@@ -297,6 +309,56 @@ pub fn run(d: &Daemon) {
             d.punt.recycle(p.buf);
         }
     }
+}
+
+/// A frame the router could not forward: IPv4, to the gateway's MAC, not to
+/// the gateway's own address (the workers punt these after counting why).
+fn is_routed_error(frame: &[u8], gw_mac: [u8; 6], gw_ip: [u8; 4]) -> bool {
+    frame.len() >= 34 && frame[..6] == gw_mac && frame[12..14] == [0x08, 0x00] && frame[30..34] != gw_ip
+}
+
+/// ICMP errors per network per second at most (RFC 1812 §4.3.2.8 asks routers to rate-limit them).
+const ICMP_PER_SEC: u32 = 100;
+
+/// The ICMP error for a packet the router could not forward (RFC 1812
+/// §5.2.7): Time Exceeded when its TTL ran out, Network Unreachable without
+/// a route, Host Unreachable when the next hop is unknown. None when rate
+/// limited, not routed at all, or not allowed an error (route::icmp_error).
+fn icmp_for(
+    net: &NetworkView,
+    gw_mac: [u8; 6],
+    gw_ip: [u8; 4],
+    frame: &[u8],
+    budget: &mut HashMap<String, (Instant, u32)>,
+) -> Option<Vec<u8>> {
+    use crate::datapath::route::{icmp_error, IcmpError};
+    let router = net.router.as_ref()?;
+    let ip = &frame[14..];
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let kind = if ip[8] <= 1 {
+        IcmpError::TtlExceeded
+    } else if router.table.lookup(dst).is_none() {
+        IcmpError::NetUnreachable
+    } else {
+        IcmpError::HostUnreachable
+    };
+    let (since, n) = budget.entry(net.name.clone()).or_insert((Instant::now(), 0));
+    if since.elapsed() >= Duration::from_secs(1) {
+        *since = Instant::now();
+        *n = 0;
+    }
+    if *n >= ICMP_PER_SEC {
+        return None;
+    }
+    *n += 1;
+    let packet = icmp_error(kind, Ipv4Addr::from(gw_ip), ip)?;
+    router.stats.icmp_sent.fetch_add(1, Ordering::Relaxed);
+    let mut out = Vec::with_capacity(14 + packet.len());
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&gw_mac);
+    out.extend_from_slice(&[0x08, 0x00]);
+    out.extend_from_slice(&packet);
+    Some(out)
 }
 
 fn dhcp_name(k: smoltcp::wire::DhcpMessageType) -> &'static str {

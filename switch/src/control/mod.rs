@@ -32,16 +32,17 @@ use tapyard_ipam::{check_static, next_subnet, Addressing, DefaultPool, Ipv4Net};
 
 use crate::clock::Clock;
 use crate::datapath::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
+use crate::datapath::route::{Route, RouteTable};
 use crate::datapath::{max_frame_len, Fdb};
 use crate::port::tap::TapPort;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
-use crate::snapshot::{GatewayView, NetworkView, PortView, Snapshot};
-use crate::stats::PortStats;
+use crate::snapshot::{GatewayView, NetworkView, PortView, RouterView, Snapshot};
+use crate::stats::{PortStats, RouterStats};
 use crate::wire::MacAddr;
 use crate::worker::{self, WorkerEvent, WorkerHandle};
 use netns::Netns;
-use persist::{NetworkSpec, PortSpec, State};
+use persist::{NetworkSpec, PortSpec, RouterSpec, State};
 use proto::*;
 
 pub const DEFAULT_MTU: u32 = 1500;
@@ -74,8 +75,14 @@ struct PortRec {
     worker: usize,
 }
 
+struct RouterRec {
+    spec: RouterSpec,
+    stats: Arc<RouterStats>,
+}
+
 #[derive(Default)]
 struct Inner {
+    routers: BTreeMap<String, RouterRec>,
     networks: BTreeMap<String, Network>,
     ports: BTreeMap<PortId, PortRec>,
     epoch: u64,
@@ -170,6 +177,9 @@ impl Daemon {
             let fdb = Arc::new(Fdb::new(spec.fdb_capacity, spec.ageing_secs));
             inner.networks.insert(spec.name.clone(), Network { spec, fdb });
         }
+        for spec in state.routers {
+            inner.routers.insert(spec.name.clone(), RouterRec { spec, stats: Arc::default() });
+        }
         for spec in state.ports {
             let ns = match netns::resolve(&spec.netns) {
                 Ok(ns) if ns.dev == spec.netns_dev && ns.ino == spec.netns_ino => ns,
@@ -233,24 +243,58 @@ impl Daemon {
     /// Builds and publishes a snapshot of `inner`, wakes the workers, and returns its epoch.
     fn publish(&self, inner: &mut Inner) -> u64 {
         inner.epoch += 1;
+        // Networks are numbered in name order; routers name them by that number.
+        let index: BTreeMap<&str, usize> = inner.networks.keys().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let mut router_views: BTreeMap<&str, Arc<RouterView>> = BTreeMap::new();
+        for (rname, r) in &inner.routers {
+            let mut routes = Vec::new();
+            for n in &r.spec.networks {
+                if let (Some(&i), Some(a)) =
+                    (index.get(n.as_str()), inner.networks.get(n).and_then(|x| x.spec.addressing))
+                {
+                    routes.push(Route::new(a.subnet.network(), a.subnet.prefix_len(), i as u16, None));
+                }
+            }
+            for (prefix, via) in &r.spec.routes {
+                let egress = r.spec.networks.iter().find(|n| {
+                    inner.networks.get(*n).and_then(|x| x.spec.addressing).is_some_and(|a| a.subnet.contains(via))
+                });
+                if let Some(i) = egress.and_then(|n| index.get(n.as_str())) {
+                    routes.push(Route::new(prefix.network(), prefix.prefix_len(), *i as u16, Some(*via)));
+                }
+            }
+            router_views.insert(
+                rname,
+                Arc::new(RouterView { name: rname.clone(), table: RouteTable::new(routes), stats: r.stats.clone() }),
+            );
+        }
+        let neighbors = self.neighbors(inner);
         let mut views: BTreeMap<&str, Arc<NetworkView>> = BTreeMap::new();
+        let mut networks = Vec::with_capacity(inner.networks.len());
         for (name, net) in &inner.networks {
             let ports = inner.ports.values().filter(|p| &p.spec.network == name).map(|p| p.id).collect();
-            views.insert(
-                name,
-                Arc::new(NetworkView {
-                    gateway: net.spec.addressing.map(|a| GatewayView {
-                        mac: gateway_mac(name).0,
-                        ip: a.gateway.octets(),
-                        prefix: a.subnet.prefix_len(),
-                        punt: self.punt.clone(),
-                    }),
-                    name: name.clone(),
-                    max_frame: max_frame_len(net.spec.mtu),
-                    fdb: net.fdb.clone(),
-                    ports,
+            let router = inner
+                .routers
+                .iter()
+                .find(|(_, r)| r.spec.networks.contains(name))
+                .and_then(|(rn, _)| router_views.get(rn.as_str()).cloned());
+            let view = Arc::new(NetworkView {
+                index: index[name.as_str()],
+                router,
+                neighbors: neighbors.get(name).cloned().unwrap_or_default(),
+                gateway: net.spec.addressing.map(|a| GatewayView {
+                    mac: gateway_mac(name).0,
+                    ip: a.gateway.octets(),
+                    prefix: a.subnet.prefix_len(),
+                    punt: self.punt.clone(),
                 }),
-            );
+                name: name.clone(),
+                max_frame: max_frame_len(net.spec.mtu),
+                fdb: net.fdb.clone(),
+                ports,
+            });
+            networks.push(view.clone());
+            views.insert(name, view);
         }
         let len = inner.ports.keys().next_back().map_or(0, |id| id.index() + 1);
         let mut ports = vec![None; len];
@@ -266,13 +310,38 @@ impl Daemon {
             }
         }
         let epoch = inner.epoch;
-        self.snapshot.store(Arc::new(Snapshot { epoch, ports }));
+        self.snapshot.store(Arc::new(Snapshot { epoch, networks, ports }));
         for w in &self.workers {
             if let Err(e) = w.waker.wake() {
                 tracing::error!(error = %e, "cannot wake worker");
             }
         }
         epoch
+    }
+
+    /// IPv4 → MAC of every station tapyard knows, per network: port
+    /// addresses and bound DHCP leases. Routed packets are sent to these.
+    fn neighbors(&self, inner: &Inner) -> BTreeMap<String, std::collections::HashMap<u32, [u8; 6]>> {
+        let mut m: BTreeMap<String, std::collections::HashMap<u32, [u8; 6]>> = BTreeMap::new();
+        let now = unix_now();
+        for (net, l) in self.ipam().leases(None) {
+            if l.is_active(now) {
+                m.entry(net).or_default().insert(u32::from(l.addr), l.mac);
+            }
+        }
+        for p in inner.ports.values() {
+            if let Some(ip) = p.spec.ip {
+                m.entry(p.spec.network.clone()).or_default().insert(u32::from(ip.addr()), p.spec.mac.0);
+            }
+        }
+        m
+    }
+
+    /// Publishes a new snapshot after a change outside the control socket
+    /// (a DHCP lease bound by the gateway thread: a new neighbour to route to).
+    pub(crate) fn republish(&self) {
+        let mut inner = self.lock();
+        self.publish(&mut inner);
     }
 
     /// Waits until every worker runs on snapshot `epoch` or later.
@@ -292,6 +361,7 @@ impl Daemon {
             version: 0,
             networks: inner.networks.values().map(|n| n.spec.clone()).collect(),
             ports: inner.ports.values().map(|p| p.spec.clone()).collect(),
+            routers: inner.routers.values().map(|r| r.spec.clone()).collect(),
         };
         if let Err(e) = persist::save(&self.cfg.state_dir, &state) {
             tracing::error!(dir = %self.cfg.state_dir.display(), error = %e, "cannot save state");
@@ -310,6 +380,40 @@ impl Daemon {
                 state_dir: self.cfg.state_dir.display().to_string(),
             }),
             Request::NetworkCreate(args) => self.network_create(args),
+            Request::RouterCreate { name } => self.router_create(name),
+            Request::RouterAttach { router, network } => self.router_attach(&router, &network, true),
+            Request::RouterDetach { router, network } => self.router_attach(&router, &network, false),
+            Request::RouterLs => {
+                let inner = self.lock();
+                to_value(inner.routers.values().map(|r| router_info(&inner, r)).collect::<Vec<_>>())
+            }
+            Request::RouterInspect { name } => {
+                let inner = self.lock();
+                to_value(router_info(&inner, router(&inner, &name)?))
+            }
+            Request::RouterRm { name } => {
+                let mut inner = self.lock();
+                router(&inner, &name)?;
+                inner.routers.remove(&name);
+                self.publish(&mut inner);
+                self.persist(&inner);
+                Ok(json!({ "removed": name }))
+            }
+            Request::RouteAdd { router, prefix, via } => self.route_change(&router, &prefix, Some(&via)),
+            Request::RouteDel { router, prefix } => self.route_change(&router, &prefix, None),
+            Request::RouteLs { router: filter } => {
+                let inner = self.lock();
+                if let Some(r) = &filter {
+                    router(&inner, r)?;
+                }
+                let routes: Vec<RouteInfo> = inner
+                    .routers
+                    .values()
+                    .filter(|r| filter.as_ref().is_none_or(|f| f == &r.spec.name))
+                    .flat_map(|r| router_info(&inner, r).routes)
+                    .collect();
+                to_value(routes)
+            }
             Request::NetworkReserve { network, mac, ip } => self.network_reserve(&network, &mac, &ip),
             Request::LeaseLs { network: filter } => {
                 if let Some(n) = &filter {
@@ -387,6 +491,8 @@ impl Daemon {
                 .cloned()
                 .unwrap_or_default(),
             mtu: s.mtu,
+            internal: s.internal,
+            router: inner.routers.values().find(|r| r.spec.networks.contains(&s.name)).map(|r| r.spec.name.clone()),
             ageing_secs: net.fdb.ageing_secs(),
             fdb_capacity: s.fdb_capacity,
             fdb_entries: net.fdb.table().len(),
@@ -408,6 +514,7 @@ impl Daemon {
             mtu,
             ageing_secs,
             fdb_capacity,
+            internal,
         } = args;
         check_network_name(&name)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
@@ -510,6 +617,7 @@ impl Daemon {
             dns,
             domain,
             lease_secs,
+            internal,
         };
         self.add_to_ipam(&spec);
         let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));
@@ -518,6 +626,93 @@ impl Daemon {
         self.persist(&inner);
         tracing::info!(network = %name, subnet = ?subnet, "network created");
         to_value(self.network_info(&inner, &inner.networks[&name]))
+    }
+
+    fn router_create(&self, name: String) -> ApiResult {
+        check_network_name(&name)?;
+        let mut inner = self.lock();
+        if inner.routers.contains_key(&name) {
+            return Err(ApiError::conflict(format!("router {name:?} already exists")));
+        }
+        let spec = RouterSpec { name: name.clone(), networks: vec![], routes: vec![] };
+        inner.routers.insert(name.clone(), RouterRec { spec, stats: Arc::default() });
+        self.persist(&inner);
+        to_value(router_info(&inner, &inner.routers[&name]))
+    }
+
+    fn router_attach(&self, rname: &str, net: &str, attach: bool) -> ApiResult {
+        let mut inner = self.lock();
+        router(&inner, rname)?;
+        let n = network(&inner, net)?;
+        if attach {
+            if n.spec.internal {
+                return Err(ApiError::conflict(format!(
+                    "network {net:?} is --internal: it is never attached to a router"
+                )));
+            }
+            if n.spec.addressing.is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "network {net:?} has no subnet (--ipam none): nothing to route"
+                )));
+            }
+            if let Some(r) = inner.routers.values().find(|r| r.spec.networks.iter().any(|x| x == net)) {
+                return Err(ApiError::conflict(format!(
+                    "network {net:?} is already attached to router {:?}",
+                    r.spec.name
+                )));
+            }
+            inner.routers.get_mut(rname).expect("checked").spec.networks.push(net.to_string());
+        } else {
+            let r = inner.routers.get_mut(rname).expect("checked");
+            if !r.spec.networks.iter().any(|x| x == net) {
+                return Err(ApiError::not_found(format!("network {net:?} is not attached to router {rname:?}")));
+            }
+            r.spec.networks.retain(|x| x != net);
+        }
+        let epoch = self.publish(&mut inner);
+        // Detaching cuts the network off at once: no worker routes with the old table after this returns.
+        self.wait_adopted(epoch);
+        self.persist(&inner);
+        to_value(router_info(&inner, &inner.routers[rname]))
+    }
+
+    fn route_change(&self, rname: &str, prefix: &str, via: Option<&str>) -> ApiResult {
+        let prefix: Ipv4Net = prefix.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid prefix {prefix:?}: expected CIDR like 10.50.0.0/16"))
+        })?;
+        let prefix = prefix.trunc();
+        let mut inner = self.lock();
+        router(&inner, rname)?;
+        match via {
+            Some(v) => {
+                let via: std::net::Ipv4Addr =
+                    v.parse().map_err(|_| ApiError::bad_request(format!("invalid next hop {v:?}: expected IPv4")))?;
+                let r = &inner.routers[rname];
+                let ok = r.spec.networks.iter().any(|n| {
+                    inner.networks.get(n).and_then(|x| x.spec.addressing).is_some_and(|a| a.subnet.contains(&via))
+                });
+                if !ok {
+                    return Err(ApiError::bad_request(format!(
+                        "next hop {via} is in none of router {rname:?}'s networks; attach its network first"
+                    )));
+                }
+                let r = inner.routers.get_mut(rname).expect("checked");
+                r.spec.routes.retain(|(p, _)| *p != prefix);
+                r.spec.routes.push((prefix, via));
+            }
+            None => {
+                let r = inner.routers.get_mut(rname).expect("checked");
+                let before = r.spec.routes.len();
+                r.spec.routes.retain(|(p, _)| *p != prefix);
+                if r.spec.routes.len() == before {
+                    return Err(ApiError::not_found(format!("router {rname:?} has no static route to {prefix}")));
+                }
+            }
+        }
+        let epoch = self.publish(&mut inner);
+        self.wait_adopted(epoch);
+        self.persist(&inner);
+        to_value(router_info(&inner, &inner.routers[rname]))
     }
 
     fn network_reserve(&self, name: &str, mac: &str, ip: &str) -> ApiResult {
@@ -547,6 +742,12 @@ impl Daemon {
     fn network_rm(&self, name: &str, force: bool) -> ApiResult {
         let mut inner = self.lock();
         network(&inner, name)?;
+        if let Some(r) = inner.routers.values().find(|r| r.spec.networks.iter().any(|n| n == name)) {
+            return Err(ApiError::new(
+                ErrorKind::Busy,
+                format!("network {name:?} is attached to router {:?}; detach it first", r.spec.name),
+            ));
+        }
         let ids: Vec<PortId> = inner.ports.values().filter(|p| p.spec.network == name).map(|p| p.id).collect();
         if !ids.is_empty() && !force {
             return Err(ApiError::new(
@@ -874,6 +1075,43 @@ fn lease_info(network: String, l: tapyard_ipam::lease::Lease, now: u64) -> Lease
         expires: l.expires,
         state: state.to_string(),
     }
+}
+
+fn router<'a>(inner: &'a Inner, name: &str) -> Result<&'a RouterRec, ApiError> {
+    inner
+        .routers
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no router named {name:?}; see `tapyard router ls`")))
+}
+
+fn router_info(inner: &Inner, r: &RouterRec) -> RouterInfo {
+    let mut routes = Vec::new();
+    for n in &r.spec.networks {
+        if let Some(a) = inner.networks.get(n).and_then(|x| x.spec.addressing) {
+            routes.push(RouteInfo {
+                router: r.spec.name.clone(),
+                prefix: a.subnet.to_string(),
+                via: None,
+                network: n.clone(),
+            });
+        }
+    }
+    for (p, via) in &r.spec.routes {
+        let net = r
+            .spec
+            .networks
+            .iter()
+            .find(|n| inner.networks.get(*n).and_then(|x| x.spec.addressing).is_some_and(|a| a.subnet.contains(via)))
+            .cloned()
+            .unwrap_or_default();
+        routes.push(RouteInfo {
+            router: r.spec.name.clone(),
+            prefix: p.to_string(),
+            via: Some(via.to_string()),
+            network: net,
+        });
+    }
+    RouterInfo { name: r.spec.name.clone(), networks: r.spec.networks.clone(), routes, counters: r.stats.snapshot() }
 }
 
 fn network<'a>(inner: &'a Inner, name: &str) -> Result<&'a Network, ApiError> {

@@ -38,6 +38,9 @@ pub struct NetworkSpec {
     pub domain: Option<String>,
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u32,
+    /// Never attached to a router.
+    #[serde(default)]
+    pub internal: bool,
 }
 
 pub fn default_lease_secs() -> u32 {
@@ -62,6 +65,17 @@ pub struct State {
     pub version: u32,
     pub networks: Vec<NetworkSpec>,
     pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub routers: Vec<RouterSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterSpec {
+    pub name: String,
+    /// Attached networks.
+    pub networks: Vec<String>,
+    /// Static routes: prefix via next hop (which lies in an attached network).
+    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
 pub fn state_path(dir: &Path) -> PathBuf {
@@ -145,6 +159,7 @@ mod tests {
                 dns: vec![],
                 domain: None,
                 lease_secs: 600,
+                internal: false,
             }],
             ports: vec![PortSpec {
                 network: "a".into(),
@@ -155,6 +170,7 @@ mod tests {
                 netns_dev: 4,
                 netns_ino: 4026532000,
             }],
+            routers: vec![],
         };
         save(&d, &st).unwrap();
         assert_eq!(load(&d).unwrap(), st);

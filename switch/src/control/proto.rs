@@ -54,6 +54,37 @@ pub enum Request {
         mac: String,
         ip: String,
     },
+    RouterCreate {
+        name: String,
+    },
+    RouterAttach {
+        router: String,
+        network: String,
+    },
+    RouterDetach {
+        router: String,
+        network: String,
+    },
+    RouterLs,
+    RouterInspect {
+        name: String,
+    },
+    RouterRm {
+        name: String,
+    },
+    RouteAdd {
+        router: String,
+        prefix: String,
+        via: String,
+    },
+    RouteDel {
+        router: String,
+        prefix: String,
+    },
+    RouteLs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        router: Option<String>,
+    },
     LeaseLs {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<String>,
@@ -126,6 +157,10 @@ pub struct NetworkCreate {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fdb_capacity: Option<usize>,
+    /// A network that can never be attached to a router.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
 }
 
 /// The class of an error, for programs; the message is for people.
@@ -225,6 +260,11 @@ pub struct NetworkInfo {
     /// Gateway responder counters: DHCP replies by type, drops by reason.
     #[serde(default)]
     pub gateway_counters: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub internal: bool,
+    /// The router this network is attached to.
+    #[serde(default)]
+    pub router: Option<String>,
     pub mtu: u32,
     pub ageing_secs: u32,
     pub fdb_capacity: usize,
@@ -243,6 +283,24 @@ pub struct PortInfo {
     pub ip: Option<String>,
     pub worker: usize,
     pub counters: PortCounters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterInfo {
+    pub name: String,
+    pub networks: Vec<String>,
+    pub routes: Vec<RouteInfo>,
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub router: String,
+    pub prefix: String,
+    /// The next hop, for a static route; none for a connected network.
+    pub via: Option<String>,
+    /// The network the route leaves through.
+    pub network: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,6 +71,58 @@ impl RouteTable {
     }
 }
 
+/// What routing did with a frame addressed to a gateway's MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Not a packet to route (not IPv4, or for the gateway itself, or to a
+    /// broadcast/multicast address): the gateway responder takes it.
+    NotRouted,
+    /// Rewritten in place (TTL, checksum, MACs); send it on network `egress`.
+    Forward {
+        egress: u16,
+    },
+    /// Cannot be forwarded: the gateway responder answers with an ICMP error.
+    Expired,
+    NoRoute,
+    Unresolved,
+}
+
+/// Routes an Ethernet frame that arrived addressed to the gateway whose IPv4
+/// address is `gw_ip` (RFC 1812 §5.2): longest-prefix match in `table`, the
+/// next hop's MAC from `neighbor(network, ip)`, the egress gateway's MAC
+/// from `gateway_mac(network)`, TTL decrement with an incremental checksum
+/// update, MACs rewritten. Touches the frame only when it returns `Forward`.
+#[inline]
+pub fn route_frame(
+    frame: &mut [u8],
+    gw_ip: [u8; 4],
+    table: &RouteTable,
+    neighbor: impl Fn(u16, u32) -> Option<[u8; 6]>,
+    gateway_mac: impl Fn(u16) -> Option<[u8; 6]>,
+) -> Routed {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        return Routed::NotRouted;
+    }
+    let dst = [frame[30], frame[31], frame[32], frame[33]];
+    let d = Ipv4Addr::from(dst);
+    if dst == gw_ip || d.is_broadcast() || d.is_multicast() || d.is_unspecified() {
+        return Routed::NotRouted;
+    }
+    let Some(r) = table.lookup(d) else { return Routed::NoRoute };
+    let hop = r.via.map_or(u32::from(d), u32::from);
+    let (Some(mac), Some(src)) = (neighbor(r.target, hop), gateway_mac(r.target)) else {
+        return Routed::Unresolved;
+    };
+    match decrement_ttl(&mut frame[14..]) {
+        Ok(_) => {}
+        Err(TtlError::Expired) => return Routed::Expired,
+        Err(TtlError::Malformed) => return Routed::NotRouted,
+    }
+    frame[..6].copy_from_slice(&mac);
+    frame[6..12].copy_from_slice(&src);
+    Routed::Forward { egress: r.target }
+}
+
 /// Why a packet cannot be forwarded as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TtlError {
@@ -217,6 +269,54 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn route_frame_rewrites_or_explains() {
+        let table = RouteTable::new(vec![
+            Route::new(ip("10.2.0.0"), 24, 2, None),
+            Route::new(ip("10.9.0.0"), 16, 2, Some(ip("10.2.0.9"))),
+        ]);
+        let neigh = |net: u16, a: u32| {
+            (net == 2 && (a == u32::from(ip("10.2.0.7")) || a == u32::from(ip("10.2.0.9"))))
+                .then_some([2, 0, 0, 0, 2, 7])
+        };
+        let gwmac = |net: u16| (net == 2).then_some([2, 0, 0, 0, 0xee, 2]);
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&[8, 0]);
+        f.extend(udp_packet("10.1.0.5", "10.2.0.7", 64));
+        let before = f.clone();
+        assert_eq!(route_frame(&mut f, [10, 1, 0, 1], &table, neigh, gwmac), Routed::Forward { egress: 2 });
+        assert_eq!(&f[..6], &[2, 0, 0, 0, 2, 7]);
+        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0xee, 2]);
+        assert_eq!(f[14 + 8], 63);
+        assert_eq!(checksum(&f[14..34]), 0);
+        assert_eq!(&f[34..], &before[34..], "the payload is untouched");
+        // Through a static route's next hop.
+        let mut g = before.clone();
+        g[30..34].copy_from_slice(&[10, 9, 3, 3]);
+        let ck = {
+            g[24] = 0;
+            g[25] = 0;
+            checksum(&g[14..34])
+        };
+        g[24..26].copy_from_slice(&ck.to_be_bytes());
+        assert_eq!(route_frame(&mut g, [10, 1, 0, 1], &table, neigh, gwmac), Routed::Forward { egress: 2 });
+        // The other outcomes leave the frame alone.
+        for (dst, ttl, want) in [
+            ("10.2.0.8", 64, Routed::Unresolved),
+            ("10.5.0.1", 64, Routed::NoRoute),
+            ("10.2.0.7", 1, Routed::Expired),
+            ("10.1.0.1", 64, Routed::NotRouted),
+            ("255.255.255.255", 64, Routed::NotRouted),
+        ] {
+            let mut h = vec![0u8; 14];
+            h[12..14].copy_from_slice(&[8, 0]);
+            h.extend(udp_packet("10.1.0.5", dst, ttl));
+            let copy = h.clone();
+            assert_eq!(route_frame(&mut h, [10, 1, 0, 1], &table, neigh, gwmac), want, "{dst}");
+            assert_eq!(h, copy);
+        }
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! Routing between networks through a router, against real namespaces.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn ip_of(d: &Daemon, netns: &str) -> String {
+    d.port(netns)["ip"].as_str().unwrap().split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
+    let d = Daemon::start("rt");
+    let r = name("rt");
+    let nets: Vec<String> = (1..=3).map(|i| name(&format!("rtn{i}"))).collect();
+    for (i, n) in nets.iter().enumerate() {
+        d.ok(&["network", "create", n, "--subnet", &format!("10.95.{}.0/24", i + 1)]);
+    }
+    let lonely = name("rtlone");
+    d.ok(&["network", "create", &lonely, "--subnet", "10.95.9.0/24"]);
+    let internal = name("rtint");
+    d.ok(&["network", "create", &internal, "--subnet", "10.95.8.0/24", "--internal"]);
+    d.ok(&["router", "create", &r]);
+    for n in &nets {
+        d.ok(&["router", "attach", &r, n]);
+    }
+    let out = d.cli(&["router", "attach", &r, &internal]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--internal"), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut hosts = Vec::new();
+    for (i, n) in nets.iter().enumerate() {
+        for j in 0..2 {
+            let ns = Netns::new(&format!("rt{i}{j}"));
+            d.ok(&["connect", n, &ns.name, "--ip", "auto"]);
+            hosts.push((i, ns));
+        }
+    }
+    let lone = Netns::new("rtl");
+    d.ok(&["connect", &lonely, &lone.name, "--ip", "auto"]);
+    let ips: Vec<String> = hosts.iter().map(|(_, ns)| ip_of(&d, &ns.name)).collect();
+    // Every container reaches every container of the other networks.
+    std::thread::scope(|s| {
+        let mut jobs = Vec::new();
+        for (a, (na, nsa)) in hosts.iter().enumerate() {
+            for (b, (nb, _)) in hosts.iter().enumerate() {
+                if na != nb {
+                    let ip = ips[b].clone();
+                    jobs.push(s.spawn(move || (a, b, nsa.reaches(&ip))));
+                }
+            }
+        }
+        for j in jobs {
+            let (a, b, ok) = j.join().unwrap();
+            assert!(ok, "{} -> {} across the router failed; log:\n{}", hosts[a].1.name, ips[b], d.log());
+        }
+    });
+    // A network on no router stays unreachable, both ways.
+    let lone_ip = ip_of(&d, &lone.name);
+    assert!(!hosts[0].1.ping_quick(&lone_ip));
+    assert!(!lone.ping_quick(&ips[0]));
+    // traceroute-style: TTL 1 to a remote address draws Time Exceeded from the gateway.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &hosts[0].1.name, "ping", "-n", "-c", "1", "-W", "2", "-t", "1", &ips[2]])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Time to live exceeded") && text.contains("10.95.1.1"), "{text}");
+    let info = d.json(&["router", "inspect", &r]);
+    assert!(info["counters"]["routed"].as_u64().unwrap() > 0, "{info}");
+    assert!(info["counters"]["ttl_expired"].as_u64().unwrap() >= 1, "{info}");
+    assert!(info["counters"]["icmp_sent"].as_u64().unwrap() >= 1, "{info}");
+    assert_eq!(d.json(&["route", "ls", &r]).as_array().unwrap().len(), 3);
+    // Detaching a network cuts it off at once.
+    d.ok(&["router", "detach", &r, &nets[2]]);
+    assert!(!hosts[0].1.ping_quick(&ips[4]));
+    assert!(hosts[0].1.reaches(&ips[2]), "the others still route");
+    // A network attached to a router cannot be removed before it is detached.
+    let out = d.cli(&["network", "rm", &nets[0], "--force"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("detach"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_static_route_via_a_forwarding_container_and_routers_survive_a_restart() {
+    let mut d = Daemon::start("srt");
+    let r = name("srt");
+    let (n1, n2) = (name("srt1"), name("srt2"));
+    d.ok(&["network", "create", &n1, "--subnet", "10.97.1.0/24"]);
+    d.ok(&["network", "create", &n2, "--subnet", "10.97.2.0/24"]);
+    d.ok(&["router", "create", &r]);
+    d.ok(&["router", "attach", &r, &n1]);
+    d.ok(&["router", "attach", &r, &n2]);
+    // A container on n1 forwards to a network behind it (a veth into `behind`).
+    let fwd = Netns::new("srtf");
+    let behind = Netns::new("srtb");
+    let client = Netns::new("srtc");
+    d.ok(&["connect", &n1, &fwd.name, "--ip", "auto"]);
+    d.ok(&["connect", &n2, &client.name, "--ip", "auto"]);
+    let fwd_ip = d.port(&fwd.name)["ip"].as_str().unwrap().split('/').next().unwrap().to_string();
+    sh(&["ip", "-n", &fwd.name, "link", "add", "in0", "type", "veth", "peer", "name", "out0", "netns", &behind.name]);
+    sh(&["ip", "-n", &fwd.name, "addr", "add", "10.98.0.1/24", "dev", "in0"]);
+    sh(&["ip", "-n", &fwd.name, "link", "set", "in0", "up"]);
+    sh(&["ip", "-n", &behind.name, "addr", "add", "10.98.0.2/24", "dev", "out0"]);
+    sh(&["ip", "-n", &behind.name, "link", "set", "out0", "up"]);
+    sh(&["ip", "-n", &behind.name, "route", "add", "default", "via", "10.98.0.1"]);
+    assert!(fwd.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]));
+    let out = d.cli(&["route", "add", &r, "10.98.0.0/24", "via", "10.99.0.1"]);
+    assert!(!out.status.success(), "a next hop outside the router's networks is refused");
+    d.ok(&["route", "add", &r, "10.98.0.0/24", "via", &fwd_ip]);
+    assert!(client.reaches("10.98.0.2"), "through the router and the forwarding container; log:\n{}", d.log());
+    let routes = d.json(&["route", "ls", &r]);
+    assert!(
+        routes.as_array().unwrap().iter().any(|x| x["via"] == fwd_ip.as_str() && x["network"] == n1.as_str()),
+        "{routes}"
+    );
+
+    // Killed and restarted: routers, routes and their networks come back, and route.
+    assert_eq!(d.signal("KILL"), None);
+    d.spawn();
+    assert_eq!(d.json(&["router", "ls"])[0]["networks"].as_array().unwrap().len(), 2);
+    assert!(client.reaches("10.98.0.2"), "after restart; log:\n{}", d.log());
+    d.ok(&["route", "del", &r, "10.98.0.0/24"]);
+    assert!(!client.ping_quick("10.98.0.2"));
+}
