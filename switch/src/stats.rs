@@ -158,6 +158,10 @@ pub struct RouterStats {
     pub no_route: AtomicU64,
     /// Packets whose next hop has no known MAC (Host Unreachable sent).
     pub unresolved: AtomicU64,
+    /// DF packets larger than the egress MTU (Fragmentation Needed sent).
+    pub frag_needed: AtomicU64,
+    /// Packets without DF larger than the egress MTU: dropped (not fragmented).
+    pub too_big: AtomicU64,
     /// ICMP errors sent (after rate limiting).
     pub icmp_sent: AtomicU64,
 }
@@ -169,6 +173,8 @@ impl RouterStats {
             ("ttl_expired", &self.ttl_expired),
             ("no_route", &self.no_route),
             ("unresolved", &self.unresolved),
+            ("frag_needed", &self.frag_needed),
+            ("too_big", &self.too_big),
             ("icmp_sent", &self.icmp_sent),
         ]
         .into_iter()

@@ -337,7 +337,9 @@ fn route(frame: &mut [u8], gw_ip: [u8; 4], router: &RouterView, snap: &Snapshot,
     let neighbor = |n: u16, ip: u32| snap.networks.get(usize::from(n)).and_then(|v| v.neighbors.get(&ip).copied());
     let gateway_mac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
     let st = &router.stats;
-    match route_frame(frame, gw_ip, &router.table, neighbor, gateway_mac) {
+    let mtu =
+        |n: u16| snap.networks.get(usize::from(n)).map_or(0, |v| (v.max_frame - 18).min(usize::from(u16::MAX)) as u16);
+    match route_frame(frame, gw_ip, &router.table, neighbor, gateway_mac, mtu) {
         Routed::Forward { egress } => {
             let Some(out) = snap.networks.get(usize::from(egress)) else { return false };
             st.routed.fetch_add(1, Ordering::Relaxed);
@@ -367,6 +369,15 @@ fn route(frame: &mut [u8], gw_ip: [u8; 4], router: &RouterView, snap: &Snapshot,
         Routed::Unresolved => {
             st.unresolved.fetch_add(1, Ordering::Relaxed);
             false
+        }
+        Routed::FragNeeded { .. } => {
+            st.frag_needed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Routed::TooBig => {
+            // Not fragmented (see docs); counted, and dropped here.
+            st.too_big.fetch_add(1, Ordering::Relaxed);
+            true
         }
     }
 }

@@ -122,3 +122,33 @@ fn a_static_route_via_a_forwarding_container_and_routers_survive_a_restart() {
     d.ok(&["route", "del", &r, "10.98.0.0/24"]);
     assert!(!client.ping_quick("10.98.0.2"));
 }
+
+#[test]
+fn df_packets_too_big_for_the_egress_mtu_draw_fragmentation_needed() {
+    let d = Daemon::start("mtu");
+    let r = name("mtu");
+    let (big, small) = (name("mtub"), name("mtus"));
+    d.ok(&["network", "create", &big, "--subnet", "10.99.1.0/24"]);
+    d.ok(&["network", "create", &small, "--subnet", "10.99.2.0/24", "--mtu", "1280"]);
+    d.ok(&["router", "create", &r]);
+    d.ok(&["router", "attach", &r, &big]);
+    d.ok(&["router", "attach", &r, &small]);
+    let a = Netns::new("mtua");
+    let b = Netns::new("mtuc");
+    d.ok(&["connect", &big, &a.name, "--ip", "auto"]);
+    d.ok(&["connect", &small, &b.name, "--ip", "auto"]);
+    let bip = d.port(&b.name)["ip"].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert!(a.reaches(&bip));
+    // Without DF it is dropped and counted (tapyard does not fragment). First,
+    // before the sender learns the path MTU from the error below.
+    let _ = a.run(&["ping", "-n", "-c", "1", "-W", "1", "-M", "dont", "-s", "1400", &bip]);
+    assert!(d.json(&["router", "inspect", &r])["counters"]["too_big"].as_u64().unwrap() >= 1);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a.name, "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1400", &bip])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Frag needed") && text.contains("1280"), "{text}");
+    let c = d.json(&["router", "inspect", &r])["counters"].clone();
+    assert!(c["frag_needed"].as_u64().unwrap() >= 1, "{c}");
+}

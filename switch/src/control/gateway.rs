@@ -251,7 +251,7 @@ pub fn run(d: &Daemon) {
                         }
                     }
                     Kind::Other if is_routed_error(p.frame(), gw.mac, gw.ip) => {
-                        if let Some(f) = icmp_for(net, gw.mac, gw.ip, p.frame(), &mut icmp_budget) {
+                        if let Some(f) = icmp_for(d, net, gw.mac, gw.ip, p.frame(), &mut icmp_budget) {
                             counts.push((net.name.clone(), "icmp_error_sent"));
                             icmp_out.push((net.clone(), f));
                         }
@@ -325,6 +325,7 @@ const ICMP_PER_SEC: u32 = 100;
 /// a route, Host Unreachable when the next hop is unknown. None when rate
 /// limited, not routed at all, or not allowed an error (route::icmp_error).
 fn icmp_for(
+    d: &Daemon,
     net: &NetworkView,
     gw_mac: [u8; 6],
     gw_ip: [u8; 4],
@@ -335,12 +336,20 @@ fn icmp_for(
     let router = net.router.as_ref()?;
     let ip = &frame[14..];
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let kind = if ip[8] <= 1 {
-        IcmpError::TtlExceeded
-    } else if router.table.lookup(dst).is_none() {
-        IcmpError::NetUnreachable
-    } else {
-        IcmpError::HostUnreachable
+    // The same order of checks as the worker's route_frame.
+    let snap = d.snapshot.load();
+    let kind = match router.table.lookup(dst) {
+        None => IcmpError::NetUnreachable,
+        Some(r) => {
+            let mtu = snap.networks.get(usize::from(r.target)).map_or(usize::MAX, |v| v.max_frame - 18);
+            if ip.len() > mtu && ip[6] & 0x40 != 0 {
+                IcmpError::FragNeeded { mtu: mtu.min(usize::from(u16::MAX)) as u16 }
+            } else if ip[8] <= 1 {
+                IcmpError::TtlExceeded
+            } else {
+                IcmpError::HostUnreachable
+            }
+        }
     };
     let (since, n) = budget.entry(net.name.clone()).or_insert((Instant::now(), 0));
     if since.elapsed() >= Duration::from_secs(1) {

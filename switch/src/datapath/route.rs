@@ -85,6 +85,14 @@ pub enum Routed {
     Expired,
     NoRoute,
     Unresolved,
+    /// Larger than the egress network's MTU with Don't Fragment set:
+    /// Fragmentation Needed (RFC 1191) with that MTU.
+    FragNeeded {
+        mtu: u16,
+    },
+    /// Larger than the egress MTU without DF: dropped and counted (tapyard
+    /// does not fragment; a Linux router would, RFC 791 — see docs).
+    TooBig,
 }
 
 /// Routes an Ethernet frame that arrived addressed to the gateway whose IPv4
@@ -99,6 +107,7 @@ pub fn route_frame(
     table: &RouteTable,
     neighbor: impl Fn(u16, u32) -> Option<[u8; 6]>,
     gateway_mac: impl Fn(u16) -> Option<[u8; 6]>,
+    egress_mtu: impl Fn(u16) -> u16,
 ) -> Routed {
     if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
         return Routed::NotRouted;
@@ -109,6 +118,15 @@ pub fn route_frame(
         return Routed::NotRouted;
     }
     let Some(r) = table.lookup(d) else { return Routed::NoRoute };
+    let mtu = egress_mtu(r.target);
+    if frame.len() - 14 > usize::from(mtu) {
+        // DF is bit 1 of the flags (RFC 791 §3.1).
+        return if frame[20] & 0x40 != 0 { Routed::FragNeeded { mtu } } else { Routed::TooBig };
+    }
+    // TTL before the neighbour, as the gateway thread decides which ICMP error to send.
+    if frame[22] <= 1 {
+        return Routed::Expired;
+    }
     let hop = r.via.map_or(u32::from(d), u32::from);
     let (Some(mac), Some(src)) = (neighbor(r.target, hop), gateway_mac(r.target)) else {
         return Routed::Unresolved;
@@ -286,7 +304,7 @@ mod tests {
         f[12..14].copy_from_slice(&[8, 0]);
         f.extend(udp_packet("10.1.0.5", "10.2.0.7", 64));
         let before = f.clone();
-        assert_eq!(route_frame(&mut f, [10, 1, 0, 1], &table, neigh, gwmac), Routed::Forward { egress: 2 });
+        assert_eq!(route_frame(&mut f, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500), Routed::Forward { egress: 2 });
         assert_eq!(&f[..6], &[2, 0, 0, 0, 2, 7]);
         assert_eq!(&f[6..12], &[2, 0, 0, 0, 0xee, 2]);
         assert_eq!(f[14 + 8], 63);
@@ -301,7 +319,7 @@ mod tests {
             checksum(&g[14..34])
         };
         g[24..26].copy_from_slice(&ck.to_be_bytes());
-        assert_eq!(route_frame(&mut g, [10, 1, 0, 1], &table, neigh, gwmac), Routed::Forward { egress: 2 });
+        assert_eq!(route_frame(&mut g, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500), Routed::Forward { egress: 2 });
         // The other outcomes leave the frame alone.
         for (dst, ttl, want) in [
             ("10.2.0.8", 64, Routed::Unresolved),
@@ -314,9 +332,17 @@ mod tests {
             h[12..14].copy_from_slice(&[8, 0]);
             h.extend(udp_packet("10.1.0.5", dst, ttl));
             let copy = h.clone();
-            assert_eq!(route_frame(&mut h, [10, 1, 0, 1], &table, neigh, gwmac), want, "{dst}");
+            assert_eq!(route_frame(&mut h, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500), want, "{dst}");
             assert_eq!(h, copy);
         }
+        // Larger than the egress MTU: with DF, Fragmentation Needed; without, too big.
+        let mut big = vec![0u8; 14];
+        big[12..14].copy_from_slice(&[8, 0]);
+        big.extend(udp_packet("10.1.0.5", "10.2.0.7", 64));
+        big[14 + 6] = 0x40;
+        assert_eq!(route_frame(&mut big, [10, 1, 0, 1], &table, neigh, gwmac, |_| 30), Routed::FragNeeded { mtu: 30 });
+        big[14 + 6] = 0;
+        assert_eq!(route_frame(&mut big, [10, 1, 0, 1], &table, neigh, gwmac, |_| 30), Routed::TooBig);
     }
 
     #[test]
