@@ -897,6 +897,12 @@ impl Daemon {
         if let Some(p) = inner.ports.values().find(|p| p.spec.network == network) {
             return p.worker;
         }
+        // Networks routed to each other are one traffic domain: same worker,
+        // for the same reason (a routed request and its reply cross one thread).
+        let router = inner.routers.values().find(|r| r.spec.networks.iter().any(|n| n == network));
+        if let Some(p) = router.and_then(|r| inner.ports.values().find(|p| r.spec.networks.contains(&p.spec.network))) {
+            return p.worker;
+        }
         (0..self.workers.len()).min_by_key(|w| inner.ports.values().filter(|p| p.worker == *w).count()).unwrap_or(0)
     }
 
