@@ -152,3 +152,32 @@ fn df_packets_too_big_for_the_egress_mtu_draw_fragmentation_needed() {
     let c = d.json(&["router", "inspect", &r])["counters"].clone();
     assert!(c["frag_needed"].as_u64().unwrap() >= 1, "{c}");
 }
+
+#[test]
+fn unknown_next_hops_are_resolved_by_arp_or_answered_host_unreachable() {
+    let d = Daemon::start("arp");
+    let r = name("arp");
+    let (n1, n2) = (name("arp1"), name("arp2"));
+    d.ok(&["network", "create", &n1, "--subnet", "10.96.1.0/24"]);
+    d.ok(&["network", "create", &n2, "--subnet", "10.96.2.0/24"]);
+    d.ok(&["router", "create", &r]);
+    d.ok(&["router", "attach", &r, &n1]);
+    d.ok(&["router", "attach", &r, &n2]);
+    let a = Netns::new("arpa");
+    let b = Netns::new("arpb");
+    d.ok(&["connect", &n1, &a.name, "--ip", "auto"]);
+    // b configures its own address: tapyard has no record of it.
+    d.ok(&["connect", &n2, &b.name]);
+    assert!(b.run(&["ip", "addr", "add", "10.96.2.77/24", "dev", "eth0"]));
+    assert!(b.run(&["ip", "route", "add", "default", "via", "10.96.2.1"]));
+    assert!(a.reaches("10.96.2.77"), "resolved by ARP from the gateway; log:\n{}", d.log());
+    let c = d.json(&["network", "inspect", &n1])["gateway_counters"].clone();
+    assert!(c["arp_resolving"].as_u64().unwrap_or(0) >= 1, "{c}");
+    // Nobody at that address: Host Unreachable after the ARP timeout.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a.name, "ping", "-n", "-c", "1", "-W", "6", "10.96.2.99"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Host Unreachable"), "{text}");
+}

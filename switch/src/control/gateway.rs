@@ -26,6 +26,7 @@ use smoltcp::wire::{
 use tapyard_ipam::dhcp::{Destination, Reply};
 
 use super::{unix_now, Daemon};
+use crate::datapath::route::{route_frame, Routed};
 use crate::snapshot::NetworkView;
 
 const BATCH: usize = 64;
@@ -210,6 +211,7 @@ pub fn run(d: &Daemon) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last_exhausted_log: HashMap<String, Instant> = HashMap::new();
     let mut icmp_budget: HashMap<String, (Instant, u32)> = HashMap::new();
+    let mut arp = ArpResolver::default();
     while !d.stop.load(Ordering::Relaxed) {
         while batch.len() < BATCH {
             match d.punt.pop() {
@@ -218,12 +220,14 @@ pub fn run(d: &Daemon) {
             }
         }
         if batch.is_empty() {
-            std::thread::park_timeout(Duration::from_millis(500));
+            std::thread::park_timeout(Duration::from_millis(250));
+            arp.flush(d, &mut icmp_budget);
             continue;
         }
         let now = unix_now();
         let mut replies = Vec::new();
         let mut icmp_out = Vec::new();
+        let mut republish = false;
         let mut counts: Vec<(String, &'static str)> = Vec::new();
         {
             let mut store = d.ipam();
@@ -251,7 +255,10 @@ pub fn run(d: &Daemon) {
                         }
                     }
                     Kind::Other if is_routed_error(p.frame(), gw.mac, gw.ip) => {
-                        if let Some(f) = icmp_for(d, net, gw.mac, gw.ip, p.frame(), &mut icmp_budget) {
+                        // An unknown next hop: ARP for it and hold the packet a moment.
+                        if arp.hold(d, net, gw.ip, p.frame()) {
+                            counts.push((net.name.clone(), "arp_resolving"));
+                        } else if let Some(f) = icmp_for(d, net, gw.mac, gw.ip, p.frame(), &mut icmp_budget) {
                             counts.push((net.name.clone(), "icmp_error_sent"));
                             icmp_out.push((net.clone(), f));
                         }
@@ -259,6 +266,9 @@ pub fn run(d: &Daemon) {
                     Kind::BadDhcp => counts.push((net.name.clone(), "dhcp_malformed")),
                     Kind::BadArp => counts.push((net.name.clone(), "arp_malformed")),
                     Kind::Other => {
+                        if arp.snoop(d, net, p.frame()) {
+                            republish = true;
+                        }
                         let g =
                             gws.entry(net.name.clone()).or_insert_with(|| NetGateway::new(gw.mac, gw.ip, gw.prefix));
                         if g.mac != gw.mac || g.ip != gw.ip {
@@ -278,10 +288,11 @@ pub fn run(d: &Daemon) {
         for (net, frame) in replies.iter().chain(icmp_out.iter()) {
             send(d, net, frame);
         }
-        // A bound lease is a new neighbour to route to: publish it.
-        if replies.iter().any(|(n, _)| n.router.is_some()) {
+        // A bound lease or a station learned from ARP is a new neighbour to route to: publish it.
+        if republish || replies.iter().any(|(n, _)| n.router.is_some()) {
             d.republish();
         }
+        arp.flush(d, &mut icmp_budget);
         // ARP and ICMP through smoltcp.
         let nets: HashMap<String, std::sync::Arc<NetworkView>> =
             batch.iter().map(|p| (p.network.name.clone(), p.network.clone())).collect();
@@ -309,6 +320,147 @@ pub fn run(d: &Daemon) {
             d.punt.recycle(p.buf);
         }
     }
+}
+
+/// Packets held for a next hop being resolved, at most.
+const ARP_HOLD_MAX: usize = 64;
+/// How long a next hop may take to answer ARP before Host Unreachable.
+const ARP_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Held {
+    ingress: std::sync::Arc<NetworkView>,
+    egress: u16,
+    hop: u32,
+    frame: Vec<u8>,
+    deadline: Instant,
+}
+
+/// Neighbour resolution for routed packets whose next hop is not known:
+/// the egress gateway ARPs for it while a small bounded queue holds the
+/// packets; the answer (seen by `snoop`) releases them, a timeout turns them
+/// into Host Unreachable. What ARP teaches is kept in the daemon's
+/// `arp_learned` and published to the workers.
+#[derive(Default)]
+struct ArpResolver {
+    held: Vec<Held>,
+    /// Last ARP request per (egress network, IP), to ask at most once a second.
+    asked: HashMap<(u16, u32), Instant>,
+}
+
+impl ArpResolver {
+    /// Holds a routed packet whose only problem is an unknown next hop, and
+    /// ARPs for it. False if the packet has another problem (the caller sends
+    /// the ICMP error) or the queue is full.
+    fn hold(&mut self, d: &Daemon, net: &std::sync::Arc<NetworkView>, gw_ip: [u8; 4], frame: &[u8]) -> bool {
+        let Some(router) = &net.router else { return false };
+        let snap = d.snapshot.load();
+        let mut probe = frame.to_vec();
+        let neighbor = |_: u16, _: u32| Some([0u8; 6]);
+        let gmac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
+        let mtu = |n: u16| snap.networks.get(usize::from(n)).map_or(0, |v| (v.max_frame - 18).min(65535) as u16);
+        // Would it route if the neighbour were known? Then resolution is the only problem.
+        if !matches!(route_frame(&mut probe, gw_ip, &router.table, neighbor, gmac, mtu), Routed::Forward { .. }) {
+            return false;
+        }
+        let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+        let Some(r) = router.table.lookup(dst) else { return false };
+        let hop = r.via.map_or(u32::from(dst), u32::from);
+        if self.held.len() >= ARP_HOLD_MAX {
+            return false;
+        }
+        self.held.push(Held {
+            ingress: net.clone(),
+            egress: r.target,
+            hop,
+            frame: frame.to_vec(),
+            deadline: Instant::now() + ARP_TIMEOUT,
+        });
+        let due = self.asked.get(&(r.target, hop)).is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if let (true, Some(out)) = (due, snap.networks.get(usize::from(r.target))) {
+            if let Some(g) = &out.gateway {
+                self.asked.insert((r.target, hop), Instant::now());
+                send(d, out, &arp_request(g.mac, g.ip, hop));
+            }
+        }
+        true
+    }
+
+    /// Learns the sender of an ARP frame seen on `net`; true if it is new or moved.
+    fn snoop(&mut self, d: &Daemon, net: &NetworkView, frame: &[u8]) -> bool {
+        if net.router.is_none() || frame.len() < 42 || frame[12..14] != [0x08, 0x06] {
+            return false;
+        }
+        let Ok(a) = ArpPacket::new_checked(&frame[14..]) else { return false };
+        if a.hardware_len() != 6 || a.protocol_len() != 4 {
+            return false;
+        }
+        let mac: [u8; 6] = a.source_hardware_addr().try_into().unwrap_or([0; 6]);
+        let ip: [u8; 4] = a.source_protocol_addr().try_into().unwrap_or([0; 4]);
+        let in_subnet = net.gateway.as_ref().is_some_and(|g| {
+            let mask = if g.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(g.prefix)) };
+            u32::from_be_bytes(ip) & mask == u32::from_be_bytes(g.ip) & mask
+        });
+        if !in_subnet || mac[0] & 1 != 0 || mac == [0; 6] || ip == [0; 4] {
+            return false; // RFC 5227 probes (sender 0.0.0.0) teach nothing
+        }
+        let key = u32::from_be_bytes(ip);
+        let mut learned = d.arp_learned.lock().unwrap_or_else(|e| e.into_inner());
+        let old = learned.entry(net.name.clone()).or_default().insert(key, (mac, Instant::now()));
+        drop(learned);
+        // Release what waited for this station.
+        let snap = d.snapshot.load();
+        let (ready, waiting): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held).into_iter().partition(|h| {
+            h.hop == key && snap.networks.get(usize::from(h.egress)).is_some_and(|n| n.name == net.name)
+        });
+        self.held = waiting;
+        for mut h in ready {
+            let Some(router) = &h.ingress.router else { continue };
+            let Some(gw) = &h.ingress.gateway else { continue };
+            let neighbor = |_: u16, _: u32| Some(mac);
+            let gmac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
+            let mtu = |n: u16| snap.networks.get(usize::from(n)).map_or(0, |v| (v.max_frame - 18).min(65535) as u16);
+            if let Routed::Forward { egress } = route_frame(&mut h.frame, gw.ip, &router.table, neighbor, gmac, mtu) {
+                if let Some(out) = snap.networks.get(usize::from(egress)) {
+                    router.stats.routed.fetch_add(1, Ordering::Relaxed);
+                    send(d, out, &h.frame);
+                }
+            }
+        }
+        old.is_none_or(|(m, _)| m != mac)
+    }
+
+    /// Turns packets that waited too long into Host Unreachable.
+    fn flush(&mut self, d: &Daemon, budget: &mut HashMap<String, (Instant, u32)>) {
+        let now = Instant::now();
+        if self.held.iter().all(|h| h.deadline > now) {
+            return;
+        }
+        let (late, keep): (Vec<Held>, Vec<Held>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| h.deadline <= now);
+        self.held = keep;
+        for h in late {
+            if let Some(gw) = &h.ingress.gateway {
+                if let Some(f) = icmp_for(d, &h.ingress, gw.mac, gw.ip, &h.frame, budget) {
+                    send(d, &h.ingress, &f);
+                }
+            }
+        }
+        self.asked.retain(|_, t| t.elapsed() < Duration::from_secs(10));
+    }
+}
+
+/// An ARP request (RFC 826) from the gateway `mac`/`ip` for `target`.
+fn arp_request(mac: [u8; 6], ip: [u8; 4], target: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.to_be_bytes());
+    f.resize(60, 0);
+    f
 }
 
 /// A frame the router could not forward: IPv4, to the gateway's MAC, not to

@@ -96,6 +96,9 @@ pub struct Daemon {
     ipam: Mutex<Store>,
     /// Frames from the workers to the gateway responder.
     punt: Arc<PuntQueue>,
+    /// Neighbours the gateway learned from ARP (network → IPv4 → MAC, last seen),
+    /// for routing to stations tapyard did not address itself.
+    arp_learned: Mutex<ArpLearned>,
     /// Gateway counters per network (DHCP drops by reason, replies sent).
     gw_stats: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -141,6 +144,7 @@ impl Daemon {
             ipam: Mutex::new(ipam),
             punt: Arc::new(PuntQueue::new()),
             gw_stats: Mutex::default(),
+            arp_learned: Mutex::default(),
             snapshot,
             workers,
             stop,
@@ -332,6 +336,16 @@ impl Daemon {
         for p in inner.ports.values() {
             if let Some(ip) = p.spec.ip {
                 m.entry(p.spec.network.clone()).or_default().insert(u32::from(ip.addr()), p.spec.mac.0);
+            }
+        }
+        // Then what the gateway learned from ARP, for stations that configured
+        // their own addresses; entries not seen for the ageing time expire.
+        let mut learned = self.arp_learned.lock().unwrap_or_else(|e| e.into_inner());
+        for (net, entries) in learned.iter_mut() {
+            entries.retain(|_, (_, seen)| seen.elapsed() < Duration::from_secs(u64::from(DEFAULT_AGEING_SECS)));
+            let into = m.entry(net.clone()).or_default();
+            for (ip, (mac, _)) in entries.iter() {
+                into.entry(*ip).or_insert(*mac);
             }
         }
         m
@@ -1052,6 +1066,9 @@ impl Daemon {
 pub fn gateway_mac(network: &str) -> MacAddr {
     MacAddr::stable_local(format!("gateway\0{network}").as_bytes())
 }
+
+/// Per network: IPv4 → (MAC, when last seen), learned by the gateway from ARP.
+type ArpLearned = BTreeMap<String, std::collections::HashMap<u32, ([u8; 6], Instant)>>;
 
 /// How long a declined address stays out of use (RFC 2131 §4.3.3 leaves it to the server).
 const DECLINE_SECS: u64 = 600;
