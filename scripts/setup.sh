@@ -15,6 +15,9 @@ command -v kill >/dev/null 2>&1 || need+=(procps)
 # Real DHCP clients for the gateway tests.
 command -v udhcpc >/dev/null 2>&1 || need+=(udhcpc)
 command -v dhclient >/dev/null 2>&1 || need+=(isc-dhcp-client)
+# TCP across routers in the tests, and scripts/bench-l2.sh.
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v jq >/dev/null 2>&1 || need+=(jq)
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need+=(cargo rustc)
 fi

@@ -42,6 +42,8 @@ pub struct NetworkView {
     pub index: usize,
     /// The router this network is attached to, if any.
     pub router: Option<Arc<RouterView>>,
+    /// Routing counters of packets that entered from this network.
+    pub route_stats: Arc<RouterStats>,
     /// IPv4 address → MAC of the stations on this network that tapyard knows
     /// (ports' addresses and DHCP leases): where routed packets go.
     pub neighbors: HashMap<u32, [u8; 6]>,

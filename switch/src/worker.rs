@@ -32,8 +32,8 @@ use crate::datapath::route::{route_frame, Routed};
 use crate::datapath::{decide, to_gateway, Decision, Learned, Table, ToGateway};
 use crate::packet::Batch;
 use crate::port::{PortId, RecvState, SendReport};
-use crate::snapshot::{PortView, RouterView, Snapshot};
-use crate::stats::{BurstCount, DropReason};
+use crate::snapshot::{NetworkView, PortView, RouterView, Snapshot};
+use crate::stats::{BurstCount, DropReason, RouterStats};
 use crate::wire::EthAddrs;
 use crate::wire::MacAddr;
 
@@ -333,16 +333,27 @@ fn share_fairly(table: &Table, snap: &Snapshot, view: &PortView, frame: &[u8], n
 /// answers the gateway's own traffic and sends the ICMP errors (the counter
 /// of the reason is bumped here).
 #[inline]
-fn route(frame: &mut [u8], gw_ip: [u8; 4], router: &RouterView, snap: &Snapshot, tx: &mut TxAcc) -> bool {
+fn route(
+    frame: &mut [u8],
+    gw_ip: [u8; 4],
+    router: &RouterView,
+    net: &NetworkView,
+    snap: &Snapshot,
+    tx: &mut TxAcc,
+) -> bool {
     let neighbor = |n: u16, ip: u32| snap.networks.get(usize::from(n)).and_then(|v| v.neighbors.get(&ip).copied());
     let gateway_mac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
-    let st = &router.stats;
+    // Counted for the router and for the network the packet came from.
+    let bump = |c: fn(&RouterStats) -> &AtomicU64| {
+        c(&router.stats).fetch_add(1, Ordering::Relaxed);
+        c(&net.route_stats).fetch_add(1, Ordering::Relaxed);
+    };
     let mtu =
         |n: u16| snap.networks.get(usize::from(n)).map_or(0, |v| (v.max_frame - 18).min(usize::from(u16::MAX)) as u16);
     match route_frame(frame, gw_ip, &router.table, neighbor, gateway_mac, mtu) {
         Routed::Forward { egress } => {
             let Some(out) = snap.networks.get(usize::from(egress)) else { return false };
-            st.routed.fetch_add(1, Ordering::Relaxed);
+            bump(|s| &s.routed);
             let dst = MacAddr(frame[..6].try_into().expect("an Ethernet frame"));
             let frame: &[u8] = frame;
             match out.fdb.table().lookup(dst).and_then(|p| snap.port(p)).filter(|p| Arc::ptr_eq(&p.network, out)) {
@@ -359,24 +370,24 @@ fn route(frame: &mut [u8], gw_ip: [u8; 4], router: &RouterView, snap: &Snapshot,
         }
         Routed::NotRouted => false,
         Routed::Expired => {
-            st.ttl_expired.fetch_add(1, Ordering::Relaxed);
+            bump(|s| &s.ttl_expired);
             false
         }
         Routed::NoRoute => {
-            st.no_route.fetch_add(1, Ordering::Relaxed);
+            bump(|s| &s.no_route);
             false
         }
         Routed::Unresolved => {
-            st.unresolved.fetch_add(1, Ordering::Relaxed);
+            bump(|s| &s.unresolved);
             false
         }
         Routed::FragNeeded { .. } => {
-            st.frag_needed.fetch_add(1, Ordering::Relaxed);
+            bump(|s| &s.frag_needed);
             false
         }
         Routed::TooBig => {
             // Not fragmented (see docs); counted, and dropped here.
-            st.too_big.fetch_add(1, Ordering::Relaxed);
+            bump(|s| &s.too_big);
             true
         }
     }
@@ -406,7 +417,7 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
                 ToGateway::No => {}
                 ToGateway::Only => {
                     if let Some(router) = &net.router {
-                        if route(frame, gw.ip, router, snap, tx) {
+                        if route(frame, gw.ip, router, net, snap, tx) {
                             continue;
                         }
                     }
@@ -492,6 +503,7 @@ mod tests {
                 gateway: None,
                 index: 0,
                 router: None,
+                route_stats: Default::default(),
                 neighbors: Default::default(),
                 name: name.into(),
                 max_frame: 1518,

@@ -111,6 +111,7 @@ fn steady_state_forwarding_does_not_allocate() {
     let net = Arc::new(NetworkView {
         index: 0,
         router: None,
+        route_stats: Default::default(),
         neighbors: Default::default(),
         gateway: Some(GatewayView { mac: GW, ip: [10, 0, 0, 1], prefix: 24, punt: punt.clone() }),
         name: "n".into(),

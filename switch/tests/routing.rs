@@ -66,8 +66,36 @@ fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Time to live exceeded") && text.contains("10.95.1.1"), "{text}");
+    // TCP across the router: iperf3 moves data for two seconds.
+    let server = std::process::Command::new("ip")
+        .args(["netns", "exec", &hosts[4].1.name, "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 is installed by scripts/setup.sh");
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Reap(server);
+    let mut report = serde_json::Value::Null;
+    let ran = wait_for(5, || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &hosts[0].1.name, "iperf3", "-c", &ips[4], "-t", "2", "-J"])
+            .output()
+            .unwrap();
+        report = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        out.status.success()
+    });
+    assert!(ran, "iperf3 across the router: {report}");
+    assert!(report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 1_000_000, "{report}");
     let info = d.json(&["router", "inspect", &r]);
     assert!(info["counters"]["routed"].as_u64().unwrap() > 0, "{info}");
+    let per_net = d.json(&["network", "inspect", &nets[0]])["route_counters"].clone();
+    assert!(per_net["routed"].as_u64().unwrap() > 0 && per_net["ttl_expired"].as_u64().unwrap() >= 1, "{per_net}");
     assert!(info["counters"]["ttl_expired"].as_u64().unwrap() >= 1, "{info}");
     assert!(info["counters"]["icmp_sent"].as_u64().unwrap() >= 1, "{info}");
     assert_eq!(d.json(&["route", "ls", &r]).as_array().unwrap().len(), 3);

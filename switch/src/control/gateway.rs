@@ -514,6 +514,7 @@ fn icmp_for(
     *n += 1;
     let packet = icmp_error(kind, Ipv4Addr::from(gw_ip), ip)?;
     router.stats.icmp_sent.fetch_add(1, Ordering::Relaxed);
+    net.route_stats.icmp_sent.fetch_add(1, Ordering::Relaxed);
     let mut out = Vec::with_capacity(14 + packet.len());
     out.extend_from_slice(&frame[6..12]);
     out.extend_from_slice(&gw_mac);

@@ -64,6 +64,7 @@ pub struct Config {
 struct Network {
     spec: NetworkSpec,
     fdb: Arc<Fdb>,
+    route_stats: Arc<RouterStats>,
 }
 
 struct PortRec {
@@ -179,7 +180,7 @@ impl Daemon {
         for spec in state.networks {
             self.add_to_ipam(&spec);
             let fdb = Arc::new(Fdb::new(spec.fdb_capacity, spec.ageing_secs));
-            inner.networks.insert(spec.name.clone(), Network { spec, fdb });
+            inner.networks.insert(spec.name.clone(), Network { spec, fdb, route_stats: Arc::default() });
         }
         for spec in state.routers {
             inner.routers.insert(spec.name.clone(), RouterRec { spec, stats: Arc::default() });
@@ -285,6 +286,7 @@ impl Daemon {
             let view = Arc::new(NetworkView {
                 index: index[name.as_str()],
                 router,
+                route_stats: net.route_stats.clone(),
                 neighbors: neighbors.get(name).cloned().unwrap_or_default(),
                 gateway: net.spec.addressing.map(|a| GatewayView {
                     mac: gateway_mac(name).0,
@@ -506,6 +508,7 @@ impl Daemon {
                 .unwrap_or_default(),
             mtu: s.mtu,
             internal: s.internal,
+            route_counters: net.route_stats.snapshot(),
             router: inner.routers.values().find(|r| r.spec.networks.contains(&s.name)).map(|r| r.spec.name.clone()),
             ageing_secs: net.fdb.ageing_secs(),
             fdb_capacity: s.fdb_capacity,
@@ -635,7 +638,7 @@ impl Daemon {
         };
         self.add_to_ipam(&spec);
         let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));
-        inner.networks.insert(name.clone(), Network { spec, fdb });
+        inner.networks.insert(name.clone(), Network { spec, fdb, route_stats: Arc::default() });
         self.publish(&mut inner);
         self.persist(&inner);
         tracing::info!(network = %name, subnet = ?subnet, "network created");

@@ -265,6 +265,9 @@ pub struct NetworkInfo {
     /// The router this network is attached to.
     #[serde(default)]
     pub router: Option<String>,
+    /// Routing counters of packets that entered from this network.
+    #[serde(default)]
+    pub route_counters: std::collections::BTreeMap<String, u64>,
     pub mtu: u32,
     pub ageing_secs: u32,
     pub fdb_capacity: usize,
