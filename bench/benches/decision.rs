@@ -23,7 +23,7 @@
 //! frames, so **ns per frame = 1000 / thrpt in Melem/s** (or `time` / 32).
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tapyard_bench::{batches, run_pair, Fixture, NOW, PORT_A, PORT_B};
@@ -143,17 +143,9 @@ fn route_benches(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = tapyard_bench::criterion_config();
     targets = decision_benches, route_benches
 }
 criterion_main!(benches);

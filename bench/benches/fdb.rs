@@ -22,7 +22,7 @@
 //! the same lookups in the same run: quote the table's speed as a ratio to it.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tapyard_bench::{batches, run_pair, Fixture, NOW, PORT_A, PORT_B};
@@ -142,17 +142,9 @@ fn fdb_benches(c: &mut Criterion) {
     );
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = tapyard_bench::criterion_config();
     targets = fdb_benches
 }
 criterion_main!(benches);

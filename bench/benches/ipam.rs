@@ -121,13 +121,9 @@ fn handshakes(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn config() -> Criterion {
-    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).without_plots()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = tapyard_bench::criterion_config();
     targets = pool, handshakes
 }
 criterion_main!(benches);

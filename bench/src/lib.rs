@@ -130,3 +130,13 @@ pub fn run_pair(a: impl FnOnce() + Send, b: impl FnOnce() + Send) -> Duration {
         mine.max(theirs)
     })
 }
+
+/// The criterion settings every benchmark here uses: short runs (the whole
+/// `cargo bench` stays around two minutes), no plots.
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .without_plots()
+}

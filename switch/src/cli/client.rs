@@ -14,9 +14,9 @@ use crate::control::proto::{ApiError, Request, Response};
 /// Why a request did not get an answer from the daemon, or got an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the tapyard daemon at {path}: {source}. Start it with `tapyard daemon` (as root it listens on /run/tapyard/tapyard.sock), or point to it with --socket or TAPYARD_SOCKET")]
+    #[error("cannot reach the tapyard daemon at {path} (start it with `tapyard daemon`; as root it listens on /run/tapyard/tapyard.sock; or point to it with --socket or TAPYARD_SOCKET)")]
     Connect { path: PathBuf, source: std::io::Error },
-    #[error("lost the connection to the daemon at {path}: {source}")]
+    #[error("lost the connection to the daemon at {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("the daemon sent a reply this CLI cannot read: {0}")]
     Protocol(String),

@@ -264,6 +264,22 @@ pub fn main() -> i32 {
     }
 }
 
+/// Runs a listing request and prints the result as JSON or as a table.
+fn list<T: serde::Serialize + serde::de::DeserializeOwned>(
+    socket: &std::path::Path,
+    req: &Request,
+    json: bool,
+    table: fn(&[T]),
+) -> anyhow::Result<()> {
+    let items: Vec<T> = client::call(socket, req)?;
+    if json {
+        print_json(&items);
+    } else {
+        table(&items);
+    }
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -303,12 +319,7 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             }
         }
         Cmd::Network(NetworkCmd::Ls { json }) => {
-            let nets: Vec<NetworkInfo> = client::call(&socket, &Request::NetworkLs)?;
-            if json {
-                print_json(&nets);
-            } else {
-                table::networks(&nets);
-            }
+            list::<NetworkInfo>(&socket, &Request::NetworkLs, json, table::networks)?;
         }
         Cmd::Network(NetworkCmd::Inspect { name, json: _ }) => print_json(&call_v(Request::NetworkInspect { name })?),
         Cmd::Network(NetworkCmd::Reserve { network, mac, ip }) => {
@@ -325,12 +336,7 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             call_v(Request::RouterDetach { router, network })?;
         }
         Cmd::Router(RouterCmd::Ls { json }) => {
-            let routers: Vec<RouterInfo> = client::call(&socket, &Request::RouterLs)?;
-            if json {
-                print_json(&routers);
-            } else {
-                table::routers(&routers);
-            }
+            list::<RouterInfo>(&socket, &Request::RouterLs, json, table::routers)?;
         }
         Cmd::Router(RouterCmd::Inspect { name, json: _ }) => print_json(&call_v(Request::RouterInspect { name })?),
         Cmd::Router(RouterCmd::Rm { name }) => {
@@ -343,20 +349,10 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             call_v(Request::RouteDel { router, prefix })?;
         }
         Cmd::Route(RouteCmd::Ls { router, json }) => {
-            let routes: Vec<RouteInfo> = client::call(&socket, &Request::RouteLs { router })?;
-            if json {
-                print_json(&routes);
-            } else {
-                table::routes(&routes);
-            }
+            list::<RouteInfo>(&socket, &Request::RouteLs { router }, json, table::routes)?;
         }
         Cmd::Lease(LeaseCmd::Ls { network, json }) => {
-            let leases: Vec<LeaseInfo> = client::call(&socket, &Request::LeaseLs { network })?;
-            if json {
-                print_json(&leases);
-            } else {
-                table::leases(&leases);
-            }
+            list::<LeaseInfo>(&socket, &Request::LeaseLs { network }, json, table::leases)?;
         }
         Cmd::Network(NetworkCmd::Rm { name, force }) => {
             call_v(Request::NetworkRm { name: name.clone(), force })?;
@@ -383,20 +379,10 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             call_v(Request::Disconnect { network, netns, ifname: Some(ifname) })?;
         }
         Cmd::Port(PortCmd::Ls { network, json }) => {
-            let ports: Vec<PortInfo> = client::call(&socket, &Request::PortLs { network })?;
-            if json {
-                print_json(&ports);
-            } else {
-                table::ports(&ports);
-            }
+            list::<PortInfo>(&socket, &Request::PortLs { network }, json, table::ports)?;
         }
         Cmd::Fdb(FdbCmd::Show { network, json }) => {
-            let entries: Vec<FdbEntryInfo> = client::call(&socket, &Request::FdbShow { network })?;
-            if json {
-                print_json(&entries);
-            } else {
-                table::fdb(&entries);
-            }
+            list::<FdbEntryInfo>(&socket, &Request::FdbShow { network }, json, table::fdb)?;
         }
         Cmd::Fdb(FdbCmd::Flush { network }) => {
             let v = call_v(Request::FdbFlush { network })?;
