@@ -88,7 +88,8 @@ fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
             .output()
             .unwrap();
         report = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        out.status.success()
+        // The server may not listen yet (connection refused): try again.
+        out.status.success() && report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 0
     });
     assert!(ran, "iperf3 across the router: {report}");
     assert!(report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 1_000_000, "{report}");
