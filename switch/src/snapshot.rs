@@ -32,6 +32,10 @@ pub struct GatewayView {
 pub struct RouterView {
     pub name: String,
     pub table: RouteTable,
+    /// The gateway addresses of every attached network: the router's own
+    /// addresses, answered (ping) by the gateway a packet arrives at, as a
+    /// Linux router answers for any of its addresses.
+    pub gateway_ips: Vec<[u8; 4]>,
     pub stats: Arc<RouterStats>,
 }
 

@@ -341,6 +341,10 @@ fn route(
     snap: &Snapshot,
     tx: &mut TxAcc,
 ) -> bool {
+    // To one of the router's own addresses: the gateway answers it.
+    if frame.len() >= 34 && router.gateway_ips.iter().any(|g| frame[30..34] == *g) {
+        return false;
+    }
     let neighbor = |n: u16, ip: u32| snap.networks.get(usize::from(n)).and_then(|v| v.neighbors.get(&ip).copied());
     let gateway_mac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
     // Counted for the router and for the network the packet came from.

@@ -55,6 +55,8 @@ fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
             assert!(ok, "{} -> {} across the router failed; log:\n{}", hosts[a].1.name, ips[b], d.log());
         }
     });
+    // The router's other gateway addresses answer ping, as a Linux router's addresses do.
+    assert!(hosts[0].1.reaches("10.95.2.1") && hosts[0].1.reaches("10.95.3.1"), "log:\n{}", d.log());
     // A network on no router stays unreachable, both ways.
     let lone_ip = ip_of(&d, &lone.name);
     assert!(!hosts[0].1.ping_quick(&lone_ip));

@@ -82,19 +82,25 @@ impl phy::Device for QueueDevice {
 struct NetGateway {
     mac: [u8; 6],
     ip: [u8; 4],
+    /// The router's other gateway addresses, answered here too (as /32s).
+    others: Vec<[u8; 4]>,
     iface: Interface,
     dev: QueueDevice,
 }
 
 impl NetGateway {
-    fn new(mac: [u8; 6], ip: [u8; 4], prefix: u8) -> NetGateway {
+    fn new(mac: [u8; 6], ip: [u8; 4], prefix: u8, others: Vec<[u8; 4]>) -> NetGateway {
         let mut dev = QueueDevice::default();
         let cfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         let mut iface = Interface::new(cfg, &mut dev, SmolInstant::now());
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Addr::from(ip)), prefix));
+            // At most 8 addresses per interface (smoltcp's iface-max-addr-count-8).
+            for o in &others {
+                let _ = a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Addr::from(*o)), 32));
+            }
         });
-        NetGateway { mac, ip, iface, dev }
+        NetGateway { mac, ip, others, iface, dev }
     }
 }
 
@@ -254,7 +260,7 @@ pub fn run(d: &Daemon) {
                             replies.push((net.clone(), dhcp_frame(gw.mac, gw.ip, &r)));
                         }
                     }
-                    Kind::Other if is_routed_error(p.frame(), gw.mac, gw.ip) => {
+                    Kind::Other if is_routed_error(net, p.frame(), gw.mac, gw.ip) => {
                         // An unknown next hop: ARP for it and hold the packet a moment.
                         if arp.hold(d, net, gw.ip, p.frame()) {
                             counts.push((net.name.clone(), "arp_resolving"));
@@ -269,10 +275,16 @@ pub fn run(d: &Daemon) {
                         if arp.snoop(d, net, p.frame()) {
                             republish = true;
                         }
-                        let g =
-                            gws.entry(net.name.clone()).or_insert_with(|| NetGateway::new(gw.mac, gw.ip, gw.prefix));
-                        if g.mac != gw.mac || g.ip != gw.ip {
-                            *g = NetGateway::new(gw.mac, gw.ip, gw.prefix);
+                        let others: Vec<[u8; 4]> = net
+                            .router
+                            .as_ref()
+                            .map(|r| r.gateway_ips.iter().copied().filter(|i| *i != gw.ip).collect())
+                            .unwrap_or_default();
+                        let g = gws
+                            .entry(net.name.clone())
+                            .or_insert_with(|| NetGateway::new(gw.mac, gw.ip, gw.prefix, others.clone()));
+                        if g.mac != gw.mac || g.ip != gw.ip || g.others != others {
+                            *g = NetGateway::new(gw.mac, gw.ip, gw.prefix, others);
                         }
                         g.dev.rx.push_back(p.frame().to_vec());
                     }
@@ -464,9 +476,10 @@ fn arp_request(mac: [u8; 6], ip: [u8; 4], target: u32) -> Vec<u8> {
 }
 
 /// A frame the router could not forward: IPv4, to the gateway's MAC, not to
-/// the gateway's own address (the workers punt these after counting why).
-fn is_routed_error(frame: &[u8], gw_mac: [u8; 6], gw_ip: [u8; 4]) -> bool {
-    frame.len() >= 34 && frame[..6] == gw_mac && frame[12..14] == [0x08, 0x00] && frame[30..34] != gw_ip
+/// one of the router's own addresses (the workers punt these after counting why).
+fn is_routed_error(net: &NetworkView, frame: &[u8], gw_mac: [u8; 6], gw_ip: [u8; 4]) -> bool {
+    let own = |ip: &[u8]| ip == gw_ip || net.router.as_ref().is_some_and(|r| r.gateway_ips.iter().any(|g| ip == g));
+    frame.len() >= 34 && frame[..6] == gw_mac && frame[12..14] == [0x08, 0x00] && !own(&frame[30..34])
 }
 
 /// ICMP errors per network per second at most (RFC 1812 §4.3.2.8 asks routers to rate-limit them).

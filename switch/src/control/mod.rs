@@ -268,9 +268,20 @@ impl Daemon {
                     routes.push(Route::new(prefix.network(), prefix.prefix_len(), *i as u16, Some(*via)));
                 }
             }
+            let gateway_ips = r
+                .spec
+                .networks
+                .iter()
+                .filter_map(|n| inner.networks.get(n).and_then(|x| x.spec.addressing).map(|a| a.gateway.octets()))
+                .collect();
             router_views.insert(
                 rname,
-                Arc::new(RouterView { name: rname.clone(), table: RouteTable::new(routes), stats: r.stats.clone() }),
+                Arc::new(RouterView {
+                    name: rname.clone(),
+                    table: RouteTable::new(routes),
+                    gateway_ips,
+                    stats: r.stats.clone(),
+                }),
             );
         }
         let neighbors = self.neighbors(inner);
