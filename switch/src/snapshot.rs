@@ -60,6 +60,14 @@ pub struct NetworkView {
     pub ports: Vec<PortId>,
 }
 
+impl NetworkView {
+    /// The IP MTU: the largest frame less the Ethernet header and one VLAN tag.
+    #[inline]
+    pub fn mtu(&self) -> u16 {
+        (self.max_frame - 18).min(usize::from(u16::MAX)) as u16
+    }
+}
+
 /// A port as the data path sees it.
 pub struct PortView {
     pub id: PortId,
@@ -84,6 +92,30 @@ impl Snapshot {
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&Arc<PortView>> {
         self.ports.get(id.index()).and_then(Option::as_ref)
+    }
+
+    /// Network number `n` (a route target).
+    #[inline]
+    pub fn network(&self, n: u16) -> Option<&Arc<NetworkView>> {
+        self.networks.get(usize::from(n))
+    }
+
+    /// The MAC of `ip` on network `n`, if tapyard knows the station.
+    #[inline]
+    pub fn neighbor(&self, n: u16, ip: u32) -> Option<[u8; 6]> {
+        self.network(n).and_then(|v| v.neighbors.get(&ip).copied())
+    }
+
+    /// The gateway MAC of network `n` (none for `--ipam none` networks).
+    #[inline]
+    pub fn gateway_mac(&self, n: u16) -> Option<[u8; 6]> {
+        self.network(n).and_then(|v| v.gateway.as_ref().map(|g| g.mac))
+    }
+
+    /// The IP MTU of network `n` (0 for an unknown network: nothing fits).
+    #[inline]
+    pub fn mtu(&self, n: u16) -> u16 {
+        self.network(n).map_or(0, |v| v.mtu())
     }
 
     pub fn ports_of_worker(&self, worker: usize) -> impl Iterator<Item = &Arc<PortView>> {

@@ -345,18 +345,22 @@ fn route(
     if frame.len() >= 34 && router.gateway_ips.iter().any(|g| frame[30..34] == *g) {
         return false;
     }
-    let neighbor = |n: u16, ip: u32| snap.networks.get(usize::from(n)).and_then(|v| v.neighbors.get(&ip).copied());
-    let gateway_mac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
+
     // Counted for the router and for the network the packet came from.
     let bump = |c: fn(&RouterStats) -> &AtomicU64| {
         c(&router.stats).fetch_add(1, Ordering::Relaxed);
         c(&net.route_stats).fetch_add(1, Ordering::Relaxed);
     };
-    let mtu =
-        |n: u16| snap.networks.get(usize::from(n)).map_or(0, |v| (v.max_frame - 18).min(usize::from(u16::MAX)) as u16);
-    match route_frame(frame, gw_ip, &router.table, neighbor, gateway_mac, mtu) {
+    match route_frame(
+        frame,
+        gw_ip,
+        &router.table,
+        |n, ip| snap.neighbor(n, ip),
+        |n| snap.gateway_mac(n),
+        |n| snap.mtu(n),
+    ) {
         Routed::Forward { egress } => {
-            let Some(out) = snap.networks.get(usize::from(egress)) else { return false };
+            let Some(out) = snap.network(egress) else { return false };
             bump(|s| &s.routed);
             let dst = MacAddr(frame[..6].try_into().expect("an Ethernet frame"));
             let frame: &[u8] = frame;

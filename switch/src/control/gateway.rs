@@ -367,11 +367,10 @@ impl ArpResolver {
         let Some(router) = &net.router else { return false };
         let snap = d.snapshot.load();
         let mut probe = frame.to_vec();
-        let neighbor = |_: u16, _: u32| Some([0u8; 6]);
-        let gmac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
-        let mtu = |n: u16| snap.networks.get(usize::from(n)).map_or(0, |v| (v.max_frame - 18).min(65535) as u16);
         // Would it route if the neighbour were known? Then resolution is the only problem.
-        if !matches!(route_frame(&mut probe, gw_ip, &router.table, neighbor, gmac, mtu), Routed::Forward { .. }) {
+        let known = |_: u16, _: u32| Some([0u8; 6]);
+        let routed = route_frame(&mut probe, gw_ip, &router.table, known, |n| snap.gateway_mac(n), |n| snap.mtu(n));
+        if !matches!(routed, Routed::Forward { .. }) {
             return false;
         }
         let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
@@ -388,7 +387,7 @@ impl ArpResolver {
             deadline: Instant::now() + ARP_TIMEOUT,
         });
         let due = self.asked.get(&(r.target, hop)).is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if let (true, Some(out)) = (due, snap.networks.get(usize::from(r.target))) {
+        if let (true, Some(out)) = (due, snap.network(r.target)) {
             if let Some(g) = &out.gateway {
                 self.asked.insert((r.target, hop), Instant::now());
                 send(d, out, &arp_request(g.mac, g.ip, hop));
@@ -421,18 +420,18 @@ impl ArpResolver {
         drop(learned);
         // Release what waited for this station.
         let snap = d.snapshot.load();
-        let (ready, waiting): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held).into_iter().partition(|h| {
-            h.hop == key && snap.networks.get(usize::from(h.egress)).is_some_and(|n| n.name == net.name)
-        });
+        let (ready, waiting): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.hop == key && snap.network(h.egress).is_some_and(|n| n.name == net.name));
         self.held = waiting;
         for mut h in ready {
             let Some(router) = &h.ingress.router else { continue };
             let Some(gw) = &h.ingress.gateway else { continue };
-            let neighbor = |_: u16, _: u32| Some(mac);
-            let gmac = |n: u16| snap.networks.get(usize::from(n)).and_then(|v| v.gateway.as_ref().map(|g| g.mac));
-            let mtu = |n: u16| snap.networks.get(usize::from(n)).map_or(0, |v| (v.max_frame - 18).min(65535) as u16);
-            if let Routed::Forward { egress } = route_frame(&mut h.frame, gw.ip, &router.table, neighbor, gmac, mtu) {
-                if let Some(out) = snap.networks.get(usize::from(egress)) {
+            let found = |_: u16, _: u32| Some(mac);
+            let routed =
+                route_frame(&mut h.frame, gw.ip, &router.table, found, |n| snap.gateway_mac(n), |n| snap.mtu(n));
+            if let Routed::Forward { egress } = routed {
+                if let Some(out) = snap.network(egress) {
                     router.stats.routed.fetch_add(1, Ordering::Relaxed);
                     send(d, out, &h.frame);
                 }
@@ -506,9 +505,9 @@ fn icmp_for(
     let kind = match router.table.lookup(dst) {
         None => IcmpError::NetUnreachable,
         Some(r) => {
-            let mtu = snap.networks.get(usize::from(r.target)).map_or(usize::MAX, |v| v.max_frame - 18);
-            if ip.len() > mtu && ip[6] & 0x40 != 0 {
-                IcmpError::FragNeeded { mtu: mtu.min(usize::from(u16::MAX)) as u16 }
+            let mtu = snap.network(r.target).map_or(u16::MAX, |v| v.mtu());
+            if ip.len() > usize::from(mtu) && ip[6] & 0x40 != 0 {
+                IcmpError::FragNeeded { mtu }
             } else if ip[8] <= 1 {
                 IcmpError::TtlExceeded
             } else {
