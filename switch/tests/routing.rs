@@ -6,6 +6,20 @@ use std::process::Command;
 
 use common::*;
 
+/// Two networks with the given subnets (and extra `network create` flags for
+/// the second), both attached to a new router. Returns (router, first, second).
+fn routed_pair(d: &Daemon, tag: &str, first: &str, second: &str, extra: &[&str]) -> (String, String, String) {
+    let (r, n1, n2) = (name(tag), name(&format!("{tag}1")), name(&format!("{tag}2")));
+    d.ok(&["network", "create", &n1, "--subnet", first]);
+    let mut args = vec!["network", "create", &n2, "--subnet", second];
+    args.extend_from_slice(extra);
+    d.ok(&args);
+    d.ok(&["router", "create", &r]);
+    d.ok(&["router", "attach", &r, &n1]);
+    d.ok(&["router", "attach", &r, &n2]);
+    (r, n1, n2)
+}
+
 fn ip_of(d: &Daemon, netns: &str) -> String {
     d.port(netns)["ip"].as_str().unwrap().split('/').next().unwrap().to_string()
 }
@@ -114,20 +128,14 @@ fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
 #[test]
 fn a_static_route_via_a_forwarding_container_and_routers_survive_a_restart() {
     let mut d = Daemon::start("srt");
-    let r = name("srt");
-    let (n1, n2) = (name("srt1"), name("srt2"));
-    d.ok(&["network", "create", &n1, "--subnet", "10.97.1.0/24"]);
-    d.ok(&["network", "create", &n2, "--subnet", "10.97.2.0/24"]);
-    d.ok(&["router", "create", &r]);
-    d.ok(&["router", "attach", &r, &n1]);
-    d.ok(&["router", "attach", &r, &n2]);
+    let (r, n1, n2) = routed_pair(&d, "srt", "10.97.1.0/24", "10.97.2.0/24", &[]);
     // A container on n1 forwards to a network behind it (a veth into `behind`).
     let fwd = Netns::new("srtf");
     let behind = Netns::new("srtb");
     let client = Netns::new("srtc");
     d.ok(&["connect", &n1, &fwd.name, "--ip", "auto"]);
     d.ok(&["connect", &n2, &client.name, "--ip", "auto"]);
-    let fwd_ip = d.port(&fwd.name)["ip"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let fwd_ip = ip_of(&d, &fwd.name);
     sh(&["ip", "-n", &fwd.name, "link", "add", "in0", "type", "veth", "peer", "name", "out0", "netns", &behind.name]);
     sh(&["ip", "-n", &fwd.name, "addr", "add", "10.98.0.1/24", "dev", "in0"]);
     sh(&["ip", "-n", &fwd.name, "link", "set", "in0", "up"]);
@@ -157,18 +165,12 @@ fn a_static_route_via_a_forwarding_container_and_routers_survive_a_restart() {
 #[test]
 fn df_packets_too_big_for_the_egress_mtu_draw_fragmentation_needed() {
     let d = Daemon::start("mtu");
-    let r = name("mtu");
-    let (big, small) = (name("mtub"), name("mtus"));
-    d.ok(&["network", "create", &big, "--subnet", "10.99.1.0/24"]);
-    d.ok(&["network", "create", &small, "--subnet", "10.99.2.0/24", "--mtu", "1280"]);
-    d.ok(&["router", "create", &r]);
-    d.ok(&["router", "attach", &r, &big]);
-    d.ok(&["router", "attach", &r, &small]);
+    let (r, big, small) = routed_pair(&d, "mtu", "10.99.1.0/24", "10.99.2.0/24", &["--mtu", "1280"]);
     let a = Netns::new("mtua");
     let b = Netns::new("mtuc");
     d.ok(&["connect", &big, &a.name, "--ip", "auto"]);
     d.ok(&["connect", &small, &b.name, "--ip", "auto"]);
-    let bip = d.port(&b.name)["ip"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let bip = ip_of(&d, &b.name);
     assert!(a.reaches(&bip));
     // Without DF it is dropped and counted (tapyard does not fragment). First,
     // before the sender learns the path MTU from the error below.
@@ -187,13 +189,7 @@ fn df_packets_too_big_for_the_egress_mtu_draw_fragmentation_needed() {
 #[test]
 fn unknown_next_hops_are_resolved_by_arp_or_answered_host_unreachable() {
     let d = Daemon::start("arp");
-    let r = name("arp");
-    let (n1, n2) = (name("arp1"), name("arp2"));
-    d.ok(&["network", "create", &n1, "--subnet", "10.96.1.0/24"]);
-    d.ok(&["network", "create", &n2, "--subnet", "10.96.2.0/24"]);
-    d.ok(&["router", "create", &r]);
-    d.ok(&["router", "attach", &r, &n1]);
-    d.ok(&["router", "attach", &r, &n2]);
+    let (_, n1, n2) = routed_pair(&d, "arp", "10.96.1.0/24", "10.96.2.0/24", &[]);
     let a = Netns::new("arpa");
     let b = Netns::new("arpb");
     d.ok(&["connect", &n1, &a.name, "--ip", "auto"]);
