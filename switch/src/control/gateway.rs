@@ -255,6 +255,10 @@ pub fn run(d: &Daemon) {
                                 }
                             }
                         }
+                        // A lease bound on a routed network is a new neighbour (offers are not).
+                        if net.router.is_some() && !h.records.is_empty() {
+                            republish = true;
+                        }
                         if let Some(r) = h.reply {
                             counts.push((net.name.clone(), dhcp_name(r.kind)));
                             replies.push((net.clone(), dhcp_frame(gw.mac, gw.ip, &r)));
@@ -301,7 +305,7 @@ pub fn run(d: &Daemon) {
             send(d, net, frame);
         }
         // A bound lease or a station learned from ARP is a new neighbour to route to: publish it.
-        if republish || replies.iter().any(|(n, _)| n.router.is_some()) {
+        if republish {
             d.republish();
         }
         arp.flush(d, &mut icmp_budget);
