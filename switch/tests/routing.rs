@@ -208,3 +208,22 @@ fn unknown_next_hops_are_resolved_by_arp_or_answered_host_unreachable() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Host Unreachable"), "{text}");
 }
+
+#[test]
+fn a_dhcp_lease_is_a_routing_neighbour_at_once() {
+    let d = Daemon::start("rdh");
+    let (_, n1, n2) = routed_pair(&d, "rdh", "10.94.1.0/24", "10.94.2.0/24", &[]);
+    let a = Netns::new("rdha");
+    let c = Netns::new("rdhc");
+    d.ok(&["connect", &n1, &a.name, "--ip", "auto"]);
+    d.ok(&["connect", &n2, &c.name]);
+    let hook = format!("{}/tests/fixtures/udhcpc.sh", env!("CARGO_MANIFEST_DIR"));
+    assert!(c.run(&["udhcpc", "-f", "-q", "-n", "-i", "eth0", "-s", &hook, "-t", "5", "-T", "1"]), "no lease");
+    let lease = d.json(&["lease", "ls", &n2])[0].clone();
+    let ip = lease["ip"].as_str().unwrap().to_string();
+    // The bound lease is published to the workers as a neighbour at once,
+    // before the client has sent anything else (no ARP to learn it from).
+    let neighbors = d.json(&["network", "inspect", &n2])["neighbors"].clone();
+    assert_eq!(neighbors[&ip], lease["mac"], "{neighbors}");
+    assert!(a.reaches(&ip), "log:\n{}", d.log());
+}

@@ -520,6 +520,19 @@ impl Daemon {
             mtu: s.mtu,
             internal: s.internal,
             route_counters: net.route_stats.snapshot(),
+            neighbors: self
+                .snapshot
+                .load()
+                .networks
+                .iter()
+                .find(|v| v.name == s.name)
+                .map(|v| {
+                    v.neighbors
+                        .iter()
+                        .map(|(ip, mac)| (std::net::Ipv4Addr::from(*ip).to_string(), MacAddr(*mac).to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             router: inner.routers.values().find(|r| r.spec.networks.contains(&s.name)).map(|r| r.spec.name.clone()),
             ageing_secs: net.fdb.ageing_secs(),
             fdb_capacity: s.fdb_capacity,

@@ -268,6 +268,10 @@ pub struct NetworkInfo {
     /// Routing counters of packets that entered from this network.
     #[serde(default)]
     pub route_counters: std::collections::BTreeMap<String, u64>,
+    /// IPv4 → MAC of the stations routed packets are delivered to, as the
+    /// workers see them now (ports' addresses, DHCP leases, ARP-learned).
+    #[serde(default)]
+    pub neighbors: std::collections::BTreeMap<String, String>,
     pub mtu: u32,
     pub ageing_secs: u32,
     pub fdb_capacity: usize,
