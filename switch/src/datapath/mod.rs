@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fdb;
+pub mod offload;
 pub mod route;
 
 use crate::packet::PortId;

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod vnet;
+
 use std::fmt;
 use std::str::FromStr;
 
