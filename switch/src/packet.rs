@@ -1,20 +1,26 @@
 //! Frame buffers: fixed-capacity storage, allocated once per worker at start
 //! and reused for every frame after that. Knows nothing of ports or policy.
 //!
-//! Each buffer keeps [`HEADROOM`] bytes in front of the frame so that a
-//! 12-byte `virtio_net_hdr` (virtio 1.x §5.1.6) can precede it without a copy
-//! once TAP offloads are on, and holds frames up to [`MAX_FRAME`] bytes: a
-//! 64 KiB GSO super-frame plus its Ethernet and 802.1Q headers.
+//! Each buffer keeps [`HEADROOM`] bytes in front of the frame for the 12-byte
+//! `virtio_net_hdr` (virtio 1.x §5.1.6) that TAP ports read and write with
+//! the frame, so one `read` and one `write` move header and frame together
+//! with no copy; and it holds frames up to [`MAX_FRAME`] bytes: a 64 KiB GSO
+//! super-frame plus its Ethernet and 802.1Q headers. Ports without offloads
+//! leave a zeroed ("plain frame") header there.
 
 #![forbid(unsafe_code)]
 
 use std::fmt;
 
-/// Room reserved in front of every frame for a `virtio_net_hdr_v1`.
-pub const HEADROOM: usize = 12;
+use crate::wire::vnet::{VnetHdr, VNET_HDR_LEN};
 
-/// Largest frame a buffer holds: 64 KiB of IP payload, Ethernet header and one VLAN tag.
-pub const MAX_FRAME: usize = 65_535 + 14 + 4;
+/// Room reserved in front of every frame for a `virtio_net_hdr_v1`.
+pub const HEADROOM: usize = VNET_HDR_LEN;
+
+/// Largest frame a buffer holds: a 64 KiB GSO super-frame (Linux's
+/// `gso_max_size` is 65536 bytes from the IP header on), the Ethernet header
+/// and one VLAN tag, with a little slack so a maximal one is never truncated.
+pub const MAX_FRAME: usize = 65_536 + 14 + 4 + 46;
 
 /// One frame's storage. Never reallocates after construction.
 pub struct PacketBuf {
@@ -39,10 +45,37 @@ impl PacketBuf {
         &self.data[HEADROOM..HEADROOM + self.len]
     }
 
-    /// The whole frame area, for a port to read into; follow with [`PacketBuf::set_len`].
+    /// The whole frame area, for a port without a vnet header to read into;
+    /// follow with [`PacketBuf::set_len`] (the header is cleared here: a plain frame).
     #[inline]
     pub fn space_mut(&mut self) -> &mut [u8] {
+        self.data[..HEADROOM].fill(0);
         &mut self.data[HEADROOM..]
+    }
+
+    /// Header and frame area together, for a port that reads both in one go;
+    /// follow with [`PacketBuf::set_len`] of the frame alone.
+    #[inline]
+    pub fn hdr_space_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..]
+    }
+
+    /// The `virtio_net_hdr` in front of the frame.
+    #[inline]
+    pub fn hdr(&self) -> VnetHdr {
+        VnetHdr::parse(self.data[..HEADROOM].try_into().expect("HEADROOM is the header length"))
+    }
+
+    /// Header and frame as one slice: what a port with a vnet header writes.
+    #[inline]
+    pub fn wire(&self) -> &[u8] {
+        &self.data[..HEADROOM + self.len]
+    }
+
+    /// Header and frame, writable: a port-level view for finishing offloads in place.
+    #[inline]
+    pub fn wire_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..HEADROOM + self.len]
     }
 
     /// Sets the frame length, clamped to the buffer so that a port reporting
@@ -145,11 +178,18 @@ impl Batch {
         }
     }
 
-    /// Appends a copy of `frame` (tests and the in-memory port); false if full or too large.
+    /// Appends a copy of `frame` as a plain frame (tests and the in-memory port); false if full or too large.
     pub fn push_copy(&mut self, frame: &[u8]) -> bool {
+        self.push_wire(&VnetHdr::NONE, frame)
+    }
+
+    /// Appends a copy of `frame` with header `hdr`; false if full or too large.
+    pub fn push_wire(&mut self, hdr: &VnetHdr, frame: &[u8]) -> bool {
         match self.next_free() {
             Some(buf) if frame.len() <= MAX_FRAME => {
-                buf.space_mut()[..frame.len()].copy_from_slice(frame);
+                let d = buf.hdr_space_mut();
+                hdr.write((&mut d[..HEADROOM]).try_into().expect("HEADROOM is the header length"));
+                d[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
                 buf.set_len(frame.len());
                 self.commit();
                 true
@@ -164,6 +204,17 @@ impl Batch {
     pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
         let b = &mut self.bufs[i];
         &mut b.data[HEADROOM..HEADROOM + b.len]
+    }
+
+    /// Header and frame of buffer `i` (below [`Batch::len`]), writable.
+    #[inline]
+    pub fn wire_mut(&mut self, i: usize) -> &mut [u8] {
+        self.bufs[i].wire_mut()
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> &PacketBuf {
+        &self.bufs[i]
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &PacketBuf> {

@@ -78,6 +78,21 @@ pub struct PortView {
     pub worker: usize,
 }
 
+impl PortView {
+    /// The queue of this port that worker `w` reads, if any: queue `w` of a
+    /// multi-queue port (one queue per worker), the only queue of a one-queue
+    /// port for its owner worker.
+    #[inline]
+    pub fn queue_for(&self, w: usize) -> Option<usize> {
+        let queues = usize::from(self.port.caps().queues);
+        if queues > 1 {
+            (w < queues).then_some(w)
+        } else {
+            (self.worker == w).then_some(0)
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Snapshot {
     /// Increases with every publication.
@@ -118,7 +133,8 @@ impl Snapshot {
         self.network(n).map_or(0, |v| v.mtu())
     }
 
+    /// The ports worker `worker` reads (a queue of each multi-queue port, its own one-queue ports).
     pub fn ports_of_worker(&self, worker: usize) -> impl Iterator<Item = &Arc<PortView>> {
-        self.ports.iter().flatten().filter(move |p| p.worker == worker)
+        self.ports.iter().flatten().filter(move |p| p.queue_for(worker).is_some())
     }
 }

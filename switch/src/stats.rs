@@ -31,10 +31,13 @@ pub enum DropReason {
     QueueFull,
     /// A frame for the gateway found its queue full (or was too large to punt).
     GatewayFull,
+    /// An offloaded frame (GSO or partial checksum) whose headers do not
+    /// allow finishing it in software for an egress without offloads.
+    BadOffload,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Runt,
         DropReason::BadSrcMac,
         DropReason::Hairpin,
@@ -42,6 +45,7 @@ impl DropReason {
         DropReason::LinkDown,
         DropReason::QueueFull,
         DropReason::GatewayFull,
+        DropReason::BadOffload,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl DropReason {
             DropReason::LinkDown => "link_down",
             DropReason::QueueFull => "queue_full",
             DropReason::GatewayFull => "gateway_full",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 }

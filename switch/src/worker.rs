@@ -28,12 +28,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::Clock;
+use crate::datapath::offload::{complete_csum, segment, segment_frame_len, OffloadError};
 use crate::datapath::route::{route_frame, Routed};
 use crate::datapath::{decide, to_gateway, Decision, Learned, Table, ToGateway};
-use crate::packet::Batch;
+use crate::packet::{Batch, HEADROOM, MAX_FRAME};
 use crate::port::{PortId, RecvState, SendReport};
 use crate::snapshot::{NetworkView, PortView, RouterView, Snapshot};
 use crate::stats::{BurstCount, DropReason, RouterStats};
+use crate::wire::vnet::VnetHdr;
 use crate::wire::EthAddrs;
 use crate::wire::MacAddr;
 
@@ -61,6 +63,8 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     pub events: Sender<WorkerEvent>,
     pub clock: Clock,
+    /// Busy polling (`daemon --poll busy`): never sleep in `poll`.
+    pub busy: bool,
 }
 
 /// Starts worker `index`, pinned to `core` when given.
@@ -163,6 +167,8 @@ struct Worker {
     gone: Vec<bool>,
     batch: Batch,
     tx: TxAcc,
+    /// Where GSO super-frames are segmented for egress ports without offloads.
+    scratch: Box<[u8]>,
 }
 
 impl Worker {
@@ -180,6 +186,7 @@ impl Worker {
             gone: vec![false; n],
             batch: Batch::new(),
             tx: TxAcc::new(),
+            scratch: new_scratch(),
         }
     }
 
@@ -187,7 +194,7 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         self.adopt();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let timeout = if self.pending.is_empty() { None } else { Some(Duration::ZERO) };
+            let timeout = if self.pending.is_empty() && !self.shared.busy { None } else { Some(Duration::ZERO) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -224,7 +231,7 @@ impl Worker {
         let mut i = 0;
         while i < self.owned.len() {
             let id = self.owned[i];
-            let still = new.port(id).filter(|v| v.worker == self.index);
+            let still = new.port(id).filter(|v| v.queue_for(self.index).is_some());
             let same = match (still, self.snap.port(id)) {
                 (Some(a), Some(b)) => Arc::ptr_eq(&a.port, &b.port),
                 _ => false,
@@ -233,7 +240,7 @@ impl Worker {
                 i += 1;
                 continue;
             }
-            if let Some(fd) = self.snap.port(id).and_then(|v| v.port.raw_fd()) {
+            if let Some(fd) = self.snap.port(id).and_then(|v| v.queue_for(self.index).and_then(|q| v.port.raw_fd(q))) {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
             }
             self.owned.swap_remove(i);
@@ -244,7 +251,7 @@ impl Worker {
                 continue;
             }
             self.owned.push(view.id);
-            if let Some(fd) = view.port.raw_fd() {
+            if let Some(fd) = view.queue_for(self.index).and_then(|q| view.port.raw_fd(q)) {
                 let r = self.poll.registry().register(&mut SourceFd(&fd), Token(view.id.index()), Interest::READABLE);
                 if let Err(e) = r {
                     tracing::error!(port = %view.id, error = %e, "cannot poll port");
@@ -271,16 +278,18 @@ impl Worker {
             }
             // Borrow the snapshot and the scratch space separately, so a
             // burst costs no reference-count traffic on shared cache lines.
-            let Some(view) = self.snap.port(id).filter(|v| v.worker == self.index) else {
+            let Some((view, queue)) = self.snap.port(id).and_then(|v| Some((v, v.queue_for(self.index)?))) else {
                 continue;
             };
-            let state = burst(&mut self.batch, &mut self.tx, &self.snap, view, now);
+            let mut io =
+                Io { batch: &mut self.batch, tx: &mut self.tx, scratch: &mut self.scratch, queue, worker: self.index };
+            let state = burst(&mut io, &self.snap, view, now);
             match state {
                 RecvState::More => self.mark_pending(id),
                 RecvState::Drained => {}
                 RecvState::Gone => {
                     self.gone[id.index()] = true;
-                    if let Some(fd) = self.snap.port(id).and_then(|v| v.port.raw_fd()) {
+                    if let Some(fd) = self.snap.port(id).and_then(|v| v.port.raw_fd(queue)) {
                         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                     }
                     let _ = self.shared.events.try_send(WorkerEvent::PortGone { port: id, errno: libc::EBADFD });
@@ -328,19 +337,74 @@ fn share_fairly(table: &Table, snap: &Snapshot, view: &PortView, frame: &[u8], n
     table.learn(eth.src, view.id, now) == Learned::New
 }
 
+/// A worker's scratch space and identity, borrowed for one burst.
+pub struct Io<'a> {
+    pub batch: &'a mut Batch,
+    pub tx: &'a mut TxAcc,
+    /// Segmentation space (see [`new_scratch`]).
+    pub scratch: &'a mut [u8],
+    /// The queue of the ingress port this worker reads.
+    pub queue: usize,
+    /// This worker's index: the queue it writes on every egress port.
+    pub worker: usize,
+}
+
+/// Scratch space for one segment: a vnet header and a maximal frame.
+pub fn new_scratch() -> Box<[u8]> {
+    vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice()
+}
+
+/// Sends one frame (`wire`: vnet header + frame) to `egress` on queue
+/// `queue`. When the frame asks for an offload the egress does not take, it
+/// is finished here first: a partial checksum is completed in place (so the
+/// other egress ports of a flood get the finished frame too), a GSO
+/// super-frame is segmented into `scratch`, one segment at a time.
+#[inline]
+fn transmit(
+    tx: &mut TxAcc,
+    scratch: &mut [u8],
+    egress: &PortView,
+    queue: usize,
+    wire: &mut [u8],
+) -> Result<(), OffloadError> {
+    let (hb, frame) = wire.split_at_mut(HEADROOM);
+    let mut h = VnetHdr::parse((&*hb).try_into().expect("HEADROOM is the header length"));
+    if egress.port.caps().offloads.accepts(&h) {
+        tx.add(egress, egress.port.send_batch(queue, &[&*wire]));
+        return Ok(());
+    }
+    if h.is_gso() {
+        segment(&h, frame, scratch, |seg| tx.add(egress, egress.port.send_batch(queue, &[seg])))?;
+        return Ok(());
+    }
+    complete_csum(&mut h, frame)?;
+    h.write(hb.try_into().expect("HEADROOM is the header length"));
+    tx.add(egress, egress.port.send_batch(queue, &[&*wire]));
+    Ok(())
+}
+
 /// Routes a frame addressed to the gateway (see `datapath::route`). Returns
-/// true when it was forwarded; false hands it to the gateway responder, which
-/// answers the gateway's own traffic and sends the ICMP errors (the counter
-/// of the reason is bumped here).
+/// true when it was forwarded (or dropped and counted); false hands it to
+/// the gateway responder, which answers the gateway's own traffic and sends
+/// the ICMP errors (the counter of the reason is bumped here). `on_wire` is
+/// the largest frame this becomes on the wire (the segment size of a GSO
+/// super-frame): the TTL is rewritten once in the super-frame's header, and
+/// segmentation, if the egress needs it, follows.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn route(
-    frame: &mut [u8],
+    wire: &mut [u8],
+    on_wire: usize,
     gw_ip: [u8; 4],
     router: &RouterView,
     net: &NetworkView,
     snap: &Snapshot,
     tx: &mut TxAcc,
+    scratch: &mut [u8],
+    q: usize,
+    bad_offload: &mut u64,
 ) -> bool {
+    let frame = &mut wire[HEADROOM..];
     // To one of the router's own addresses: the gateway answers it.
     if frame.len() >= 34 && router.gateway_ips.iter().any(|g| frame[30..34] == *g) {
         return false;
@@ -353,6 +417,7 @@ fn route(
     };
     match route_frame(
         frame,
+        on_wire,
         gw_ip,
         &router.table,
         |n, ip| snap.neighbor(n, ip),
@@ -363,13 +428,18 @@ fn route(
             let Some(out) = snap.network(egress) else { return false };
             bump(|s| &s.routed);
             let dst = MacAddr(frame[..6].try_into().expect("an Ethernet frame"));
-            let frame: &[u8] = frame;
             match out.fdb.table().lookup(dst).and_then(|p| snap.port(p)).filter(|p| Arc::ptr_eq(&p.network, out)) {
-                Some(p) => tx.add(p, p.port.send_batch(&[frame])),
+                Some(p) => {
+                    if transmit(tx, scratch, p, q, wire).is_err() {
+                        *bad_offload += 1;
+                    }
+                }
                 None => {
-                    for &q in &out.ports {
-                        if let Some(p) = snap.port(q) {
-                            tx.add(p, p.port.send_batch(&[frame]));
+                    for &q_port in &out.ports {
+                        if let Some(p) = snap.port(q_port) {
+                            if transmit(tx, scratch, p, q, wire).is_err() {
+                                *bad_offload += 1;
+                            }
                         }
                     }
                 }
@@ -401,10 +471,24 @@ fn route(
     }
 }
 
-/// Reads one burst from `view` and forwards it: the whole per-frame path.
-pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView, now: u32) -> RecvState {
+/// Hands a frame to the gateway responder, finishing a partial checksum
+/// first (smoltcp checks checksums). False when it could not be queued.
+#[inline]
+fn punt(gw: &crate::snapshot::GatewayView, net: &Arc<NetworkView>, in_port: PortId, wire: &mut [u8]) -> bool {
+    let (hb, frame) = wire.split_at_mut(HEADROOM);
+    let mut h = VnetHdr::parse((&*hb).try_into().expect("HEADROOM is the header length"));
+    if h.is_gso() || complete_csum(&mut h, frame).is_err() {
+        // A super-frame for the gateway itself (it serves no TCP) cannot be queued.
+        return false;
+    }
+    gw.punt.push(net, in_port, frame)
+}
+
+/// Reads one burst from queue `io.queue` of `view` and forwards it: the whole per-frame path.
+pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvState {
+    let Io { batch, tx, scratch, queue, worker } = io;
     batch.clear();
-    let report = view.port.recv_batch(batch);
+    let report = view.port.recv_batch(*queue, batch);
     if report.frames == 0 {
         return report.state;
     }
@@ -413,34 +497,58 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
     let mut rx = BurstCount::default();
     let mut drops = [0u64; DropReason::ALL.len()];
     let mut learn_full = 0u64;
+    let q = *worker;
     for i in 0..batch.len() {
-        let frame = batch.frame_mut(i);
-        rx.add(frame.len());
-        let v = decide(frame, view.id, &table, net.max_frame, now);
-        if v.learned == Some(Learned::Full) && !share_fairly(&table, snap, view, frame, now) {
+        let wire = batch.wire_mut(i);
+        let hdr = VnetHdr::parse(wire[..HEADROOM].try_into().expect("HEADROOM is the header length"));
+        let len = wire.len() - HEADROOM;
+        rx.add(len);
+        // A super-frame is checked against the MTU by the frames it becomes.
+        let (max_frame, on_wire) = if hdr.is_gso() {
+            match segment_frame_len(&hdr, &wire[HEADROOM..]) {
+                Ok(n) if n <= net.max_frame => (usize::MAX, n),
+                Ok(_) => {
+                    drops[DropReason::Oversize as usize] += 1;
+                    continue;
+                }
+                Err(_) => {
+                    drops[DropReason::BadOffload as usize] += 1;
+                    continue;
+                }
+            }
+        } else {
+            (net.max_frame, len)
+        };
+        let v = decide(&wire[HEADROOM..], view.id, &table, max_frame, now);
+        if v.learned == Some(Learned::Full) && !share_fairly(&table, snap, view, &wire[HEADROOM..], now) {
             learn_full += 1;
         }
         if let (Some(gw), false) = (&net.gateway, matches!(v.decision, Decision::Drop(_))) {
-            match to_gateway(frame, gw.mac, gw.ip) {
+            match to_gateway(&wire[HEADROOM..], gw.mac, gw.ip) {
                 ToGateway::No => {}
                 ToGateway::Only => {
                     if let Some(router) = &net.router {
-                        if route(frame, gw.ip, router, net, snap, tx) {
+                        let mut bad = 0;
+                        let done = route(wire, on_wire, gw.ip, router, net, snap, tx, scratch, q, &mut bad);
+                        drops[DropReason::BadOffload as usize] += bad;
+                        if done {
                             continue;
                         }
                     }
-                    if !gw.punt.push(net, view.id, frame) {
+                    let wire = batch.wire_mut(i);
+                    if !punt(gw, net, view.id, wire) {
                         drops[DropReason::GatewayFull as usize] += 1;
                     }
                     continue;
                 }
                 ToGateway::Copy => {
-                    if !gw.punt.push(net, view.id, frame) {
+                    if !punt(gw, net, view.id, wire) {
                         drops[DropReason::GatewayFull as usize] += 1;
                     }
                 }
             }
         }
+        let wire = batch.wire_mut(i);
         let flood = match v.decision {
             Decision::Drop(r) => {
                 drops[r as usize] += 1;
@@ -451,7 +559,9 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
                 // The entry may name a port that left or changed networks
                 // since it was learned: flood then, as for an unknown MAC.
                 Some(egress) if Arc::ptr_eq(&egress.network, net) => {
-                    tx.add(egress, egress.port.send_batch(&[frame]));
+                    if transmit(tx, scratch, egress, q, wire).is_err() {
+                        drops[DropReason::BadOffload as usize] += 1;
+                    }
                     false
                 }
                 _ => true,
@@ -463,7 +573,9 @@ pub fn burst(batch: &mut Batch, tx: &mut TxAcc, snap: &Snapshot, view: &PortView
                     continue;
                 }
                 if let Some(egress) = snap.port(out) {
-                    tx.add(egress, egress.port.send_batch(&[frame]));
+                    if transmit(tx, scratch, egress, q, wire).is_err() {
+                        drops[DropReason::BadOffload as usize] += 1;
+                    }
                 }
             }
         }
@@ -532,7 +644,9 @@ mod tests {
     fn run(snap: &Snapshot, id: u16) -> RecvState {
         let mut batch = Batch::new();
         let mut tx = TxAcc::new();
-        burst(&mut batch, &mut tx, snap, snap.port(PortId(id)).unwrap(), 0)
+        let mut scratch = new_scratch();
+        let mut io = Io { batch: &mut batch, tx: &mut tx, scratch: &mut scratch, queue: 0, worker: 0 };
+        burst(&mut io, snap, snap.port(PortId(id)).unwrap(), 0)
     }
 
     fn stats(snap: &Snapshot, id: u16) -> &PortStats {
@@ -628,5 +742,87 @@ mod tests {
         // Port 3 was down for the one good frame of the last burst.
         assert_eq!(stats(&snap, 3).drops(DropReason::LinkDown), 1);
         assert_eq!(stats(&snap, 2).tx_packets.load(Ordering::Relaxed), crate::packet::BATCH as u64 + 5 + 1);
+    }
+
+    /// A TCP super-frame from port 1: to a port with TSO it goes as it is (one
+    /// write); to a port without offloads it is segmented, each segment complete.
+    #[test]
+    fn super_frames_pass_through_or_are_segmented_per_egress() {
+        use crate::wire::vnet::{Offloads, VnetHdr};
+        let mems = [
+            Arc::new(MemPort::with_offloads("tso-in", Offloads::ALL)),
+            Arc::new(MemPort::with_offloads("tso-out", Offloads::ALL)),
+            Arc::new(MemPort::new("plain-out")),
+        ];
+        let net = Arc::new(NetworkView {
+            gateway: None,
+            index: 0,
+            router: None,
+            route_stats: Default::default(),
+            neighbors: Default::default(),
+            name: "n".into(),
+            max_frame: 1518,
+            fdb: Arc::new(Fdb::new(64, 300)),
+            ports: vec![PortId(1), PortId(2), PortId(3)],
+        });
+        let mut ports = vec![None];
+        for (i, m) in mems.iter().enumerate() {
+            let port: Arc<dyn Port> = m.clone();
+            let id = PortId(i as u16 + 1);
+            ports.push(Some(Arc::new(PortView { id, port, stats: Arc::default(), network: net.clone(), worker: 0 })));
+        }
+        let snap = Snapshot { epoch: 1, networks: vec![net], ports };
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0xff; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(1000, 2000, 7, 65535)
+            .ack(1)
+            .psh()
+            .write(&mut frame, &payload)
+            .unwrap();
+        let hdr = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        mems[0].inject_wire(hdr, &frame);
+        run(&snap, 1);
+        let passed = mems[1].take_sent_wire();
+        assert_eq!(passed, vec![(hdr, frame.clone())], "unchanged, one write, header kept");
+        let segs = mems[2].take_sent_wire();
+        assert_eq!(segs.len(), 3, "4000 bytes in 1448-byte segments");
+        let mut joined = Vec::new();
+        for (i, (h, f)) in segs.iter().enumerate() {
+            assert!(h.is_plain());
+            let p = etherparse::SlicedPacket::from_ethernet(f).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = &p.transport else { panic!("not TCP") };
+            let want = tcp.to_header().calc_checksum_ipv4(&ip.header().to_header(), tcp.payload()).unwrap();
+            assert_eq!(tcp.checksum(), want, "segment {i} checksum");
+            assert_eq!(tcp.sequence_number(), 7 + 1448 * i as u32);
+            assert_eq!(tcp.psh(), i == 2, "PSH only on the last segment");
+            joined.extend_from_slice(tcp.payload());
+        }
+        assert_eq!(joined, payload);
+        // Counted once as received, and per segment on the plain egress.
+        assert_eq!(stats(&snap, 1).rx_packets.load(Ordering::Relaxed), 1);
+        assert_eq!(stats(&snap, 3).tx_packets.load(Ordering::Relaxed), 3);
+        // A super-frame whose segments would not fit the network's MTU is dropped.
+        let big = VnetHdr { gso_size: 3000, ..hdr };
+        mems[0].inject_wire(big, &frame);
+        run(&snap, 1);
+        assert!(mems[1].take_sent().is_empty() && mems[2].take_sent().is_empty());
+        assert_eq!(stats(&snap, 1).drops(DropReason::Oversize), 1);
+        // A header that cannot be finished (GSO on a non-IP frame) is dropped and counted.
+        let mut junk = frame.clone();
+        junk[12..14].copy_from_slice(&[0x88, 0xb5]);
+        mems[0].inject_wire(hdr, &junk);
+        run(&snap, 1);
+        assert_eq!(stats(&snap, 1).drops(DropReason::BadOffload), 1);
     }
 }

@@ -15,7 +15,7 @@ use tapyard_switch::packet::{Batch, BATCH};
 use tapyard_switch::port::{Port, PortCaps, PortId, RecvReport, RecvState, SendReport};
 use tapyard_switch::punt::PuntQueue;
 use tapyard_switch::snapshot::{GatewayView, NetworkView, PortView, Snapshot};
-use tapyard_switch::worker::{burst, TxAcc};
+use tapyard_switch::worker::{burst, new_scratch, Io, TxAcc};
 
 struct Counting;
 
@@ -68,14 +68,14 @@ struct Repeat {
 }
 
 impl Port for Repeat {
-    fn recv_batch(&self, batch: &mut Batch) -> RecvReport {
+    fn recv_batch(&self, _queue: usize, batch: &mut Batch) -> RecvReport {
         let mut n = 0;
         while batch.push_copy(&self.frame) {
             n += 1;
         }
         RecvReport { frames: n, state: RecvState::More }
     }
-    fn send_batch(&self, frames: &[&[u8]]) -> SendReport {
+    fn send_batch(&self, _queue: usize, frames: &[&[u8]]) -> SendReport {
         self.sent.fetch_add(frames.len() as u64, Relaxed);
         SendReport {
             sent: frames.len() as u64,
@@ -84,9 +84,9 @@ impl Port for Repeat {
         }
     }
     fn caps(&self) -> PortCaps {
-        PortCaps { vnet_hdr: false }
+        PortCaps { queues: 1, offloads: Default::default() }
     }
-    fn raw_fd(&self) -> Option<RawFd> {
+    fn raw_fd(&self, _queue: usize) -> Option<RawFd> {
         None
     }
     fn name(&self) -> &str {
@@ -133,10 +133,12 @@ fn steady_state_forwarding_does_not_allocate() {
     let snap = Snapshot { epoch: 1, networks: vec![net.clone()], ports: views };
     let mut batch = Batch::new();
     let mut tx = TxAcc::new();
+    let mut scratch = new_scratch();
     let mut punted = 0u64;
     let mut step = |batch: &mut Batch, tx: &mut TxAcc, now: u32| {
         for id in 1..=4 {
-            burst(batch, tx, &snap, snap.port(PortId(id)).unwrap(), now);
+            let mut io = Io { batch, tx, scratch: &mut scratch, queue: 0, worker: 0 };
+            burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), now);
         }
         // Play the gateway thread: take the punted frames, return the buffers.
         while let Some(p) = punt.pop() {

@@ -3,6 +3,7 @@
 //! Verbs, flags and `--json` outputs are a contract scripts rely on: add,
 //! never rename.
 
+pub mod bench;
 pub mod client;
 pub mod lab;
 mod table;
@@ -48,6 +49,11 @@ pub enum Cmd {
         /// Address to assign inside the namespace, like 10.0.0.2/24.
         #[arg(long)]
         ip: Option<String>,
+        /// TAP offloads (checksum, TSO, USO): `on` moves 64 KiB super-frames
+        /// per read and write; `off` makes the kernel segment and checksum
+        /// every frame (and tapyard segments frames sent to this port).
+        #[arg(long, value_enum, default_value_t = OnOff::On)]
+        offload: OnOff,
         /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
@@ -78,6 +84,9 @@ pub enum Cmd {
     /// The embedded default lab: two networks, four namespaces, a connectivity matrix.
     #[command(subcommand)]
     Lab(lab::LabCmd),
+    /// Benchmark tapyard against the Linux bridge, vde_switch and Open vSwitch: throughput,
+    /// small-frame rate and loss, latency, CPU per GB (as root; see docs/PERFORMANCE.md).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -93,6 +102,23 @@ pub struct DaemonArgs {
     /// [default: 172.17.0.0/12/16, then 192.168.0.0/16/20].
     #[arg(long = "default-pool", value_name = "CIDR/PREFIX")]
     pub default_pools: Vec<String>,
+    /// How workers wait for frames: `event` sleeps in epoll until a port is
+    /// ready (no CPU when idle); `busy` never sleeps, like OVS PMD threads:
+    /// lower latency, but each worker keeps a core 100 % busy. See docs/PERFORMANCE.md.
+    #[arg(long, value_enum, default_value_t = PollMode::Event)]
+    pub poll: PollMode,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    Event,
+    Busy,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand, Debug)]
@@ -306,6 +332,7 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
                 socket: socket.clone(),
                 state_dir: a.state_dir.unwrap_or_else(default_state_dir),
                 workers,
+                busy: a.poll == PollMode::Busy,
                 default_pools,
             };
             crate::control::server::run(cfg)?;
@@ -358,9 +385,10 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             call_v(Request::NetworkRm { name: name.clone(), force })?;
             println!("{name}");
         }
-        Cmd::Connect { network, netns, ifname, mac, ip, json } => {
+        Cmd::Connect { network, netns, ifname, mac, ip, offload, json } => {
+            let offload = Some(offload == OnOff::On);
             let p: PortInfo =
-                client::call(&socket, &Request::Connect { network, netns, ifname: Some(ifname), mac, ip })?;
+                client::call(&socket, &Request::Connect { network, netns, ifname: Some(ifname), mac, ip, offload })?;
             if json {
                 print_json(&p);
             } else {
@@ -389,6 +417,7 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             println!("flushed {} entries", v["flushed"]);
         }
         Cmd::Lab(cmd) => return lab::run(cmd, &socket),
+        Cmd::Bench(args) => return bench::run(args),
     }
     Ok(0)
 }

@@ -200,8 +200,13 @@ fn send(d: &Daemon, net: &NetworkView, frame: &[u8]) {
         .flatten()
         .and_then(|p| snap.port(p))
         .filter(|v| v.network.name == net.name);
+    // Ports take every frame behind a vnet header; the gateway's are plain
+    // (all-zero header), so any port takes them as they are. Written to
+    // queue 0, beside worker 0: a TAP write is one atomic syscall.
+    let mut wire = vec![0u8; crate::wire::vnet::VNET_HDR_LEN + frame.len()];
+    wire[crate::wire::vnet::VNET_HDR_LEN..].copy_from_slice(frame);
     let out = |v: &crate::snapshot::PortView| {
-        let r = v.port.send_batch(&[frame]);
+        let r = v.port.send_batch(0, &[&wire]);
         v.stats.tx_packets.fetch_add(r.sent, Ordering::Relaxed);
         v.stats.tx_bytes.fetch_add(r.bytes, Ordering::Relaxed);
     };
@@ -373,7 +378,9 @@ impl ArpResolver {
         let mut probe = frame.to_vec();
         // Would it route if the neighbour were known? Then resolution is the only problem.
         let known = |_: u16, _: u32| Some([0u8; 6]);
-        let routed = route_frame(&mut probe, gw_ip, &router.table, known, |n| snap.gateway_mac(n), |n| snap.mtu(n));
+        let on_wire = probe.len();
+        let routed =
+            route_frame(&mut probe, on_wire, gw_ip, &router.table, known, |n| snap.gateway_mac(n), |n| snap.mtu(n));
         if !matches!(routed, Routed::Forward { .. }) {
             return false;
         }
@@ -432,8 +439,16 @@ impl ArpResolver {
             let Some(router) = &h.ingress.router else { continue };
             let Some(gw) = &h.ingress.gateway else { continue };
             let found = |_: u16, _: u32| Some(mac);
-            let routed =
-                route_frame(&mut h.frame, gw.ip, &router.table, found, |n| snap.gateway_mac(n), |n| snap.mtu(n));
+            let on_wire = h.frame.len();
+            let routed = route_frame(
+                &mut h.frame,
+                on_wire,
+                gw.ip,
+                &router.table,
+                found,
+                |n| snap.gateway_mac(n),
+                |n| snap.mtu(n),
+            );
             if let Routed::Forward { egress } = routed {
                 if let Some(out) = snap.network(egress) {
                     router.stats.routed.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,7 @@ use crate::datapath::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
 use crate::datapath::route::{Route, RouteTable};
 use crate::datapath::{max_frame_len, Fdb};
 use crate::port::tap::TapPort;
+use crate::port::Offloads;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
 use crate::snapshot::{GatewayView, NetworkView, PortView, RouterView, Snapshot};
@@ -57,6 +58,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub workers: usize,
+    /// Busy polling: workers never sleep (`daemon --poll busy`).
+    pub busy: bool,
     /// Where networks created without `--subnet` take their subnet.
     pub default_pools: Vec<DefaultPool>,
 }
@@ -130,7 +133,8 @@ impl Daemon {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded(1024);
         let clock = Clock::new();
-        let shared = worker::Shared { snapshot: snapshot.clone(), stop: stop.clone(), events: tx, clock };
+        let shared =
+            worker::Shared { snapshot: snapshot.clone(), stop: stop.clone(), events: tx, clock, busy: cfg.busy };
         // The cores this process may run on (its cpuset), read once here:
         // from an already-pinned thread it would be one core (DEPENDENCIES §5).
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -195,7 +199,8 @@ impl Daemon {
                 }
             };
             // The interface a killed daemon left behind (persistent TAP): take it back as it is.
-            if let Ok(tap) = TapPort::attach_in(&ns.path, &spec.ifname) {
+            let offloads = if spec.no_offload { Offloads::NONE } else { Offloads::ALL };
+            if let Ok(tap) = TapPort::attach_in(&ns.path, &spec.ifname, self.workers.len(), offloads) {
                 let id = (1..=PortId::MAX).map(PortId).find(|id| !inner.ports.contains_key(id));
                 if let Some(id) = id {
                     let worker = self.pick_worker(&inner, &spec.network);
@@ -460,7 +465,9 @@ impl Daemon {
                 to_value(self.network_info(&inner, net))
             }
             Request::NetworkRm { name, force } => self.network_rm(&name, force),
-            Request::Connect { network, netns, ifname, mac, ip } => self.connect(network, netns, ifname, mac, ip),
+            Request::Connect { network, netns, ifname, mac, ip, offload } => {
+                self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true))
+            }
             Request::Disconnect { network, netns, ifname } => self.disconnect(&network, &netns, ifname),
             Request::PortLs { network: filter } => {
                 let inner = self.lock();
@@ -817,6 +824,7 @@ impl Daemon {
         ifname: Option<String>,
         mac: Option<String>,
         ip: Option<String>,
+        offload: bool,
     ) -> ApiResult {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         netns::check_ifname(&ifname)?;
@@ -895,8 +903,16 @@ impl Daemon {
         } else {
             ip
         };
-        let spec =
-            PortSpec { network: network_name, netns: ns_spec, ifname, mac, ip, netns_dev: ns.dev, netns_ino: ns.ino };
+        let spec = PortSpec {
+            network: network_name,
+            netns: ns_spec,
+            ifname,
+            mac,
+            ip,
+            netns_dev: ns.dev,
+            netns_ino: ns.ino,
+            no_offload: !offload,
+        };
         let id = self.attach(&mut inner, spec, ns)?;
         self.publish(&mut inner);
         self.persist(&inner);
@@ -917,7 +933,9 @@ impl Daemon {
             .map(PortId)
             .find(|id| !inner.ports.contains_key(id))
             .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
-        let tap = TapPort::create("typ%d").map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
+        let offloads = if spec.no_offload { Offloads::NONE } else { Offloads::ALL };
+        let tap = TapPort::create("typ%d", self.workers.len(), offloads)
+            .map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
         netns::move_and_configure(tap.name(), &ns, &spec.ifname, spec.mac, mtu, spec.ip, gateway)?;
         // Configured: from now on the interface survives a SIGKILL of the daemon.
         tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
@@ -1194,6 +1212,8 @@ fn port_info(p: &PortRec) -> PortInfo {
         mac: p.spec.mac.to_string(),
         ip: p.spec.ip.map(|i| i.to_string()),
         worker: p.worker,
+        queues: p.port.caps().queues,
+        offloads: p.port.caps().offloads.names().into_iter().map(String::from).collect(),
         counters: p.stats.snapshot(),
     }
 }

@@ -58,6 +58,9 @@ pub struct PortSpec {
     /// re-created under the same name is a different one, and is not reattached.
     pub netns_dev: u64,
     pub netns_ino: u64,
+    /// Created with `--offload off`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_offload: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +172,7 @@ mod tests {
                 ip: Some("10.0.0.2/24".parse().unwrap()),
                 netns_dev: 4,
                 netns_ino: 4026532000,
+                no_offload: false,
             }],
             routers: vec![],
         };

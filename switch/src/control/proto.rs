@@ -41,6 +41,9 @@ pub enum Request {
         mac: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ip: Option<String>,
+        /// false: ask the kernel for no offloads on this port (`--offload off`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offload: Option<bool>,
     },
     Disconnect {
         network: String,
@@ -289,6 +292,11 @@ pub struct PortInfo {
     pub mac: String,
     pub ip: Option<String>,
     pub worker: usize,
+    /// Queues of the TAP (one per worker) and the offloads negotiated with the kernel.
+    #[serde(default)]
+    pub queues: u16,
+    #[serde(default)]
+    pub offloads: Vec<String>,
     pub counters: PortCounters,
 }
 

@@ -100,9 +100,12 @@ pub enum Routed {
 /// next hop's MAC from `neighbor(network, ip)`, the egress gateway's MAC
 /// from `gateway_mac(network)`, TTL decrement with an incremental checksum
 /// update, MACs rewritten. Touches the frame only when it returns `Forward`.
+/// `on_wire` is the length checked against the egress MTU: the frame's own,
+/// or for a GSO super-frame the length of its largest segment.
 #[inline]
 pub fn route_frame(
     frame: &mut [u8],
+    on_wire: usize,
     gw_ip: [u8; 4],
     table: &RouteTable,
     neighbor: impl Fn(u16, u32) -> Option<[u8; 6]>,
@@ -119,7 +122,7 @@ pub fn route_frame(
     }
     let Some(r) = table.lookup(d) else { return Routed::NoRoute };
     let mtu = egress_mtu(r.target);
-    if frame.len() - 14 > usize::from(mtu) {
+    if on_wire.saturating_sub(14) > usize::from(mtu) {
         // DF is bit 1 of the flags (RFC 791 §3.1).
         return if frame[20] & 0x40 != 0 { Routed::FragNeeded { mtu } } else { Routed::TooBig };
     }
@@ -304,7 +307,13 @@ mod tests {
         f[12..14].copy_from_slice(&[8, 0]);
         f.extend(udp_packet("10.1.0.5", "10.2.0.7", 64));
         let before = f.clone();
-        assert_eq!(route_frame(&mut f, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500), Routed::Forward { egress: 2 });
+        assert_eq!(
+            {
+                let n = f.len();
+                route_frame(&mut f, n, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500)
+            },
+            Routed::Forward { egress: 2 }
+        );
         assert_eq!(&f[..6], &[2, 0, 0, 0, 2, 7]);
         assert_eq!(&f[6..12], &[2, 0, 0, 0, 0xee, 2]);
         assert_eq!(f[14 + 8], 63);
@@ -319,7 +328,13 @@ mod tests {
             checksum(&g[14..34])
         };
         g[24..26].copy_from_slice(&ck.to_be_bytes());
-        assert_eq!(route_frame(&mut g, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500), Routed::Forward { egress: 2 });
+        assert_eq!(
+            {
+                let n = g.len();
+                route_frame(&mut g, n, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500)
+            },
+            Routed::Forward { egress: 2 }
+        );
         // The other outcomes leave the frame alone.
         for (dst, ttl, want) in [
             ("10.2.0.8", 64, Routed::Unresolved),
@@ -332,7 +347,14 @@ mod tests {
             h[12..14].copy_from_slice(&[8, 0]);
             h.extend(udp_packet("10.1.0.5", dst, ttl));
             let copy = h.clone();
-            assert_eq!(route_frame(&mut h, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500), want, "{dst}");
+            assert_eq!(
+                {
+                    let n = h.len();
+                    route_frame(&mut h, n, [10, 1, 0, 1], &table, neigh, gwmac, |_| 1500)
+                },
+                want,
+                "{dst}"
+            );
             assert_eq!(h, copy);
         }
         // Larger than the egress MTU: with DF, Fragmentation Needed; without, too big.
@@ -340,9 +362,21 @@ mod tests {
         big[12..14].copy_from_slice(&[8, 0]);
         big.extend(udp_packet("10.1.0.5", "10.2.0.7", 64));
         big[14 + 6] = 0x40;
-        assert_eq!(route_frame(&mut big, [10, 1, 0, 1], &table, neigh, gwmac, |_| 30), Routed::FragNeeded { mtu: 30 });
+        assert_eq!(
+            {
+                let n = big.len();
+                route_frame(&mut big, n, [10, 1, 0, 1], &table, neigh, gwmac, |_| 30)
+            },
+            Routed::FragNeeded { mtu: 30 }
+        );
         big[14 + 6] = 0;
-        assert_eq!(route_frame(&mut big, [10, 1, 0, 1], &table, neigh, gwmac, |_| 30), Routed::TooBig);
+        assert_eq!(
+            {
+                let n = big.len();
+                route_frame(&mut big, n, [10, 1, 0, 1], &table, neigh, gwmac, |_| 30)
+            },
+            Routed::TooBig
+        );
     }
 
     #[test]

@@ -1,19 +1,23 @@
 //! An in-memory port for tests and benchmarks: frames pushed into its
 //! receive queue come out of `recv_batch`, frames sent to it are kept for
 //! inspection. It takes a mutex per call, which is fine off the real data path.
+//! One queue; no offloads unless made with [`MemPort::with_offloads`].
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Mutex;
 
-use super::{Port, PortCaps, RecvReport, RecvState, SendReport};
+use super::{Offloads, Port, PortCaps, RecvReport, RecvState, SendReport};
 use crate::packet::Batch;
+use crate::wire::vnet::{VnetHdr, VNET_HDR_LEN};
 
 #[derive(Default)]
 pub struct MemPort {
     name: String,
-    rx: Mutex<VecDeque<Vec<u8>>>,
+    rx: Mutex<VecDeque<(VnetHdr, Vec<u8>)>>,
+    /// Sent frames with their vnet headers.
     tx: Mutex<Vec<Vec<u8>>>,
+    offloads: Offloads,
     /// When set, sends fail as if the link were down.
     down: std::sync::atomic::AtomicBool,
 }
@@ -23,14 +27,32 @@ impl MemPort {
         MemPort { name: name.to_string(), ..Default::default() }
     }
 
-    /// Queues a frame for the switch to receive.
-    pub fn inject(&self, frame: &[u8]) {
-        self.rx.lock().unwrap().push_back(frame.to_vec());
+    /// A port that takes (and may deliver) these offloads.
+    pub fn with_offloads(name: &str, offloads: Offloads) -> MemPort {
+        MemPort { name: name.to_string(), offloads, ..Default::default() }
     }
 
-    /// Takes every frame the switch sent to this port.
+    /// Queues a plain frame for the switch to receive.
+    pub fn inject(&self, frame: &[u8]) {
+        self.inject_wire(VnetHdr::NONE, frame);
+    }
+
+    /// Queues a frame with a vnet header (an offloaded frame) for the switch to receive.
+    pub fn inject_wire(&self, hdr: VnetHdr, frame: &[u8]) {
+        self.rx.lock().unwrap().push_back((hdr, frame.to_vec()));
+    }
+
+    /// Takes every frame the switch sent to this port (without the vnet headers).
     pub fn take_sent(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut *self.tx.lock().unwrap())
+        self.take_sent_wire().into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// Takes every frame the switch sent to this port, with its vnet header.
+    pub fn take_sent_wire(&self) -> Vec<(VnetHdr, Vec<u8>)> {
+        let sent = std::mem::take(&mut *self.tx.lock().unwrap());
+        sent.into_iter()
+            .map(|w| (VnetHdr::parse(w[..VNET_HDR_LEN].try_into().expect("12 bytes")), w[VNET_HDR_LEN..].to_vec()))
+            .collect()
     }
 
     pub fn set_down(&self, down: bool) {
@@ -39,14 +61,14 @@ impl MemPort {
 }
 
 impl Port for MemPort {
-    fn recv_batch(&self, batch: &mut Batch) -> RecvReport {
+    fn recv_batch(&self, _queue: usize, batch: &mut Batch) -> RecvReport {
         let mut rx = self.rx.lock().unwrap();
         let mut frames = 0;
         while !batch.is_full() {
-            let Some(f) = rx.pop_front() else {
+            let Some((h, f)) = rx.pop_front() else {
                 return RecvReport { frames, state: RecvState::Drained };
             };
-            if batch.push_copy(&f) {
+            if batch.push_wire(&h, &f) {
                 frames += 1;
             }
         }
@@ -54,7 +76,7 @@ impl Port for MemPort {
         RecvReport { frames, state }
     }
 
-    fn send_batch(&self, frames: &[&[u8]]) -> SendReport {
+    fn send_batch(&self, _queue: usize, frames: &[&[u8]]) -> SendReport {
         let mut r = SendReport::default();
         if self.down.load(std::sync::atomic::Ordering::Relaxed) {
             r.link_down = frames.len() as u64;
@@ -62,18 +84,21 @@ impl Port for MemPort {
         }
         let mut tx = self.tx.lock().unwrap();
         for f in frames {
+            // A frame must never ask for an offload this port does not take.
+            let h = VnetHdr::parse(f[..VNET_HDR_LEN].try_into().expect("a vnet header"));
+            assert!(self.offloads.accepts(&h), "{h:?} sent to a port with offloads {:?}", self.offloads);
             tx.push(f.to_vec());
             r.sent += 1;
-            r.bytes += f.len() as u64;
+            r.bytes += (f.len() - VNET_HDR_LEN) as u64;
         }
         r
     }
 
     fn caps(&self) -> PortCaps {
-        PortCaps { vnet_hdr: false }
+        PortCaps { queues: 1, offloads: self.offloads }
     }
 
-    fn raw_fd(&self) -> Option<RawFd> {
+    fn raw_fd(&self, _queue: usize) -> Option<RawFd> {
         None
     }
 

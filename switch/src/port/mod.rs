@@ -17,6 +17,7 @@ use std::os::fd::RawFd;
 
 use crate::packet::Batch;
 pub use crate::packet::PortId;
+pub use crate::wire::vnet::Offloads;
 
 /// How a receive burst ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,27 +58,37 @@ pub struct SendReport {
 /// What a port can do, for the forwarding code and `port ls`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PortCaps {
-    /// Frames carry a `virtio_net_hdr` in the buffer headroom (off until the fast-path issue).
-    pub vnet_hdr: bool,
+    /// Independent queues. With more than one, worker `w` reads and writes
+    /// only queue `w` (one TAP queue per worker: no fd shared between
+    /// workers); a one-queue port is read by its owner worker alone.
+    pub queues: u16,
+    /// Non-plain frames (GSO, partial checksum) the port takes as they are;
+    /// the worker finishes anything else in software before sending.
+    pub offloads: Offloads,
 }
 
 /// A source and sink of Ethernet frames.
 ///
-/// Threading: a port is read by exactly one worker (its owner) and may be
-/// written by every worker, since frames arriving on any worker can be
-/// forwarded to it; implementations must make `send_batch` safe to call
+/// Every frame crosses this interface with its 12-byte `virtio_net_hdr` in
+/// front (`wire` slices; a plain frame has a zeroed header): received frames
+/// may be offloaded (GSO super-frames, partial checksums) as far as
+/// [`PortCaps::offloads`] allows, and frames sent never ask for more than it.
+///
+/// Threading: queue `q` is read by one worker only. Sends may come from
+/// several threads (a one-queue port gets frames from every worker, the
+/// gateway responder writes to queue 0), so `send_batch` must be safe to call
 /// concurrently (a TAP write is one atomic syscall per frame).
 pub trait Port: Send + Sync {
-    /// Reads frames into the free buffers of `batch` until it is full or the port is drained.
-    fn recv_batch(&self, batch: &mut Batch) -> RecvReport;
+    /// Reads frames from `queue` into the free buffers of `batch` until it is full or the queue is drained.
+    fn recv_batch(&self, queue: usize, batch: &mut Batch) -> RecvReport;
 
-    /// Writes each frame; never blocks.
-    fn send_batch(&self, frames: &[&[u8]]) -> SendReport;
+    /// Writes each frame (vnet header + frame) to `queue`; never blocks.
+    fn send_batch(&self, queue: usize, frames: &[&[u8]]) -> SendReport;
 
     fn caps(&self) -> PortCaps;
 
-    /// The descriptor a worker registers with its poller, if the port has one.
-    fn raw_fd(&self) -> Option<RawFd>;
+    /// The descriptor of `queue` a worker registers with its poller, if the port has one.
+    fn raw_fd(&self, queue: usize) -> Option<RawFd>;
 
     /// Kernel interface name, for logs and `port ls`.
     fn name(&self) -> &str;

@@ -95,6 +95,71 @@ impl VnetHdr {
     }
 }
 
+/// Offloads a port takes: which non-plain headers may be written to it (and
+/// which the kernel may hand us from it). Bit values are Linux's `TUN_F_*`
+/// (`TUNSETOFFLOAD`), which mirror the virtio-net feature bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offloads(pub u32);
+
+impl Offloads {
+    pub const CSUM: u32 = 0x01;
+    pub const TSO4: u32 = 0x02;
+    pub const TSO6: u32 = 0x04;
+    pub const TSO_ECN: u32 = 0x08;
+    pub const USO4: u32 = 0x20;
+    pub const USO6: u32 = 0x40;
+    pub const NONE: Offloads = Offloads(0);
+    /// Everything tapyard asks a TAP for.
+    pub const ALL: Offloads = Offloads(Self::CSUM | Self::TSO4 | Self::TSO6 | Self::TSO_ECN | Self::USO4 | Self::USO6);
+
+    const NAMES: [(u32, &'static str); 6] = [
+        (Self::CSUM, "csum"),
+        (Self::TSO4, "tso4"),
+        (Self::TSO6, "tso6"),
+        (Self::TSO_ECN, "ecn"),
+        (Self::USO4, "uso4"),
+        (Self::USO6, "uso6"),
+    ];
+
+    #[inline]
+    pub fn has(self, bits: u32) -> bool {
+        self.0 & bits == bits
+    }
+
+    /// Whether a frame with header `h` may go to a port with these offloads
+    /// as it is. GSO always implies a partial checksum, so it needs CSUM too.
+    /// USO frames carry no IP version in the header; either USO bit means
+    /// the port segments UDP (Linux sets both together).
+    #[inline]
+    pub fn accepts(self, h: &VnetHdr) -> bool {
+        if h.is_plain() {
+            return true;
+        }
+        if !self.has(Self::CSUM) {
+            return false;
+        }
+        let ecn = h.gso_type & VnetHdr::GSO_ECN == 0 || self.has(Self::TSO_ECN);
+        match h.gso() {
+            VnetHdr::GSO_NONE => true,
+            VnetHdr::GSO_TCPV4 => self.has(Self::TSO4) && ecn,
+            VnetHdr::GSO_TCPV6 => self.has(Self::TSO6) && ecn,
+            VnetHdr::GSO_UDP_L4 => self.0 & (Self::USO4 | Self::USO6) != 0,
+            _ => false,
+        }
+    }
+
+    /// Names of the offloads, for `port ls`.
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES.iter().filter(|(b, _)| self.has(*b)).map(|(_, n)| *n).collect()
+    }
+}
+
+impl serde::Serialize for Offloads {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +182,21 @@ mod tests {
         assert_eq!(h.gso(), VnetHdr::GSO_TCPV4);
         assert!(h.is_gso() && h.needs_csum() && !h.is_plain());
         assert!(VnetHdr::NONE.is_plain());
+    }
+
+    #[test]
+    fn offloads_accept_only_what_the_port_finishes() {
+        let tso =
+            VnetHdr { flags: VnetHdr::F_NEEDS_CSUM, gso_type: VnetHdr::GSO_TCPV4, gso_size: 1448, ..VnetHdr::NONE };
+        let csum = VnetHdr { flags: VnetHdr::F_NEEDS_CSUM, ..VnetHdr::NONE };
+        let ecn = VnetHdr { gso_type: VnetHdr::GSO_TCPV6 | VnetHdr::GSO_ECN, ..tso };
+        assert!(Offloads::NONE.accepts(&VnetHdr::NONE));
+        assert!(!Offloads::NONE.accepts(&csum));
+        assert!(Offloads(Offloads::CSUM).accepts(&csum));
+        assert!(!Offloads(Offloads::CSUM).accepts(&tso));
+        assert!(Offloads(Offloads::CSUM | Offloads::TSO4).accepts(&tso));
+        assert!(!Offloads(Offloads::CSUM | Offloads::TSO6).accepts(&ecn));
+        assert!(Offloads::ALL.accepts(&ecn));
+        assert_eq!(Offloads(Offloads::CSUM | Offloads::USO4).names(), ["csum", "uso4"]);
     }
 }

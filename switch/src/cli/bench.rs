@@ -1,0 +1,320 @@
+//! `tapyard bench`: the system benchmark users run to compare tapyard with the
+//! data paths it competes with, on their own machine, in one run.
+//!
+//! The harness is a bash script (`bench/system/bench.sh`, with a gnuplot
+//! script for the chart and a python3 UDP ping-pong used when sockperf is
+//! missing), embedded in the binary so that an installed `tapyard` needs no
+//! source tree. This module validates the arguments, writes the files to a
+//! private temporary directory, runs `bash bench.sh` with the path of this
+//! executable in `TAPYARD` (the daemons it starts are this very binary), and
+//! removes the directory afterwards. What the script measures, and how, is
+//! documented at its top and in docs/PERFORMANCE.md.
+//!
+//! Signals: Ctrl-C reaches the script and its children through the terminal
+//! (they share the foreground process group); this process then waits for the
+//! script's cleanup instead of dying first. A SIGTERM sent to this process is
+//! passed on to the script, which cleans up the same way.
+
+#![forbid(unsafe_code)]
+
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+const SCRIPT: &str = include_str!("../../../bench/system/bench.sh");
+const PINGPONG: &str = include_str!("../../../bench/system/pingpong.py");
+const CHART: &str = include_str!("../../../bench/system/chart.gp");
+
+/// Where the sources were at build time: the report names their git revision
+/// when they are still there.
+const SOURCE_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Data paths to measure beside tapyard, comma-separated: bridge (the Linux kernel
+    /// bridge over veth), vde (vde_switch over TAP), ovs (Open vSwitch, userspace
+    /// datapath over TAP, without and with userspace TSO), or none.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bridge,vde,ovs", value_name = "LIST")]
+    pub against: Vec<Baseline>,
+    /// tapyard data paths, comma-separated: switched (A and B on one network), routed
+    /// (on two networks joined by a router), busy (switched, daemon --poll busy), or none.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "switched,routed,busy", value_name = "LIST")]
+    pub paths: Vec<TapyardPath>,
+    /// Seconds of each iperf3 and ping-pong measurement.
+    #[arg(long, default_value_t = 5, value_name = "S", value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub duration: u32,
+    /// Repetitions of each measurement; every figure is the median.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Measurements, comma-separated: tcp1 (TCP, 1 stream, and the switch's CPU per GB),
+    /// tcp4 (4 streams), udp (64-byte frames per second), loss (at the bridge's rate),
+    /// ping (ICMP every 2 ms), pingpong (64-byte UDP request/response).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tcp1,tcp4,udp,loss,ping,pingpong",
+        value_name = "LIST"
+    )]
+    pub tests: Vec<Test>,
+    /// Pings per run of the ping test.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub pings: u32,
+    /// Seconds between two pings (0.002 to 10).
+    #[arg(long, default_value = "0.002", value_name = "S", value_parser = parse_ping_interval)]
+    pub ping_interval: f64,
+    /// Worker threads of the tapyard daemons [default: the daemon's default].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Nice level of every benchmark process (switches, iperf3, ping, sockperf)
+    /// [default: this command's].
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: Option<i32>,
+    /// Print the results as JSON on stdout instead of the table (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write DIR/results.json, DIR/results.md (tables and machine), DIR/chart.png and DIR/logs/.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Keep the work directory (logs, raw iperf3, ping and sockperf output) and say where it is.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    Bridge,
+    Vde,
+    Ovs,
+    #[value(name = "none")]
+    Nothing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TapyardPath {
+    Switched,
+    Routed,
+    Busy,
+    #[value(name = "none")]
+    Nothing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Test {
+    Tcp1,
+    Tcp4,
+    Udp,
+    Loss,
+    Ping,
+    Pingpong,
+}
+
+fn parse_ping_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.002..=10.0).contains(&v) {
+        return Err(format!("{s} is not between 0.002 and 10 seconds"));
+    }
+    Ok(v)
+}
+
+/// The comma list the script takes: values in the order given, without repeats;
+/// `none` only on its own.
+fn list<T: ValueEnum + PartialEq + Copy>(flag: &str, items: &[T], none: Option<T>) -> Result<String, clap::Error> {
+    let mut out: Vec<T> = Vec::new();
+    for &i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    if out.len() > 1 && none.is_some_and(|n| out.contains(&n)) {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!("{flag}: 'none' cannot be combined with other values"),
+        ));
+    }
+    let names: Vec<String> =
+        out.iter().filter_map(|v| v.to_possible_value()).map(|p| p.get_name().to_string()).collect();
+    Ok(names.join(","))
+}
+
+impl BenchArgs {
+    /// The arguments of bench.sh.
+    fn script_args(&self) -> Result<Vec<String>, clap::Error> {
+        let mut a = vec![
+            "--against".to_string(),
+            list("--against", &self.against, Some(Baseline::Nothing))?,
+            "--paths".to_string(),
+            list("--paths", &self.paths, Some(TapyardPath::Nothing))?,
+            "--tests".to_string(),
+            list("--tests", &self.tests, None)?,
+            "--duration".to_string(),
+            self.duration.to_string(),
+            "--runs".to_string(),
+            self.runs.to_string(),
+            "--pings".to_string(),
+            self.pings.to_string(),
+            "--ping-interval".to_string(),
+            self.ping_interval.to_string(),
+        ];
+        if self.against == [Baseline::Nothing] && self.paths == [TapyardPath::Nothing] {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                "nothing to measure: --against none and --paths none",
+            ));
+        }
+        if let Some(w) = self.workers {
+            a.extend(["--workers".to_string(), w.to_string()]);
+        }
+        if let Some(n) = self.nice {
+            a.extend(["--nice".to_string(), n.to_string()]);
+        }
+        if self.json {
+            a.push("--json".to_string());
+        }
+        if let Some(dir) = &self.report {
+            a.push("--report".to_string());
+            a.push(dir.to_string_lossy().into_owned());
+        }
+        if self.keep {
+            a.push("--keep".to_string());
+        }
+        Ok(a)
+    }
+}
+
+/// A fresh directory only this user can enter, for the embedded files.
+fn work_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    for n in 0..100u32 {
+        let dir = base.join(format!("tapyard-bench-files-{pid}-{n}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    anyhow::bail!("cannot create a work directory in {}", base.display())
+}
+
+fn write_files(dir: &Path) -> anyhow::Result<PathBuf> {
+    for (name, text) in [("bench.sh", SCRIPT), ("pingpong.py", PINGPONG), ("chart.gp", CHART)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir.join("bench.sh"))
+}
+
+/// Runs the benchmark; returns the script's exit status (0: every path that
+/// was not skipped measured without errors).
+pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let script_args = match args.script_args() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::CommandFactory;
+            let mut cli = super::Cli::command();
+            let mut cmd = cli.find_subcommand_mut("bench").cloned().unwrap_or_default().bin_name("tapyard bench");
+            e.format(&mut cmd).exit();
+        }
+    };
+    let exe = std::env::current_exe().context("cannot find the tapyard executable")?;
+    let dir = work_dir()?;
+    let result = write_files(&dir).and_then(|script| run_script(&script, &script_args, &exe));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_script(script: &Path, script_args: &[String], exe: &Path) -> anyhow::Result<i32> {
+    // Installed before the script starts, so that a Ctrl-C does not end this
+    // process while the script is still cleaning up.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("cannot install signal handlers")?;
+    let mut child = Command::new("bash")
+        .arg(script)
+        .args(script_args)
+        .env("TAPYARD", exe)
+        .env("TAPYARD_SRC", SOURCE_TREE)
+        .spawn()
+        .context("cannot run bash (tapyard bench needs bash)")?;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for the benchmark script")? {
+            break status;
+        }
+        for sig in signals.pending() {
+            // SIGINT from a terminal has reached the script too; a SIGTERM was for us alone.
+            if sig == signal_hook::consts::SIGTERM {
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signals.handle().close();
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct T {
+        #[command(flatten)]
+        a: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Vec<String>, clap::Error> {
+        let t = T::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?;
+        t.a.script_args()
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            a[..6],
+            [
+                "--against",
+                "bridge,vde,ovs",
+                "--paths",
+                "switched,routed,busy",
+                "--tests",
+                "tcp1,tcp4,udp,loss,ping,pingpong"
+            ]
+        );
+        let a = parse(&["--against", "ovs,bridge,ovs", "--paths", "none", "--duration", "1", "--json"]).unwrap();
+        assert_eq!(a[1], "ovs,bridge");
+        assert_eq!(a[3], "none");
+        assert!(a.contains(&"--json".to_string()));
+        assert!(parse(&["--nice", "-5"]).unwrap().contains(&"-5".to_string()));
+    }
+
+    #[test]
+    fn bad_arguments() {
+        for bad in [
+            &["--against", "nope"][..],
+            &["--duration", "0"],
+            &["--runs", "0"],
+            &["--tests", "tcp9"],
+            &["--ping-interval", "0.0001"],
+            &["--against", "none,bridge"],
+            &["--against", "none", "--paths", "none"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn embedded_files_are_the_harness() {
+        assert!(SCRIPT.starts_with("#!/usr/bin/env bash"));
+        assert!(SCRIPT.contains("setup_tapyard-routed"));
+        assert!(PINGPONG.contains("def client"));
+        assert!(CHART.contains("multiplot"));
+    }
+}
