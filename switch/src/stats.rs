@@ -64,6 +64,10 @@ impl DropReason {
 
 const N_REASONS: usize = DropReason::ALL.len();
 
+/// Queues whose receive counts are kept apart (`rx_queue_packets`); frames
+/// read on higher queues are counted on the last one.
+pub const QUEUE_STATS: usize = 8;
+
 /// Counters of one port.
 #[derive(Default)]
 pub struct PortStats {
@@ -84,6 +88,8 @@ pub struct PortStats {
     /// Forwarding-table entries learned on this port (a gauge the control
     /// plane refreshes every second; workers read it to share the table fairly).
     pub fdb_entries: AtomicU64,
+    /// Frames read per queue (which worker carried how much).
+    pub rx_queue_packets: [AtomicU64; QUEUE_STATS],
     drops: [AtomicU64; N_REASONS],
 }
 
@@ -109,6 +115,7 @@ impl PortStats {
             learn_full: self.learn_full.load(Relaxed),
             learn_evicted: self.learn_evicted.load(Relaxed),
             fdb_entries: self.fdb_entries.load(Relaxed),
+            rx_queue_packets: self.rx_queue_packets.iter().map(|c| c.load(Relaxed)).collect(),
             drops: DropReason::ALL.iter().map(|&r| (r.name().to_string(), self.drops(r))).collect(),
         }
     }
@@ -127,6 +134,9 @@ pub struct PortCounters {
     pub learn_evicted: u64,
     /// Forwarding-table entries currently learned on this port (refreshed every second).
     pub fdb_entries: u64,
+    /// Frames read per queue (queue i is read by worker i; the last entry also counts higher queues).
+    #[serde(default)]
+    pub rx_queue_packets: Vec<u64>,
     /// Drops by reason name, every reason listed (zero included) so scripts can rely on the keys.
     pub drops: std::collections::BTreeMap<String, u64>,
 }

@@ -34,7 +34,7 @@ use crate::datapath::{decide, to_gateway, Decision, Learned, Table, ToGateway};
 use crate::packet::{Batch, HEADROOM, MAX_FRAME};
 use crate::port::{PortId, RecvState, SendReport};
 use crate::snapshot::{NetworkView, PortView, RouterView, Snapshot};
-use crate::stats::{BurstCount, DropReason, RouterStats};
+use crate::stats::{BurstCount, DropReason, RouterStats, QUEUE_STATS};
 use crate::wire::vnet::VnetHdr;
 use crate::wire::EthAddrs;
 use crate::wire::MacAddr;
@@ -582,6 +582,7 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
     }
     let s = &view.stats;
     s.rx_packets.fetch_add(rx.packets, Ordering::Relaxed);
+    s.rx_queue_packets[(*queue).min(QUEUE_STATS - 1)].fetch_add(rx.packets, Ordering::Relaxed);
     s.rx_bytes.fetch_add(rx.bytes, Ordering::Relaxed);
     if learn_full > 0 {
         s.learn_full.fetch_add(learn_full, Ordering::Relaxed);
