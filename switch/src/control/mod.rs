@@ -950,8 +950,8 @@ impl Daemon {
     /// ports on one worker means a request and its reply cross one thread, not
     /// two: on this 2-core machine that halved ping latency (241 → 115 µs
     /// median) and raised single-stream TCP (0.97 → 1.21 Gbit/s) in
-    /// scripts/bench-l2.sh. Different networks spread over the workers. (The
-    /// fast-path issue replaces this with one TAP queue per worker per port.)
+    /// scripts/bench-l2.sh. Different networks spread over the workers. Only
+    /// one-queue ports use this: a TAP has one queue per worker.
     fn pick_worker(&self, inner: &Inner, network: &str) -> usize {
         if let Some(p) = inner.ports.values().find(|p| p.spec.network == network) {
             return p.worker;
