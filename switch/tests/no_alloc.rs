@@ -15,6 +15,7 @@ use tapyard_switch::packet::{Batch, BATCH};
 use tapyard_switch::port::{Port, PortCaps, PortId, RecvReport, RecvState, SendReport};
 use tapyard_switch::punt::PuntQueue;
 use tapyard_switch::snapshot::{GatewayView, NetworkView, PortView, Snapshot};
+use tapyard_switch::wire::vnet::VnetHdr;
 use tapyard_switch::worker::{burst, new_scratch, Io, TxAcc};
 
 struct Counting;
@@ -60,17 +61,18 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// A port that yields a full batch of one fixed frame on every receive and
-/// swallows every send, without allocating.
+/// A port that yields a full batch of one fixed frame (with its vnet header)
+/// on every receive and swallows every send, without allocating.
 struct Repeat {
-    frame: [u8; 64],
+    hdr: VnetHdr,
+    frame: Vec<u8>,
     sent: AtomicU64,
 }
 
 impl Port for Repeat {
     fn recv_batch(&self, _queue: usize, batch: &mut Batch) -> RecvReport {
         let mut n = 0;
-        while batch.push_copy(&self.frame) {
+        while batch.push_wire(&self.hdr, &self.frame) {
             n += 1;
         }
         RecvReport { frames: n, state: RecvState::More }
@@ -98,15 +100,45 @@ fn repeat(dst: [u8; 6], src: u8) -> Arc<Repeat> {
     let mut frame = [0u8; 64];
     frame[..6].copy_from_slice(&dst);
     frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, src]);
-    Arc::new(Repeat { frame, sent: AtomicU64::new(0) })
+    Arc::new(Repeat { hdr: VnetHdr::NONE, frame: frame.to_vec(), sent: AtomicU64::new(0) })
+}
+
+/// A port sending 8-segment TCP super-frames (TSO, partial checksum) from `src` to `dst`.
+fn repeat_tso(dst: [u8; 6], src: u8) -> Arc<Repeat> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, src], dst)
+        .ipv4([10, 0, 0, src], [10, 0, 0, 1], 64)
+        .tcp(40000, 5201, 1, 65535)
+        .ack(1)
+        .write(&mut frame, &[0x5a; 8 * 1448])
+        .unwrap();
+    let hdr = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    Arc::new(Repeat { hdr, frame, sent: AtomicU64::new(0) })
 }
 
 #[test]
 fn steady_state_forwarding_does_not_allocate() {
     // Port 1 sends unicast to port 2's MAC, port 2 broadcasts (flood to 1
-    // and 3), port 3 sends to port 1, port 4 to the gateway's MAC (punted).
+    // and 3), port 3 sends to port 1, port 4 to the gateway's MAC (punted);
+    // port 5 sends TCP super-frames to port 6, which takes no offloads, so
+    // every one is segmented in software; port 6 answers port 5.
     const GW: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
-    let ports = [repeat([2, 0, 0, 0, 0, 2], 1), repeat([0xff; 6], 2), repeat([2, 0, 0, 0, 0, 1], 3), repeat(GW, 4)];
+    let ports = [
+        repeat([2, 0, 0, 0, 0, 2], 1),
+        repeat([0xff; 6], 2),
+        repeat([2, 0, 0, 0, 0, 1], 3),
+        repeat(GW, 4),
+        repeat_tso([2, 0, 0, 0, 0, 6], 5),
+        repeat([2, 0, 0, 0, 0, 5], 6),
+    ];
     let punt = Arc::new(PuntQueue::new());
     let net = Arc::new(NetworkView {
         index: 0,
@@ -117,7 +149,7 @@ fn steady_state_forwarding_does_not_allocate() {
         name: "n".into(),
         max_frame: 1518,
         fdb: Arc::new(Fdb::new(4096, 300)),
-        ports: vec![PortId(1), PortId(2), PortId(3), PortId(4)],
+        ports: (1..=6).map(PortId).collect(),
     });
     let mut views = vec![None];
     for (i, p) in ports.iter().enumerate() {
@@ -136,7 +168,7 @@ fn steady_state_forwarding_does_not_allocate() {
     let mut scratch = new_scratch();
     let mut punted = 0u64;
     let mut step = |batch: &mut Batch, tx: &mut TxAcc, now: u32| {
-        for id in 1..=4 {
+        for id in 1..=6 {
             let mut io = Io { batch, tx, scratch: &mut scratch, queue: 0, worker: 0 };
             burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), now);
         }
@@ -160,7 +192,11 @@ fn steady_state_forwarding_does_not_allocate() {
     assert_eq!(punted, 1001 * BATCH as u64, "every frame to the gateway was punted");
     // And it really forwarded: port 2 got port 1's unicast, ports 1 and 3 got port 2's floods.
     let per_round = BATCH as u64;
-    assert_eq!(ports[1].sent.load(Relaxed), 1001 * per_round);
+    // (Plus, in the warm-up round, port 5's super-frames flooded as 8
+    // segments each before port 6's MAC was learned.)
+    assert_eq!(ports[1].sent.load(Relaxed), 1001 * per_round + 8 * per_round);
     assert!(ports[0].sent.load(Relaxed) >= 1000 * per_round);
     assert!(ports[2].sent.load(Relaxed) >= 1000 * per_round);
+    // Port 6 got every super-frame as 8 segments (plus port 2's floods).
+    assert!(ports[5].sent.load(Relaxed) >= 1000 * per_round * 8);
 }
