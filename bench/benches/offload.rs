@@ -36,15 +36,7 @@ fn super_frame(payload: usize) -> (VnetHdr, Vec<u8>) {
     for (i, b) in f[54..].iter_mut().enumerate() {
         *b = (i * 31) as u8;
     }
-    let h = VnetHdr {
-        flags: VnetHdr::F_NEEDS_CSUM,
-        gso_type: VnetHdr::GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let h = VnetHdr::tcp4_gso(1448);
     (h, f)
 }
 

@@ -782,15 +782,7 @@ mod tests {
             .psh()
             .write(&mut frame, &payload)
             .unwrap();
-        let hdr = VnetHdr {
-            flags: VnetHdr::F_NEEDS_CSUM,
-            gso_type: VnetHdr::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-            num_buffers: 0,
-        };
+        let hdr = VnetHdr::tcp4_gso(1448);
         mems[0].inject_wire(hdr, &frame);
         run(&snap, 1);
         let passed = mems[1].take_sent_wire();

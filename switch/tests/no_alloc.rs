@@ -112,15 +112,7 @@ fn repeat_tso(dst: [u8; 6], src: u8) -> Arc<Repeat> {
         .ack(1)
         .write(&mut frame, &[0x5a; 8 * 1448])
         .unwrap();
-    let hdr = VnetHdr {
-        flags: VnetHdr::F_NEEDS_CSUM,
-        gso_type: VnetHdr::GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let hdr = VnetHdr::tcp4_gso(1448);
     Arc::new(Repeat { hdr, frame, sent: AtomicU64::new(0) })
 }
 

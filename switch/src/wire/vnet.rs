@@ -47,6 +47,21 @@ impl VnetHdr {
     pub const NONE: VnetHdr =
         VnetHdr { flags: 0, gso_type: 0, hdr_len: 0, gso_size: 0, csum_start: 0, csum_offset: 0, num_buffers: 0 };
 
+    /// The header Linux puts on a TCP/IPv4 super-frame with a 14-byte
+    /// Ethernet header, a 20-byte IP header and a 20-byte TCP header: GSO with
+    /// `gso_size` payload bytes per segment, TCP checksum partial.
+    pub const fn tcp4_gso(gso_size: u16) -> VnetHdr {
+        VnetHdr {
+            flags: Self::F_NEEDS_CSUM,
+            gso_type: Self::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        }
+    }
+
     #[inline]
     pub fn parse(b: &[u8; VNET_HDR_LEN]) -> VnetHdr {
         let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
