@@ -143,8 +143,11 @@ fn dhclient_gets_a_lease_keyed_by_its_mac() {
     d.ok(&["connect", &net, &c.name]);
     let pidfile = d.dir.join("dhclient.pid");
     let leasefile = d.dir.join("dhclient.leases");
-    let ok = Command::new("ip")
-        .args(["netns", "exec", &c.name, "dhclient", "-1", "-4", "-sf", &fixture("dhclient.sh")])
+    // In the foreground (-d) as our own child, so it is stopped by the pid we
+    // started: once bound, a backgrounded dhclient outlives the test (reading
+    // its pid file races with its fork) and keeps the namespace alive.
+    let child = Command::new("ip")
+        .args(["netns", "exec", &c.name, "dhclient", "-d", "-1", "-4", "-sf", &fixture("dhclient.sh")])
         .arg("-pf")
         .arg(&pidfile)
         .arg("-lf")
@@ -152,24 +155,20 @@ fn dhclient_gets_a_lease_keyed_by_its_mac() {
         .arg("eth0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    // dhclient forks into the background once bound: stop it by its pid.
-    let pid = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().to_string();
-    let stop = || {
-        if !pid.is_empty() {
-            let _ = Command::new("kill").arg(&pid).status();
-        }
-    };
-    if !ok {
-        stop();
-        panic!("dhclient failed; daemon log:\n{}", d.log());
+        .spawn()
+        .unwrap();
+    let mut child = Proc(child);
+    let mut ip = None;
+    let bound = wait_for(15, || {
+        ip = addr_in(&c);
+        ip.is_some() || child.0.try_wait().ok().flatten().is_some()
+    });
+    if !bound || ip.is_none() {
+        panic!("dhclient got no address; daemon log:\n{}", d.log());
     }
-    let ip = addr_in(&c);
     let reached = c.reaches("10.92.0.1");
     let lease = ip.as_deref().map(|ip| lease_of(&d, ip)).unwrap_or_default();
-    stop();
+    drop(child);
     let ip = ip.expect("dhclient configured an address");
     assert!(ip.starts_with("10.92.0."), "{ip}");
     assert!(reached, "ping to the gateway");
