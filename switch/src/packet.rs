@@ -63,7 +63,7 @@ impl PacketBuf {
     /// The `virtio_net_hdr` in front of the frame.
     #[inline]
     pub fn hdr(&self) -> VnetHdr {
-        VnetHdr::parse(self.data[..HEADROOM].try_into().expect("HEADROOM is the header length"))
+        VnetHdr::of(&self.data)
     }
 
     /// Header and frame as one slice: what a port with a vnet header writes.
@@ -188,7 +188,7 @@ impl Batch {
         match self.next_free() {
             Some(buf) if frame.len() <= MAX_FRAME => {
                 let d = buf.hdr_space_mut();
-                hdr.write((&mut d[..HEADROOM]).try_into().expect("HEADROOM is the header length"));
+                hdr.write_to(d);
                 d[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
                 buf.set_len(frame.len());
                 self.commit();

@@ -368,7 +368,7 @@ fn transmit(
     wire: &mut [u8],
 ) -> Result<(), OffloadError> {
     let (hb, frame) = wire.split_at_mut(HEADROOM);
-    let mut h = VnetHdr::parse((&*hb).try_into().expect("HEADROOM is the header length"));
+    let mut h = VnetHdr::of(hb);
     if egress.port.caps().offloads.accepts(&h) {
         tx.add(egress, egress.port.send_batch(queue, &[&*wire]));
         return Ok(());
@@ -378,7 +378,7 @@ fn transmit(
         return Ok(());
     }
     complete_csum(&mut h, frame)?;
-    h.write(hb.try_into().expect("HEADROOM is the header length"));
+    h.write_to(hb);
     tx.add(egress, egress.port.send_batch(queue, &[&*wire]));
     Ok(())
 }
@@ -476,7 +476,7 @@ fn route(
 #[inline]
 fn punt(gw: &crate::snapshot::GatewayView, net: &Arc<NetworkView>, in_port: PortId, wire: &mut [u8]) -> bool {
     let (hb, frame) = wire.split_at_mut(HEADROOM);
-    let mut h = VnetHdr::parse((&*hb).try_into().expect("HEADROOM is the header length"));
+    let mut h = VnetHdr::of(hb);
     if h.is_gso() || complete_csum(&mut h, frame).is_err() {
         // A super-frame for the gateway itself (it serves no TCP) cannot be queued.
         return false;
@@ -500,7 +500,7 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
     let q = *worker;
     for i in 0..batch.len() {
         let wire = batch.wire_mut(i);
-        let hdr = VnetHdr::parse(wire[..HEADROOM].try_into().expect("HEADROOM is the header length"));
+        let hdr = VnetHdr::of(wire);
         let len = wire.len() - HEADROOM;
         rx.add(len);
         // A super-frame is checked against the MTU by the frames it becomes.

@@ -50,9 +50,7 @@ impl MemPort {
     /// Takes every frame the switch sent to this port, with its vnet header.
     pub fn take_sent_wire(&self) -> Vec<(VnetHdr, Vec<u8>)> {
         let sent = std::mem::take(&mut *self.tx.lock().unwrap());
-        sent.into_iter()
-            .map(|w| (VnetHdr::parse(w[..VNET_HDR_LEN].try_into().expect("12 bytes")), w[VNET_HDR_LEN..].to_vec()))
-            .collect()
+        sent.into_iter().map(|w| (VnetHdr::of(&w), w[VNET_HDR_LEN..].to_vec())).collect()
     }
 
     pub fn set_down(&self, down: bool) {
@@ -85,7 +83,7 @@ impl Port for MemPort {
         let mut tx = self.tx.lock().unwrap();
         for f in frames {
             // A frame must never ask for an offload this port does not take.
-            let h = VnetHdr::parse(f[..VNET_HDR_LEN].try_into().expect("a vnet header"));
+            let h = VnetHdr::of(f);
             assert!(self.offloads.accepts(&h), "{h:?} sent to a port with offloads {:?}", self.offloads);
             tx.push(f.to_vec());
             r.sent += 1;

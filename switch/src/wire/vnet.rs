@@ -76,6 +76,19 @@ impl VnetHdr {
         }
     }
 
+    /// The header at the front of `wire` (a vnet header followed by a frame,
+    /// as ports read and write them: at least [`VNET_HDR_LEN`] bytes by construction).
+    #[inline]
+    pub fn of(wire: &[u8]) -> VnetHdr {
+        Self::parse(wire[..VNET_HDR_LEN].try_into().expect("a wire slice starts with a vnet header"))
+    }
+
+    /// Writes the header at the front of `wire` (see [`VnetHdr::of`]).
+    #[inline]
+    pub fn write_to(&self, wire: &mut [u8]) {
+        self.write((&mut wire[..VNET_HDR_LEN]).try_into().expect("a wire slice starts with a vnet header"))
+    }
+
     #[inline]
     pub fn write(&self, b: &mut [u8; VNET_HDR_LEN]) {
         b[0] = self.flags;
