@@ -46,6 +46,8 @@ const WAKER: Token = Token(usize::MAX);
 pub enum WorkerEvent {
     /// The port's device disappeared (for example its namespace was deleted).
     PortGone { port: PortId, errno: i32 },
+    /// A vhost-user frontend connected (`up`) or went away.
+    PortLink { port: PortId, up: bool },
 }
 
 /// What the control plane keeps of a running worker.
@@ -93,7 +95,16 @@ pub struct TxAcc {
     ids: [PortId; 64],
     reps: [SendReport; 64],
     n: usize,
+    /// Frames of this burst held back for ports that want them in one
+    /// call ([`PortCaps::gather`]): (egress port, index in the batch).
+    gathered: [(PortId, u16); GATHER],
+    ng: usize,
+    /// Index in the batch of the frame being forwarded.
+    cur: u16,
 }
+
+/// Frames a burst holds back for gathering ports (a burst of 64 flooded to 4 of them).
+const GATHER: usize = 256;
 
 impl Default for TxAcc {
     fn default() -> Self {
@@ -103,7 +114,14 @@ impl Default for TxAcc {
 
 impl TxAcc {
     pub fn new() -> TxAcc {
-        TxAcc { ids: [PortId(0); 64], reps: [SendReport::default(); 64], n: 0 }
+        TxAcc {
+            ids: [PortId(0); 64],
+            reps: [SendReport::default(); 64],
+            n: 0,
+            gathered: [(PortId(0), 0); GATHER],
+            ng: 0,
+            cur: 0,
+        }
     }
 
     #[inline]
@@ -125,6 +143,44 @@ impl TxAcc {
         self.ids[self.n] = view.id;
         self.reps[self.n] = r;
         self.n += 1;
+    }
+
+    /// Holds the current frame back for `port`; false when full (send now).
+    #[inline]
+    fn gather(&mut self, port: PortId) -> bool {
+        if self.ng == GATHER {
+            return false;
+        }
+        self.gathered[self.ng] = (port, self.cur);
+        self.ng += 1;
+        true
+    }
+
+    /// Sends the held-back frames, one `send_batch` per port (and per 64 frames).
+    fn send_gathered(&mut self, snap: &Snapshot, batch: &Batch, queue: usize) {
+        while self.ng > 0 {
+            let port = self.gathered[0].0;
+            let mut frames: [&[u8]; 64] = [&[]; 64];
+            let mut n = 0;
+            // Take the frames for `port` in order, keep the rest (a burst is
+            // at most a few hundred entries: this is cheaper than sorting).
+            let mut keep = 0;
+            for k in 0..self.ng {
+                let (p, i) = self.gathered[k];
+                if p == port && n < frames.len() {
+                    frames[n] = batch.get(usize::from(i)).wire();
+                    n += 1;
+                } else {
+                    self.gathered[keep] = (p, i);
+                    keep += 1;
+                }
+            }
+            self.ng = keep;
+            if let Some(view) = snap.port(port) {
+                let r = view.port.send_batch(queue, &frames[..n]);
+                self.add(view, r);
+            }
+        }
     }
 
     fn flush(&mut self, snap: &Snapshot) {
@@ -369,8 +425,11 @@ fn transmit(
 ) -> Result<(), OffloadError> {
     let (hb, frame) = wire.split_at_mut(HEADROOM);
     let mut h = VnetHdr::of(hb);
-    if egress.port.caps().offloads.accepts(&h) {
-        tx.add(egress, egress.port.send_batch(queue, &[&*wire]));
+    let caps = egress.port.caps();
+    if caps.offloads.accepts(&h) {
+        if !(caps.gather && tx.gather(egress.id)) {
+            tx.add(egress, egress.port.send_batch(queue, &[&*wire]));
+        }
         return Ok(());
     }
     if h.is_gso() {
@@ -499,6 +558,7 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
     let mut learn_full = 0u64;
     let q = *worker;
     for i in 0..batch.len() {
+        tx.cur = i as u16;
         let wire = batch.wire_mut(i);
         let hdr = VnetHdr::of(wire);
         let len = wire.len() - HEADROOM;
@@ -593,6 +653,7 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
         }
     }
     drop(table);
+    tx.send_gathered(snap, batch, q);
     tx.flush(snap);
     report.state
 }

@@ -86,7 +86,7 @@ impl Port for Repeat {
         }
     }
     fn caps(&self) -> PortCaps {
-        PortCaps { queues: 1, offloads: Default::default() }
+        PortCaps { queues: 1, offloads: Default::default(), gather: false }
     }
     fn raw_fd(&self, _queue: usize) -> Option<RawFd> {
         None

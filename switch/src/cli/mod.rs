@@ -34,12 +34,30 @@ pub enum Cmd {
     /// Create, list, inspect and remove networks.
     #[command(subcommand)]
     Network(NetworkCmd),
-    /// Attach a network namespace to a network through a new TAP interface.
+    /// Attach a network namespace to a network through a new TAP interface,
+    /// or (with --vhost-user) a VM's virtio-net device through a vhost-user socket.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["netns", "vhost_user"])))]
     Connect {
         /// The network to attach to.
         network: String,
         /// A name under /run/netns, a path to a namespace file, or pid:N.
-        netns: String,
+        netns: Option<String>,
+        /// Attach a vhost-user frontend (QEMU `-netdev vhost-user`, DPDK
+        /// virtio-user, cloud-hypervisor) through this unix socket; tapyard
+        /// is the backend.
+        #[arg(long, value_name = "SOCKET", conflicts_with_all = ["ifname", "ip", "offload"])]
+        vhost_user: Option<PathBuf>,
+        /// With --vhost-user: listen on SOCKET (the default).
+        #[arg(long, requires = "vhost_user", conflicts_with = "client")]
+        server: bool,
+        /// With --vhost-user: connect to a frontend listening on SOCKET
+        /// (QEMU `server=on`), retrying every second until it is there.
+        #[arg(long, requires = "vhost_user")]
+        client: bool,
+        /// With --vhost-user: virtio-net queue pairs (VIRTIO_NET_F_MQ); pair
+        /// q is served by worker q, so at most one per worker.
+        #[arg(long, requires = "vhost_user", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        queues: u16,
         /// Interface name inside the namespace.
         #[arg(long, default_value = "eth0")]
         ifname: String,
@@ -58,11 +76,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Detach a namespace from a network; its interface disappears.
+    /// Detach a namespace from a network (its interface disappears), or a
+    /// vhost-user port (--vhost-user SOCKET; the socket is closed).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["netns", "vhost_user"])))]
     Disconnect {
         network: String,
         /// The namespace as given to `connect` (name, path or pid:N).
-        netns: String,
+        netns: Option<String>,
+        #[arg(long, value_name = "SOCKET", conflicts_with = "ifname")]
+        vhost_user: Option<PathBuf>,
         #[arg(long, default_value = "eth0")]
         ifname: String,
     },
@@ -306,6 +328,12 @@ fn list<T: serde::Serialize + serde::de::DeserializeOwned>(
     Ok(())
 }
 
+/// Socket paths go to the daemon absolute: it runs in another directory.
+fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(p).map_err(|e| anyhow::anyhow!("bad socket path {}: {e}", p.display()))?;
+    abs.into_os_string().into_string().map_err(|p| anyhow::anyhow!("socket path {p:?} is not UTF-8"))
+}
+
 fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -385,7 +413,30 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             call_v(Request::NetworkRm { name: name.clone(), force })?;
             println!("{name}");
         }
-        Cmd::Connect { network, netns, ifname, mac, ip, offload, json } => {
+        Cmd::Connect { network, vhost_user: Some(sock), client, queues, mac, json, .. } => {
+            let socket_path = absolute(&sock)?;
+            let p: PortInfo = client::call(
+                &socket,
+                &Request::ConnectVhost { network, socket: socket_path, client, queues: Some(queues), mac },
+            )?;
+            if json {
+                print_json(&p);
+            } else {
+                let v = p.vhost.as_ref();
+                println!(
+                    "port {}: vhost-user {} ({}) on {} (mac {}, {} queue pair{})",
+                    p.id,
+                    v.map(|v| v.socket.as_str()).unwrap_or(""),
+                    v.map(|v| v.mode.as_str()).unwrap_or(""),
+                    p.network,
+                    p.mac,
+                    p.queues,
+                    if p.queues == 1 { "" } else { "s" }
+                );
+            }
+        }
+        Cmd::Connect { network, netns, ifname, mac, ip, offload, json, .. } => {
+            let netns = netns.unwrap_or_default();
             let offload = Some(offload == OnOff::On);
             let p: PortInfo =
                 client::call(&socket, &Request::Connect { network, netns, ifname: Some(ifname), mac, ip, offload })?;
@@ -403,7 +454,11 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
                 );
             }
         }
-        Cmd::Disconnect { network, netns, ifname } => {
+        Cmd::Disconnect { network, vhost_user: Some(sock), .. } => {
+            call_v(Request::DisconnectVhost { network, socket: absolute(&sock)? })?;
+        }
+        Cmd::Disconnect { network, netns, ifname, .. } => {
+            let netns = netns.unwrap_or_default();
             call_v(Request::Disconnect { network, netns, ifname: Some(ifname) })?;
         }
         Cmd::Port(PortCmd::Ls { network, json }) => {

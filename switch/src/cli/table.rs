@@ -46,11 +46,21 @@ pub fn ports(ports: &[PortInfo]) {
         .map(|p| {
             let c = &p.counters;
             let drops: Vec<String> = c.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+            // A vhost-user port has no namespace: show its socket, link
+            // state and the virtio features its frontend acknowledged.
+            let (netns, ifname, features) = match &p.vhost {
+                Some(v) => (
+                    format!("vhost-user({})", v.mode),
+                    v.socket.clone(),
+                    if v.connected { format!("up:{}", v.features.join(",")) } else { "down".into() },
+                ),
+                None => (p.netns.clone(), p.ifname.clone(), p.offloads.join(",")),
+            };
             vec![
                 p.id.to_string(),
                 p.network.clone(),
-                p.netns.clone(),
-                p.ifname.clone(),
+                netns,
+                ifname,
                 p.mac.clone(),
                 p.ip.clone().unwrap_or_else(|| "-".into()),
                 p.worker.to_string(),
@@ -58,6 +68,8 @@ pub fn ports(ports: &[PortInfo]) {
                 format!("{}/{}", c.tx_packets, c.tx_bytes),
                 if drops.is_empty() { "0".into() } else { drops.join(",") },
                 format!("{}/{}", c.rx_errors, c.tx_errors),
+                p.queues.to_string(),
+                if features.is_empty() { "-".into() } else { features },
             ]
         })
         .collect();
@@ -74,6 +86,8 @@ pub fn ports(ports: &[PortInfo]) {
             "TX PKTS/BYTES",
             "DROPS",
             "ERR RX/TX",
+            "QUEUES",
+            "OFFLOADS/FEATURES",
         ],
         &rows,
     );

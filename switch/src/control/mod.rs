@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use crossbeam::channel::{bounded, Receiver};
+use crossbeam::channel::{bounded, Receiver, Sender};
 use serde_json::{json, Value};
 use tapyard_ipam::dhcp::DhcpConfig;
 use tapyard_ipam::lease::LeaseState;
@@ -35,6 +35,7 @@ use crate::datapath::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
 use crate::datapath::route::{Route, RouteTable};
 use crate::datapath::{max_frame_len, Fdb};
 use crate::port::tap::TapPort;
+use crate::port::vhost::{self, VhostConfig, VhostPort};
 use crate::port::Offloads;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
@@ -43,7 +44,7 @@ use crate::stats::{PortStats, RouterStats};
 use crate::wire::MacAddr;
 use crate::worker::{self, WorkerEvent, WorkerHandle};
 use netns::Netns;
-use persist::{NetworkSpec, PortSpec, RouterSpec, State};
+use persist::{NetworkSpec, PortSpec, RouterSpec, State, VhostSpec};
 use proto::*;
 
 pub const DEFAULT_MTU: u32 = 1500;
@@ -73,8 +74,11 @@ struct Network {
 struct PortRec {
     id: PortId,
     spec: PortSpec,
-    netns: Netns,
+    /// The namespace of a TAP port; none for a vhost-user port.
+    netns: Option<Netns>,
     port: Arc<dyn Port>,
+    /// The same port, for its vhost-user details.
+    vhost: Option<Arc<VhostPort>>,
     stats: Arc<PortStats>,
     worker: usize,
 }
@@ -109,6 +113,8 @@ pub struct Daemon {
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
     events: Receiver<WorkerEvent>,
+    /// For ports that report link changes (vhost-user).
+    event_tx: Sender<WorkerEvent>,
     clock: Clock,
 }
 
@@ -133,8 +139,13 @@ impl Daemon {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded(1024);
         let clock = Clock::new();
-        let shared =
-            worker::Shared { snapshot: snapshot.clone(), stop: stop.clone(), events: tx, clock, busy: cfg.busy };
+        let shared = worker::Shared {
+            snapshot: snapshot.clone(),
+            stop: stop.clone(),
+            events: tx.clone(),
+            clock,
+            busy: cfg.busy,
+        };
         // The cores this process may run on (its cpuset), read once here:
         // from an already-pinned thread it would be one core (DEPENDENCIES §5).
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -154,6 +165,7 @@ impl Daemon {
             workers,
             stop,
             events: rx,
+            event_tx: tx,
             clock,
         });
         d.restore(state);
@@ -190,6 +202,18 @@ impl Daemon {
             inner.routers.insert(spec.name.clone(), RouterRec { spec, stats: Arc::default() });
         }
         for spec in state.ports {
+            if spec.vhost.is_some() {
+                let (network, socket) = (spec.network.clone(), spec.vhost.as_ref().map(|v| v.socket.clone()));
+                match self.attach_vhost(&mut inner, spec) {
+                    Ok(id) => {
+                        tracing::info!(port = %id, network = %network, socket = ?socket, "vhost-user port restored")
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = %network, socket = ?socket, error = %e, "cannot restore vhost-user port")
+                    }
+                }
+                continue;
+            }
             let ns = match netns::resolve(&spec.netns) {
                 Ok(ns) if ns.dev == spec.netns_dev && ns.ino == spec.netns_ino => ns,
                 _ => {
@@ -206,7 +230,15 @@ impl Daemon {
                     let worker = self.pick_worker(&inner, &spec.network);
                     tracing::info!(port = %id, network = %spec.network, netns = %spec.netns, ifname = %spec.ifname,
                         "port reattached to its surviving interface");
-                    let rec = PortRec { id, spec, netns: ns, port: Arc::new(tap), stats: Arc::default(), worker };
+                    let rec = PortRec {
+                        id,
+                        spec,
+                        netns: Some(ns),
+                        port: Arc::new(tap),
+                        vhost: None,
+                        stats: Arc::default(),
+                        worker,
+                    };
                     inner.ports.insert(id, rec);
                     continue;
                 }
@@ -469,6 +501,10 @@ impl Daemon {
                 self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true))
             }
             Request::Disconnect { network, netns, ifname } => self.disconnect(&network, &netns, ifname),
+            Request::ConnectVhost { network, socket, client, queues, mac } => {
+                self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac)
+            }
+            Request::DisconnectVhost { network, socket } => self.disconnect_vhost(&network, &socket),
             Request::PortLs { network: filter } => {
                 let inner = self.lock();
                 if let Some(n) = &filter {
@@ -829,14 +865,7 @@ impl Daemon {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         netns::check_ifname(&ifname)?;
         let mac = match mac {
-            Some(m) => {
-                let m: MacAddr =
-                    m.parse().map_err(|e: crate::wire::ParseMacError| ApiError::bad_request(e.to_string()))?;
-                if m.is_multicast() || m.is_zero() {
-                    return Err(ApiError::bad_request(format!("MAC {m} is not a unicast address")));
-                }
-                m
-            }
+            Some(m) => parse_unicast_mac(&m)?,
             None => MacAddr::stable_local(format!("{network_name}\0{ns_spec}\0{ifname}").as_bytes()),
         };
         let auto = ip.as_deref() == Some("auto");
@@ -844,8 +873,10 @@ impl Daemon {
         let ns = netns::resolve(&ns_spec)?;
         let mut inner = self.lock();
         let net = network(&inner, &network_name)?;
-        if let Some(p) =
-            inner.ports.values().find(|p| p.netns.dev == ns.dev && p.netns.ino == ns.ino && p.spec.ifname == ifname)
+        if let Some(p) = inner
+            .ports
+            .values()
+            .find(|p| p.netns.as_ref().is_some_and(|n| n.dev == ns.dev && n.ino == ns.ino) && p.spec.ifname == ifname)
         {
             return Err(ApiError::conflict(format!(
                 "namespace {ns_spec} already has {ifname} attached to network {:?}; use another --ifname",
@@ -912,6 +943,7 @@ impl Daemon {
             netns_dev: ns.dev,
             netns_ino: ns.ino,
             no_offload: !offload,
+            vhost: None,
         };
         let id = self.attach(&mut inner, spec, ns)?;
         self.publish(&mut inner);
@@ -940,7 +972,8 @@ impl Daemon {
         // Configured: from now on the interface survives a SIGKILL of the daemon.
         tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
         let worker = self.pick_worker(inner, &spec.network);
-        let rec = PortRec { id, spec, netns: ns, port: Arc::new(tap), stats: Arc::default(), worker };
+        let rec =
+            PortRec { id, spec, netns: Some(ns), port: Arc::new(tap), vhost: None, stats: Arc::default(), worker };
         inner.ports.insert(id, rec);
         Ok(id)
     }
@@ -998,6 +1031,111 @@ impl Daemon {
         n
     }
 
+    /// `connect --vhost-user`: a vhost-user backend port on `socket`.
+    fn connect_vhost(
+        &self,
+        network_name: String,
+        socket: String,
+        client: bool,
+        queues: u16,
+        mac: Option<String>,
+    ) -> ApiResult {
+        let path = PathBuf::from(&socket);
+        if !path.is_absolute() {
+            return Err(ApiError::bad_request(format!("vhost-user socket path {socket:?} must be absolute")));
+        }
+        if queues == 0 || usize::from(queues) > self.workers.len() {
+            return Err(ApiError::bad_request(format!(
+                "--queues {queues}: each queue pair is served by one worker and this daemon has {} \
+                 (daemon --workers N)",
+                self.workers.len()
+            )));
+        }
+        let mac = match mac {
+            Some(m) => parse_unicast_mac(&m)?,
+            None => MacAddr::stable_local(format!("{network_name}\0vhost-user\0{socket}").as_bytes()),
+        };
+        let mut inner = self.lock();
+        network(&inner, &network_name)?;
+        if let Some(p) = inner.ports.values().find(|p| p.spec.vhost.as_ref().is_some_and(|v| v.socket == path)) {
+            return Err(ApiError::conflict(format!(
+                "{socket} is already vhost-user port {} on network {:?}",
+                p.id, p.spec.network
+            )));
+        }
+        if let Some(p) = inner.ports.values().find(|p| p.spec.network == network_name && p.spec.mac == mac) {
+            return Err(ApiError::conflict(format!(
+                "MAC {mac} is already used by port {} on network {network_name:?}",
+                p.id
+            )));
+        }
+        let mode = if client { vhost::Mode::Client } else { vhost::Mode::Server };
+        let spec = PortSpec {
+            network: network_name,
+            netns: String::new(),
+            ifname: String::new(),
+            mac,
+            ip: None,
+            netns_dev: 0,
+            netns_ino: 0,
+            no_offload: false,
+            vhost: Some(VhostSpec { socket: path, mode, queues }),
+        };
+        let id = self.attach_vhost(&mut inner, spec)?;
+        self.publish(&mut inner);
+        self.persist(&inner);
+        let rec = &inner.ports[&id];
+        tracing::info!(port = %id, network = %rec.spec.network, socket = %socket, ?mode, queues, "vhost-user port connected");
+        to_value(port_info(rec))
+    }
+
+    /// Starts the vhost-user backend of `spec` and records the port (unpublished).
+    fn attach_vhost(&self, inner: &mut Inner, spec: PortSpec) -> Result<PortId, ApiError> {
+        let v = spec.vhost.clone().ok_or_else(|| ApiError::system("not a vhost-user port"))?;
+        let net = network(inner, &spec.network)?;
+        let mtu = u16::try_from(net.spec.mtu).unwrap_or(u16::MAX);
+        let id = (1..=PortId::MAX)
+            .map(PortId)
+            .find(|id| !inner.ports.contains_key(id))
+            .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
+        let tx = self.event_tx.clone();
+        let on_link = Box::new(move |up| {
+            let _ = tx.try_send(WorkerEvent::PortLink { port: id, up });
+        });
+        let cfg = VhostConfig { socket: v.socket.clone(), mode: v.mode, pairs: v.queues, mac: spec.mac, mtu };
+        let port = Arc::new(VhostPort::start(cfg, on_link).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
+                ApiError::bad_request(e.to_string())
+            }
+            _ => ApiError::system(format!("cannot serve {}: {e}", v.socket.display())),
+        })?);
+        let worker = self.pick_worker(inner, &spec.network);
+        let rec =
+            PortRec { id, spec, netns: None, port: port.clone(), vhost: Some(port), stats: Arc::default(), worker };
+        inner.ports.insert(id, rec);
+        Ok(id)
+    }
+
+    fn disconnect_vhost(&self, network_name: &str, socket: &str) -> ApiResult {
+        let path = PathBuf::from(socket);
+        let mut inner = self.lock();
+        network(&inner, network_name)?;
+        let id = inner
+            .ports
+            .values()
+            .find(|p| p.spec.network == network_name && p.spec.vhost.as_ref().is_some_and(|v| v.socket == path))
+            .map(|p| p.id)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no vhost-user port on {socket} in network {network_name:?}; see `tapyard port ls`"
+                ))
+            })?;
+        self.remove_ports(&mut inner, &[id]);
+        self.persist(&inner);
+        tracing::info!(port = %id, network = %network_name, socket = %socket, "vhost-user port disconnected");
+        Ok(json!({ "disconnected": id.0 }))
+    }
+
     fn disconnect(&self, network_name: &str, ns_spec: &str, ifname: Option<String>) -> ApiResult {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         let ns = netns::resolve(ns_spec).ok();
@@ -1010,7 +1148,7 @@ impl Daemon {
                 p.spec.network == network_name
                     && p.spec.ifname == ifname
                     && match &ns {
-                        Some(ns) => p.netns.dev == ns.dev && p.netns.ino == ns.ino,
+                        Some(ns) => p.netns.as_ref().is_some_and(|n| n.dev == ns.dev && n.ino == ns.ino),
                         None => p.spec.netns == ns_spec,
                     }
             })
@@ -1066,6 +1204,20 @@ impl Daemon {
                             ifname = %p.spec.ifname, errno, "port's interface vanished (namespace deleted?); removing the port");
                         self.remove_ports(&mut inner, &[port]);
                         self.persist(&inner);
+                    }
+                }
+                Ok(WorkerEvent::PortLink { port, up }) => {
+                    let inner = self.lock();
+                    if let Some((p, net)) =
+                        inner.ports.get(&port).and_then(|p| Some((p, inner.networks.get(&p.spec.network)?)))
+                    {
+                        if up {
+                            // The frontend is back: its MAC is ours (VIRTIO_NET_F_MAC), point it here now.
+                            net.fdb.table().learn(p.spec.mac, port, self.clock.now_secs());
+                        } else {
+                            // Gone: flood to the MACs it had, rather than send them into a dead port.
+                            net.fdb.flush(Some(port));
+                        }
                     }
                 }
                 Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
@@ -1203,6 +1355,45 @@ fn check_network_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+fn parse_unicast_mac(m: &str) -> Result<MacAddr, ApiError> {
+    let m: MacAddr = m.parse().map_err(|e: crate::wire::ParseMacError| ApiError::bad_request(e.to_string()))?;
+    if m.is_multicast() || m.is_zero() {
+        return Err(ApiError::bad_request(format!("MAC {m} is not a unicast address")));
+    }
+    Ok(m)
+}
+
+fn vhost_info(v: &VhostPort) -> VhostInfo {
+    let c = v.counters();
+    let mut counters: BTreeMap<String, u64> = vhost::BadChain::ALL
+        .iter()
+        .map(|b| (format!("bad_chain_{}", b.name()), c.bad_chain[*b as usize].load(Ordering::Relaxed)))
+        .collect();
+    for (k, a) in [
+        ("no_rx_buffers", &c.no_rx_buffers),
+        ("rx_too_big", &c.rx_too_big),
+        ("kicks", &c.kicks),
+        ("calls", &c.calls),
+        ("connects", &c.connects),
+        ("disconnects", &c.disconnects),
+    ] {
+        counters.insert(k.to_string(), a.load(Ordering::Relaxed));
+    }
+    let acked = v.acked_features();
+    VhostInfo {
+        socket: v.config().socket.display().to_string(),
+        mode: match v.config().mode {
+            vhost::Mode::Server => "server".into(),
+            vhost::Mode::Client => "client".into(),
+        },
+        connected: v.is_connected(),
+        features: vhost::feature::names(acked).into_iter().map(String::from).collect(),
+        features_hex: format!("{acked:#x}"),
+        protocol_features: v.protocol_feature_names().into_iter().map(String::from).collect(),
+        counters,
+    }
+}
+
 fn port_info(p: &PortRec) -> PortInfo {
     PortInfo {
         id: p.id.0,
@@ -1215,5 +1406,6 @@ fn port_info(p: &PortRec) -> PortInfo {
         queues: p.port.caps().queues,
         offloads: p.port.caps().offloads.names().into_iter().map(String::from).collect(),
         counters: p.stats.snapshot(),
+        vhost: p.vhost.as_deref().map(vhost_info),
     }
 }

@@ -61,6 +61,16 @@ pub struct PortSpec {
     /// Created with `--offload off`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_offload: bool,
+    /// A vhost-user port (then `netns` and `ifname` are empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<VhostSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostSpec {
+    pub socket: PathBuf,
+    pub mode: crate::port::vhost::Mode,
+    pub queues: u16,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +183,7 @@ mod tests {
                 netns_dev: 4,
                 netns_ino: 4026532000,
                 no_offload: false,
+                vhost: None,
             }],
             routers: vec![],
         };

@@ -45,6 +45,24 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offload: Option<bool>,
     },
+    /// A vhost-user backend port on `socket` (`connect --vhost-user`).
+    ConnectVhost {
+        network: String,
+        /// Absolute path of the unix socket.
+        socket: String,
+        /// Connect to a listening frontend instead of listening.
+        #[serde(default)]
+        client: bool,
+        /// Queue pairs (default 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queues: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<String>,
+    },
+    DisconnectVhost {
+        network: String,
+        socket: String,
+    },
     Disconnect {
         network: String,
         netns: String,
@@ -298,6 +316,28 @@ pub struct PortInfo {
     #[serde(default)]
     pub offloads: Vec<String>,
     pub counters: PortCounters,
+    /// Set for vhost-user ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<VhostInfo>,
+}
+
+/// The vhost-user side of a port (`port ls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostInfo {
+    pub socket: String,
+    /// "server" or "client".
+    pub mode: String,
+    /// A frontend is connected.
+    pub connected: bool,
+    /// virtio features the frontend acknowledged (empty while down), by name.
+    pub features: Vec<String>,
+    /// The same, as the 64-bit mask.
+    pub features_hex: String,
+    /// vhost-user protocol features we offer (the frontend picks a subset).
+    pub protocol_features: Vec<String>,
+    /// Rejected descriptor chains by reason, frames the guest had no room
+    /// for, kicks and calls, connections.
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

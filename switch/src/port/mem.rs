@@ -93,7 +93,7 @@ impl Port for MemPort {
     }
 
     fn caps(&self) -> PortCaps {
-        PortCaps { queues: 1, offloads: self.offloads }
+        PortCaps { queues: 1, offloads: self.offloads, gather: false }
     }
 
     fn raw_fd(&self, _queue: usize) -> Option<RawFd> {

@@ -12,6 +12,7 @@
 
 pub mod mem;
 pub mod tap;
+pub mod vhost;
 
 use std::os::fd::RawFd;
 
@@ -65,6 +66,12 @@ pub struct PortCaps {
     /// Non-plain frames (GSO, partial checksum) the port takes as they are;
     /// the worker finishes anything else in software before sending.
     pub offloads: Offloads,
+    /// A call to `send_batch` costs much more than a frame in it (a
+    /// vhost-user ring: a lock, a notification check, maybe a syscall), so
+    /// the worker gathers a burst's frames for the port and sends them in
+    /// one call. Off for TAPs (one write per frame either way).
+    #[serde(skip)]
+    pub gather: bool,
 }
 
 /// A source and sink of Ethernet frames.

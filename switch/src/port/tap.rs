@@ -248,7 +248,7 @@ impl Port for TapPort {
     }
 
     fn caps(&self) -> PortCaps {
-        PortCaps { queues: self.queues.len() as u16, offloads: self.offloads }
+        PortCaps { queues: self.queues.len() as u16, offloads: self.offloads, gather: false }
     }
 
     fn raw_fd(&self, queue: usize) -> Option<RawFd> {

@@ -4,8 +4,12 @@
 //!
 //! Needs CAP_NET_ADMIN: run as root, or through `scripts/test.sh`, which
 //! re-runs the suite inside `unshare --user --map-root-user --net --mount`.
+//!
+//! `vhost_frontend` is a virtio-net VM (vhost-user frontend) for vhost-user ports.
 
 #![allow(dead_code)]
+
+pub mod vhost_frontend;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

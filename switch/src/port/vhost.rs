@@ -1,0 +1,929 @@
+//! vhost-user ports: a VM's (or DPDK virtio-user's) virtio-net device, with
+//! tapyard as the vhost-user *backend*. The frontend shares its memory and
+//! its split virtqueues over a unix socket; frames move by copying between
+//! guest memory and our packet buffers, with no syscall per frame.
+//!
+//! Layers (rust-vmm crates, see docs/ARCHITECTURE.md "vhost-user ports"):
+//! - the vhost-user protocol and the vring/memory bookkeeping are
+//!   `vhost-user-backend`'s [`VhostUserDaemon`]: one connection thread per
+//!   port reads the socket (feature negotiation, memory table, ring
+//!   addresses, kick/call eventfds), and one small vring thread waits on
+//!   the kick eventfds. [`Device`] is our `VhostUserBackend`: it offers the
+//!   features, answers `GET_CONFIG`, and on a kick only wakes the worker
+//!   that owns the queue pair.
+//! - the rings themselves are read and written here, by the owning worker,
+//!   in [`Port::recv_batch`] / [`Port::send_batch`] (`virtio-queue` does
+//!   the ring arithmetic and descriptor walking).
+//!
+//! Queue pair `q` is virtqueues `2q` (receive: host to guest) and `2q + 1`
+//! (transmit: guest to host), virtio 1.2 §5.1.2. With more than one pair
+//! (`VIRTIO_NET_F_MQ`), worker `w` serves pair `w`, as with a multi-queue TAP.
+//!
+//! No syscall per frame: kicks are suppressed with `VIRTIO_RING_F_EVENT_IDX`
+//! (virtio 1.2 §2.7.10): the worker publishes `avail_event` only when it has
+//! drained the ring, so a frontend that keeps the ring busy never kicks; and
+//! calls (interrupts to the guest) are sent only when the guest's
+//! `used_event` asks for one. Without EVENT_IDX, there is one call per
+//! burst, not per frame.
+//!
+//! The frontend is untrusted. Every frame is copied out of guest memory
+//! once, into our buffer, before any decision is made on it; the guest can
+//! change its memory afterwards without effect. Descriptor chains that are
+//! too short, too long, loop or run past the ring, point outside the memory
+//! table, or have the wrong direction are returned to the guest unused,
+//! counted by reason ([`VhostCounters`]), and the worker carries on.
+//!
+//! A frontend that goes away (VM reboot or crash) leaves the port in
+//! place and down: sends are counted as `link_down`, and the rings are
+//! reset so the next connection starts clean. `--client` ports retry the
+//! connection every second.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Offloads, Port, PortCaps, RecvReport, RecvState, SendReport};
+use crate::packet::{Batch, HEADROOM};
+use crate::wire::vnet::VNET_HDR_LEN;
+use crate::wire::MacAddr;
+
+/// virtio feature bits (virtio 1.2 §5.1.3, §6).
+pub mod feature {
+    pub const NET_F_CSUM: u32 = 0;
+    pub const NET_F_GUEST_CSUM: u32 = 1;
+    pub const NET_F_MTU: u32 = 3;
+    pub const NET_F_MAC: u32 = 5;
+    pub const NET_F_GUEST_TSO4: u32 = 7;
+    pub const NET_F_GUEST_TSO6: u32 = 8;
+    pub const NET_F_GUEST_ECN: u32 = 9;
+    pub const NET_F_HOST_TSO4: u32 = 11;
+    pub const NET_F_HOST_TSO6: u32 = 12;
+    pub const NET_F_HOST_ECN: u32 = 13;
+    pub const NET_F_MRG_RXBUF: u32 = 15;
+    pub const NET_F_STATUS: u32 = 16;
+    pub const NET_F_MQ: u32 = 22;
+    pub const RING_F_INDIRECT_DESC: u32 = 28;
+    pub const RING_F_EVENT_IDX: u32 = 29;
+    /// vhost-user: the frontend may send `SET_PROTOCOL_FEATURES`.
+    pub const PROTOCOL_FEATURES: u32 = 30;
+    pub const F_VERSION_1: u32 = 32;
+
+    /// Names for `port ls`, lowest bit first.
+    pub const NAMES: &[(u32, &str)] = &[
+        (NET_F_CSUM, "csum"),
+        (NET_F_GUEST_CSUM, "guest_csum"),
+        (NET_F_MTU, "mtu"),
+        (NET_F_MAC, "mac"),
+        (NET_F_GUEST_TSO4, "guest_tso4"),
+        (NET_F_GUEST_TSO6, "guest_tso6"),
+        (NET_F_GUEST_ECN, "guest_ecn"),
+        (NET_F_HOST_TSO4, "host_tso4"),
+        (NET_F_HOST_TSO6, "host_tso6"),
+        (NET_F_HOST_ECN, "host_ecn"),
+        (NET_F_MRG_RXBUF, "mrg_rxbuf"),
+        (NET_F_STATUS, "status"),
+        (NET_F_MQ, "mq"),
+        (RING_F_INDIRECT_DESC, "indirect_desc"),
+        (RING_F_EVENT_IDX, "event_idx"),
+        (PROTOCOL_FEATURES, "protocol_features"),
+        (F_VERSION_1, "version_1"),
+    ];
+
+    pub const fn bit(b: u32) -> u64 {
+        1 << b
+    }
+
+    pub fn names(bits: u64) -> Vec<&'static str> {
+        NAMES.iter().filter(|(b, _)| bits & bit(*b) != 0).map(|(_, n)| *n).collect()
+    }
+}
+use feature::bit;
+
+/// Queue pairs a port may have (`--queues`); tapyard serves one per worker.
+pub const MAX_PAIRS: u16 = 64;
+/// Ring size the frontend may choose, up to virtio-user's and QEMU's largest.
+const MAX_QUEUE_SIZE: usize = 1024;
+/// Receive buffers one frame may take with `VIRTIO_NET_F_MRG_RXBUF`: a
+/// 64 KiB super-frame in the smallest buffers Linux posts (1536 bytes) takes 44.
+const MAX_MERGED: usize = 64;
+/// Length of `struct virtio_net_config` as far as we fill it (virtio 1.2
+/// §5.1.4): mac[6], status, max_virtqueue_pairs, mtu.
+const CONFIG_LEN: usize = 12;
+/// `VIRTIO_NET_S_LINK_UP`.
+const S_LINK_UP: u16 = 1;
+
+/// How the port reaches its frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// tapyard listens on the socket (QEMU `-chardev socket,...` without `server=on`).
+    Server,
+    /// tapyard connects to a frontend that listens, and retries.
+    Client,
+}
+
+/// What a vhost-user port is made with.
+#[derive(Debug, Clone)]
+pub struct VhostConfig {
+    pub socket: PathBuf,
+    pub mode: Mode,
+    pub pairs: u16,
+    pub mac: MacAddr,
+    pub mtu: u16,
+}
+
+/// Why a descriptor chain was rejected (counted per port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum BadChain {
+    /// Less than a virtio-net header and an Ethernet header.
+    TooShort,
+    /// More bytes than the largest frame we take.
+    TooLong,
+    /// The chain did not end: it loops, is longer than the ring, or its
+    /// descriptor table is not readable.
+    Unterminated,
+    /// A buffer lies (partly) outside the memory the frontend shared.
+    OutsideMemory,
+    /// A device-writable buffer in a transmit chain, or a device-readable
+    /// one in a receive chain.
+    WrongDirection,
+}
+
+impl BadChain {
+    pub const ALL: [BadChain; 5] = [
+        BadChain::TooShort,
+        BadChain::TooLong,
+        BadChain::Unterminated,
+        BadChain::OutsideMemory,
+        BadChain::WrongDirection,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BadChain::TooShort => "too_short",
+            BadChain::TooLong => "too_long",
+            BadChain::Unterminated => "unterminated",
+            BadChain::OutsideMemory => "outside_memory",
+            BadChain::WrongDirection => "wrong_direction",
+        }
+    }
+}
+
+/// Counters of a vhost-user port beyond the common port counters.
+#[derive(Default)]
+pub struct VhostCounters {
+    pub bad_chain: [AtomicU64; 5],
+    /// Frames for the guest dropped because it had posted no (or too few) receive buffers.
+    pub no_rx_buffers: AtomicU64,
+    /// Frames for the guest larger than the buffers it can take (no
+    /// `MRG_RXBUF` and a chain too small).
+    pub rx_too_big: AtomicU64,
+    /// Kicks from the frontend (notifications that it posted frames).
+    pub kicks: AtomicU64,
+    /// Calls (interrupts) we sent to the frontend.
+    pub calls: AtomicU64,
+    pub connects: AtomicU64,
+    pub disconnects: AtomicU64,
+}
+
+/// State shared by the worker (rings), the connection thread and the
+/// vring thread.
+struct Shared {
+    cfg: VhostConfig,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    /// The rings of the current connection, handed to us by the vring
+    /// thread on its first event (`vhost-user-backend` keeps them to itself
+    /// otherwise); none between connections.
+    vrings: ArcSwapOption<Vec<VringRwLock>>,
+    /// One per queue pair, registered by the owning worker with its poller.
+    wake: Vec<EventFd>,
+    /// Features the frontend acknowledged on the current connection (0 when down).
+    acked: AtomicU64,
+    connected: AtomicBool,
+    /// Per queue pair: kicks on the receive ring are switched off.
+    rx_quiet: Vec<AtomicBool>,
+    stop: AtomicBool,
+    counters: VhostCounters,
+    /// Told when the link comes up or goes down (the control plane refreshes
+    /// or flushes the port's forwarding entries).
+    on_link: Box<dyn Fn(bool) + Send + Sync>,
+}
+
+/// Our `VhostUserBackend`: negotiation answers and kick forwarding; no data.
+#[derive(Clone)]
+struct Device(Arc<Shared>);
+
+impl Device {
+    fn offered(&self) -> u64 {
+        use feature::*;
+        let mut f = bit(F_VERSION_1)
+            | bit(NET_F_MAC)
+            | bit(NET_F_MTU)
+            | bit(NET_F_STATUS)
+            | bit(NET_F_MRG_RXBUF)
+            | bit(RING_F_EVENT_IDX)
+            | bit(RING_F_INDIRECT_DESC)
+            | bit(NET_F_CSUM)
+            | bit(NET_F_GUEST_CSUM)
+            | bit(NET_F_HOST_TSO4)
+            | bit(NET_F_HOST_TSO6)
+            | bit(NET_F_HOST_ECN)
+            | bit(NET_F_GUEST_TSO4)
+            | bit(NET_F_GUEST_TSO6)
+            | bit(NET_F_GUEST_ECN)
+            | bit(PROTOCOL_FEATURES);
+        if self.0.cfg.pairs > 1 {
+            f |= bit(NET_F_MQ);
+        }
+        f
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let c = &self.0.cfg;
+        let mut b = [0u8; CONFIG_LEN];
+        b[..6].copy_from_slice(&c.mac.0);
+        let status = if self.0.connected.load(Relaxed) { S_LINK_UP } else { 0 };
+        b[6..8].copy_from_slice(&status.to_le_bytes());
+        b[8..10].copy_from_slice(&c.pairs.to_le_bytes());
+        b[10..12].copy_from_slice(&c.mtu.to_le_bytes());
+        b
+    }
+}
+
+impl VhostUserBackend for Device {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.0.cfg.pairs) * 2
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.offered()
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.0.acked.store(features, Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut p = VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.0.cfg.pairs > 1 {
+            p |= VhostUserProtocolFeatures::MQ;
+        }
+        p
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The vrings carry the flag themselves (set by vhost-user-backend).
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // A read past our part of the config space reads zeros (virtio 1.2
+        // §4.1.4.3 lets the device define only what its features need).
+        let cfg = self.config();
+        (offset..offset.saturating_add(size)).map(|i| cfg.get(i as usize).copied().unwrap_or(0)).collect()
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        // The handler swapped the memory inside the GuestMemoryAtomic we share.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // One vring thread for every queue: it only forwards kicks.
+        vec![(1u64 << self.num_queues()) - 1]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread: usize,
+    ) -> io::Result<()> {
+        if self.0.vrings.load().is_none() {
+            self.0.vrings.store(Some(Arc::new(vrings.to_vec())));
+        }
+        let ev = usize::from(device_event);
+        // A kick on a transmit ring (or a ring just enabled): the owning
+        // worker reads it. Kicks on receive rings (the guest posted buffers)
+        // need nothing: frames for the guest are written when they arrive,
+        // or dropped and counted if there is no room; send_batch asks the
+        // guest not to send them.
+        if ev < self.num_queues() && ev % 2 == 1 {
+            self.0.counters.kicks.fetch_add(1, Relaxed);
+            if let Some(w) = self.0.wake.get(ev / 2) {
+                let _ = w.write(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Empty polls of a transmit ring before the worker asks for kicks and
+/// may sleep (see `recv_batch`).
+const IDLE_POLLS: u32 = 64;
+
+/// Polling state of one transmit ring, touched only by its worker.
+#[derive(Default)]
+struct PollState {
+    idle: std::sync::atomic::AtomicU32,
+    /// Notifications are enabled (the frontend kicks).
+    armed: AtomicBool,
+}
+
+/// A vhost-user backend port. See the module documentation.
+pub struct VhostPort {
+    shared: Arc<Shared>,
+    poll: Vec<PollState>,
+    name: String,
+    conn: Mutex<Option<JoinHandle<()>>>,
+    /// A duplicate of the listening socket (server mode): shutting it down
+    /// wakes the connection thread's accept on removal.
+    listen_fd: Mutex<Option<OwnedFd>>,
+    shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+}
+
+impl VhostPort {
+    /// Creates the port and starts serving `cfg.socket`. In server mode the
+    /// socket is bound before this returns (an error names the path); in
+    /// client mode the connection is retried in the background.
+    pub fn start(cfg: VhostConfig, on_link: Box<dyn Fn(bool) + Send + Sync>) -> io::Result<VhostPort> {
+        if cfg.pairs == 0 || cfg.pairs > MAX_PAIRS {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--queues must be 1 to {MAX_PAIRS}")));
+        }
+        let wake = (0..cfg.pairs).map(|_| EventFd::new(EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>()?;
+        let name = format!("vhost-user:{}", cfg.socket.display());
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            vrings: ArcSwapOption::empty(),
+            wake,
+            acked: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            rx_quiet: (0..cfg.pairs).map(|_| AtomicBool::new(false)).collect(),
+            stop: AtomicBool::new(false),
+            counters: VhostCounters::default(),
+            on_link,
+        });
+        let listener = match cfg.mode {
+            Mode::Server => {
+                refuse_non_socket(&cfg.socket)?;
+                let l = Listener::new(&cfg.socket, true)
+                    .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", cfg.socket.display())))?;
+                Some(l)
+            }
+            Mode::Client => None,
+        };
+        // SAFETY: as_raw_fd is the live listening socket; BorrowedFd only lives for the dup.
+        let listen_fd = listener
+            .as_ref()
+            .map(|l| unsafe { std::os::fd::BorrowedFd::borrow_raw(l.as_raw_fd()) }.try_clone_to_owned())
+            .transpose()?;
+        let shutdown = Arc::new(Mutex::new(None));
+        let (sh, sd) = (shared.clone(), shutdown.clone());
+        let conn = std::thread::Builder::new()
+            .name(format!("vhost-{}", short(&cfg.socket)))
+            .spawn(move || serve(listener, &sh, &sd))?;
+        let poll = (0..cfg.pairs).map(|_| PollState { armed: AtomicBool::new(true), ..PollState::default() }).collect();
+        Ok(VhostPort { shared, poll, name, conn: Mutex::new(Some(conn)), listen_fd: Mutex::new(listen_fd), shutdown })
+    }
+
+    pub fn config(&self) -> &VhostConfig {
+        &self.shared.cfg
+    }
+
+    pub fn counters(&self) -> &VhostCounters {
+        &self.shared.counters
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Relaxed)
+    }
+
+    /// Features acknowledged by the connected frontend (0 while down).
+    pub fn acked_features(&self) -> u64 {
+        self.shared.acked.load(Relaxed)
+    }
+
+    /// Stops serving: closes the connection, stops the threads, removes the
+    /// socket file it created. Idempotent.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Relaxed);
+        if let Some(fd) = self.listen_fd.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // SAFETY: fd is our own duplicate of the listening socket;
+            // shutdown() acts on the socket and wakes the blocking accept().
+            unsafe { libc::shutdown(fd.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        if let Some(h) = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            h.shutdown();
+        }
+        if let Some(t) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The vhost-user protocol features offered.
+    pub fn protocol_feature_names(&self) -> Vec<&'static str> {
+        let p = Device(self.shared.clone()).protocol_features();
+        [
+            (VhostUserProtocolFeatures::MQ, "mq"),
+            (VhostUserProtocolFeatures::REPLY_ACK, "reply_ack"),
+            (VhostUserProtocolFeatures::CONFIG, "config"),
+            (VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS, "configure_mem_slots"),
+        ]
+        .into_iter()
+        .filter(|(f, _)| p.contains(*f))
+        .map(|(_, n)| n)
+        .collect()
+    }
+}
+
+/// The virtio-net header is 12 bytes with VERSION_1 or MRG_RXBUF, else the
+/// legacy 10 (virtio 1.2 §5.1.6).
+fn hdr_len(acked: u64) -> usize {
+    if acked & (bit(feature::F_VERSION_1) | bit(feature::NET_F_MRG_RXBUF)) != 0 {
+        VNET_HDR_LEN
+    } else {
+        10
+    }
+}
+
+fn short(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().chars().take(9).collect()).unwrap_or_default()
+}
+
+/// A server port replaces a stale socket file, but never anything else.
+fn refuse_non_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket; not replacing it", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The connection thread: accept (or connect), serve the protocol until the
+/// frontend goes away, reset the rings, repeat until stopped.
+fn serve(
+    mut listener: Option<Listener>,
+    shared: &Arc<Shared>,
+    shutdown: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+) {
+    let socket = shared.cfg.socket.clone();
+    let mut warned = false;
+    while !shared.stop.load(Relaxed) {
+        // A fresh protocol handler per connection: vhost-user-backend's
+        // handler stays "owned" after a frontend leaves and would refuse the
+        // next one's SET_OWNER.
+        let mut daemon = match VhostUserDaemon::new(
+            shared.cfg.socket.display().to_string(),
+            Device(shared.clone()),
+            shared.mem.clone(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, "cannot set up the vhost-user handler; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let started = match listener.as_mut() {
+            Some(l) => daemon.start(l),
+            None => daemon.start_client(&socket.to_string_lossy()),
+        };
+        if let Err(e) = started {
+            if shared.stop.load(Relaxed) {
+                break;
+            }
+            if listener.is_some() {
+                tracing::warn!(socket = %socket.display(), error = %e, "vhost-user accept failed");
+            } else if !warned {
+                tracing::info!(socket = %socket.display(), error = %e, "vhost-user frontend not there yet; retrying every second");
+                warned = true;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        warned = false;
+        *shutdown.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        if shared.stop.load(Relaxed) {
+            daemon.request_shutdown();
+        }
+        shared.connected.store(true, Relaxed);
+        shared.counters.connects.fetch_add(1, Relaxed);
+        tracing::info!(socket = %socket.display(), "vhost-user frontend connected");
+        (shared.on_link)(true);
+        let ended = daemon.wait();
+        // Ends the vring thread first, so no late event can hand us this
+        // connection's rings again after the reset below.
+        drop(daemon);
+        shutdown.lock().unwrap_or_else(|e| e.into_inner()).take();
+        shared.connected.store(false, Relaxed);
+        shared.counters.disconnects.fetch_add(1, Relaxed);
+        reset_rings(shared);
+        (shared.on_link)(false);
+        match ended {
+            Ok(()) => tracing::info!(socket = %socket.display(), "vhost-user frontend disconnected; port is down"),
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, "vhost-user connection ended; port is down")
+            }
+        }
+    }
+    if listener.is_some() {
+        let _ = fs::remove_file(&socket);
+    }
+}
+
+/// After a disconnect: forget the rings and eventfds of the old connection
+/// (the memory mapping stays until the next `SET_MEM_TABLE`; no ring is
+/// ready, so nothing reads it), so the next frontend starts from scratch.
+fn reset_rings(shared: &Shared) {
+    shared.acked.store(0, Relaxed);
+    for q in &shared.rx_quiet {
+        q.store(false, Relaxed);
+    }
+    if let Some(vrings) = shared.vrings.swap(None) {
+        for v in vrings.iter() {
+            v.set_queue_ready(false);
+            v.set_enabled(false);
+            v.set_kick(None);
+            v.set_call(None);
+            let mut s = v.get_mut();
+            s.get_queue_mut().reset();
+        }
+    }
+}
+
+impl Port for VhostPort {
+    fn recv_batch(&self, queue: usize, batch: &mut Batch) -> RecvReport {
+        let drained = RecvReport { frames: 0, state: RecvState::Drained };
+        let vrings = self.shared.vrings.load();
+        let Some(vring) = vrings.as_ref().and_then(|v| v.get(queue * 2 + 1)) else { return drained };
+        let acked = self.shared.acked.load(Relaxed);
+        let hl = hdr_len(acked);
+        let mem = self.shared.mem.memory();
+        let mut st = vring.get_mut();
+        if !st.get_queue().ready() || !st.is_enabled() {
+            return drained;
+        }
+        let mut frames = 0;
+        let mut bad = [0u64; 5];
+        let mut state = RecvState::Drained;
+        let q = st.get_queue_mut();
+        let poll = &self.poll[queue];
+        if poll.armed.swap(false, Relaxed) {
+            // Busy again: no kicks while we poll (without EVENT_IDX this sets
+            // VRING_USED_F_NO_NOTIFY; with it, avail_event simply stays behind).
+            let _ = q.disable_notification(&*mem);
+        }
+        loop {
+            let Some(buf) = batch.next_free() else {
+                state = RecvState::More;
+                break;
+            };
+            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
+                if frames > 0 {
+                    poll.idle.store(0, Relaxed);
+                }
+                // Empty. Keep polling a little (the worker comes back: More)
+                // before asking for kicks: a frontend sending steadily then
+                // never kicks, which costs it a syscall per burst and us a
+                // wake-up. After IDLE_POLLS empty polls, ask for a kick on
+                // the next frame and look once more in case one raced in.
+                let idle = poll.idle.load(Relaxed) + 1;
+                if idle < IDLE_POLLS {
+                    poll.idle.store(idle, Relaxed);
+                    state = RecvState::More;
+                    break;
+                }
+                poll.idle.store(0, Relaxed);
+                match q.enable_notification(&*mem) {
+                    Ok(true) => {
+                        let _ = q.disable_notification(&*mem);
+                        continue;
+                    }
+                    _ => {
+                        poll.armed.store(true, Relaxed);
+                        break;
+                    }
+                }
+            };
+            let head = chain.head_index();
+            // Copy the whole chain into our buffer: the header and the frame
+            // are read from guest memory exactly once (module docs).
+            let space = buf.hdr_space_mut();
+            let shift = VNET_HDR_LEN - hl;
+            let mut off = shift;
+            let mut verdict = None;
+            let mut cut = true;
+            for desc in chain {
+                cut = desc.has_next();
+                if desc.is_write_only() {
+                    verdict = Some(BadChain::WrongDirection);
+                    break;
+                }
+                let len = desc.len() as usize;
+                let Some(dst) = space.get_mut(off..off + len) else {
+                    verdict = Some(BadChain::TooLong);
+                    break;
+                };
+                if mem.read_slice(dst, desc.addr()).is_err() {
+                    verdict = Some(BadChain::OutsideMemory);
+                    break;
+                }
+                off += len;
+            }
+            if verdict.is_none() && cut {
+                verdict = Some(BadChain::Unterminated);
+            }
+            if verdict.is_none() && off - shift < hl + 14 {
+                verdict = Some(BadChain::TooShort);
+            }
+            // Returned either way: a bad chain must not stall the ring.
+            let _ = q.add_used(&*mem, head, 0);
+            if let Some(b) = verdict {
+                bad[b as usize] += 1;
+                continue;
+            }
+            if shift > 0 {
+                // Legacy 10-byte header: move it to the front, zero num_buffers.
+                space.copy_within(shift..shift + hl, 0);
+                space[hl..VNET_HDR_LEN].fill(0);
+            }
+            let n = off - shift - hl;
+            buf.set_len(n);
+            batch.commit();
+            frames += 1;
+        }
+        let notify = wants_call(q, &mem);
+        if notify && st.signal_used_queue().is_ok() {
+            self.shared.counters.calls.fetch_add(1, Relaxed);
+        }
+        drop(st);
+        for b in BadChain::ALL {
+            if bad[b as usize] > 0 {
+                self.shared.counters.bad_chain[b as usize].fetch_add(bad[b as usize], Relaxed);
+            }
+        }
+        RecvReport { frames, state }
+    }
+
+    fn send_batch(&self, queue: usize, frames: &[&[u8]]) -> SendReport {
+        let mut r = SendReport::default();
+        let pairs = usize::from(self.shared.cfg.pairs);
+        let vrings = self.shared.vrings.load();
+        let Some(vring) = vrings.as_ref().and_then(|v| v.get((queue % pairs) * 2)) else {
+            r.link_down = frames.len() as u64;
+            return r;
+        };
+        let acked = self.shared.acked.load(Relaxed);
+        let hl = hdr_len(acked);
+        let mrg = acked & bit(feature::NET_F_MRG_RXBUF) != 0;
+        let mem = self.shared.mem.memory();
+        let mut st = vring.get_mut();
+        if !self.shared.connected.load(Relaxed) || !st.get_queue().ready() || !st.is_enabled() {
+            r.link_down = frames.len() as u64;
+            return r;
+        }
+        let (mut no_buf, mut too_big) = (0u64, 0u64);
+        let mut bad = [0u64; 5];
+        let q = st.get_queue_mut();
+        if !self.shared.rx_quiet[queue % pairs].swap(true, Relaxed) {
+            // Once per connection: no kicks for posted receive buffers
+            // (VRING_USED_F_NO_NOTIFY; with EVENT_IDX avail_event is never
+            // advanced, which has the same effect).
+            let _ = q.disable_notification(&*mem);
+        }
+        for wire in frames {
+            let Some(frame) = wire.get(HEADROOM..) else {
+                r.errors += 1;
+                continue;
+            };
+            // What the guest reads: its header (hl bytes of ours), then the frame.
+            let parts: [&[u8]; 2] = [&wire[..hl], frame];
+            let total = hl + frame.len();
+            let mut used: [(u16, u32); MAX_MERGED] = [(0, 0); MAX_MERGED];
+            let mut n = 0;
+            let mut written = 0;
+            let mut first_addr = None;
+            let mut popped = 0;
+            while written < total && n < MAX_MERGED {
+                let Some(chain) = q.pop_descriptor_chain(&*mem) else { break };
+                popped += 1;
+                let head = chain.head_index();
+                let mut chain_written = 0u32;
+                let mut verdict = None;
+                let mut cut = true;
+                for desc in chain {
+                    cut = desc.has_next();
+                    if !desc.is_write_only() {
+                        verdict = Some(BadChain::WrongDirection);
+                        break;
+                    }
+                    if first_addr.is_none() {
+                        if n == 0 && (desc.len() as usize) < hl {
+                            verdict = Some(BadChain::TooShort);
+                            break;
+                        }
+                        first_addr = Some(desc.addr());
+                    }
+                    let take = (desc.len() as usize).min(total - written);
+                    if write_parts(&mem, &parts, written, take, desc.addr()).is_err() {
+                        verdict = Some(BadChain::OutsideMemory);
+                        break;
+                    }
+                    written += take;
+                    chain_written += take as u32;
+                    if written == total {
+                        cut = false;
+                        break;
+                    }
+                }
+                if verdict.is_none() && cut && written < total {
+                    verdict = Some(BadChain::Unterminated);
+                }
+                if let Some(b) = verdict {
+                    // Give the bad buffer back empty and restart this frame
+                    // in the next one.
+                    bad[b as usize] += 1;
+                    let _ = q.add_used(&*mem, head, 0);
+                    written = 0;
+                    first_addr = None;
+                    for &(h, _) in &used[..n] {
+                        let _ = q.add_used(&*mem, h, 0);
+                    }
+                    n = 0;
+                    popped = 0;
+                    continue;
+                }
+                used[n] = (head, chain_written);
+                n += 1;
+                if !mrg {
+                    break;
+                }
+            }
+            if written < total {
+                // Not enough room: put the buffers back untouched (the guest
+                // sees nothing of what we wrote into them) and drop the frame.
+                for _ in 0..popped {
+                    q.go_to_previous_position();
+                }
+                if popped > 0 && !mrg {
+                    too_big += 1;
+                } else {
+                    no_buf += 1;
+                }
+                continue;
+            }
+            if let (Some(addr), true) = (first_addr, hl == VNET_HDR_LEN) {
+                // num_buffers: how many buffers this frame took (virtio 1.2 §5.1.6.3.2).
+                if let Some(a) = addr.checked_add(10) {
+                    let _ = mem.write_slice(&(n as u16).to_le_bytes(), a);
+                }
+            }
+            for &(h, l) in &used[..n] {
+                let _ = q.add_used(&*mem, h, l);
+            }
+            r.sent += 1;
+            r.bytes += frame.len() as u64;
+        }
+        let notify = wants_call(q, &mem);
+        if notify && (r.sent > 0 || bad.iter().any(|&b| b > 0)) && st.signal_used_queue().is_ok() {
+            self.shared.counters.calls.fetch_add(1, Relaxed);
+        }
+        drop(st);
+        r.queue_full = no_buf + too_big;
+        let c = &self.shared.counters;
+        if no_buf > 0 {
+            c.no_rx_buffers.fetch_add(no_buf, Relaxed);
+        }
+        if too_big > 0 {
+            c.rx_too_big.fetch_add(too_big, Relaxed);
+        }
+        for b in BadChain::ALL {
+            if bad[b as usize] > 0 {
+                c.bad_chain[b as usize].fetch_add(bad[b as usize], Relaxed);
+            }
+        }
+        r
+    }
+
+    fn caps(&self) -> PortCaps {
+        let acked = self.shared.acked.load(Relaxed);
+        PortCaps { queues: self.shared.cfg.pairs, offloads: guest_offloads(acked), gather: true }
+    }
+
+    fn raw_fd(&self, queue: usize) -> Option<RawFd> {
+        self.shared.wake.get(queue).map(|w| w.as_raw_fd())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn release(&self) {
+        self.stop();
+    }
+}
+
+impl Drop for VhostPort {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether the driver wants a call for what was just added to the used
+/// ring: with EVENT_IDX, `used_event` decides (virtio-queue); without it,
+/// `VRING_AVAIL_F_NO_INTERRUPT` in the avail flags (virtio 1.2 §2.7.7.2),
+/// which virtio-queue does not read: a polling driver (DPDK) sets it, and
+/// every call would be a wasted syscall.
+fn wants_call(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
+    if !q.event_idx_enabled() {
+        let flags: u16 = mem.read_obj(GuestAddress(q.avail_ring())).unwrap_or(0);
+        // needs_notification still resets its count of added entries.
+        let _ = q.needs_notification(mem);
+        return u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0;
+    }
+    q.needs_notification(mem).unwrap_or(true)
+}
+
+/// `VRING_AVAIL_F_NO_INTERRUPT`.
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// What the guest accepts, from the features it acknowledged: the offloads
+/// a frame sent to it may keep (virtio 1.2 §5.1.6.4).
+pub fn guest_offloads(acked: u64) -> Offloads {
+    use feature::*;
+    let mut o = 0;
+    if acked & bit(NET_F_GUEST_CSUM) != 0 {
+        o |= Offloads::CSUM;
+        if acked & bit(NET_F_GUEST_TSO4) != 0 {
+            o |= Offloads::TSO4;
+        }
+        if acked & bit(NET_F_GUEST_TSO6) != 0 {
+            o |= Offloads::TSO6;
+        }
+        if acked & bit(NET_F_GUEST_ECN) != 0 {
+            o |= Offloads::TSO_ECN;
+        }
+    }
+    Offloads(o)
+}
+
+/// Writes bytes `from..from + len` of the concatenation of `parts` to guest
+/// memory at `addr`.
+fn write_parts(
+    mem: &GuestMemoryMmap,
+    parts: &[&[u8]; 2],
+    from: usize,
+    len: usize,
+    addr: GuestAddress,
+) -> Result<(), ()> {
+    let mut done = 0;
+    let mut base = 0;
+    for p in parts {
+        let (lo, hi) = (base, base + p.len());
+        base = hi;
+        let start = (from + done).max(lo);
+        let end = (from + len).min(hi);
+        if start >= end {
+            continue;
+        }
+        let chunk = &p[start - lo..end - lo];
+        let at = addr.checked_add(done as u64).ok_or(())?;
+        mem.write_slice(chunk, at).map_err(|_| ())?;
+        done += chunk.len();
+    }
+    Ok(())
+}
