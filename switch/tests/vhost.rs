@@ -76,7 +76,9 @@ fn arp(op: u16, src_mac: [u8; 6], src_ip: [u8; 4], dst_mac: [u8; 6], dst_ip: [u8
 }
 
 /// (op, sender MAC, sender IP, target IP) of an ARP frame.
-fn parse_arp(f: &[u8]) -> Option<(u16, [u8; 6], [u8; 4], [u8; 4])> {
+type Arp = (u16, [u8; 6], [u8; 4], [u8; 4]);
+
+fn parse_arp(f: &[u8]) -> Option<Arp> {
     if f.len() < 42 || f[12..14] != [0x08, 0x06] {
         return None;
     }
