@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tapyard and its tests need on a fresh Debian/Ubuntu machine:
 # iproute2 (ip), util-linux (nsenter, unshare), iputils-ping, python3 (raw-socket
-# test sender), udhcpc and isc-dhcp-client (DHCP clients the tests run), a C compiler (the tun-tap crate builds a small C file), and Rust
+# test sender), udhcpc and isc-dhcp-client (DHCP clients the tests run), iperf3,
+# jq, DPDK testpmd (a vhost-user frontend), a C compiler, and Rust
 # if cargo is missing. Idempotent; installs only what is absent.
 #
 # --bench: also the peers and tools of `tapyard bench` (docs/PERFORMANCE.md):
@@ -34,6 +35,10 @@ command -v dhclient >/dev/null 2>&1 || need+=(isc-dhcp-client)
 # TCP across routers in the tests, and scripts/bench-l2.sh.
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v jq >/dev/null 2>&1 || need+=(jq)
+# A vhost-user frontend nobody here wrote, for the vhost-user tests and
+# benchmark: DPDK's testpmd with its virtio-user and vhost PMDs (no hugepages
+# needed with --no-huge). testpmd is in dpdk-dev, not in dpdk.
+command -v dpdk-testpmd >/dev/null 2>&1 || need+=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need+=(cargo rustc)
 fi

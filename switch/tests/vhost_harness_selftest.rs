@@ -1,65 +1,43 @@
 //! Checks the test VM (`common/vhost_frontend.rs`) against a vhost-user backend nobody here
 //! wrote: DPDK testpmd's vhost PMD in io forwarding mode, which transmits every frame the
-//! guest sends back to the guest. Skipped, with a message, when `dpdk-testpmd` is not
-//! installed (Debian: `apt-get install dpdk dpdk-dev`). Needs no privileges (`--no-huge`).
+//! guest sends back to the guest. `scripts/setup.sh` installs testpmd (Debian `dpdk-dev`);
+//! it needs no privileges (`--no-huge`).
 
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::testpmd::{self, ONE_AT_A_TIME};
 use common::vhost_frontend::*;
 
-/// testpmd busy-polls a core; run one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A testpmd process started by this test; killed (by its pid) and cleaned up on drop.
-struct Testpmd {
-    child: Option<Child>,
-    prefix: String,
-    dir: PathBuf,
+/// testpmd as a vhost-user backend (io forwarding: every frame the guest sends goes back to it).
+struct Backend {
+    pmd: testpmd::Testpmd,
     socket: PathBuf,
 }
 
-fn have_testpmd() -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|d| d.join("dpdk-testpmd").is_file());
-    if !found {
-        eprintln!("skipping: dpdk-testpmd is not installed (apt-get install dpdk)");
-    }
-    found
-}
-
-impl Testpmd {
+impl Backend {
     /// Starts testpmd with a vhost-user port with `queues` queue pairs; as the server on its
     /// own socket, or connecting to `connect_to`, where the caller listens.
-    fn start(tag: &str, queues: u16, connect_to: Option<PathBuf>) -> Testpmd {
-        let prefix = format!("hb-{}-{tag}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    fn start(tag: &str, queues: u16, connect_to: Option<PathBuf>) -> Backend {
         let client = connect_to.is_some();
-        let socket = connect_to.unwrap_or_else(|| dir.join("vhost.sock"));
-        let log = std::fs::File::create(dir.join("testpmd.log")).unwrap();
-        let child = Command::new("dpdk-testpmd")
-            .args(["-l", "0,1", "--no-huge", "-m", "256", "--no-pci", "--file-prefix", &prefix, "--vdev"])
-            .arg(format!("net_vhost0,iface={},client={},queues={queues}", socket.display(), u8::from(client)))
-            .args(["--", "--forward-mode=io", "-a", "--total-num-mbufs=8192"])
-            .arg(format!("--rxq={queues}"))
-            .arg(format!("--txq={queues}"))
-            // testpmd exits on end of input ("Press enter to exit"): keep stdin open.
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let t = Testpmd { child: Some(child), prefix, dir, socket };
+        let socket =
+            connect_to.unwrap_or_else(|| std::env::temp_dir().join(format!("ty-{}-{tag}.sock", std::process::id())));
+        let vdev = format!("net_vhost0,iface={},client={},queues={queues}", socket.display(), u8::from(client));
+        let app = [
+            "--forward-mode=io".to_string(),
+            "-a".into(),
+            "--total-num-mbufs=8192".into(),
+            format!("--rxq={queues}"),
+            format!("--txq={queues}"),
+        ];
+        let pmd = testpmd::Testpmd::spawn(tag, "0,1", &["--vdev".into(), vdev], &app);
+        let t = Backend { pmd, socket };
         if !client {
             let deadline = Instant::now() + Duration::from_secs(30);
             while !t.socket.exists() {
-                assert!(Instant::now() < deadline, "testpmd made no socket; log:\n{}", t.log());
+                assert!(Instant::now() < deadline, "testpmd made no socket; log:\n{}", t.pmd.log());
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -67,28 +45,13 @@ impl Testpmd {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("testpmd.log")).unwrap_or_default()
+        self.pmd.log()
     }
 }
 
-impl Drop for Testpmd {
+impl Drop for Backend {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // EAL's runtime directory: /var/run/dpdk as root, else $XDG_RUNTIME_DIR/dpdk or /tmp/dpdk.
-        let mut runtime = vec![PathBuf::from("/var/run/dpdk"), PathBuf::from("/tmp/dpdk")];
-        runtime.extend(std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("dpdk")));
-        for r in runtime {
-            let _ = std::fs::remove_dir_all(r.join(&self.prefix));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -107,11 +70,8 @@ fn num_buffers(hdr: &[u8; 12]) -> u16 {
 
 #[test]
 fn mergeable_buffers_and_event_idx_round_trip() {
-    if !have_testpmd() {
-        return;
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let pmd = Testpmd::start("mrg", 1, None);
+    let pmd = Backend::start("mrg", 1, None);
     let mut vm = TestVm::connect(&pmd.socket, ALL_FEATURES, 1, 256).unwrap();
     let want = [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VHOST_USER_F_PROTOCOL_FEATURES];
     for b in want {
@@ -159,11 +119,8 @@ fn mergeable_buffers_and_event_idx_round_trip() {
 
 #[test]
 fn split_chains_raw_chains_and_plain_rings() {
-    if !have_testpmd() {
-        return;
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let pmd = Testpmd::start("raw", 1, None);
+    let pmd = Backend::start("raw", 1, None);
     let want = bit(VIRTIO_F_VERSION_1) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
     let mut vm = TestVm::connect(&pmd.socket, want, 1, 64).unwrap();
     assert_eq!(vm.features(), want);
@@ -220,11 +177,8 @@ fn split_chains_raw_chains_and_plain_rings() {
 
 #[test]
 fn legacy_device_without_protocol_features() {
-    if !have_testpmd() {
-        return;
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let pmd = Testpmd::start("legacy", 1, None);
+    let pmd = Backend::start("legacy", 1, None);
     // No VERSION_1, no MRG_RXBUF: a 10-byte header; no protocol features: rings start on kick.
     let mut vm = TestVm::connect(&pmd.socket, 0, 1, 128).unwrap();
     assert_eq!((vm.features(), vm.protocol_features(), vm.hdr_len()), (0, 0, 10));
@@ -238,14 +192,11 @@ fn legacy_device_without_protocol_features() {
 
 #[test]
 fn two_queue_pairs_and_backend_in_client_mode() {
-    if !have_testpmd() {
-        return;
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("hb-{}-mq-listen", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let listener = TestVm::listen(&dir.join("vm.sock")).unwrap();
-    let pmd = Testpmd::start("mq", 2, Some(dir.join("vm.sock")));
+    let pmd = Backend::start("mq", 2, Some(dir.join("vm.sock")));
     let mut vm = listener.accept(&VmConfig::new(ALL_FEATURES, 2, 256), Duration::from_secs(30)).unwrap();
     assert!(vm.features() & bit(VIRTIO_NET_F_MQ) != 0);
     // io forwarding maps RX queue i to TX queue i.

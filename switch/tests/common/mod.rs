@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod testpmd;
 pub mod vhost_frontend;
 
 use std::path::{Path, PathBuf};
