@@ -1102,7 +1102,14 @@ impl Daemon {
         let on_link = Box::new(move |up| {
             let _ = tx.try_send(WorkerEvent::PortLink { port: id, up });
         });
-        let cfg = VhostConfig { socket: v.socket.clone(), mode: v.mode, pairs: v.queues, mac: spec.mac, mtu };
+        let cfg = VhostConfig {
+            socket: v.socket.clone(),
+            mode: v.mode,
+            pairs: v.queues,
+            mac: spec.mac,
+            mtu,
+            busy: self.cfg.busy,
+        };
         let port = Arc::new(VhostPort::start(cfg, on_link).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
                 ApiError::bad_request(e.to_string())

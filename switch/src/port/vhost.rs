@@ -54,7 +54,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -146,6 +146,9 @@ pub struct VhostConfig {
     pub pairs: u16,
     pub mac: MacAddr,
     pub mtu: u16,
+    /// The daemon busy-polls (`daemon --poll busy`): the worker never sleeps,
+    /// so rings are polled without end and the frontend never needs to kick.
+    pub busy: bool,
 }
 
 /// Why a descriptor chain was rejected (counted per port).
@@ -212,8 +215,14 @@ struct Shared {
     /// thread on its first event (`vhost-user-backend` keeps them to itself
     /// otherwise); none between connections.
     vrings: ArcSwapOption<Vec<VringRwLock>>,
-    /// One per queue pair, registered by the owning worker with its poller.
+    /// Per queue pair: an epoll set, the descriptor the owning worker
+    /// registers with its poller. It holds `wake` and the frontend's kick
+    /// eventfd of the pair's transmit ring, so a kick wakes the worker
+    /// directly (the vring thread sees it too, off the critical path).
+    notify: Vec<Epoll>,
+    /// Per queue pair: written to make the worker look at the ring.
     wake: Vec<EventFd>,
+
     /// Features the frontend acknowledged on the current connection (0 when down).
     acked: AtomicU64,
     connected: AtomicBool,
@@ -333,15 +342,35 @@ impl VhostUserBackend for Device {
             self.0.vrings.store(Some(Arc::new(vrings.to_vec())));
         }
         let ev = usize::from(device_event);
-        // A kick on a transmit ring (or a ring just enabled): the owning
-        // worker reads it. Kicks on receive rings (the guest posted buffers)
-        // need nothing: frames for the guest are written when they arrive,
-        // or dropped and counted if there is no room; send_batch asks the
-        // guest not to send them.
-        if ev < self.num_queues() && ev % 2 == 1 {
-            self.0.counters.kicks.fetch_add(1, Relaxed);
-            if let Some(w) = self.0.wake.get(ev / 2) {
-                let _ = w.write(1);
+        // Transmit rings only: kicks on receive rings (the guest posted
+        // buffers) need nothing, as frames for the guest are written when
+        // they arrive (or dropped and counted if there is no room), and
+        // send_batch asks the guest not to send them.
+        if ev >= self.num_queues() || ev % 2 == 0 {
+            return Ok(());
+        }
+        let pair = ev / 2;
+        let Some(fd) = vrings.get(ev).and_then(|v| v.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd())) else {
+            return Ok(());
+        };
+        // Put the ring's kick eventfd in the pair's notifier, so that kicks
+        // wake the owning worker directly, not through this thread. Tried on
+        // every event (cheap, and this thread runs only on kicks, which the
+        // worker suppresses while busy): a frontend may replace the eventfd
+        // at any time, even under the same descriptor number.
+        let n = &self.0.notify[pair];
+        match n.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 1)) {
+            // New: the ring just started; wake the worker for what was posted before.
+            Ok(()) => {
+                let _ = self.0.wake[pair].write(1);
+            }
+            // Known: a kick the worker woke on itself (this thread only consumed it).
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.0.counters.kicks.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pair, "cannot watch the kick eventfd; waking the worker from here");
+                let _ = self.0.wake[pair].write(1);
             }
         }
         Ok(())
@@ -381,11 +410,16 @@ impl VhostPort {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--queues must be 1 to {MAX_PAIRS}")));
         }
         let wake = (0..cfg.pairs).map(|_| EventFd::new(EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>()?;
+        let notify = (0..cfg.pairs).map(|_| Epoll::new()).collect::<io::Result<Vec<_>>>()?;
+        for (n, w) in notify.iter().zip(&wake) {
+            n.ctl(ControlOperation::Add, w.as_raw_fd(), EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 0))?;
+        }
         let name = format!("vhost-user:{}", cfg.socket.display());
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             vrings: ArcSwapOption::empty(),
+            notify,
             wake,
             acked: AtomicU64::new(0),
             connected: AtomicBool::new(false),
@@ -573,6 +607,8 @@ fn reset_rings(shared: &Shared) {
     for q in &shared.rx_quiet {
         q.store(false, Relaxed);
     }
+    // The old kick eventfds close with the old connection, which takes
+    // them out of the notifiers; the next ones are added as they come.
     if let Some(vrings) = shared.vrings.swap(None) {
         for v in vrings.iter() {
             v.set_queue_ready(false);
@@ -622,7 +658,7 @@ impl Port for VhostPort {
                 // wake-up. After IDLE_POLLS empty polls, ask for a kick on
                 // the next frame and look once more in case one raced in.
                 let idle = poll.idle.load(Relaxed) + 1;
-                if idle < IDLE_POLLS {
+                if idle < IDLE_POLLS || self.shared.cfg.busy {
                     poll.idle.store(idle, Relaxed);
                     state = RecvState::More;
                     break;
@@ -845,7 +881,7 @@ impl Port for VhostPort {
     }
 
     fn raw_fd(&self, queue: usize) -> Option<RawFd> {
-        self.shared.wake.get(queue).map(|w| w.as_raw_fd())
+        self.shared.notify.get(queue).map(|n| n.as_raw_fd())
     }
 
     fn name(&self) -> &str {
