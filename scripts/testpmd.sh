@@ -35,7 +35,7 @@ TESTPMD_MBUFS=${TESTPMD_MBUFS:-8192}
 #   port 0 -> port 1 writes every frame the first port receives to the pcap file).
 TESTPMD_EAL_EXTRA=${TESTPMD_EAL_EXTRA:-}
 TESTPMD_DIR=/tmp/testpmd.$$               # created lazily by testpmd_dir
-declare -gA _TESTPMD_PID=() _TESTPMD_PREFIX=()
+declare -gA _TESTPMD_PID _TESTPMD_PREFIX   # no =(): sourcing twice keeps track
 
 # The directory everything goes into, /tmp/testpmd.<pid>; created on first use.
 # The name depends only on $$ (same in subshells), so "$(testpmd_dir)" works too.
@@ -228,7 +228,7 @@ testpmd_log_errors() {
 # ceiling SECONDS: DPDK vhost backend (rxonly) <- DPDK virtio_user frontend (txonly, 64 B),
 # each busy-polling its own core. Prints ceiling_pps=N (median receiver Rx-pps).
 testpmd_ceiling() {
-  local secs=${1:-5} dir sock skip pps
+  local secs=${1:-5} dir sock skip pps i
   dir=$(testpmd_dir) || return 1
   # Two busy-polling testpmds need both cores to themselves; other load cuts Mpps a lot.
   echo "ceiling: loadavg before $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -240,7 +240,14 @@ testpmd_ceiling() {
       mac=02:00:00:00:00:01 --txpkts=64 --eth-peer=0,02:00:00:00:00:02 || return 1
   # The backend printed samples before the frontend came up: skip them plus 2 ramp-up ones.
   skip=$(($(testpmd_samples "$dir/ceil-be.log") + 2))
-  sleep $((secs + 3))
+  # Wait for SECONDS samples after those. Not a plain sleep: each main lcore (which prints
+  # the stats) shares its core with the other testpmd's busy-polling lcore, so samples
+  # come late and irregularly. Their rates are still right: testpmd divides by the TSC
+  # time since the previous sample.
+  for ((i = 0; i < 2 * (3 * secs + 10); i++)); do
+    [ "$(testpmd_samples "$dir/ceil-be.log")" -ge $((skip + secs)) ] && break
+    sleep 0.5
+  done
   testpmd_stop ceil-be   # receiver first, so no idle samples at the end
   testpmd_stop ceil-fe
   if testpmd_log_errors "$dir/ceil-fe.log" >&2 || testpmd_log_errors "$dir/ceil-be.log" >&2; then

@@ -173,6 +173,7 @@ done
 for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
 ip link set lo up; ip link set eth0 up
 say "eth0 $(cat /sys/class/net/eth0/address) mtu $(cat /sys/class/net/eth0/mtu) virtio features $(cat /sys/class/net/eth0/device/features 2>/dev/null)"
+E0=$(inechos)   # echo requests seen before any traffic: the container's may arrive during our own ping
 T0=$(up)
 if udhcpc -i eth0 -n -q -t 10 -T 2 -s /etc/udhcpc.script; then
   IP=$(cat /tmp/lease.ip)
@@ -184,7 +185,7 @@ if udhcpc -i eth0 -n -q -t 10 -T 2 -s /etc/udhcpc.script; then
     cat /tmp/ping.out; say "PING FAILED $PEER"
   fi
   say "waiting up to ${WAIT}s to be pinged"
-  E0=$(inechos); n=0; i=0
+  n=0; i=0
   while [ $i -lt $((WAIT * 5)) ]; do
     n=$(( $(inechos) - E0 )); [ $n -ge 3 ] && break
     sleep 0.2; i=$((i + 1))

@@ -29,6 +29,8 @@ use clap::{Args, ValueEnum};
 const SCRIPT: &str = include_str!("../../../bench/system/bench.sh");
 const PINGPONG: &str = include_str!("../../../bench/system/pingpong.py");
 const CHART: &str = include_str!("../../../bench/system/chart.gp");
+const VHOST: &str = include_str!("../../../bench/system/vhost.sh");
+const TESTPMD: &str = include_str!("../../../scripts/testpmd.sh");
 
 /// Where the sources were at build time: the report names their git revision
 /// when they are still there.
@@ -85,6 +87,13 @@ pub struct BenchArgs {
     /// Keep the work directory (logs, raw iperf3, ping and sockperf output) and say where it is.
     #[arg(long)]
     pub keep: bool,
+    /// Run the vhost-user benchmark instead (bench/system/vhost.sh): 64-byte
+    /// frames per second from DPDK testpmd through tapyard's vhost-user ports
+    /// against DPDK's own vhost <-> virtio-user loop and against a TAP port, and
+    /// TCP between a virtio-user VM and a container. Takes --duration, --runs,
+    /// --json, --report and --keep.
+    #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice"])]
+    pub vhost: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,6 +155,24 @@ fn list<T: ValueEnum + PartialEq + Copy>(flag: &str, items: &[T], none: Option<T
 impl BenchArgs {
     /// The arguments of bench.sh.
     fn script_args(&self) -> Result<Vec<String>, clap::Error> {
+        if self.vhost {
+            let mut a = vec![
+                "--duration".to_string(),
+                self.duration.max(2).to_string(),
+                "--runs".into(),
+                self.runs.to_string(),
+            ];
+            if self.json {
+                a.push("--json".into());
+            }
+            if let Some(dir) = &self.report {
+                a.extend(["--report".to_string(), dir.to_string_lossy().into_owned()]);
+            }
+            if self.keep {
+                a.push("--keep".into());
+            }
+            return Ok(a);
+        }
         let mut a = vec![
             "--against".to_string(),
             list("--against", &self.against, Some(Baseline::Nothing))?,
@@ -204,7 +231,13 @@ fn work_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn write_files(dir: &Path) -> anyhow::Result<PathBuf> {
-    for (name, text) in [("bench.sh", SCRIPT), ("pingpong.py", PINGPONG), ("chart.gp", CHART)] {
+    for (name, text) in [
+        ("bench.sh", SCRIPT),
+        ("pingpong.py", PINGPONG),
+        ("chart.gp", CHART),
+        ("vhost.sh", VHOST),
+        ("testpmd.sh", TESTPMD),
+    ] {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -225,7 +258,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     };
     let exe = std::env::current_exe().context("cannot find the tapyard executable")?;
     let dir = work_dir()?;
-    let result = write_files(&dir).and_then(|script| run_script(&script, &script_args, &exe));
+    let result = write_files(&dir).and_then(|script| {
+        let script = if args.vhost { dir.join("vhost.sh") } else { script };
+        run_script(&script, &script_args, &exe)
+    });
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -293,6 +329,8 @@ mod tests {
         assert_eq!(a[3], "none");
         assert!(a.contains(&"--json".to_string()));
         assert!(parse(&["--nice", "-5"]).unwrap().contains(&"-5".to_string()));
+        let v = parse(&["--vhost", "--duration", "4", "--runs", "1", "--json"]).unwrap();
+        assert_eq!(v, ["--duration", "4", "--runs", "1", "--json"]);
     }
 
     #[test]
@@ -305,6 +343,7 @@ mod tests {
             &["--ping-interval", "0.0001"],
             &["--against", "none,bridge"],
             &["--against", "none", "--paths", "none"],
+            &["--vhost", "--against", "bridge"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
@@ -316,5 +355,6 @@ mod tests {
         assert!(SCRIPT.contains("setup_tapyard-routed"));
         assert!(PINGPONG.contains("def client"));
         assert!(CHART.contains("multiplot"));
+        assert!(VHOST.contains("run_ceiling") && TESTPMD.contains("testpmd_start()"));
     }
 }

@@ -13,6 +13,7 @@
 pub mod mem;
 pub mod tap;
 pub mod vhost;
+mod vhost_relay;
 
 use std::os::fd::RawFd;
 

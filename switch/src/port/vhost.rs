@@ -41,6 +41,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -530,46 +531,74 @@ fn refuse_non_socket(path: &Path) -> io::Result<()> {
 /// The connection thread: accept (or connect), serve the protocol until the
 /// frontend goes away, reset the rings, repeat until stopped.
 fn serve(
-    mut listener: Option<Listener>,
+    listener: Option<Listener>,
     shared: &Arc<Shared>,
     shutdown: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
 ) {
     let socket = shared.cfg.socket.clone();
+    // The protocol handler listens on a private socket (a 0700 directory of
+    // ours); the relay (vhost_relay.rs) connects the frontend to it.
+    let (private_dir, mut handler_listener) = match private_listener() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(socket = %socket.display(), error = %e, "cannot make the vhost-user handler's socket; port stays down");
+            return;
+        }
+    };
     let mut warned = false;
     while !shared.stop.load(Relaxed) {
-        // A fresh protocol handler per connection: vhost-user-backend's
-        // handler stays "owned" after a frontend leaves and would refuse the
-        // next one's SET_OWNER.
-        let mut daemon = match VhostUserDaemon::new(
-            shared.cfg.socket.display().to_string(),
-            Device(shared.clone()),
-            shared.mem.clone(),
-        ) {
-            Ok(d) => d,
+        let frontend = match &listener {
+            Some(l) => l.accept().map_err(|e| io::Error::other(e.to_string())),
+            None => UnixStream::connect(&socket).map(Some),
+        };
+        let frontend = match frontend {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(socket = %socket.display(), error = %e, "cannot set up the vhost-user handler; retrying");
+                if shared.stop.load(Relaxed) {
+                    break;
+                }
+                if listener.is_some() {
+                    tracing::warn!(socket = %socket.display(), error = %e, "vhost-user accept failed");
+                } else if !warned {
+                    tracing::info!(socket = %socket.display(), error = %e, "vhost-user frontend not there yet; retrying every second");
+                    warned = true;
+                }
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
-        let started = match listener.as_mut() {
-            Some(l) => daemon.start(l),
-            None => daemon.start_client(&socket.to_string_lossy()),
+        warned = false;
+        // A fresh protocol handler per connection: vhost-user-backend's
+        // handler stays "owned" after a frontend leaves and would refuse the
+        // next one's SET_OWNER.
+        let mut daemon =
+            match VhostUserDaemon::new(socket.display().to_string(), Device(shared.clone()), shared.mem.clone()) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(socket = %socket.display(), error = %e, "cannot set up the vhost-user handler");
+                    continue;
+                }
+            };
+        let relay = match UnixStream::connect(private_dir.join(HANDLER_SOCKET)) {
+            Ok(backend) => std::thread::Builder::new()
+                .name("vhost-relay".into())
+                .spawn(move || super::vhost_relay::relay(frontend, backend)),
+            Err(e) => Err(e),
         };
-        if let Err(e) = started {
-            if shared.stop.load(Relaxed) {
-                break;
+        let relay = match relay {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(socket = %socket.display(), error = %e, "cannot start the vhost-user relay");
+                continue;
             }
-            if listener.is_some() {
-                tracing::warn!(socket = %socket.display(), error = %e, "vhost-user accept failed");
-            } else if !warned {
-                tracing::info!(socket = %socket.display(), error = %e, "vhost-user frontend not there yet; retrying every second");
-                warned = true;
-            }
-            std::thread::sleep(Duration::from_secs(1));
+        };
+        if let Err(e) = daemon.start(&mut handler_listener) {
+            tracing::warn!(socket = %socket.display(), error = %e, "vhost-user handler did not start");
+            drop(daemon);
+            let _ = relay.join();
             continue;
         }
-        warned = false;
         *shutdown.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
         if shared.stop.load(Relaxed) {
             daemon.request_shutdown();
@@ -582,6 +611,7 @@ fn serve(
         // Ends the vring thread first, so no late event can hand us this
         // connection's rings again after the reset below.
         drop(daemon);
+        let _ = relay.join();
         shutdown.lock().unwrap_or_else(|e| e.into_inner()).take();
         shared.connected.store(false, Relaxed);
         shared.counters.disconnects.fetch_add(1, Relaxed);
@@ -594,9 +624,34 @@ fn serve(
             }
         }
     }
+    drop(handler_listener);
+    let _ = fs::remove_dir_all(&private_dir);
     if listener.is_some() {
         let _ = fs::remove_file(&socket);
     }
+}
+
+const HANDLER_SOCKET: &str = "handler.sock";
+
+/// A fresh 0700 directory of ours with the handler's listening socket in it:
+/// only this user can connect to it.
+fn private_listener() -> io::Result<(PathBuf, Listener)> {
+    use std::os::unix::fs::DirBuilderExt;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::env::temp_dir();
+    for _ in 0..100 {
+        let n = NEXT.fetch_add(1, Relaxed);
+        let dir = base.join(format!("tapyard-vhost-{}-{n}", std::process::id()));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                let l = Listener::new(dir.join(HANDLER_SOCKET), false).map_err(|e| io::Error::other(e.to_string()))?;
+                return Ok((dir, l));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!("no free directory name in {}", base.display())))
 }
 
 /// After a disconnect: forget the rings and eventfds of the old connection
@@ -761,6 +816,8 @@ impl Port for VhostPort {
             // advanced, which has the same effect).
             let _ = q.disable_notification(&*mem);
         }
+        // Buffers one frame took: (head, bytes), entries 0..n valid.
+        let mut used: [(u16, u32); MAX_MERGED] = [(0, 0); MAX_MERGED];
         for wire in frames {
             let Some(frame) = wire.get(HEADROOM..) else {
                 r.errors += 1;
@@ -769,7 +826,6 @@ impl Port for VhostPort {
             // What the guest reads: its header (hl bytes of ours), then the frame.
             let parts: [&[u8]; 2] = [&wire[..hl], frame];
             let total = hl + frame.len();
-            let mut used: [(u16, u32); MAX_MERGED] = [(0, 0); MAX_MERGED];
             let mut n = 0;
             let mut written = 0;
             let mut first_addr = None;
