@@ -79,6 +79,10 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
+# The library is written for `set -u`, not `set -e`: call it in a tested
+# context, where errexit does not apply inside it.
+pmd_start() { testpmd_start "$@" || die "testpmd $1 did not start; see $W (--keep keeps it)"; }
+pmd_stop() { testpmd_stop "$1" || true; }
 rec() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$W/runs.tsv"; } # key run value
 median() { sort -g | awk '{v[NR]=$1} END{ if (!NR) exit; print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2 }'; }
 mpps() { awk -v p="$1" 'BEGIN{printf "%.3f", p / 1e6}'; }
@@ -105,10 +109,10 @@ MAC_B=02:00:00:00:0a:02
 # ------------------------------------------------------------------ measurements
 run_ceiling() { # run
   local be=$W/ceil-be.$1.log fe=$W/ceil-fe.$1.log
-  testpmd_start ceilbe vhost rxonly "$W/ceil.sock" 0,1 "$be"
-  testpmd_start ceilfe virtio txonly "$W/ceil.sock" 1,0 "$fe" "mac=$MAC_A" --txpkts=64 "--eth-peer=0,$MAC_B"
+  pmd_start ceilbe vhost rxonly "$W/ceil.sock" 0,1 "$be"
+  pmd_start ceilfe virtio txonly "$W/ceil.sock" 1,0 "$fe" "mac=$MAC_A" --txpkts=64 "--eth-peer=0,$MAC_B"
   sleep "$DUR"
-  testpmd_stop ceilbe; testpmd_stop ceilfe
+  pmd_stop ceilbe; pmd_stop ceilfe
   rec ceiling_mpps "$1" "$(mpps "$(testpmd_rx_pps "$be")")"
 }
 
@@ -118,13 +122,13 @@ run_vhost() { # run
   ty network create bn --ipam none > /dev/null
   ty connect bn --vhost-user "$W/a.sock" --mac $MAC_A > /dev/null
   ty connect bn --vhost-user "$W/b.sock" --mac $MAC_B > /dev/null
-  testpmd_start vhrx virtio rxonly "$W/b.sock" 0,1 "$rx" "mac=$MAC_B"
-  testpmd_start vhtx virtio txonly "$W/a.sock" 1,0 "$tx" "mac=$MAC_A" --txpkts=64 "--eth-peer=0,$MAC_B"
+  pmd_start vhrx virtio rxonly "$W/b.sock" 0,1 "$rx" "mac=$MAC_B"
+  pmd_start vhtx virtio txonly "$W/a.sock" 1,0 "$tx" "mac=$MAC_A" --txpkts=64 "--eth-peer=0,$MAC_B"
   sleep 2 # as testpmd_rx_pps drops its first two samples
   a0=$(port_rx "$W/a.sock")
   sleep $((DUR - 2))
   a1=$(port_rx "$W/a.sock")
-  testpmd_stop vhrx; testpmd_stop vhtx
+  pmd_stop vhrx; pmd_stop vhtx
   ty port ls --json > "$LOGS/vhost-ports.$1.json"
   rec vhost_mpps "$1" "$(mpps "$(testpmd_rx_pps "$rx")")"
   rec vhost_in_mpps "$1" "$(awk -v a="$a0" -v b="$a1" -v d=$((DUR - 2)) 'BEGIN{printf "%.3f", (b - a) / d / 1e6}')"
@@ -139,12 +143,12 @@ run_tap() { # run
   ty connect tn "${P}ct" > /dev/null
   ctmac=$(ty port ls --json | jq -r --arg n "${P}ct" '.[] | select(.netns == $n) | .mac')
   ty connect tn --vhost-user "$W/a.sock" --mac $MAC_A > /dev/null
-  testpmd_start taptx virtio txonly "$W/a.sock" 1,0 "$tx" "mac=$MAC_A" --txpkts=64 "--eth-peer=0,$ctmac"
+  pmd_start taptx virtio txonly "$W/a.sock" 1,0 "$tx" "mac=$MAC_A" --txpkts=64 "--eth-peer=0,$ctmac"
   sleep 2
   k0=$(kernel_rx "${P}ct")
   sleep $((DUR - 2))
   k1=$(kernel_rx "${P}ct")
-  testpmd_stop taptx
+  pmd_stop taptx
   ty port ls --json > "$LOGS/tap-ports.$1.json"
   rec tap_mpps "$1" "$(awk -v a="$k0" -v b="$k1" -v d=$((DUR - 2)) 'BEGIN{printf "%.3f", (b - a) / d / 1e6}')"
   daemon_down
@@ -160,13 +164,13 @@ run_loop() { # run
   # One testpmd, both ports, forwarding lcore 1; mac mode rewrites the MACs so
   # tapyard learns each port where it is; --tx-first puts the frames in flight.
   TESTPMD_EAL_EXTRA="--vdev net_virtio_user1,path=$W/b.sock,mac=$MAC_B" \
-    testpmd_start loop virtio mac "$W/a.sock" 0,1 "$lg" "mac=$MAC_A" \
+    pmd_start loop virtio mac "$W/a.sock" 0,1 "$lg" "mac=$MAC_A" \
     "--eth-peer=0,$MAC_B" "--eth-peer=1,$MAC_A" --tx-first --burst=64
   sleep 2
   a0=$(port_rx "$W/a.sock"); b0=$(port_rx "$W/b.sock")
   sleep $((DUR - 2))
   a1=$(port_rx "$W/a.sock"); b1=$(port_rx "$W/b.sock")
-  testpmd_stop loop
+  pmd_stop loop
   rec loop_mpps "$1" "$(awk -v a=$((a1 - a0 + b1 - b0)) -v d=$((DUR - 2)) 'BEGIN{printf "%.3f", a / d / 1e6}')"
   daemon_down
 }
@@ -197,7 +201,7 @@ run_tcp() { # run
   printf '#!/bin/sh\nexec ip netns exec %s dpdk-testpmd "$@"\n' "${P}vm" > "$W/testpmd-in-vm"
   chmod 755 "$W/testpmd-in-vm"
   TESTPMD_BIN=$W/testpmd-in-vm TESTPMD_EAL_EXTRA="--vdev net_tap0,iface=vmeth0,mac=$MAC_A" \
-    testpmd_start vmbr virtio io "$W/v.sock" 0,1 "$br" "mac=$MAC_A"
+    pmd_start vmbr virtio io "$W/v.sock" 0,1 "$br" "mac=$MAC_A"
   ip -n "${P}vm" addr add 10.93.0.50/24 dev vmeth0
   ip -n "${P}vm" link set vmeth0 up
   ip netns exec "${P}vm" ping -c 3 -i 0.2 -W 2 -q 10.93.0.2 > /dev/null 2>&1 || log "  the VM cannot ping the container yet"
@@ -207,13 +211,13 @@ run_tcp() { # run
   rec tcp_ct_vm_gbps "$1" "$(iperf_gbps "${P}vm" 10.93.0.2 -R)"
   iperf_server "${P}ct"
   rec tcp_ct_ct_gbps "$1" "$(iperf_gbps "${P}c2" 10.93.0.2)"
-  testpmd_stop vmbr
+  pmd_stop vmbr
   ty port ls --json > "$LOGS/tcp-ports.$1.json"
   daemon_down
   for ns in "${P}ct" "${P}c2" "${P}vm"; do ip netns del "$ns" 2> /dev/null || true; done
 }
 
-log "machine: $(nproc) CPUs, kernel $(uname -r); $RUNS x $DUR s; $(dpdk-testpmd --version 2>/dev/null | head -n 1 || echo 'DPDK')"
+log "machine: $(nproc) CPUs, kernel $(uname -r); $RUNS x $DUR s; DPDK $(pkg-config --modversion libdpdk 2> /dev/null || echo '?')"
 for ((r = 1; r <= RUNS; r++)); do
   log "run $r/$RUNS: DPDK's own loop (ceiling)"; run_ceiling "$r"
   log "run $r/$RUNS: testpmd -> tapyard -> testpmd"; run_vhost "$r"
@@ -243,7 +247,7 @@ RESULTS=$(jq -n --rawfile runs "$W/runs.tsv" --arg nproc "$(nproc)" --arg kernel
 
 table() {
   jq -r '
-    def row($k; $label; $unit): [$label, (.figures[$k] // "-" | tostring), $unit] | @tsv;
+    def row($k; $l; $unit): [$l, (.figures[$k] // "-" | tostring), $unit] | @tsv;
     row("ceiling_mpps"; "DPDK vhost <-> virtio-user, no switch (ceiling)"; "Mpps"),
     row("vhost_mpps"; "testpmd -> tapyard (vhost-user -> vhost-user) -> testpmd"; "Mpps"),
     row("vhost_in_mpps"; "  of which tapyard took from the sender"; "Mpps"),
