@@ -52,7 +52,7 @@ fn testpmd_answers_a_containers_pings_through_tapyard() {
         pmd.log(),
         d.log()
     );
-    assert!(pmd.wait_log("Press enter to exit", 30) || pmd.wait_log("Port 0", 1), "{}", pmd.log());
+    assert!(pmd.wait_log("packet forwarding - ports=1", 30), "{}", pmd.log());
     let p = vhost_port(&d, &sock);
     let features: Vec<&str> = p["vhost"]["features"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert!(features.contains(&"version_1") && features.contains(&"mrg_rxbuf"), "{features:?}");

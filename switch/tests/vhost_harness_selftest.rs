@@ -200,7 +200,7 @@ fn two_queue_pairs_and_backend_in_client_mode() {
     let mut vm = listener.accept(&VmConfig::new(ALL_FEATURES, 2, 256), Duration::from_secs(30)).unwrap();
     assert!(vm.features() & bit(VIRTIO_NET_F_MQ) != 0);
     // Forwarding starts after the device is up; on a loaded machine that takes a while.
-    assert!(pmd.pmd.wait_log("Press enter to exit", 30), "testpmd did not start forwarding:\n{}", pmd.log());
+    assert!(pmd.pmd.wait_log("packet forwarding - ports=1", 30), "testpmd did not start forwarding:\n{}", pmd.log());
     // io forwarding maps RX queue i to TX queue i.
     for q in 0..2 {
         vm.post_rx(q, 4, 2048);
