@@ -26,7 +26,10 @@ impl Testpmd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("testpmd.log")).unwrap();
-        let child = Command::new("dpdk-testpmd")
+        // stdbuf: testpmd's stdout to a file is block-buffered, and the lines
+        // tests wait for ("packet forwarding - ports=") would sit in the buffer.
+        let child = Command::new("stdbuf")
+            .args(["-oL", "dpdk-testpmd"])
             .args(["-l", lcores, "--no-huge", "-m", "256", "--no-pci", "--file-prefix", &prefix])
             .args(eal)
             .arg("--")
