@@ -378,14 +378,18 @@ impl VhostUserBackend for Device {
     }
 }
 
-/// Empty polls of a transmit ring before the worker asks for kicks and
-/// may sleep (see `recv_batch`).
-const IDLE_POLLS: u32 = 64;
+/// Bounds of the empty polls of a transmit ring before the worker asks for
+/// kicks and may sleep (see `recv_batch`); it starts at IDLE_START.
+const IDLE_MIN: u32 = 4;
+const IDLE_START: u32 = 64;
+const IDLE_MAX: u32 = 1024;
 
 /// Polling state of one transmit ring, touched only by its worker.
 #[derive(Default)]
 struct PollState {
     idle: std::sync::atomic::AtomicU32,
+    /// Empty polls allowed before asking for kicks (adaptive).
+    budget: std::sync::atomic::AtomicU32,
     /// Notifications are enabled (the frontend kicks).
     armed: AtomicBool,
 }
@@ -448,7 +452,13 @@ impl VhostPort {
         let conn = std::thread::Builder::new()
             .name(format!("vhost-{}", short(&cfg.socket)))
             .spawn(move || serve(listener, &sh, &sd))?;
-        let poll = (0..cfg.pairs).map(|_| PollState { armed: AtomicBool::new(true), ..PollState::default() }).collect();
+        let poll = (0..cfg.pairs)
+            .map(|_| PollState {
+                armed: AtomicBool::new(true),
+                budget: std::sync::atomic::AtomicU32::new(IDLE_START),
+                ..PollState::default()
+            })
+            .collect();
         Ok(VhostPort { shared, poll, name, conn: Mutex::new(Some(conn)), listen_fd: Mutex::new(listen_fd), shutdown })
     }
 
@@ -704,21 +714,24 @@ impl Port for VhostPort {
                 break;
             };
             let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                if frames > 0 {
-                    poll.idle.store(0, Relaxed);
-                }
-                // Empty. Keep polling a little (the worker comes back: More)
-                // before asking for kicks: a frontend sending steadily then
-                // never kicks, which costs it a syscall per burst and us a
-                // wake-up. After IDLE_POLLS empty polls, ask for a kick on
-                // the next frame and look once more in case one raced in.
+                // Empty. Keep polling for a while (the worker comes back:
+                // More) before asking for kicks: a frontend sending steadily
+                // then never kicks, which costs it a syscall per burst and us
+                // a wake-up. How long adapts: the budget doubles when frames
+                // came while we polled, halves when none did. Polling pays
+                // when the frontend runs on another core; on the same core it
+                // only delays the frontend, and the budget shrinks to IDLE_MIN.
                 let idle = poll.idle.load(Relaxed) + 1;
-                if idle < IDLE_POLLS || self.shared.cfg.busy {
+                let budget = poll.budget.load(Relaxed);
+                if idle < budget || self.shared.cfg.busy {
                     poll.idle.store(idle, Relaxed);
                     state = RecvState::More;
                     break;
                 }
                 poll.idle.store(0, Relaxed);
+                poll.budget.store((budget / 2).max(IDLE_MIN), Relaxed);
+                // Ask for a kick on the next frame, and look once more in
+                // case one raced in.
                 match q.enable_notification(&*mem) {
                     Ok(true) => {
                         let _ = q.disable_notification(&*mem);
@@ -730,6 +743,10 @@ impl Port for VhostPort {
                     }
                 }
             };
+            if poll.idle.load(Relaxed) > 0 {
+                poll.idle.store(0, Relaxed);
+                poll.budget.store((poll.budget.load(Relaxed) * 2).min(IDLE_MAX), Relaxed);
+            }
             let head = chain.head_index();
             // Copy the whole chain into our buffer: the header and the frame
             // are read from guest memory exactly once (module docs).
