@@ -312,3 +312,33 @@ fn lab_down_from_another_shell_and_ctrl_c_both_remove_the_lab() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reader_that_went_away_ends_the_cli_quietly() {
+    use std::os::fd::FromRawFd;
+    let d = Daemon::start("ep");
+    d.ok(&["network", "create", "n1", "--ipam", "none"]);
+    for args in [&["network", "ls", "--json"][..], &["network", "ls"]] {
+        // stdout: a pipe whose read end is already closed, so the first write fails with EPIPE.
+        let mut fds = [0; 2];
+        // SAFETY: fds is a live array of two ints for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fds[0] is the read end pipe(2) just gave us; nothing else owns it.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is the write end pipe(2) just gave us; the File takes sole ownership.
+        let w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+        let out = std::process::Command::new(TAPYARD)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .stdout(w)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -335,7 +335,22 @@ fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    out(&serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Writes a line to stdout. A reader that went away (`tapyard port ls | head`)
+/// ends the command quietly, as for other Unix tools, instead of the panic
+/// `println!` gives on EPIPE (Rust ignores SIGPIPE).
+pub(crate) fn out(line: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = writeln!(o, "{line}").and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tapyard: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {

@@ -14,7 +14,7 @@ fn print(header: &[&str], rows: &[Vec<String>]) {
     }
     let line = |cells: Vec<&str>| {
         let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<1$}", c, w[i])).collect();
-        println!("{}", s.join("  ").trim_end());
+        super::out(s.join("  ").trim_end());
     };
     line(header.to_vec());
     for r in rows {
