@@ -339,9 +339,13 @@ fn a_frontend_that_goes_away_leaves_the_port_down_and_the_next_one_brings_it_bac
     vm_resolves_container(&lab, &mut vm, vm_mac, 0);
     let id = lab.port_of(&sock)["id"].clone();
 
+    let maps = || std::fs::read_to_string(format!("/proc/{}/maps", lab.d.pid())).unwrap_or_default();
+    assert!(maps().contains("memfd:tapyard-test-vm"), "the guest's memory is mapped while it is connected");
     // The VM crashes: the port stays, down; frames for it are counted, not sent.
     vm.close();
     assert!(wait_for(5, || lab.port_of(&sock)["vhost"]["connected"] == false));
+    // And the dead VM's memory is no longer mapped by tapyard.
+    assert!(wait_for(5, || !maps().contains("memfd:tapyard-test-vm")), "tapyard still maps the gone VM's memory");
     let p = lab.port_of(&sock);
     assert_eq!(p["id"], id, "the port stays");
     lab.ct.run(&["ping", "-c", "1", "-W", "1", "10.88.0.99"]);

@@ -664,9 +664,8 @@ fn private_listener() -> io::Result<(PathBuf, Listener)> {
     Err(io::Error::other(format!("no free directory name in {}", base.display())))
 }
 
-/// After a disconnect: forget the rings and eventfds of the old connection
-/// (the memory mapping stays until the next `SET_MEM_TABLE`; no ring is
-/// ready, so nothing reads it), so the next frontend starts from scratch.
+/// After a disconnect: forget the rings, eventfds and memory of the old
+/// connection, so the next frontend starts from scratch.
 fn reset_rings(shared: &Shared) {
     shared.acked.store(0, Relaxed);
     for q in &shared.rx_quiet {
@@ -683,6 +682,13 @@ fn reset_rings(shared: &Shared) {
             let mut s = v.get_mut();
             s.get_queue_mut().reset();
         }
+    }
+    // Unmap the guest's memory: a VM that is gone must not stay resident
+    // through our mapping of its memfd. A worker still in a burst keeps the
+    // old map alive until it ends (the rings above are no longer ready).
+    match shared.mem.lock() {
+        Ok(m) => m.replace(GuestMemoryMmap::new()),
+        Err(e) => e.into_inner().replace(GuestMemoryMmap::new()),
     }
 }
 
