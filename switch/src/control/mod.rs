@@ -96,6 +96,9 @@ struct Inner {
     epoch: u64,
 }
 
+/// Under the state directory: the vhost-user handlers' private sockets.
+const VHOST_DIR: &str = "vhost";
+
 /// The running daemon's control plane.
 pub struct Daemon {
     cfg: Config,
@@ -135,6 +138,11 @@ impl Daemon {
                 "skipped the torn end of the lease journal (a write cut short by a crash, never acknowledged)"
             );
         }
+        // The vhost-user handlers' private sockets: whatever a killed daemon
+        // left there is stale (the state directory is locked: ours alone).
+        let vhost_dir = cfg.state_dir.join(VHOST_DIR);
+        let _ = std::fs::remove_dir_all(&vhost_dir);
+        std::fs::create_dir(&vhost_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", vhost_dir.display()))?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded(1024);
@@ -1108,6 +1116,7 @@ impl Daemon {
             pairs: v.queues,
             mac: spec.mac,
             mtu,
+            handler_dir: self.cfg.state_dir.join(VHOST_DIR),
             busy: self.cfg.busy,
         };
         let port = Arc::new(VhostPort::start(cfg, on_link).map_err(|e| match e.kind() {

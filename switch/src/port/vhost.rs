@@ -147,6 +147,9 @@ pub struct VhostConfig {
     pub pairs: u16,
     pub mac: MacAddr,
     pub mtu: u16,
+    /// Where the protocol handler's private socket goes: a directory only
+    /// the daemon's user can enter (the daemon's `STATE_DIR/vhost`).
+    pub handler_dir: PathBuf,
     /// The daemon busy-polls (`daemon --poll busy`): the worker never sleeps,
     /// so rings are polled without end and the frontend never needs to kick.
     pub busy: bool,
@@ -546,9 +549,9 @@ fn serve(
     shutdown: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
 ) {
     let socket = shared.cfg.socket.clone();
-    // The protocol handler listens on a private socket (a 0700 directory of
-    // ours); the relay (vhost_relay.rs) connects the frontend to it.
-    let (private_dir, mut handler_listener) = match private_listener() {
+    // The protocol handler listens on a private socket; the relay
+    // (vhost_relay.rs) connects the frontend to it.
+    let (private_path, mut handler_listener) = match private_listener(&shared.cfg.handler_dir) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(socket = %socket.display(), error = %e, "cannot make the vhost-user handler's socket; port stays down");
@@ -590,7 +593,7 @@ fn serve(
                     continue;
                 }
             };
-        let relay = match UnixStream::connect(private_dir.join(HANDLER_SOCKET)) {
+        let relay = match UnixStream::connect(&private_path) {
             Ok(backend) => std::thread::Builder::new()
                 .name("vhost-relay".into())
                 .spawn(move || super::vhost_relay::relay(frontend, backend)),
@@ -635,33 +638,19 @@ fn serve(
         }
     }
     drop(handler_listener);
-    let _ = fs::remove_dir_all(&private_dir);
+    let _ = fs::remove_file(&private_path);
     if listener.is_some() {
         let _ = fs::remove_file(&socket);
     }
 }
 
-const HANDLER_SOCKET: &str = "handler.sock";
-
-/// A fresh 0700 directory of ours with the handler's listening socket in it:
-/// only this user can connect to it.
-fn private_listener() -> io::Result<(PathBuf, Listener)> {
-    use std::os::unix::fs::DirBuilderExt;
+/// The handler's listening socket, a fresh name in `cfg.handler_dir` (a
+/// directory only the daemon's user can enter, emptied at daemon start).
+fn private_listener(dir: &Path) -> io::Result<(PathBuf, Listener)> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let base = std::env::temp_dir();
-    for _ in 0..100 {
-        let n = NEXT.fetch_add(1, Relaxed);
-        let dir = base.join(format!("tapyard-vhost-{}-{n}", std::process::id()));
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {
-                let l = Listener::new(dir.join(HANDLER_SOCKET), false).map_err(|e| io::Error::other(e.to_string()))?;
-                return Ok((dir, l));
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other(format!("no free directory name in {}", base.display())))
+    let path = dir.join(format!("{}.sock", NEXT.fetch_add(1, Relaxed)));
+    let l = Listener::new(&path, true).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+    Ok((path, l))
 }
 
 /// After a disconnect: forget the rings, eventfds and memory of the old
