@@ -9,12 +9,17 @@ use std::process::Command;
 use common::testpmd::{Testpmd, ONE_AT_A_TIME};
 use common::*;
 
-fn lab(tag: &str) -> (Daemon, Netns) {
+/// A daemon with a container and a vhost-user port on network `dn`: (daemon,
+/// container, the port's socket, the port's MAC).
+fn lab(tag: &str) -> (Daemon, Netns, String, String) {
     let d = Daemon::start(tag);
     d.ok(&["network", "create", "dn", "--subnet", "10.89.0.0/24"]);
     let ct = Netns::new(&format!("{tag}c"));
     d.ok(&["connect", "dn", &ct.name, "--ip", "10.89.0.2/24"]);
-    (d, ct)
+    let sock = d.dir.join("pmd.sock").to_str().unwrap().to_string();
+    let p = d.json(&["connect", "dn", "--vhost-user", &sock]);
+    let mac = p["mac"].as_str().unwrap().to_string();
+    (d, ct, sock, mac)
 }
 
 fn vhost_port(d: &Daemon, sock: &str) -> serde_json::Value {
@@ -39,10 +44,7 @@ fn kernel_rx_packets(ns: &Netns) -> u64 {
 #[test]
 fn testpmd_answers_a_containers_pings_through_tapyard() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (d, ct) = lab("dp");
-    let sock = d.dir.join("pmd.sock").to_str().unwrap().to_string();
-    let p = d.json(&["connect", "dn", "--vhost-user", &sock]);
-    let mac = p["mac"].as_str().unwrap().to_string();
+    let (d, ct, sock, mac) = lab("dp");
     // icmpecho: testpmd answers ARP requests and ICMP echo requests itself.
     let pmd = frontend("echo", &sock, &mac, &["--forward-mode=icmpecho"]);
     assert!(
@@ -71,10 +73,7 @@ fn testpmd_answers_a_containers_pings_through_tapyard() {
 #[test]
 fn testpmd_txonly_frames_arrive_in_a_container() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (d, ct) = lab("dt");
-    let sock = d.dir.join("pmd.sock").to_str().unwrap().to_string();
-    let p = d.json(&["connect", "dn", "--vhost-user", &sock]);
-    let mac = p["mac"].as_str().unwrap().to_string();
+    let (d, ct, sock, mac) = lab("dt");
     let ct_mac = d.port(&ct.name)["mac"].as_str().unwrap().to_string();
     let before = kernel_rx_packets(&ct);
     let mut pmd = frontend(

@@ -135,16 +135,21 @@ impl Daemon {
     }
 }
 
+/// Sends `sig` to a child we started, waits up to 5 s for it to exit, then kills it.
+pub fn stop_child(mut c: Child, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c, "TERM");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -61,14 +61,8 @@ impl Testpmd {
 
     /// Stops testpmd with SIGINT (it then prints its totals) and returns its log.
     pub fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            super::stop_child(c, "INT");
         }
         self.log()
     }
