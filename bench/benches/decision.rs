@@ -1,6 +1,8 @@
-//! The whole per-frame forwarding decision, `datapath::decide`: parse the
+//! The L2 step of the per-frame decision, `datapath::decide`: parse the
 //! Ethernet header, check the length, learn the source, look up the
-//! destination, return the egress (a port, flood, or a drop).
+//! destination, return the egress (a port, flood, or a drop). This is not
+//! the whole per-frame path: `benches/pipeline.rs` measures that (receive,
+//! classify, egress, send, counting) over in-memory ports.
 //!
 //! Setup: the table of `benches/fdb.rs` (capacity 4096, full: 4096 random
 //! MACs, half on port 1, half on port 2), MTU 1500. Every frame's source is
@@ -16,8 +18,8 @@
 //!   thread receiving on port 1, the other on port 2 with its own MAC pairs;
 //!   the time is the slower thread's, so it compares directly with `64B`.
 //!
-//! - `route/lpm_and_ttl_rewrite`: the routing issue's per-frame routing
-//!   decision and header rewrite (see `route_benches`).
+//! - `route/lpm_and_ttl_rewrite`: the route lookup and the TTL rewrite
+//!   alone (see `route_benches`).
 //!
 //! Reading the numbers: criterion's `time` is per burst of 32; `thrpt` is in
 //! frames, so **ns per frame = 1000 / thrpt in Melem/s** (or `time` / 32).
@@ -114,14 +116,16 @@ fn decision_benches(c: &mut Criterion) {
 /// packet's TTL is reset each time so it never expires.
 fn route_benches(c: &mut Criterion) {
     use std::net::Ipv4Addr;
-    use tapyard_switch::datapath::route::{decrement_ttl, Route, RouteTable};
+    use tapyard_switch::packet::NetId;
+    use tapyard_switch::table::{Route, RouteTable};
+    use tapyard_switch::wire::ipv4::decrement_ttl;
     let table = RouteTable::new(vec![
-        Route::new(Ipv4Addr::new(10, 1, 0, 0), 24, 1, None),
-        Route::new(Ipv4Addr::new(10, 2, 0, 0), 24, 2, None),
-        Route::new(Ipv4Addr::new(10, 3, 0, 0), 24, 3, None),
-        Route::new(Ipv4Addr::new(10, 9, 0, 0), 16, 1, Some(Ipv4Addr::new(10, 1, 0, 9))),
-        Route::new(Ipv4Addr::new(192, 168, 7, 0), 24, 2, Some(Ipv4Addr::new(10, 2, 0, 3))),
-        Route::new(Ipv4Addr::new(0, 0, 0, 0), 0, 3, Some(Ipv4Addr::new(10, 3, 0, 254))),
+        Route::new(Ipv4Addr::new(10, 1, 0, 0), 24, NetId(1), None),
+        Route::new(Ipv4Addr::new(10, 2, 0, 0), 24, NetId(2), None),
+        Route::new(Ipv4Addr::new(10, 3, 0, 0), 24, NetId(3), None),
+        Route::new(Ipv4Addr::new(10, 9, 0, 0), 16, NetId(1), Some(Ipv4Addr::new(10, 1, 0, 9))),
+        Route::new(Ipv4Addr::new(192, 168, 7, 0), 24, NetId(2), Some(Ipv4Addr::new(10, 2, 0, 3))),
+        Route::new(Ipv4Addr::new(0, 0, 0, 0), 0, NetId(3), Some(Ipv4Addr::new(10, 3, 0, 254))),
     ]);
     let mut pkt = [0u8; 20];
     pkt[0] = 0x45;

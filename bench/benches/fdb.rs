@@ -26,8 +26,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tapyard_bench::{batches, run_pair, Fixture, NOW, PORT_A, PORT_B};
-use tapyard_switch::datapath::{Fdb, Learned, Table};
 use tapyard_switch::port::PortId;
+use tapyard_switch::table::{Fdb, Learned, Table};
 use tapyard_switch::wire::MacAddr;
 
 /// Operations per criterion iteration.

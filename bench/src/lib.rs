@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use tapyard_switch::datapath::{Fdb, Learned};
 use tapyard_switch::port::PortId;
+use tapyard_switch::table::{Fdb, Learned};
 use tapyard_switch::wire::MacAddr;
 
 /// Entries in the benchmark table: the default capacity, filled to the bound.

@@ -30,5 +30,6 @@ pub mod port;
 pub mod punt;
 pub mod snapshot;
 pub mod stats;
+pub mod table;
 pub mod wire;
 pub mod worker;

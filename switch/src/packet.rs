@@ -60,12 +60,6 @@ impl PacketBuf {
         &mut self.data[..]
     }
 
-    /// The `virtio_net_hdr` in front of the frame.
-    #[inline]
-    pub fn hdr(&self) -> VnetHdr {
-        VnetHdr::of(&self.data)
-    }
-
     /// Header and frame as one slice: what a port with a vnet header writes.
     #[inline]
     pub fn wire(&self) -> &[u8] {
@@ -120,6 +114,32 @@ impl fmt::Display for PortId {
 impl fmt::Debug for PortId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "port{}", self.0)
+    }
+}
+
+/// A network's number: its identity in the data path for as long as it
+/// exists. Route targets, punted frames and held packets name networks by
+/// it; it never changes when other networks come or go (ids are not reused
+/// while the daemon runs).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct NetId(pub u32);
+
+impl NetId {
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for NetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for NetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "net{}", self.0)
     }
 }
 
@@ -196,14 +216,6 @@ impl Batch {
             }
             _ => false,
         }
-    }
-
-    /// The frame in buffer `i` (which must be below [`Batch::len`]), writable
-    /// in place (routing rewrites headers in the buffer it read into).
-    #[inline]
-    pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
-        let b = &mut self.bufs[i];
-        &mut b.data[HEADROOM..HEADROOM + b.len]
     }
 
     /// Header and frame of buffer `i` (below [`Batch::len`]), writable.

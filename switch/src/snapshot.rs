@@ -7,50 +7,57 @@
 //! forwarding tables are not part of the snapshot's immutability: each
 //! network's [`Fdb`] is shared, written by workers, and carried over from one
 //! snapshot to the next.
+//!
+//! Imports: `table`, `punt`, `port`, `stats`, `packet` — never `datapath`,
+//! which reads the snapshot (scripts/check-layers.sh).
 
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::datapath::route::RouteTable;
-use crate::datapath::Fdb;
+use std::net::Ipv4Addr;
+
+use crate::packet::NetId;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
-use crate::stats::{PortStats, RouterStats};
+use crate::stats::{GatewayStats, PortStats, RouterStats};
+use crate::table::{Fdb, RouteTable};
+use crate::wire::MacAddr;
 
 /// A network's gateway, as the data path needs it to punt frames.
 pub struct GatewayView {
-    pub mac: [u8; 6],
-    pub ip: [u8; 4],
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
     pub prefix: u8,
     pub punt: Arc<PuntQueue>,
+    /// The gateway responder's counters for this network.
+    pub stats: Arc<GatewayStats>,
 }
 
 /// A router as the data path sees it: its route table, whose targets are
-/// indexes into [`Snapshot::networks`].
+/// network ids ([`Snapshot::network`]).
 pub struct RouterView {
     pub name: String,
     pub table: RouteTable,
     /// The gateway addresses of every attached network: the router's own
     /// addresses, answered (ping) by the gateway a packet arrives at, as a
     /// Linux router answers for any of its addresses.
-    pub gateway_ips: Vec<[u8; 4]>,
+    pub gateway_ips: Vec<Ipv4Addr>,
     pub stats: Arc<RouterStats>,
 }
 
 /// A network as the data path sees it.
 pub struct NetworkView {
+    pub id: NetId,
     pub name: String,
-    /// Position in [`Snapshot::networks`].
-    pub index: usize,
     /// The router this network is attached to, if any.
     pub router: Option<Arc<RouterView>>,
     /// Routing counters of packets that entered from this network.
     pub route_stats: Arc<RouterStats>,
     /// IPv4 address → MAC of the stations on this network that tapyard knows
     /// (ports' addresses and DHCP leases): where routed packets go.
-    pub neighbors: HashMap<u32, [u8; 6]>,
+    pub neighbors: HashMap<Ipv4Addr, MacAddr>,
     /// None for a network without a subnet (`--ipam none`).
     pub gateway: Option<GatewayView>,
     /// Largest frame accepted (from the MTU).
@@ -79,6 +86,13 @@ pub struct PortView {
 }
 
 impl PortView {
+    /// Whether this port is on network `net`: the one definition of "same
+    /// network" (a forwarding entry may name a port that has since moved).
+    #[inline]
+    pub fn on(&self, net: NetId) -> bool {
+        self.network.id == net
+    }
+
     /// The queue of this port that worker `w` reads, if any: queue `w` of a
     /// multi-queue port (one queue per worker), the only queue of a one-queue
     /// port for its owner worker.
@@ -97,8 +111,8 @@ impl PortView {
 pub struct Snapshot {
     /// Increases with every publication.
     pub epoch: u64,
-    /// Every network, by [`NetworkView::index`].
-    pub networks: Vec<Arc<NetworkView>>,
+    /// Every network, indexed by [`NetworkView::id`]; `None` for ids not in use.
+    pub networks: Vec<Option<Arc<NetworkView>>>,
     /// Indexed by [`PortId`]; `None` for ids not in use.
     pub ports: Vec<Option<Arc<PortView>>>,
 }
@@ -109,28 +123,20 @@ impl Snapshot {
         self.ports.get(id.index()).and_then(Option::as_ref)
     }
 
-    /// Network number `n` (a route target).
+    /// Network `id` (a route target, a punted frame's network).
     #[inline]
-    pub fn network(&self, n: u16) -> Option<&Arc<NetworkView>> {
-        self.networks.get(usize::from(n))
+    pub fn network(&self, id: NetId) -> Option<&Arc<NetworkView>> {
+        self.networks.get(id.index()).and_then(Option::as_ref)
     }
 
-    /// The MAC of `ip` on network `n`, if tapyard knows the station.
-    #[inline]
-    pub fn neighbor(&self, n: u16, ip: u32) -> Option<[u8; 6]> {
-        self.network(n).and_then(|v| v.neighbors.get(&ip).copied())
+    /// Every network.
+    pub fn all_networks(&self) -> impl Iterator<Item = &Arc<NetworkView>> {
+        self.networks.iter().flatten()
     }
 
-    /// The gateway MAC of network `n` (none for `--ipam none` networks).
-    #[inline]
-    pub fn gateway_mac(&self, n: u16) -> Option<[u8; 6]> {
-        self.network(n).and_then(|v| v.gateway.as_ref().map(|g| g.mac))
-    }
-
-    /// The IP MTU of network `n` (0 for an unknown network: nothing fits).
-    #[inline]
-    pub fn mtu(&self, n: u16) -> u16 {
-        self.network(n).map_or(0, |v| v.mtu())
+    /// The network called `name`.
+    pub fn network_named(&self, name: &str) -> Option<&Arc<NetworkView>> {
+        self.all_networks().find(|n| n.name == name)
     }
 
     /// The ports worker `worker` reads (a queue of each multi-queue port, its own one-queue ports).

@@ -34,10 +34,16 @@ pub enum DropReason {
     /// An offloaded frame (GSO or partial checksum) whose headers do not
     /// allow finishing it in software for an egress without offloads.
     BadOffload,
+    /// A VLAN-tagged frame addressed to a gateway: tagged frames are bridged
+    /// as opaque L2 frames, never routed or answered (wire module doc).
+    VlanTagged,
+    /// Routed, larger than the egress MTU, without Don't Fragment: tapyard
+    /// does not fragment (also counted as the router's `too_big`).
+    TooBig,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Runt,
         DropReason::BadSrcMac,
         DropReason::Hairpin,
@@ -46,6 +52,8 @@ impl DropReason {
         DropReason::QueueFull,
         DropReason::GatewayFull,
         DropReason::BadOffload,
+        DropReason::VlanTagged,
+        DropReason::TooBig,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +66,8 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::GatewayFull => "gateway_full",
             DropReason::BadOffload => "bad_offload",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::TooBig => "too_big",
         }
     }
 }
@@ -162,38 +172,81 @@ impl BurstCount {
     }
 }
 
-/// Counters of one router (RFC 1812 terms), written by workers and the gateway thread.
-#[derive(Default)]
-pub struct RouterStats {
-    /// Packets forwarded between networks.
-    pub routed: AtomicU64,
-    /// Packets whose TTL would have reached 0 (Time Exceeded sent).
-    pub ttl_expired: AtomicU64,
-    /// Packets with no route (Network Unreachable sent).
-    pub no_route: AtomicU64,
-    /// Packets whose next hop has no known MAC (Host Unreachable sent).
-    pub unresolved: AtomicU64,
-    /// DF packets larger than the egress MTU (Fragmentation Needed sent).
-    pub frag_needed: AtomicU64,
-    /// Packets without DF larger than the egress MTU: dropped (not fragmented).
-    pub too_big: AtomicU64,
-    /// ICMP errors sent (after rate limiting).
-    pub icmp_sent: AtomicU64,
+/// Declares a struct of named counters once: the field is the name, so a
+/// listing cannot forget one or spell it differently (as Firecracker's
+/// metrics structs do). Generates `snapshot()`, every counter by name, zeros
+/// included, for the control socket; `NAMES` for the docs' tables.
+macro_rules! counters {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident,)* }) => {
+        $(#[$m])*
+        #[derive(Default, Debug)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: AtomicU64,)*
+        }
+
+        impl $name {
+            /// Every counter's name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Every counter by name, zeros included.
+            pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+                [$((stringify!($field), &self.$field)),*]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.load(Relaxed)))
+                    .collect()
+            }
+        }
+    };
 }
 
-impl RouterStats {
-    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
-        [
-            ("routed", &self.routed),
-            ("ttl_expired", &self.ttl_expired),
-            ("no_route", &self.no_route),
-            ("unresolved", &self.unresolved),
-            ("frag_needed", &self.frag_needed),
-            ("too_big", &self.too_big),
-            ("icmp_sent", &self.icmp_sent),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.load(Relaxed)))
-        .collect()
+counters! {
+    /// Counters of one router (RFC 1812 terms), written by workers (once per
+    /// burst) and the gateway thread; kept per router and per ingress network.
+    pub struct RouterStats {
+        /// Packets forwarded between networks.
+        routed,
+        /// Packets whose TTL would have reached 0 (Time Exceeded sent).
+        ttl_expired,
+        /// Packets with no route (Network Unreachable sent).
+        no_route,
+        /// Packets whose next hop has no known MAC (resolved by ARP, else Host Unreachable sent).
+        unresolved,
+        /// DF packets larger than the egress MTU (Fragmentation Needed sent).
+        frag_needed,
+        /// Packets without DF larger than the egress MTU: dropped (not fragmented).
+        too_big,
+        /// ICMP errors sent (after rate limiting).
+        icmp_sent,
+    }
+}
+
+counters! {
+    /// Counters of one network's gateway responder (written by the gateway thread).
+    pub struct GatewayStats {
+        /// DHCP replies sent, by message type.
+        dhcp_offer,
+        dhcp_ack,
+        dhcp_nak,
+        dhcp_other,
+        /// DHCP messages dropped by the server, by reason (ipam's `DhcpDrop`).
+        truncated,
+        bad_magic,
+        not_ethernet,
+        bad_message,
+        unexpected,
+        exhausted,
+        not_for_us,
+        /// IPv4/UDP to port 67 whose headers or checksums do not check out.
+        dhcp_malformed,
+        /// ARP that is truncated or not Ethernet/IPv4.
+        arp_malformed,
+        /// ARP replies and ICMP echo replies sent by the gateway's smoltcp interface.
+        arp_icmp_sent,
+        /// Routed packets held while the gateway ARPs for their next hop.
+        arp_resolving,
+        /// ICMP errors sent for packets the router could not forward.
+        icmp_error_sent,
+        /// Batches whose DHCP replies were withheld because the lease journal could not be written.
+        journal_error,
     }
 }

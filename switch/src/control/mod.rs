@@ -10,6 +10,7 @@
 //! forwarding entries, and only then drops the last reference, which closes
 //! the TAP fd and makes the kernel delete the interface.
 
+pub mod build;
 pub mod gateway;
 pub mod netns;
 pub mod persist;
@@ -31,18 +32,18 @@ use tapyard_ipam::store::Store;
 use tapyard_ipam::{check_static, next_subnet, Addressing, DefaultPool, Ipv4Net};
 
 use crate::clock::Clock;
-use crate::datapath::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
-use crate::datapath::route::{Route, RouteTable};
-use crate::datapath::{max_frame_len, Fdb};
+use crate::packet::NetId;
 use crate::port::tap::TapPort;
 use crate::port::vhost::{self, VhostConfig, VhostPort};
 use crate::port::Offloads;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
-use crate::snapshot::{GatewayView, NetworkView, PortView, RouterView, Snapshot};
-use crate::stats::{PortStats, RouterStats};
+use crate::snapshot::Snapshot;
+use crate::stats::{GatewayStats, PortStats, RouterStats};
+use crate::table::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
+use crate::table::Fdb;
 use crate::wire::MacAddr;
-use crate::worker::{self, WorkerEvent, WorkerHandle};
+use crate::worker::{self, PortEvent, WorkerHandle};
 use netns::Netns;
 use persist::{NetworkSpec, PortSpec, RouterSpec, State, VhostSpec};
 use proto::*;
@@ -66,9 +67,12 @@ pub struct Config {
 }
 
 struct Network {
+    /// The network's identity in the data path (see [`NetId`]).
+    id: NetId,
     spec: NetworkSpec,
     fdb: Arc<Fdb>,
     route_stats: Arc<RouterStats>,
+    gw_stats: Arc<GatewayStats>,
 }
 
 struct PortRec {
@@ -94,6 +98,16 @@ struct Inner {
     networks: BTreeMap<String, Network>,
     ports: BTreeMap<PortId, PortRec>,
     epoch: u64,
+    /// The next network id to hand out (ids are never reused while the daemon runs).
+    next_net: u32,
+}
+
+impl Inner {
+    /// A new network id.
+    fn net_id(&mut self) -> NetId {
+        self.next_net += 1;
+        NetId(self.next_net)
+    }
 }
 
 /// Under the state directory: the vhost-user handlers' private sockets.
@@ -110,14 +124,12 @@ pub struct Daemon {
     /// Neighbours the gateway learned from ARP (network → IPv4 → MAC, last seen),
     /// for routing to stations tapyard did not address itself.
     arp_learned: Mutex<ArpLearned>,
-    /// Gateway counters per network (DHCP drops by reason, replies sent).
-    gw_stats: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
     stop: Arc<AtomicBool>,
-    events: Receiver<WorkerEvent>,
+    events: Receiver<PortEvent>,
     /// For ports that report link changes (vhost-user).
-    event_tx: Sender<WorkerEvent>,
+    event_tx: Sender<PortEvent>,
     clock: Clock,
 }
 
@@ -167,7 +179,6 @@ impl Daemon {
             inner: Mutex::new(Inner::default()),
             ipam: Mutex::new(ipam),
             punt: Arc::new(PuntQueue::new()),
-            gw_stats: Mutex::default(),
             arp_learned: Mutex::default(),
             snapshot,
             workers,
@@ -180,7 +191,7 @@ impl Daemon {
         let hk = d.clone();
         std::thread::Builder::new().name("tapyard-hk".into()).spawn(move || hk.housekeeping())?;
         let gw = d.clone();
-        let t = std::thread::Builder::new().name("tapyard-gw".into()).spawn(move || gateway::run(&gw))?;
+        let t = std::thread::Builder::new().name("tapyard-gw".into()).spawn(move || gateway::run(&*gw))?;
         d.punt.set_consumer(t.thread().clone());
         Ok(d)
     }
@@ -204,7 +215,11 @@ impl Daemon {
         for spec in state.networks {
             self.add_to_ipam(&spec);
             let fdb = Arc::new(Fdb::new(spec.fdb_capacity, spec.ageing_secs));
-            inner.networks.insert(spec.name.clone(), Network { spec, fdb, route_stats: Arc::default() });
+            let id = inner.net_id();
+            inner.networks.insert(
+                spec.name.clone(),
+                Network { id, spec, fdb, route_stats: Arc::default(), gw_stats: Arc::default() },
+            );
         }
         for spec in state.routers {
             inner.routers.insert(spec.name.clone(), RouterRec { spec, stats: Arc::default() });
@@ -293,107 +308,60 @@ impl Daemon {
     /// Builds and publishes a snapshot of `inner`, wakes the workers, and returns its epoch.
     fn publish(&self, inner: &mut Inner) -> u64 {
         inner.epoch += 1;
-        // Networks are numbered in name order; routers name them by that number.
-        let index: BTreeMap<&str, usize> = inner.networks.keys().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-        let mut router_views: BTreeMap<&str, Arc<RouterView>> = BTreeMap::new();
-        for (rname, r) in &inner.routers {
-            let mut routes = Vec::new();
-            for n in &r.spec.networks {
-                if let (Some(&i), Some(a)) =
-                    (index.get(n.as_str()), inner.networks.get(n).and_then(|x| x.spec.addressing))
-                {
-                    routes.push(Route::new(a.subnet.network(), a.subnet.prefix_len(), i as u16, None));
-                }
-            }
-            for (prefix, via) in &r.spec.routes {
-                let egress = r.spec.networks.iter().find(|n| {
-                    inner.networks.get(*n).and_then(|x| x.spec.addressing).is_some_and(|a| a.subnet.contains(via))
-                });
-                if let Some(i) = egress.and_then(|n| index.get(n.as_str())) {
-                    routes.push(Route::new(prefix.network(), prefix.prefix_len(), *i as u16, Some(*via)));
-                }
-            }
-            let gateway_ips = r
-                .spec
+        let plan = build::Plan {
+            epoch: inner.epoch,
+            networks: inner
                 .networks
-                .iter()
-                .filter_map(|n| inner.networks.get(n).and_then(|x| x.spec.addressing).map(|a| a.gateway.octets()))
-                .collect();
-            router_views.insert(
-                rname,
-                Arc::new(RouterView {
-                    name: rname.clone(),
-                    table: RouteTable::new(routes),
-                    gateway_ips,
-                    stats: r.stats.clone(),
-                }),
-            );
-        }
-        let neighbors = self.neighbors(inner);
-        let mut views: BTreeMap<&str, Arc<NetworkView>> = BTreeMap::new();
-        let mut networks = Vec::with_capacity(inner.networks.len());
-        for (name, net) in &inner.networks {
-            let ports = inner.ports.values().filter(|p| &p.spec.network == name).map(|p| p.id).collect();
-            let router = inner
+                .values()
+                .map(|n| build::NetworkIn {
+                    id: n.id,
+                    spec: &n.spec,
+                    fdb: n.fdb.clone(),
+                    route_stats: n.route_stats.clone(),
+                    gw_stats: n.gw_stats.clone(),
+                })
+                .collect(),
+            routers: inner
                 .routers
-                .iter()
-                .find(|(_, r)| r.spec.networks.contains(name))
-                .and_then(|(rn, _)| router_views.get(rn.as_str()).cloned());
-            let view = Arc::new(NetworkView {
-                index: index[name.as_str()],
-                router,
-                route_stats: net.route_stats.clone(),
-                neighbors: neighbors.get(name).cloned().unwrap_or_default(),
-                gateway: net.spec.addressing.map(|a| GatewayView {
-                    mac: gateway_mac(name).0,
-                    ip: a.gateway.octets(),
-                    prefix: a.subnet.prefix_len(),
-                    punt: self.punt.clone(),
-                }),
-                name: name.clone(),
-                max_frame: max_frame_len(net.spec.mtu),
-                fdb: net.fdb.clone(),
-                ports,
-            });
-            networks.push(view.clone());
-            views.insert(name, view);
-        }
-        let len = inner.ports.keys().next_back().map_or(0, |id| id.index() + 1);
-        let mut ports = vec![None; len];
-        for p in inner.ports.values() {
-            if let Some(network) = views.get(p.spec.network.as_str()) {
-                ports[p.id.index()] = Some(Arc::new(PortView {
+                .values()
+                .map(|r| build::RouterIn { spec: &r.spec, stats: r.stats.clone() })
+                .collect(),
+            ports: inner
+                .ports
+                .values()
+                .map(|p| build::PortIn {
                     id: p.id,
+                    network: &p.spec.network,
                     port: p.port.clone(),
                     stats: p.stats.clone(),
-                    network: network.clone(),
                     worker: p.worker,
-                }));
-            }
-        }
-        let epoch = inner.epoch;
-        self.snapshot.store(Arc::new(Snapshot { epoch, networks, ports }));
+                })
+                .collect(),
+            neighbors: self.neighbors(inner),
+            punt: self.punt.clone(),
+        };
+        self.snapshot.store(Arc::new(build::build(plan)));
         for w in &self.workers {
             if let Err(e) = w.waker.wake() {
                 tracing::error!(error = %e, "cannot wake worker");
             }
         }
-        epoch
+        inner.epoch
     }
 
     /// IPv4 → MAC of every station tapyard knows, per network: port
     /// addresses and bound DHCP leases. Routed packets are sent to these.
-    fn neighbors(&self, inner: &Inner) -> BTreeMap<String, std::collections::HashMap<u32, [u8; 6]>> {
-        let mut m: BTreeMap<String, std::collections::HashMap<u32, [u8; 6]>> = BTreeMap::new();
+    fn neighbors(&self, inner: &Inner) -> BTreeMap<String, std::collections::HashMap<std::net::Ipv4Addr, MacAddr>> {
+        let mut m: BTreeMap<String, std::collections::HashMap<std::net::Ipv4Addr, MacAddr>> = BTreeMap::new();
         let now = unix_now();
         for (net, l) in self.ipam().leases(None) {
             if l.is_active(now) {
-                m.entry(net).or_default().insert(u32::from(l.addr), l.mac);
+                m.entry(net).or_default().insert(l.addr, MacAddr(l.mac));
             }
         }
         for p in inner.ports.values() {
             if let Some(ip) = p.spec.ip {
-                m.entry(p.spec.network.clone()).or_default().insert(u32::from(ip.addr()), p.spec.mac.0);
+                m.entry(p.spec.network.clone()).or_default().insert(ip.addr(), p.spec.mac);
             }
         }
         // Then what the gateway learned from ARP, for stations that configured
@@ -561,28 +529,15 @@ impl Daemon {
             pool_used,
             pool_size,
             gateway_mac: s.addressing.map(|_| gateway_mac(&s.name).to_string()),
-            gateway_counters: self
-                .gw_stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&s.name)
-                .cloned()
-                .unwrap_or_default(),
+            gateway_counters: net.gw_stats.snapshot(),
             mtu: s.mtu,
             internal: s.internal,
             route_counters: net.route_stats.snapshot(),
             neighbors: self
                 .snapshot
                 .load()
-                .networks
-                .iter()
-                .find(|v| v.name == s.name)
-                .map(|v| {
-                    v.neighbors
-                        .iter()
-                        .map(|(ip, mac)| (std::net::Ipv4Addr::from(*ip).to_string(), MacAddr(*mac).to_string()))
-                        .collect()
-                })
+                .network(net.id)
+                .map(|v| v.neighbors.iter().map(|(ip, mac)| (ip.to_string(), mac.to_string())).collect())
                 .unwrap_or_default(),
             router: inner.routers.values().find(|r| r.spec.networks.contains(&s.name)).map(|r| r.spec.name.clone()),
             ageing_secs: net.fdb.ageing_secs(),
@@ -713,7 +668,10 @@ impl Daemon {
         };
         self.add_to_ipam(&spec);
         let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));
-        inner.networks.insert(name.clone(), Network { spec, fdb, route_stats: Arc::default() });
+        let id = inner.net_id();
+        inner
+            .networks
+            .insert(name.clone(), Network { id, spec, fdb, route_stats: Arc::default(), gw_stats: Arc::default() });
         self.publish(&mut inner);
         self.persist(&inner);
         tracing::info!(network = %name, subnet = ?subnet, "network created");
@@ -854,7 +812,6 @@ impl Daemon {
             store.remove_network(name);
             let _ = self.commit_ipam(&mut store);
         }
-        self.gw_stats.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.publish(&mut inner);
         self.persist(&inner);
         tracing::info!(network = %name, ports = removed, "network removed");
@@ -1108,7 +1065,7 @@ impl Daemon {
             .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
         let tx = self.event_tx.clone();
         let on_link = Box::new(move |up| {
-            let _ = tx.try_send(WorkerEvent::PortLink { port: id, up });
+            let _ = tx.try_send(PortEvent::VhostLink { port: id, up });
         });
         let cfg = VhostConfig {
             socket: v.socket.clone(),
@@ -1213,7 +1170,7 @@ impl Daemon {
     fn housekeeping(&self) {
         while !self.stop.load(Ordering::Relaxed) {
             match self.events.recv_timeout(Duration::from_secs(1)) {
-                Ok(WorkerEvent::PortGone { port, errno }) => {
+                Ok(PortEvent::Gone { port, errno }) => {
                     let mut inner = self.lock();
                     if let Some(p) = inner.ports.get(&port) {
                         tracing::warn!(port = %port, network = %p.spec.network, netns = %p.spec.netns,
@@ -1222,7 +1179,7 @@ impl Daemon {
                         self.persist(&inner);
                     }
                 }
-                Ok(WorkerEvent::PortLink { port, up }) => {
+                Ok(PortEvent::VhostLink { port, up }) => {
                     let inner = self.lock();
                     if let Some((p, net)) =
                         inner.ports.get(&port).and_then(|p| Some((p, inner.networks.get(&p.spec.network)?)))
@@ -1281,7 +1238,40 @@ pub fn gateway_mac(network: &str) -> MacAddr {
 }
 
 /// Per network: IPv4 → (MAC, when last seen), learned by the gateway from ARP.
-type ArpLearned = BTreeMap<String, std::collections::HashMap<u32, ([u8; 6], Instant)>>;
+type ArpLearned = BTreeMap<String, std::collections::HashMap<std::net::Ipv4Addr, (MacAddr, Instant)>>;
+
+/// The gateway's narrow view of the control plane.
+impl gateway::Control for Daemon {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn next_punted(&self) -> Option<crate::punt::Punted> {
+        self.punt.pop()
+    }
+
+    fn recycle(&self, buf: Box<[u8]>) {
+        self.punt.recycle(buf);
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Store> {
+        self.ipam()
+    }
+
+    fn learn_neighbor(&self, net: &str, ip: std::net::Ipv4Addr, mac: MacAddr) -> bool {
+        let mut learned = self.arp_learned.lock().unwrap_or_else(|e| e.into_inner());
+        let old = learned.entry(net.to_string()).or_default().insert(ip, (mac, Instant::now()));
+        old.is_none_or(|(m, _)| m != mac)
+    }
+
+    fn republish(&self) {
+        Daemon::republish(self);
+    }
+}
 
 /// How long a declined address stays out of use (RFC 2131 §4.3.3 leaves it to the server).
 const DECLINE_SECS: u64 = 600;

@@ -1,9 +1,24 @@
-//! The forwarding decision: a pure function of (frame, ingress port, table,
-//! now). No syscalls, no allocation, no locks, no logging; it never sees a
-//! port, a socket or the control plane, which is what makes every case a
-//! plain unit test (STYLE §2).
+//! The forwarding pipeline, one stage per module. A frame's whole path:
 //!
-//! Pipeline for one frame (IEEE 802.1Q §8.7–8.8, as a learning bridge does it):
+//! ```text
+//!  worker: port.recv_batch ─► classify::classify ─────────────► egress::Egress::apply ─► port.send_batch
+//!          (worker.rs)         L2: decide (this file)             Forward / Flood: transmit, gather
+//!                              gateway: for it, or routed? ──►    Route: route::rewrite, deliver
+//!                              route::decide (LPM, MTU, TTL,      Local / Punt(reason): punt queue
+//!                                neighbour) → Verdict              Drop(reason): counted
+//!                                                                 offload finishing per egress (offload.rs)
+//!                                                                 per-burst accounting (egress::Tally)
+//! ```
+//!
+//! [`classify`](classify::classify) is a pure function of (frame, ingress
+//! port, snapshot, table, now) that returns a [`Verdict`] saying what happens
+//! and why; [`egress`] carries it out. Nothing here makes a syscall of its
+//! own (ports do, behind their trait), allocates, locks or logs; it never
+//! sees the control plane, which is what makes every case a unit test with
+//! in-memory ports (STYLE §2, §10). Frames the router cannot forward go to
+//! the gateway responder with the reason found here ([`crate::punt`]).
+//!
+//! The L2 step, [`decide`] (IEEE 802.1Q §8.7–8.8, as a learning bridge does it):
 //! 1. Parse the Ethernet header (nothing deeper: bridging needs no L3).
 //! 2. Check the frame fits the network's MTU.
 //! 3. Drop frames whose source is a group or all-zero address; learn the
@@ -13,16 +28,18 @@
 
 #![forbid(unsafe_code)]
 
-pub mod fdb;
+pub mod classify;
+pub mod egress;
 pub mod offload;
 pub mod route;
 
 use crate::packet::PortId;
 use crate::stats::DropReason;
+pub use crate::table::fdb::{Fdb, Learned, Table};
 use crate::wire::{EthAddrs, ETH_HEADER_LEN};
-pub use fdb::{Fdb, Learned, Table};
+pub use classify::{classify, NextHop, Verdict};
 
-/// Where a frame goes.
+/// Where the L2 step sends a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// To this one port.
@@ -35,7 +52,7 @@ pub enum Decision {
 /// The outcome of [`decide`] plus what learning did, so the caller can count
 /// a full table without the decision touching counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub struct L2Verdict {
     pub decision: Decision,
     pub learned: Option<Learned>,
 }
@@ -50,8 +67,8 @@ pub fn max_frame_len(mtu: u32) -> usize {
 /// Decides what happens to `frame`, received on `in_port` of a network whose
 /// table is `table` and whose largest frame is `max_frame`, at second `now`.
 #[inline]
-pub fn decide(frame: &[u8], in_port: PortId, table: &Table, max_frame: usize, now: u32) -> Verdict {
-    let drop = |r| Verdict { decision: Decision::Drop(r), learned: None };
+pub fn decide(frame: &[u8], in_port: PortId, table: &Table, max_frame: usize, now: u32) -> L2Verdict {
+    let drop = |r| L2Verdict { decision: Decision::Drop(r), learned: None };
     let Ok(eth) = EthAddrs::parse(frame) else {
         return drop(DropReason::Runt);
     };
@@ -71,49 +88,7 @@ pub fn decide(frame: &[u8], in_port: PortId, table: &Table, max_frame: usize, no
             None => Decision::Flood,
         }
     };
-    Verdict { decision, learned }
-}
-
-/// What a network's gateway wants of a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToGateway {
-    /// Not for the gateway.
-    No,
-    /// Addressed to the gateway's MAC: the gateway's alone, not forwarded.
-    Only,
-    /// A broadcast the gateway answers (ARP for its address, DHCP to port
-    /// 67); it is flooded as well, as any broadcast.
-    Copy,
-}
-
-/// Classifies a frame for the gateway at `gw_mac`/`gw_ip`. Reads fixed
-/// offsets only (no VLAN tags on these networks); a frame too short for a
-/// field is simply not for the gateway.
-#[inline]
-pub fn to_gateway(frame: &[u8], gw_mac: [u8; 6], gw_ip: [u8; 4]) -> ToGateway {
-    if frame.len() < ETH_HEADER_LEN {
-        return ToGateway::No;
-    }
-    if frame[..6] == gw_mac {
-        return ToGateway::Only;
-    }
-    if frame[..6] != [0xff; 6] {
-        return ToGateway::No;
-    }
-    match [frame[12], frame[13]] {
-        // ARP (RFC 826): target protocol address at bytes 24..28 of the payload.
-        [0x08, 0x06] if frame.len() >= 42 && frame[38..42] == gw_ip => ToGateway::Copy,
-        // IPv4 / UDP / destination port 67 (DHCP server, RFC 2131 §4.1).
-        [0x08, 0x00] if frame.len() >= 34 && frame[23] == 17 => {
-            let udp = ETH_HEADER_LEN + usize::from(frame[14] & 0x0f) * 4;
-            if frame.len() >= udp + 4 && frame[udp + 2..udp + 4] == [0, 67] {
-                ToGateway::Copy
-            } else {
-                ToGateway::No
-            }
-        }
-        _ => ToGateway::No,
-    }
+    L2Verdict { decision, learned }
 }
 
 #[cfg(test)]
@@ -221,33 +196,6 @@ mod tests {
                 *b = x as u8;
             }
             let _ = decide(&buf, PortId(1), &t, MAX, 0);
-        }
-    }
-
-    #[test]
-    fn gateway_frames_are_recognised() {
-        let gw = [2, 0, 0, 0, 0, 0x01];
-        let ip = [10, 0, 0, 1];
-        let mut to_gw = frame(MacAddr(gw), A, 60);
-        assert_eq!(to_gateway(&to_gw, gw, ip), ToGateway::Only);
-        to_gw[0] = 0x02;
-        to_gw[5] = 0x99;
-        assert_eq!(to_gateway(&to_gw, gw, ip), ToGateway::No);
-        let mut arp = frame(MacAddr::BROADCAST, A, 60);
-        arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        arp[38..42].copy_from_slice(&ip);
-        assert_eq!(to_gateway(&arp, gw, ip), ToGateway::Copy);
-        arp[41] = 7; // ARP for someone else (or an RFC 5227 probe): not ours
-        assert_eq!(to_gateway(&arp, gw, ip), ToGateway::No);
-        let mut dhcp = frame(MacAddr::BROADCAST, A, 342);
-        dhcp[14] = 0x45;
-        dhcp[23] = 17;
-        dhcp[36..38].copy_from_slice(&[0, 67]);
-        assert_eq!(to_gateway(&dhcp, gw, ip), ToGateway::Copy);
-        dhcp[37] = 68;
-        assert_eq!(to_gateway(&dhcp, gw, ip), ToGateway::No);
-        for len in 0..60 {
-            let _ = to_gateway(&dhcp[..len], gw, ip);
         }
     }
 

@@ -53,8 +53,18 @@ pub struct SendReport {
     pub queue_full: u64,
     /// Any other write error.
     pub errors: u64,
-    /// Set when the device is gone; the control plane removes the port.
-    pub gone: bool,
+}
+
+impl SendReport {
+    /// Adds another report's counts to this one.
+    #[inline]
+    pub fn add(&mut self, r: &SendReport) {
+        self.sent += r.sent;
+        self.bytes += r.bytes;
+        self.link_down += r.link_down;
+        self.queue_full += r.queue_full;
+        self.errors += r.errors;
+    }
 }
 
 /// What a port can do, for the forwarding code and `port ls`.

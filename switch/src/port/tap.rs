@@ -237,10 +237,6 @@ impl Port for TapPort {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EIO) => r.link_down += 1,
                 Some(libc::EAGAIN) => r.queue_full += 1,
-                Some(errno) if gone_errno(errno) => {
-                    r.errors += 1;
-                    r.gone = true;
-                }
                 _ => r.errors += 1,
             }
         }

@@ -1,11 +1,25 @@
-//! Bytes to typed views: MAC addresses and the Ethernet header fields the
-//! forwarding decision reads. No I/O, no state, no `unsafe`.
+//! Bytes to typed views, with every field named once: MAC addresses and the
+//! Ethernet header ([`EthAddrs`], [`ethertype`]), IPv4 ([`ipv4`]), ARP
+//! ([`arp`]), the Internet checksum ([`checksum`]) and the virtio-net header
+//! ([`vnet`]). No I/O, no state, no `unsafe`; nothing above this layer reads
+//! a header field by a literal offset.
 //!
 //! Parsing contract (after smoltcp): everything here is checked, because every
 //! byte the switch parses comes from a port, that is, from someone else.
+//!
+//! VLAN tags: the switch bridges 802.1Q/802.1ad-tagged frames as opaque L2
+//! frames (a frame may be one tag longer than the MTU allows untagged, and
+//! software offload finishing walks one tag), but nothing at L3 looks inside
+//! them: a tagged frame is never routed, punted to a gateway, or answered.
+//! A tagged frame addressed to a gateway is dropped and counted
+//! (`vlan_tagged`); [`l3_ethertype`] is how every L3 reader gets its
+//! ethertype, so that rule lives in one place.
 
 #![forbid(unsafe_code)]
 
+pub mod arp;
+pub mod checksum;
+pub mod ipv4;
 pub mod vnet;
 
 use std::fmt;
@@ -121,6 +135,72 @@ impl<'de> serde::Deserialize<'de> for MacAddr {
 
 /// Length of an Ethernet II header without 802.1Q tags.
 pub const ETH_HEADER_LEN: usize = 14;
+
+/// The EtherType values the switch looks at (IEEE 802 numbers).
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    pub const IPV6: u16 = 0x86dd;
+    /// IEEE 802.1Q customer VLAN tag.
+    pub const VLAN: u16 = 0x8100;
+    /// IEEE 802.1ad service VLAN tag (Q-in-Q).
+    pub const QINQ: u16 = 0x88a8;
+}
+
+/// Ethernet header fields by position (IEEE 802.3 §3.1.1).
+mod field {
+    use std::ops::Range;
+    pub const DST: Range<usize> = 0..6;
+    pub const SRC: Range<usize> = 6..12;
+    pub const ETHERTYPE: Range<usize> = 12..14;
+}
+
+/// The destination MAC of a frame at least an Ethernet header long.
+#[inline]
+pub fn dst_mac(frame: &[u8]) -> Option<MacAddr> {
+    Some(MacAddr(frame.get(field::DST)?.try_into().ok()?))
+}
+
+/// Writes the two addresses of an Ethernet header (a routed frame's new hop).
+/// The caller sized `frame`: it is at least an Ethernet header long.
+#[inline]
+pub fn set_macs(frame: &mut [u8], dst: MacAddr, src: MacAddr) {
+    frame[field::DST].copy_from_slice(&dst.0);
+    frame[field::SRC].copy_from_slice(&src.0);
+}
+
+/// Writes an untagged Ethernet header at the start of `frame` (at least
+/// [`ETH_HEADER_LEN`] long: the caller sized it).
+#[inline]
+pub fn emit_eth_header(frame: &mut [u8], dst: MacAddr, src: MacAddr, ty: u16) {
+    set_macs(frame, dst, src);
+    frame[field::ETHERTYPE].copy_from_slice(&ty.to_be_bytes());
+}
+
+/// The outermost EtherType of a frame, if it has an Ethernet header.
+#[inline]
+pub fn outer_ethertype(frame: &[u8]) -> Option<u16> {
+    frame.get(field::ETHERTYPE).map(|b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// Whether the frame carries an 802.1Q or 802.1ad tag.
+#[inline]
+pub fn is_tagged(frame: &[u8]) -> bool {
+    matches!(outer_ethertype(frame), Some(ethertype::VLAN | ethertype::QINQ))
+}
+
+/// The EtherType an L3 reader acts on: that of an untagged frame, `None` for
+/// a tagged one or a runt (see the module doc on VLAN tags).
+#[inline]
+pub fn l3_ethertype(frame: &[u8]) -> Option<u16> {
+    outer_ethertype(frame).filter(|t| !matches!(*t, ethertype::VLAN | ethertype::QINQ))
+}
+
+/// The L3 payload of an untagged frame of EtherType `ty`.
+#[inline]
+pub fn l3_payload(frame: &[u8], ty: u16) -> Option<&[u8]> {
+    (l3_ethertype(frame) == Some(ty)).then(|| &frame[ETH_HEADER_LEN..])
+}
 
 /// The two addresses the L2 decision needs, read through etherparse's
 /// zero-copy `Ethernet2Slice`. Bridging needs nothing deeper (STYLE §4):
