@@ -7,8 +7,8 @@ fail=0
 check() { # check DIR-OR-FILE FORBIDDEN-MODULE...
   local where=$1; shift
   for m in "$@"; do
-    if grep -rnE "(crate|super)::$m\b" $where >/dev/null 2>&1; then
-      echo "layer violation: $where must not import $m:"; grep -rnE "(crate|super)::$m\b" $where; fail=1
+    if grep -rnE "(crate|super)::$m\b" "$where" >/dev/null 2>&1; then
+      echo "layer violation: $where must not import $m:"; grep -rnE "(crate|super)::$m\b" "$where"; fail=1
     fi
   done
 }

@@ -1,78 +1,99 @@
 #!/usr/bin/env bash
-# Installs what tapyard and its tests need on a fresh Debian/Ubuntu machine:
-# iproute2 (ip), util-linux (nsenter, unshare), iputils-ping, python3 (raw-socket
-# test sender), udhcpc and isc-dhcp-client (DHCP clients the tests run), iperf3,
-# jq, DPDK testpmd (a vhost-user frontend), a C compiler, and Rust
-# if cargo is missing. Idempotent; installs only what is absent.
+# Installs prerequisites on a fresh Debian/Ubuntu machine, in three sets, so
+# each job installs only what it uses. Idempotent; installs only what is absent.
 #
-# --bench: also the peers and tools of `tapyard bench` (docs/PERFORMANCE.md):
-# vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server), sockperf,
-# gnuplot-nox (the report's chart), ethtool, iperf3 and jq. The benchmark runs
-# its own private Open vSwitch; so that installing the package does not start
-# the system one, service starts are held back during that install (with a
-# temporary /usr/sbin/policy-rc.d, unless one already decides).
+#   --lab     what `tapyard lab up` (scripts/lab.sh, the main job) needs to build
+#             and run: iproute2 (ip), util-linux (nsenter), iputils-ping (the
+#             lab's reachability check), procps (kill), a C compiler, and Rust
+#             (cargo) if missing.
+#   --tests   (the default) the lab set and every peer the test suite
+#             (scripts/test.sh) runs: python3 (raw-socket sender), udhcpc and
+#             isc-dhcp-client (real DHCP clients), iperf3, jq, shellcheck (the
+#             shell lint) and DPDK testpmd (a vhost-user peer; Debian dpdk-dev).
+#   --bench   the lab set and the peers and tools of `tapyard bench` and
+#             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
+#             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
+#             sockperf, gnuplot-nox (the report's chart), ethtool and DPDK
+#             testpmd (bench/system/vhost.sh). The benchmark runs its own private
+#             Open vSwitch; so that installing the package does not start the
+#             system one, service starts are held back during that install
+#             (with a temporary /usr/sbin/policy-rc.d, unless one already decides).
+#
+# Sets combine: `setup.sh --tests --bench` installs both.
 set -euo pipefail
 
-bench=0
+lab=0 tests=0 bench=0
 for a in "$@"; do
   case $a in
+  --lab) lab=1 ;;
+  --tests) tests=1 ;;
   --bench) bench=1 ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "setup.sh: unknown argument '$a' (known: --bench)" >&2; exit 2 ;;
+  *) echo "setup.sh: unknown argument '$a' (known: --lab, --tests, --bench)" >&2; exit 2 ;;
   esac
 done
+[ $((lab + tests + bench)) -gt 0 ] || tests=1
 
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# The lab set: always.
 need=()
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
-command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
-command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
-command -v kill >/dev/null 2>&1 || need+=(procps)
-# Real DHCP clients for the gateway tests.
-command -v udhcpc >/dev/null 2>&1 || need+=(udhcpc)
-command -v dhclient >/dev/null 2>&1 || need+=(isc-dhcp-client)
-# TCP across routers in the tests, and scripts/bench-l2.sh.
-command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
-command -v jq >/dev/null 2>&1 || need+=(jq)
-# A vhost-user frontend nobody here wrote, for the vhost-user tests and
-# benchmark: DPDK's testpmd with its virtio-user and vhost PMDs (no hugepages
-# needed with --no-huge). testpmd is in dpdk-dev, not in dpdk.
-command -v dpdk-testpmd >/dev/null 2>&1 || need+=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
-if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+have ip || need+=(iproute2)
+have nsenter || need+=(util-linux)
+have ping || need+=(iputils-ping)
+have kill || need+=(procps)
+have cc || need+=(gcc libc6-dev)
+if ! have cargo && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need+=(cargo rustc)
+fi
+
+# Peers shared by the tests and the benchmark.
+if [ $tests -eq 1 ] || [ $bench -eq 1 ]; then
+  have python3 || need+=(python3)
+  have iperf3 || need+=(iperf3)
+  have jq || need+=(jq)
+  # A vhost-user peer nobody here wrote: DPDK's testpmd with its virtio-user and
+  # vhost PMDs (no hugepages needed with --no-huge). testpmd is in dpdk-dev, not dpdk.
+  have dpdk-testpmd || need+=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
+fi
+if [ $tests -eq 1 ]; then
+  have udhcpc || need+=(udhcpc)
+  have dhclient || need+=(isc-dhcp-client)
+  have shellcheck || need+=(shellcheck)
 fi
 
 bench_need=()
 if [ $bench -eq 1 ]; then
-  command -v vde_switch >/dev/null 2>&1 || bench_need+=(vde2)
-  command -v ovs-vswitchd >/dev/null 2>&1 || bench_need+=(openvswitch-switch)
-  command -v sockperf >/dev/null 2>&1 || bench_need+=(sockperf)
-  command -v gnuplot >/dev/null 2>&1 || bench_need+=(gnuplot-nox)
-  command -v ethtool >/dev/null 2>&1 || bench_need+=(ethtool)
+  have vde_switch || bench_need+=(vde2)
+  have ovs-vswitchd || bench_need+=(openvswitch-switch)
+  have sockperf || bench_need+=(sockperf)
+  have gnuplot || bench_need+=(gnuplot-nox)
+  have ethtool || bench_need+=(ethtool)
 fi
 
 if [ $((${#need[@]} + ${#bench_need[@]})) -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  all=("${need[@]}" "${bench_need[@]}")
-  echo "setup: installing ${all[*]}"
-  $sudo apt-get update -qq
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "setup: installing ${need[*]} ${bench_need[*]}"
+  "${sudo[@]}" apt-get update -qq
   if [ ${#need[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
   fi
   if [ ${#bench_need[@]} -gt 0 ]; then
     policy=/usr/sbin/policy-rc.d
     held=0
     if [ ! -e $policy ]; then
-      printf '#!/bin/sh\n# setup.sh --bench: no service starts during this install\nexit 101\n' | $sudo tee $policy >/dev/null
-      $sudo chmod 755 $policy
+      printf '#!/bin/sh\n# setup.sh --bench: no service starts during this install\nexit 101\n' |
+        "${sudo[@]}" tee $policy >/dev/null
+      "${sudo[@]}" chmod 755 $policy
       held=1
     fi
     rc=0
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${bench_need[@]}" >/dev/null || rc=$?
-    [ $held -eq 0 ] || $sudo rm -f $policy
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${bench_need[@]}" >/dev/null || rc=$?
+    [ $held -eq 0 ] || "${sudo[@]}" rm -f $policy
     [ $rc -eq 0 ] || { echo "setup: apt-get install ${bench_need[*]} failed" >&2; exit $rc; }
   fi
 fi
-echo "setup: ok ($(ip -V 2>&1 | head -1); $(cargo --version 2>/dev/null || "$HOME/.cargo/bin/cargo" --version))"
+cargo=cargo
+have cargo || cargo=$HOME/.cargo/bin/cargo
+echo "setup: ok ($(ip -V 2>&1 | head -1); $("$cargo" --version))"

@@ -34,7 +34,7 @@ cd "$PWD/switch"
 status=0
 for b in ${bins[*]}; do
   echo "rootless: \$(basename \$b)"
-  TMPDIR="$work/tmp" "\$b" --test-threads 2 || status=1
+  TMPDIR="$work/tmp" TAPYARD_TEST_STRICT=1 "\$b" --test-threads 2 || status=1
 done
 exit \$status
 INNER

@@ -49,6 +49,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
 log() { echo "[$(since "$T_START")s] $*"; }
 fail() { FAIL+=("$*"); log "FAIL: $*"; }
 
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   local rc=$?
   if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
@@ -91,19 +92,20 @@ qemu_pkgs() {  # qemu-system-x86 and its dependencies (transitively) that are no
   local want=qemu-system-x86 seen="" p
   while [ -n "$want" ]; do
     seen="$seen $want"
+    # shellcheck disable=SC2086  # $want is a list of package names, split on purpose
     want=$(for p in $(apt-cache depends $want 2>/dev/null | awk '$1 == "Depends:" {print $2}' | grep -v '^<' | sort -u); do
       case " $seen " in *" $p "*) continue ;; esac
       dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"
     done | sort -u)
   done
-  echo $seen
+  echo "${seen# }"
 }
 if [ ! -e "$CACHE/qemu/.complete" ]; then
-  PKGS=$(qemu_pkgs)
-  [ "$(echo $PKGS | wc -w)" -gt 1 ] || { apt-get update >>"$CACHE/apt.log" 2>&1; PKGS=$(qemu_pkgs); }
-  log "fetching QEMU 7.2: $(echo $PKGS) (.debs, unpacked into $CACHE/qemu)"
-  fetch $PKGS || { echo "apt-get download of QEMU failed; see $CACHE/apt.log"; exit 2; }
-  (cd "$CACHE/debs" && unpack "$CACHE/qemu" $(for p in $PKGS; do ls "${p}"_*.deb; done)) || exit 2
+  read -ra PKGS <<<"$(qemu_pkgs)"
+  [ "${#PKGS[@]}" -gt 1 ] || { apt-get update >>"$CACHE/apt.log" 2>&1; read -ra PKGS <<<"$(qemu_pkgs)"; }
+  log "fetching QEMU 7.2: ${PKGS[*]} (.debs, unpacked into $CACHE/qemu)"
+  fetch "${PKGS[@]}" || { echo "apt-get download of QEMU failed; see $CACHE/apt.log"; exit 2; }
+  (cd "$CACHE/debs" && debs=() && for p in "${PKGS[@]}"; do debs+=("${p}"_*.deb); done && unpack "$CACHE/qemu" "${debs[@]}") || exit 2
 fi
 MISSING=$(LD_LIBRARY_PATH=$CACHE/qemu/usr/lib/x86_64-linux-gnu ldd "$CACHE/qemu/usr/bin/qemu-system-x86_64" | grep 'not found')
 [ -z "$MISSING" ] || { echo "unpacked QEMU misses libraries (cache reset; rerun):"; echo "$MISSING"; rm -f "$CACHE/qemu/.complete"; exit 2; }
@@ -122,7 +124,7 @@ if [ ! -e "$CACHE/bbs/.complete" ]; then
 fi
 QEMU=$CACHE/qemu/usr/bin/qemu-system-x86_64
 QLD=$CACHE/qemu/usr/lib/x86_64-linux-gnu
-KVER=$(ls "$CACHE/kern/lib/modules" | head -1)
+KVER=$(find "$CACHE/kern/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | head -1)
 KERNEL=$CACHE/kern/boot/vmlinuz-$KVER
 BB=$CACHE/bbs/bin/busybox
 log "guest parts ready in $(since "$T_DL")s: QEMU $(LD_LIBRARY_PATH=$QLD $QEMU --version | awk 'NR==1{print $4}'), kernel $KVER"

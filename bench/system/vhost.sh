@@ -56,7 +56,7 @@ TAPYARD=${TAPYARD:-$(command -v tapyard || true)}
 [[ -x $TAPYARD ]] || die "no tapyard binary (set TAPYARD)"
 for t in ip iperf3 jq; do command -v $t > /dev/null || die "missing $t; install with scripts/setup.sh"; done
 
-# shellcheck source=../../scripts/testpmd.sh
+# shellcheck source=scripts/testpmd.sh
 . "${TESTPMD_LIB:-$HERE/testpmd.sh}"
 testpmd_available || die "dpdk-testpmd with the virtio-user and vhost PMDs is missing; apt-get install $TESTPMD_APT_PACKAGES"
 

@@ -1,9 +1,19 @@
-//! tapyard address management: what addresses a network owns and which of
-//! them a port may take. Sans-I/O: no sockets, threads, files or clock reads;
-//! the switch's control plane calls it and persists the results.
+//! tapyard address management: what addresses a network owns, which of them
+//! a port may take, the leases handed out, and the DHCP server that hands
+//! them out.
 //!
-//! This crate starts small (subnets, gateways, static assignments); the IPAM
-//! issue grows it into pools, leases and the DHCP server logic.
+//! Two halves:
+//! - **Sans-I/O** (this file, [`pool`], [`lease`], [`dhcp`]): subnets,
+//!   gateways, static assignments, pools, lease state and DHCP message
+//!   handling as pure functions of their inputs. No sockets, threads, files or
+//!   clock reads: the caller passes the time in, and sends the bytes out.
+//! - **I/O** ([`journal`], [`store`]): the durable part. [`journal::Journal`]
+//!   reads, appends, fsyncs and compacts files in the state directory;
+//!   [`store::Store`] runs the sans-I/O servers of every network over one
+//!   journal, so a reply leaves only after its lease is on disk. They touch
+//!   files only, never sockets or the clock.
+//!
+//! The switch's control plane owns the sockets and the clock, and calls both.
 
 #![forbid(unsafe_code)]
 

@@ -6,8 +6,8 @@
 //! The benchmark needs uid 0 (real root, or root of a user namespace with a
 //! private /run/netns, as scripts/test.sh and scripts/test-rootless.sh run
 //! the integration tests: it works in both) and iperf3 and jq, which
-//! scripts/setup.sh installs. Without iperf3 or jq the test prints why and
-//! passes without measuring.
+//! scripts/setup.sh installs. Without them the test fails and names the
+//! package: it never passes without measuring.
 
 mod common;
 
@@ -16,12 +16,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TAPYARD;
-
-fn tool_missing() -> Option<&'static str> {
-    ["iperf3", "jq", "ping", "bash"].into_iter().find(|t| {
-        !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    })
-}
 
 /// The namespaces the benchmark names its own (tyb<PID>a/b/s).
 fn bench_namespaces() -> BTreeSet<String> {
@@ -40,9 +34,11 @@ fn figure(path: &serde_json::Value, key: &str) -> f64 {
 
 #[test]
 fn bench_measures_bridge_and_tapyard_and_cleans_up() {
-    if let Some(t) = tool_missing() {
-        println!("skipped: {t} is not installed (scripts/setup.sh installs it)");
+    if !common::net_admin() {
         return;
+    }
+    for (tool, package) in [("iperf3", "iperf3"), ("jq", "jq"), ("ping", "iputils-ping"), ("bash", "bash")] {
+        common::need(tool, package);
     }
     // Fails with the usual message unless namespaces can be made here.
     let probe = common::Netns::new("benchprobe");

@@ -13,6 +13,9 @@ fn stderr(o: &std::process::Output) -> String {
 
 #[test]
 fn sigkill_then_restart_brings_networks_and_ports_back() {
+    if !common::net_admin() {
+        return;
+    }
     let mut d = Daemon::start("kill");
     let net = name("kill");
     d.ok(&["network", "create", &net, "--subnet", "10.82.0.0/24", "--mtu", "1400"]);
@@ -47,6 +50,9 @@ fn sigkill_then_restart_brings_networks_and_ports_back() {
 
 #[test]
 fn sigterm_removes_taps_and_socket_and_exits_zero() {
+    if !common::net_admin() {
+        return;
+    }
     let mut d = Daemon::start("term");
     let net = name("term");
     d.ok(&["network", "create", &net]);
@@ -66,6 +72,9 @@ fn sigterm_removes_taps_and_socket_and_exits_zero() {
 
 #[test]
 fn a_second_daemon_on_a_live_socket_refuses_to_start() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("two");
     let out = Command::new(TAPYARD)
         .arg("--socket")
@@ -84,6 +93,9 @@ fn a_second_daemon_on_a_live_socket_refuses_to_start() {
 
 #[test]
 fn cli_errors_are_clear_and_change_nothing() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("err");
     let net = name("err");
     d.ok(&["network", "create", &net, "--subnet", "10.83.0.0/24"]);
@@ -151,6 +163,9 @@ fn cli_without_a_daemon_says_how_to_start_one() {
 
 #[test]
 fn the_protocol_rejects_malformed_requests_and_keeps_serving() {
+    if !common::net_admin() {
+        return;
+    }
     use std::io::{BufRead, BufReader, Write};
     let d = Daemon::start("proto");
     let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
@@ -176,6 +191,9 @@ fn the_protocol_rejects_malformed_requests_and_keeps_serving() {
 
 #[test]
 fn lab_up_check_passes_and_leaves_nothing_behind() {
+    if !common::net_admin() {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name("lab")));
     let socket = dir.join("tapyard.sock");
     let prefix = format!("t{}", std::process::id());
@@ -213,6 +231,9 @@ fn lab_up_check_passes_and_leaves_nothing_behind() {
 
 #[test]
 fn a_corrupt_state_file_stops_the_daemon_with_a_clear_error() {
+    if !common::net_admin() {
+        return;
+    }
     let mut d = Daemon::start("corrupt");
     d.ok(&["network", "create", &name("corrupt")]);
     assert_eq!(d.signal("TERM"), Some(0));
@@ -280,6 +301,9 @@ fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
 
 #[test]
 fn lab_down_from_another_shell_and_ctrl_c_both_remove_the_lab() {
+    if !common::net_admin() {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name("labdn")));
     let socket = dir.join("tapyard.sock");
     for (round, how) in ["lab down", "SIGINT"].iter().enumerate() {
@@ -315,6 +339,9 @@ fn lab_down_from_another_shell_and_ctrl_c_both_remove_the_lab() {
 
 #[test]
 fn a_reader_that_went_away_ends_the_cli_quietly() {
+    if !common::net_admin() {
+        return;
+    }
     use std::os::fd::FromRawFd;
     let d = Daemon::start("ep");
     d.ok(&["network", "create", "n1", "--ipam", "none"]);

@@ -12,16 +12,6 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "{tool} is not installed: run scripts/setup.sh (it installs udhcpc and isc-dhcp-client)");
-}
-
 /// Runs udhcpc once in `ns`: exits when bound (address stays), or fails.
 fn udhcpc_once(ns: &Netns, hostname: &str) -> bool {
     ns.run(&[
@@ -64,7 +54,10 @@ fn lease_of(d: &Daemon, ip: &str) -> serde_json::Value {
 
 #[test]
 fn udhcpc_gets_a_lease_reaches_gateway_and_peers_and_renews_across_a_sigkill() {
-    need("udhcpc");
+    if !common::net_admin() {
+        return;
+    }
+    need("udhcpc", "udhcpc");
     let mut d = Daemon::start("udh");
     let net = name("udh");
     d.ok(&["network", "create", &net, "--subnet", "10.91.0.0/24", "--dns", "10.91.0.53", "--lease-time", "120"]);
@@ -133,9 +126,58 @@ fn udhcpc_gets_a_lease_reaches_gateway_and_peers_and_renews_across_a_sigkill() {
     assert!(counters["dhcp_ack"].as_u64().unwrap() >= 1, "{counters}");
 }
 
+/// The README's command, taken literally: `udhcpc -i eth0 -q -n -s scripts/udhcpc-hook.sh`
+/// leaves the address and a default route via the gateway, and (where this test may make
+/// /etc/netns, i.e. as real root) the namespace's resolv.conf untouched.
+#[test]
+fn the_shipped_udhcpc_hook_applies_the_lease_and_leaves_resolv_conf_alone() {
+    if !common::net_admin() {
+        return;
+    }
+    need("udhcpc", "udhcpc");
+    let d = Daemon::start("hook");
+    let net = name("hook");
+    d.ok(&["network", "create", &net, "--subnet", "10.92.0.0/24", "--dns", "10.92.0.53"]);
+    let c = Netns::new("hookc");
+    d.ok(&["connect", &net, &c.name]);
+    // `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf: a
+    // hook that rewrote resolv.conf would rewrite this file instead of the host's.
+    let etc = std::path::PathBuf::from("/etc/netns").join(&c.name);
+    let sentinel = "# tapyard test: must stay as it is\n";
+    let guarded =
+        std::fs::create_dir_all(&etc).and_then(|()| std::fs::write(etc.join("resolv.conf"), sentinel)).is_ok();
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveDir(etc.clone());
+    let hook = format!("{}/../scripts/udhcpc-hook.sh", env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        c.run(&["udhcpc", "-i", "eth0", "-q", "-n", "-t", "5", "-T", "1", "-s", &hook]),
+        "udhcpc with the shipped hook failed; daemon log:\n{}",
+        d.log()
+    );
+    let ip = addr_in(&c).expect("the hook left no address on eth0");
+    assert!(ip.starts_with("10.92.0."), "{ip}");
+    let out = Command::new("ip").args(["-n", &c.name, "-4", "route", "show", "default"]).output().unwrap();
+    let routes = String::from_utf8_lossy(&out.stdout);
+    assert!(routes.contains("via 10.92.0.1 dev eth0"), "no default route via the gateway: {routes:?}");
+    assert!(c.reaches("10.92.0.1"), "the gateway answers through the configured interface");
+    if guarded {
+        assert_eq!(std::fs::read_to_string(etc.join("resolv.conf")).unwrap(), sentinel, "the hook rewrote resolv.conf");
+    } else {
+        println!("note: /etc/netns is not writable here; resolv.conf not checked");
+    }
+}
+
 #[test]
 fn dhclient_gets_a_lease_keyed_by_its_mac() {
-    need("dhclient");
+    if !common::net_admin() {
+        return;
+    }
+    need("dhclient", "isc-dhcp-client");
     let d = Daemon::start("dhc");
     let net = name("dhc");
     d.ok(&["network", "create", &net, "--subnet", "10.92.0.0/24"]);
@@ -178,7 +220,10 @@ fn dhclient_gets_a_lease_keyed_by_its_mac() {
 
 #[test]
 fn fifty_clients_get_fifty_distinct_addresses() {
-    need("udhcpc");
+    if !common::net_admin() {
+        return;
+    }
+    need("udhcpc", "udhcpc");
     let d = Daemon::start("fifty");
     let net = name("fifty");
     d.ok(&["network", "create", &net, "--subnet", "10.93.0.0/24"]);
@@ -202,7 +247,10 @@ fn fifty_clients_get_fifty_distinct_addresses() {
 
 #[test]
 fn malformed_dhcp_and_arp_are_counted_and_the_gateway_keeps_serving() {
-    need("udhcpc");
+    if !common::net_admin() {
+        return;
+    }
+    need("udhcpc", "udhcpc");
     let d = Daemon::start("mal");
     let net = name("mal");
     d.ok(&["network", "create", &net, "--subnet", "10.94.0.0/24"]);
@@ -234,6 +282,7 @@ arp = struct.pack('!HHBBH', 1, 0x0800, 16, 4, 1) + bytes(16) + bytes(4) + bytes(
 arp = arp[:24] + bytes([10, 94, 0, 1]) + arp[28:]
 s.send(b'\xff' * 6 + mac + b'\x08\x06' + arp.ljust(46, b'\0'))
 ";
+    common::need("python3", "python3");
     assert!(c.run(&["python3", "-c", script]), "python3 raw-socket sender failed");
     let counters = || d.json(&["network", "inspect", &net])["gateway_counters"].clone();
     let ok = wait_for(3, || {

@@ -14,6 +14,7 @@ struct Server(std::process::Child);
 
 impl Server {
     fn start(ns: &Netns) -> Server {
+        common::need("iperf3", "iperf3");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name, "iperf3", "-s"])
             .stdout(Stdio::null())
@@ -94,6 +95,7 @@ c.shutdown(socket.SHUT_WR); c.recv(1); print(n, h.hexdigest(), flush=True)\n";
 /// over TCP and checks that exactly those bytes arrived (length and SHA-256).
 fn transfer(from: &Netns, to: &Netns, ip: &str, blocks: u32) {
     use std::io::BufRead;
+    common::need("python3", "python3");
     let mut rx = Command::new("ip")
         .args(["netns", "exec", &to.name, "python3", "-c", RECV_PY, ip])
         .stdout(Stdio::piped())
@@ -121,6 +123,9 @@ fn quiet(ns: &Netns) {
 
 #[test]
 fn super_frames_cross_whole_or_segmented_and_the_stream_is_intact() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("gso");
     let net = name("gso");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
@@ -160,6 +165,9 @@ fn super_frames_cross_whole_or_segmented_and_the_stream_is_intact() {
 
 #[test]
 fn both_queues_carry_traffic_and_no_frame_is_delivered_twice() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("mq");
     let net = name("mq");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
@@ -192,6 +200,9 @@ fn both_queues_carry_traffic_and_no_frame_is_delivered_twice() {
 
 #[test]
 fn a_port_removed_and_readded_costs_another_pair_nothing() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("rea");
     let net = name("rea");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
@@ -219,6 +230,9 @@ fn a_port_removed_and_readded_costs_another_pair_nothing() {
 
 #[test]
 fn routed_super_frames_cross_whole_or_are_segmented_after_routing() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("rgso");
     let (r, n1, n2) = (name("rgso"), name("rgso1"), name("rgso2"));
     d.ok(&["network", "create", &n1, "--subnet", "10.81.1.0/24"]);

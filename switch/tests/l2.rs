@@ -26,6 +26,9 @@ fn port_ids_by_netns(d: &Daemon) -> std::collections::HashMap<String, (u64, Stri
 
 #[test]
 fn three_and_two_namespaces_reach_within_and_never_across_networks() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("iso");
     let (na, nb) = (name("isoA"), name("isoB"));
     // No subnets: both networks use addresses of the same /24, so only the
@@ -96,6 +99,9 @@ fn three_and_two_namespaces_reach_within_and_never_across_networks() {
 
 #[test]
 fn a_mac_that_moves_to_another_port_is_followed() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("mv");
     let net = name("mv");
     d.ok(&["network", "create", &net, "--subnet", "10.78.0.0/24"]);
@@ -133,6 +139,9 @@ fn a_mac_that_moves_to_another_port_is_followed() {
 
 #[test]
 fn disconnect_removes_the_interface_and_the_port() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("dc");
     let net = name("dc");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
@@ -152,6 +161,9 @@ fn disconnect_removes_the_interface_and_the_port() {
 
 #[test]
 fn a_deleted_namespace_takes_its_port_with_it() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("gone");
     let net = name("gone");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
@@ -171,6 +183,9 @@ fn a_deleted_namespace_takes_its_port_with_it() {
 
 #[test]
 fn frames_with_a_group_source_address_are_dropped_and_counted() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("bad");
     let net = name("bad");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
@@ -187,6 +202,7 @@ for src in (bytes([1, 0, 0x5e, 0, 0, 1]), bytes(6)):
     for _ in range(5):
         s.send(b'\xff' * 6 + src + b'\x88\xb5' + bytes(46))
 ";
+    common::need("python3", "python3");
     assert!(a.run(&["python3", "-c", script]), "python3 raw-socket sender failed");
     let ok = wait_for(3, || d.port(&a.name)["counters"]["drops"]["bad_src_mac"] == 10);
     assert!(ok, "ten bad-source frames should be counted: {}", d.json(&["port", "ls"]));
@@ -207,6 +223,9 @@ fn quiet(ns: &Netns) {
 
 #[test]
 fn a_full_forwarding_table_counts_and_still_forwards() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("full");
     let net = name("full");
     d.ok(&["network", "create", &net, "--ipam", "none", "--fdb-capacity", "2"]);
@@ -230,6 +249,9 @@ fn a_full_forwarding_table_counts_and_still_forwards() {
 
 #[test]
 fn idle_macs_age_out_after_the_networks_ageing_time() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("age");
     let net = name("age");
     d.ok(&["network", "create", &net, "--ipam", "none", "--ageing", "2"]);
@@ -256,6 +278,9 @@ fn idle_macs_age_out_after_the_networks_ageing_time() {
 
 #[test]
 fn frames_for_a_down_interface_are_counted_as_link_down() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("down");
     let net = name("down");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
@@ -274,6 +299,9 @@ fn frames_for_a_down_interface_are_counted_as_link_down() {
 
 #[test]
 fn namespaces_are_found_by_name_path_and_pid() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("spec");
     let net = name("spec");
     d.ok(&["network", "create", &net, "--subnet", "10.87.0.0/24"]);

@@ -26,6 +26,9 @@ fn ip_of(d: &Daemon, netns: &str) -> String {
 
 #[test]
 fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("rt");
     let r = name("rt");
     let nets: Vec<String> = (1..=3).map(|i| name(&format!("rtn{i}"))).collect();
@@ -83,6 +86,7 @@ fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Time to live exceeded") && text.contains("10.95.1.1"), "{text}");
     // TCP across the router: iperf3 moves data for two seconds.
+    common::need("iperf3", "iperf3");
     let server = std::process::Command::new("ip")
         .args(["netns", "exec", &hosts[4].1.name, "iperf3", "-s", "-1"])
         .stdout(std::process::Stdio::null())
@@ -127,6 +131,9 @@ fn three_networks_on_a_router_reach_each_other_and_isolation_holds() {
 
 #[test]
 fn a_static_route_via_a_forwarding_container_and_routers_survive_a_restart() {
+    if !common::net_admin() {
+        return;
+    }
     let mut d = Daemon::start("srt");
     let (r, n1, n2) = routed_pair(&d, "srt", "10.97.1.0/24", "10.97.2.0/24", &[]);
     // A container on n1 forwards to a network behind it (a veth into `behind`).
@@ -164,6 +171,9 @@ fn a_static_route_via_a_forwarding_container_and_routers_survive_a_restart() {
 
 #[test]
 fn df_packets_too_big_for_the_egress_mtu_draw_fragmentation_needed() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("mtu");
     let (r, big, small) = routed_pair(&d, "mtu", "10.99.1.0/24", "10.99.2.0/24", &["--mtu", "1280"]);
     let a = Netns::new("mtua");
@@ -188,6 +198,9 @@ fn df_packets_too_big_for_the_egress_mtu_draw_fragmentation_needed() {
 
 #[test]
 fn unknown_next_hops_are_resolved_by_arp_or_answered_host_unreachable() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("arp");
     let (_, n1, n2) = routed_pair(&d, "arp", "10.96.1.0/24", "10.96.2.0/24", &[]);
     let a = Netns::new("arpa");
@@ -211,6 +224,9 @@ fn unknown_next_hops_are_resolved_by_arp_or_answered_host_unreachable() {
 
 #[test]
 fn a_dhcp_lease_is_a_routing_neighbour_at_once() {
+    if !common::net_admin() {
+        return;
+    }
     let d = Daemon::start("rdh");
     let (_, n1, n2) = routed_pair(&d, "rdh", "10.94.1.0/24", "10.94.2.0/24", &[]);
     let a = Netns::new("rdha");

@@ -117,6 +117,9 @@ fn feature_names(p: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn a_vm_and_a_container_exchange_frames_both_ways() {
+    if !common::net_admin() {
+        return;
+    }
     let lab = Lab::new("vx");
     let sock = lab.sock("vm.sock");
     let p = lab.vhost(&sock, &[]);
@@ -229,6 +232,9 @@ fn kernel_rx(ns: &Netns) -> (u64, u64) {
 
 #[test]
 fn super_frames_cross_whole_or_are_segmented_for_the_receiver() {
+    if !common::net_admin() {
+        return;
+    }
     let lab = Lab::new("vs");
     let (s1, s2, s3) = (lab.sock("a.sock"), lab.sock("b.sock"), lab.sock("c.sock"));
     let m1 = mac(lab.vhost(&s1, &[])["mac"].as_str().unwrap());
@@ -293,6 +299,9 @@ fn super_frames_cross_whole_or_are_segmented_for_the_receiver() {
 
 #[test]
 fn malformed_chains_are_returned_counted_and_the_port_keeps_working() {
+    if !common::net_admin() {
+        return;
+    }
     let lab = Lab::new("vm");
     let sock = lab.sock("vm.sock");
     let vm_mac = mac(lab.vhost(&sock, &[])["mac"].as_str().unwrap());
@@ -331,6 +340,9 @@ fn malformed_chains_are_returned_counted_and_the_port_keeps_working() {
 
 #[test]
 fn a_frontend_that_goes_away_leaves_the_port_down_and_the_next_one_brings_it_back() {
+    if !common::net_admin() {
+        return;
+    }
     let mut lab = Lab::new("vr");
     let sock = lab.sock("vm.sock");
     let vm_mac = mac(lab.vhost(&sock, &[])["mac"].as_str().unwrap());
@@ -377,6 +389,9 @@ fn a_frontend_that_goes_away_leaves_the_port_down_and_the_next_one_brings_it_bac
 
 #[test]
 fn in_client_mode_tapyard_keeps_trying_until_the_frontend_listens() {
+    if !common::net_admin() {
+        return;
+    }
     let lab = Lab::new("vc");
     let sock = lab.sock("qemu.sock");
     let p = lab.vhost(&sock, &["--client"]);
@@ -401,6 +416,9 @@ fn in_client_mode_tapyard_keeps_trying_until_the_frontend_listens() {
 
 #[test]
 fn queue_pairs_are_served_by_their_workers() {
+    if !common::net_admin() {
+        return;
+    }
     let lab = Lab::new("vq");
     let sock = lab.sock("vm.sock");
     // The test daemon has 2 workers: 3 pairs cannot be served.
@@ -443,6 +461,9 @@ fn queue_pairs_are_served_by_their_workers() {
 
 #[test]
 fn bad_vhost_user_requests_are_refused_with_a_reason() {
+    if !common::net_admin() {
+        return;
+    }
     let lab = Lab::new("vb");
     let file = lab.sock("not-a-socket");
     std::fs::write(&file, b"keep me").unwrap();

@@ -21,6 +21,7 @@ pub struct Testpmd {
 impl Testpmd {
     /// Starts `dpdk-testpmd -l LCORES --no-huge -m 256 --no-pci --file-prefix P <eal> -- <app>`.
     pub fn spawn(tag: &str, lcores: &str, eal: &[String], app: &[String]) -> Testpmd {
+        super::need("dpdk-testpmd", "dpdk-dev, with librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23");
         let prefix = format!("ty-{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
         let _ = std::fs::remove_dir_all(&dir);

@@ -193,6 +193,10 @@ impl VmListener {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let why = format!("no backend connected to {} within {timeout:?}", self.path.display());
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+                }
                 Err(e) => return Err(e),
             }
         };
