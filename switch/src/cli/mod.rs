@@ -48,28 +48,28 @@ pub enum Cmd {
         /// Attach a vhost-user frontend (QEMU `-netdev vhost-user`, DPDK
         /// virtio-user, cloud-hypervisor) through this unix socket; tapyard
         /// is the backend.
-        #[arg(long, value_name = "SOCKET", conflicts_with_all = ["ifname", "ip", "offload"])]
+        #[arg(long, value_name = "SOCKET")]
         vhost_user: Option<PathBuf>,
         /// With --vhost-user: listen on SOCKET (the default).
-        #[arg(long, requires = "vhost_user", conflicts_with = "client")]
+        #[arg(long, conflicts_with = "client")]
         server: bool,
         /// With --vhost-user: connect to a frontend listening on SOCKET
         /// (QEMU `server=on`), retrying every second until it is there.
-        #[arg(long, requires = "vhost_user")]
+        #[arg(long)]
         client: bool,
         /// With --vhost-user: virtio-net queue pairs (VIRTIO_NET_F_MQ); pair
         /// q is served by worker q, so at most one per worker.
-        #[arg(long, requires = "vhost_user", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         queues: u16,
         /// With --vhost-user (server): permission bits of the socket, in
         /// octal. A frontend needs write permission to connect, so 0660 lets
         /// the socket's group in [default: 0660].
-        #[arg(long, value_name = "MODE", requires = "vhost_user", conflicts_with = "client")]
+        #[arg(long, value_name = "MODE")]
         socket_mode: Option<String>,
         /// With --vhost-user (server): the socket's group, a name or a gid,
         /// e.g. the group QEMU runs as [default: the group the kernel gives a
         /// new file: the daemon's, or the directory's if it is setgid].
-        #[arg(long, value_name = "GROUP", requires = "vhost_user", conflicts_with = "client")]
+        #[arg(long, value_name = "GROUP")]
         socket_group: Option<String>,
         /// Interface name inside the namespace.
         #[arg(long, default_value = "eth0")]
@@ -318,7 +318,9 @@ fn usage_error(path: &[&str], msg: String) -> ! {
 
 /// Options given on the command line that do not apply to the kind of port
 /// asked for: refused rather than ignored (`connect NET NS --queues 2` would
-/// otherwise make a TAP and say nothing).
+/// otherwise make a TAP and say nothing). Checked here rather than with
+/// clap's `requires`/`conflicts_with`, which skip options with defaults and
+/// name no reason.
 fn check_applicable(m: &clap::ArgMatches) {
     let Some(("connect", c)) = m.subcommand() else { return };
     let given = |id: &str| c.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
