@@ -809,7 +809,9 @@ table() { # values | bridge | vde | tapyard
 }
 have_path() { jq -e --arg n "$1" '.paths | any(.name == $n and .status == "ok")' <<< "$RESULTS" > /dev/null; }
 render_md() {
-  echo "Figures (medians of $RUNS runs of ${DUR} s; $PINGS pings every ${PING_INTERVAL} s):"
+  local what="medians of $RUNS runs"
+  if ((RUNS == 1)); then what="one run"; fi
+  echo "Figures ($what of ${DUR} s; $PINGS pings every ${PING_INTERVAL} s):"
   echo
   table values
   if have_path bridge; then

@@ -268,7 +268,7 @@ if [[ -n $REPORT ]]; then
   {
     echo "# tapyard bench --vhost, $(jq -r .machine.date <<< "$RESULTS")"
     echo
-    echo "$(nproc) CPUs, kernel $(uname -r), $RUNS runs x $DUR s, medians; 64-byte frames; daemon --workers 1."
+    echo "$(nproc) CPUs, kernel $(uname -r), $RUNS run$( ((RUNS == 1)) || echo s) x $DUR s, medians; 64-byte frames; daemon --workers 1."
     echo
     echo '```'
     table

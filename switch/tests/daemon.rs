@@ -107,7 +107,7 @@ fn cli_errors_are_clear_and_change_nothing() {
         (&["network", "create", "x", "--mtu", "20"], "MTU"),
         (&["network", "create", "bad name"], "invalid network name"),
         (&["network", "inspect", "nope"], "no network named"),
-        (&["connect", "nope", "whatever"], "not found"),
+        (&["connect", "nope", "whatever"], "no network named \"nope\""),
         (&["connect", &net, "ty-no-such-namespace"], "not found"),
         (&["connect", &net, "x", "--mac", "zz:00:00:00:00:00"], "invalid MAC"),
         (&["connect", &net, "x", "--ifname", "a/b"], "invalid interface name"),

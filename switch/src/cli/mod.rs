@@ -11,7 +11,7 @@ mod table;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::control::proto::*;
 use client::ClientError;
@@ -19,8 +19,9 @@ use client::ClientError;
 #[derive(Parser, Debug)]
 #[command(name = "tapyard", version, about = "A userspace virtual switch for containers and VMs")]
 pub struct Cli {
-    /// Control socket of the daemon [default: /run/tapyard/tapyard.sock as root,
-    /// $XDG_RUNTIME_DIR/tapyard/tapyard.sock otherwise]
+    /// Control socket of the daemon [default: /run/tapyard/tapyard.sock as root;
+    /// as another user $XDG_RUNTIME_DIR/tapyard/tapyard.sock, or
+    /// $TMPDIR/tapyard-UID/tapyard.sock when XDG_RUNTIME_DIR is unset]
     #[arg(long, global = true, env = "TAPYARD_SOCKET")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -37,6 +38,8 @@ pub enum Cmd {
     /// Attach a network namespace to a network through a new TAP interface,
     /// or (with --vhost-user) a VM's virtio-net device through a vhost-user socket.
     #[command(group(clap::ArgGroup::new("target").required(true).args(["netns", "vhost_user"])))]
+    #[command(override_usage = "tapyard connect [OPTIONS] <NETWORK> <NETNS>\n       \
+        tapyard connect [OPTIONS] <NETWORK> --vhost-user <SOCKET>")]
     Connect {
         /// The network to attach to.
         network: String,
@@ -45,19 +48,29 @@ pub enum Cmd {
         /// Attach a vhost-user frontend (QEMU `-netdev vhost-user`, DPDK
         /// virtio-user, cloud-hypervisor) through this unix socket; tapyard
         /// is the backend.
-        #[arg(long, value_name = "SOCKET", conflicts_with_all = ["ifname", "ip", "offload"])]
+        #[arg(long, value_name = "SOCKET")]
         vhost_user: Option<PathBuf>,
         /// With --vhost-user: listen on SOCKET (the default).
-        #[arg(long, requires = "vhost_user", conflicts_with = "client")]
+        #[arg(long, conflicts_with = "client")]
         server: bool,
         /// With --vhost-user: connect to a frontend listening on SOCKET
         /// (QEMU `server=on`), retrying every second until it is there.
-        #[arg(long, requires = "vhost_user")]
+        #[arg(long)]
         client: bool,
         /// With --vhost-user: virtio-net queue pairs (VIRTIO_NET_F_MQ); pair
         /// q is served by worker q, so at most one per worker.
-        #[arg(long, requires = "vhost_user", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         queues: u16,
+        /// With --vhost-user (server): permission bits of the socket, in
+        /// octal. A frontend needs write permission to connect, so 0660 lets
+        /// the socket's group in [default: 0660].
+        #[arg(long, value_name = "MODE")]
+        socket_mode: Option<String>,
+        /// With --vhost-user (server): the socket's group, a name or a gid,
+        /// e.g. the group QEMU runs as [default: the group the kernel gives a
+        /// new file: the daemon's, or the directory's if it is setgid].
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
         /// Interface name inside the namespace.
         #[arg(long, default_value = "eth0")]
         ifname: String,
@@ -79,6 +92,8 @@ pub enum Cmd {
     /// Detach a namespace from a network (its interface disappears), or a
     /// vhost-user port (--vhost-user SOCKET; the socket is closed).
     #[command(group(clap::ArgGroup::new("target").required(true).args(["netns", "vhost_user"])))]
+    #[command(override_usage = "tapyard disconnect [OPTIONS] <NETWORK> <NETNS>\n       \
+        tapyard disconnect <NETWORK> --vhost-user <SOCKET>")]
     Disconnect {
         network: String,
         /// The namespace as given to `connect` (name, path or pid:N).
@@ -113,7 +128,10 @@ pub enum Cmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct DaemonArgs {
-    /// State directory [default: /var/lib/tapyard as root, $XDG_STATE_HOME/tapyard otherwise].
+    /// State directory [default: with --socket or TAPYARD_SOCKET, SOCKET's
+    /// path with the extension .state (so two daemons on two sockets never
+    /// share one); else /var/lib/tapyard as root, $XDG_STATE_HOME/tapyard
+    /// (or ~/.local/state/tapyard) otherwise].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Worker threads [default: one per available core].
@@ -168,9 +186,11 @@ pub enum NetworkCmd {
     },
     /// Reserve an address for a MAC: DHCP always gives it that address, and nobody else.
     Reserve { network: String, mac: String, ip: String },
-    /// Remove a network (refused while ports are attached, unless --force).
+    /// Remove a network (refused while ports are attached or it is attached
+    /// to a router, unless --force).
     Rm {
         name: String,
+        /// Disconnect its ports and detach it from its router first.
         #[arg(long)]
         force: bool,
     },
@@ -215,13 +235,17 @@ pub enum RouterCmd {
 #[derive(Subcommand, Debug)]
 pub enum RouteCmd {
     /// Add a static route: PREFIX via IP, where IP lies in an attached network.
+    #[command(override_usage = ROUTE_ADD_USAGE)]
     Add {
         router: String,
         prefix: String,
-        /// The literal word `via`.
-        #[arg(value_parser = ["via"])]
-        via_kw: String,
-        via: String,
+        /// The literal word `via` (checked after parsing, so that a missing
+        /// or misspelt one is reported with the usage, not as `<VIA_KW>`).
+        #[arg(value_name = "via")]
+        via_kw: Option<String>,
+        /// The next hop.
+        #[arg(value_name = "IP")]
+        via: Option<String>,
     },
     /// Delete a static route.
     Del { router: String, prefix: String },
@@ -258,6 +282,70 @@ pub enum FdbCmd {
     Flush { network: Option<String> },
 }
 
+const ROUTE_ADD_USAGE: &str = "tapyard route add <ROUTER> <PREFIX> via <IP>";
+
+/// An argument the daemon was never asked about is wrong: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadArgs(String);
+
+/// The command line definition, with the defaults that depend on who runs
+/// it spelt out in `--help`.
+fn command() -> clap::Command {
+    let here = |h: Option<&clap::builder::StyledStr>, v: PathBuf| {
+        format!("{} [here: {}]", h.map(|h| h.to_string()).unwrap_or_default(), v.display())
+    };
+    let mut cmd = Cli::command();
+    let socket_help = cmd.get_arguments().find(|a| a.get_id() == "socket").and_then(|a| a.get_help()).cloned();
+    cmd = cmd.mut_arg("socket", |a| a.help(here(socket_help.as_ref(), default_socket())));
+    cmd.mut_subcommand("daemon", |d| {
+        let h = d.get_arguments().find(|a| a.get_id() == "state_dir").and_then(|a| a.get_help()).cloned();
+        d.mut_arg("state_dir", |a| a.help(here(h.as_ref(), default_state_dir())))
+    })
+}
+
+/// Exits with clap's usage error (status 2) for `path` (a subcommand path, like ["route", "add"]).
+fn usage_error(path: &[&str], msg: String) -> ! {
+    let mut cmd = command();
+    cmd.build();
+    let mut sub = &mut cmd;
+    for p in path {
+        sub = sub.find_subcommand_mut(p).expect("a subcommand of this CLI");
+    }
+    let mut sub = sub.clone();
+    clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, msg).format(&mut sub).exit()
+}
+
+/// Options given on the command line that do not apply to the kind of port
+/// asked for: refused rather than ignored (`connect NET NS --queues 2` would
+/// otherwise make a TAP and say nothing). Checked here rather than with
+/// clap's `requires`/`conflicts_with`, which skip options with defaults and
+/// name no reason.
+fn check_applicable(m: &clap::ArgMatches) {
+    let Some(("connect", c)) = m.subcommand() else { return };
+    let given = |id: &str| c.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let vhost = given("vhost_user");
+    let (wrong, why): (&[&str], &str) = if vhost {
+        (&["ifname", "ip", "offload"], "apply to a TAP port (connect NETWORK NETNS), not to --vhost-user")
+    } else {
+        (&["server", "client", "queues", "socket_mode", "socket_group"], "apply only with --vhost-user SOCKET")
+    };
+    let bad: Vec<String> =
+        wrong.iter().filter(|id| given(id)).map(|id| format!("--{}", id.replace('_', "-"))).collect();
+    if !bad.is_empty() {
+        let verb = if bad.len() == 1 { "applies" } else { "apply" };
+        let why = why.strip_prefix("apply").map(|w| format!("{verb}{w}")).unwrap_or_default();
+        usage_error(&["connect"], format!("{} {why}", bad.join(", ")));
+    }
+    if given("client") && (given("socket_mode") || given("socket_group")) {
+        usage_error(
+            &["connect"],
+            "--socket-mode and --socket-group apply to a socket tapyard listens on; with --client the frontend makes it"
+                .into(),
+        );
+    }
+}
+
 fn euid() -> Option<u32> {
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
@@ -292,23 +380,52 @@ pub fn default_state_dir() -> PathBuf {
 
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    check_applicable(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let socket_given = cli.socket.is_some();
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAPYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: daemon logs usually go to files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
-    match run(cli.cmd, socket) {
+    match run(cli.cmd, socket, socket_given) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tapyard: {e:#}");
-            match e.downcast_ref::<ClientError>() {
-                Some(ClientError::Api(a)) if a.kind == ErrorKind::NotFound => 3,
-                Some(ClientError::Connect { .. }) => 4,
-                _ => 1,
-            }
+            exit_code(&e)
         }
+    }
+}
+
+/// The exit status for an error (README, "Exit status"): 2 bad arguments
+/// (the daemon's `bad_request` included, so that socket clients and the CLI
+/// agree on what is the caller's mistake), 3 not found, 4 no daemon, 1 the rest.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<BadArgs>().is_some() {
+        return 2;
+    }
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Api(a)) => match a.kind {
+            ErrorKind::BadRequest => 2,
+            ErrorKind::NotFound => 3,
+            _ => 1,
+        },
+        Some(ClientError::Connect { .. }) => 4,
+        _ => 1,
+    }
+}
+
+/// The daemon's state directory when none is given: beside an explicit
+/// socket (its path with the extension `.state`), else the default one. A
+/// daemon started on a socket of its own thus never takes over, or locks
+/// out, the state of the daemon on the default socket.
+fn state_dir_for(socket: &std::path::Path, socket_given: bool) -> PathBuf {
+    if socket_given && socket != default_socket() {
+        socket.with_extension("state")
+    } else {
+        default_state_dir()
     }
 }
 
@@ -353,27 +470,31 @@ pub(crate) fn out(line: &str) {
     }
 }
 
-fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
+fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
     let call_v =
         |req: Request| -> anyhow::Result<serde_json::Value> { Ok(client::Client::connect(&socket)?.call_value(&req)?) };
     match cmd {
         Cmd::Daemon(a) => {
             let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if workers == 0 || workers > 256 {
-                anyhow::bail!("--workers must be between 1 and 256");
+                return Err(BadArgs("--workers must be between 1 and 256".into()).into());
             }
             let default_pools = if a.default_pools.is_empty() {
                 tapyard_ipam::default_pools()
             } else {
-                a.default_pools
-                    .iter()
-                    .map(|p| p.parse())
-                    .collect::<Result<Vec<_>, String>>()
-                    .map_err(anyhow::Error::msg)?
+                a.default_pools.iter().map(|p| p.parse()).collect::<Result<Vec<_>, String>>().map_err(BadArgs)?
+            };
+            let state_dir = match a.state_dir {
+                Some(d) => d,
+                None => {
+                    let d = state_dir_for(&socket, socket_given);
+                    tracing::info!(state_dir = %d.display(), "no --state-dir: using this one (see `tapyard daemon --help`)");
+                    d
+                }
             };
             let cfg = crate::control::Config {
                 socket: socket.clone(),
-                state_dir: a.state_dir.unwrap_or_else(default_state_dir),
+                state_dir,
                 workers,
                 busy: a.poll == PollMode::Busy,
                 default_pools,
@@ -412,7 +533,17 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
         Cmd::Router(RouterCmd::Rm { name }) => {
             call_v(Request::RouterRm { name })?;
         }
-        Cmd::Route(RouteCmd::Add { router, prefix, via_kw: _, via }) => {
+        Cmd::Route(RouteCmd::Add { router, prefix, via_kw, via }) => {
+            let via = match (via_kw.as_deref(), via) {
+                (Some("via"), Some(via)) => via,
+                (Some("via"), None) => usage_error(&["route", "add"], "the next hop is missing after `via`".into()),
+                (None, _) => {
+                    usage_error(&["route", "add"], "`via IP` is missing: a static route needs a next hop".into())
+                }
+                (Some(w), _) => {
+                    usage_error(&["route", "add"], format!("expected the word `via` after the prefix, found {w:?}"))
+                }
+            };
             call_v(Request::RouteAdd { router, prefix, via })?;
         }
         Cmd::Route(RouteCmd::Del { router, prefix }) => {
@@ -428,11 +559,21 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
             call_v(Request::NetworkRm { name: name.clone(), force })?;
             println!("{name}");
         }
-        Cmd::Connect { network, vhost_user: Some(sock), client, queues, mac, json, .. } => {
+        Cmd::Connect {
+            network, vhost_user: Some(sock), client, queues, mac, json, socket_mode, socket_group, ..
+        } => {
             let socket_path = absolute(&sock)?;
             let p: PortInfo = client::call(
                 &socket,
-                &Request::ConnectVhost { network, socket: socket_path, client, queues: Some(queues), mac },
+                &Request::ConnectVhost {
+                    network,
+                    socket: socket_path,
+                    client,
+                    queues: Some(queues),
+                    mac,
+                    socket_mode,
+                    socket_group,
+                },
             )?;
             if json {
                 print_json(&p);
@@ -484,7 +625,8 @@ fn run(cmd: Cmd, socket: PathBuf) -> anyhow::Result<i32> {
         }
         Cmd::Fdb(FdbCmd::Flush { network }) => {
             let v = call_v(Request::FdbFlush { network })?;
-            println!("flushed {} entries", v["flushed"]);
+            let n = v["flushed"].as_u64().unwrap_or(0);
+            println!("flushed {n} {}", if n == 1 { "entry" } else { "entries" });
         }
         Cmd::Lab(cmd) => return lab::run(cmd, &socket),
         Cmd::Bench(args) => return bench::run(args),

@@ -63,7 +63,7 @@ pub fn ports(ports: &[PortInfo]) {
                 ifname,
                 p.mac.clone(),
                 p.ip.clone().unwrap_or_else(|| "-".into()),
-                p.worker.to_string(),
+                workers(p),
                 format!("{}/{}", c.rx_packets, c.rx_bytes),
                 format!("{}/{}", c.tx_packets, c.tx_bytes),
                 if drops.is_empty() { "0".into() } else { drops.join(",") },
@@ -81,7 +81,7 @@ pub fn ports(ports: &[PortInfo]) {
             "IF",
             "MAC",
             "IP",
-            "WORKER",
+            "WORKERS",
             "RX PKTS/BYTES",
             "TX PKTS/BYTES",
             "DROPS",
@@ -93,6 +93,17 @@ pub fn ports(ports: &[PortInfo]) {
     );
 }
 
+/// The workers serving a port, queue by queue: `0,1` is queue 0 on worker 0,
+/// queue 1 on worker 1 (a single number was always worker 0 for a
+/// multi-queue port, which every worker serves).
+fn workers(p: &PortInfo) -> String {
+    if p.workers.is_empty() {
+        // A daemon from before the `workers` field.
+        return p.worker.to_string();
+    }
+    p.workers.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",")
+}
+
 pub fn fdb(entries: &[FdbEntryInfo]) {
     let rows: Vec<Vec<String>> = entries
         .iter()
@@ -100,7 +111,7 @@ pub fn fdb(entries: &[FdbEntryInfo]) {
             vec![
                 e.mac.clone(),
                 e.network.clone(),
-                format!("{} ({} {})", e.port, e.netns, e.ifname),
+                if e.netns.is_empty() { e.port.to_string() } else { format!("{} ({} {})", e.port, e.netns, e.ifname) },
                 format!("{}s", e.age_secs),
             ]
         })

@@ -474,11 +474,16 @@ impl Daemon {
             }
             Request::NetworkRm { name, force } => self.network_rm(&name, force),
             Request::Connect { network, netns, ifname, mac, ip, offload } => {
-                self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true))
+                self.check_order("connect", &network, &netns)?;
+                self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true)).map_err(with_privilege_hint)
             }
-            Request::Disconnect { network, netns, ifname } => self.disconnect(&network, &netns, ifname),
-            Request::ConnectVhost { network, socket, client, queues, mac } => {
-                self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac)
+            Request::Disconnect { network, netns, ifname } => {
+                self.check_order("disconnect", &network, &netns)?;
+                self.disconnect(&network, &netns, ifname)
+            }
+            Request::ConnectVhost { network, socket, client, queues, mac, socket_mode, socket_group } => {
+                let owner = SocketOwner::parse(client, socket_mode.as_deref(), socket_group.as_deref(), &socket)?;
+                self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac, owner)
             }
             Request::DisconnectVhost { network, socket } => self.disconnect_vhost(&network, &socket),
             Request::PortLs { network: filter } => {
@@ -486,14 +491,10 @@ impl Daemon {
                 if let Some(n) = &filter {
                     network(&inner, n)?;
                 }
-                to_value(
-                    inner
-                        .ports
-                        .values()
-                        .filter(|p| filter.as_ref().is_none_or(|n| &p.spec.network == n))
-                        .map(port_info)
-                        .collect::<Vec<_>>(),
-                )
+                to_value(self.port_infos(
+                    &inner,
+                    inner.ports.values().filter(|p| filter.as_ref().is_none_or(|n| &p.spec.network == n)),
+                ))
             }
             Request::FdbShow { network: filter } => self.fdb_show(filter),
             Request::FdbFlush { network: filter } => {
@@ -511,6 +512,48 @@ impl Daemon {
             }
             Request::Shutdown => Ok(json!({ "stopping": true })),
         }
+    }
+
+    /// `connect`/`disconnect` take NETWORK first: when the first argument is
+    /// no network, say so, and spot the two arguments given the other way round
+    /// (otherwise the user is told to `ip netns add` a network's name).
+    fn check_order(&self, verb: &str, network: &str, ns: &str) -> Result<(), ApiError> {
+        let inner = self.lock();
+        if inner.networks.contains_key(network) {
+            return Ok(());
+        }
+        if inner.networks.contains_key(ns) {
+            return Err(ApiError::bad_request(format!(
+                "{network:?} is not a network but {ns:?} is: the order is `tapyard {verb} NETWORK NETNS`; \
+                 try `tapyard {verb} {ns} {network}`"
+            )));
+        }
+        let is_ns = if netns::resolve(network).is_ok() {
+            format!(" ({network:?} is a network namespace)")
+        } else {
+            String::new()
+        };
+        Err(ApiError::not_found(format!(
+            "no network named {network:?}{is_ns}; the order is `tapyard {verb} NETWORK NETNS`; see `tapyard network ls`"
+        )))
+    }
+
+    /// `port_info` of each port, with the addresses DHCP leased to ports without `--ip`.
+    fn port_infos<'a>(&self, inner: &Inner, ports: impl Iterator<Item = &'a PortRec>) -> Vec<PortInfo> {
+        let now = unix_now();
+        let leases = self.ipam().leases(None);
+        ports
+            .map(|p| {
+                let prefix =
+                    inner.networks.get(&p.spec.network).and_then(|n| n.spec.addressing).map(|a| a.subnet.prefix_len());
+                let leased = leases
+                    .iter()
+                    .filter(|(n, l)| *n == p.spec.network && l.mac == p.spec.mac.0 && l.is_active(now))
+                    .max_by_key(|(_, l)| l.expires)
+                    .and_then(|(_, l)| Ipv4Net::new(l.addr, prefix?).ok());
+                port_info(p, leased)
+            })
+            .collect()
     }
 
     fn network_info(&self, inner: &Inner, net: &Network) -> NetworkInfo {
@@ -543,7 +586,7 @@ impl Daemon {
             ageing_secs: net.fdb.ageing_secs(),
             fdb_capacity: s.fdb_capacity,
             fdb_entries: net.fdb.table().len(),
-            ports: inner.ports.values().filter(|p| p.spec.network == s.name).map(port_info).collect(),
+            ports: self.port_infos(inner, inner.ports.values().filter(|p| p.spec.network == s.name)),
         }
     }
 
@@ -792,18 +835,35 @@ impl Daemon {
     fn network_rm(&self, name: &str, force: bool) -> ApiResult {
         let mut inner = self.lock();
         network(&inner, name)?;
-        if let Some(r) = inner.routers.values().find(|r| r.spec.networks.iter().any(|n| n == name)) {
+        let router =
+            inner.routers.values().find(|r| r.spec.networks.iter().any(|n| n == name)).map(|r| r.spec.name.clone());
+        if let (Some(r), false) = (&router, force) {
             return Err(ApiError::new(
                 ErrorKind::Busy,
-                format!("network {name:?} is attached to router {:?}; detach it first", r.spec.name),
+                format!(
+                    "network {name:?} is attached to router {r:?}; detach it first with \
+                     `tapyard router detach {r} {name}`, or use --force"
+                ),
             ));
         }
         let ids: Vec<PortId> = inner.ports.values().filter(|p| p.spec.network == name).map(|p| p.id).collect();
         if !ids.is_empty() && !force {
             return Err(ApiError::new(
                 ErrorKind::Busy,
-                format!("network {name:?} has {} port(s) attached; disconnect them or use --force", ids.len()),
+                format!(
+                    "network {name:?} has {} attached; disconnect {} or use --force",
+                    plural(ids.len(), "port"),
+                    if ids.len() == 1 { "it" } else { "them" }
+                ),
             ));
+        }
+        if let Some(r) = &router {
+            // --force: detach from the router first; remove_ports below
+            // publishes and waits, so no worker routes into it afterwards.
+            if let Some(rec) = inner.routers.get_mut(r) {
+                rec.spec.networks.retain(|n| n != name);
+            }
+            tracing::info!(network = %name, router = %r, "network detached from its router for removal");
         }
         let removed = self.remove_ports(&mut inner, &ids);
         inner.networks.remove(name);
@@ -812,10 +872,14 @@ impl Daemon {
             store.remove_network(name);
             let _ = self.commit_ipam(&mut store);
         }
-        self.publish(&mut inner);
+        let epoch = self.publish(&mut inner);
+        // A network cut from its router is cut off at once, as `router detach` does.
+        if router.is_some() {
+            self.wait_adopted(epoch);
+        }
         self.persist(&inner);
         tracing::info!(network = %name, ports = removed, "network removed");
-        Ok(json!({ "removed": name, "ports_removed": removed }))
+        Ok(json!({ "removed": name, "ports_removed": removed, "detached_from": router }))
     }
 
     fn connect(
@@ -915,7 +979,7 @@ impl Daemon {
         self.persist(&inner);
         let rec = &inner.ports[&id];
         tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname, "port connected");
-        to_value(port_info(rec))
+        to_value(self.port_infos(&inner, std::iter::once(rec)).pop())
     }
 
     /// Creates the TAP for `spec`, moves it into `ns`, and records the port
@@ -1004,6 +1068,7 @@ impl Daemon {
         client: bool,
         queues: u16,
         mac: Option<String>,
+        owner: SocketOwner,
     ) -> ApiResult {
         let path = PathBuf::from(&socket);
         if !path.is_absolute() {
@@ -1044,14 +1109,21 @@ impl Daemon {
             netns_dev: 0,
             netns_ino: 0,
             no_offload: false,
-            vhost: Some(VhostSpec { socket: path, mode, queues }),
+            vhost: Some(VhostSpec { socket: path, mode, queues, socket_mode: owner.mode, socket_gid: owner.gid }),
         };
         let id = self.attach_vhost(&mut inner, spec)?;
         self.publish(&mut inner);
         self.persist(&inner);
         let rec = &inner.ports[&id];
-        tracing::info!(port = %id, network = %rec.spec.network, socket = %socket, ?mode, queues, "vhost-user port connected");
-        to_value(port_info(rec))
+        // No frontend is there yet: say what the port waits for, not "connected".
+        match mode {
+            vhost::Mode::Server => tracing::info!(port = %id, network = %rec.spec.network, socket = %socket,
+                queues, socket_mode = %format!("{:04o}", owner.mode), socket_gid = ?owner.gid,
+                "vhost-user port listening for a frontend"),
+            vhost::Mode::Client => tracing::info!(port = %id, network = %rec.spec.network, socket = %socket,
+                queues, "vhost-user port connecting to its frontend"),
+        }
+        to_value(self.port_infos(&inner, std::iter::once(rec)).pop())
     }
 
     /// Starts the vhost-user backend of `spec` and records the port (unpublished).
@@ -1075,6 +1147,8 @@ impl Daemon {
             mtu,
             handler_dir: self.cfg.state_dir.join(VHOST_DIR),
             busy: self.cfg.busy,
+            socket_mode: v.socket_mode,
+            socket_gid: v.socket_gid,
         };
         let port = Arc::new(VhostPort::start(cfg, on_link).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
@@ -1369,6 +1443,66 @@ fn parse_unicast_mac(m: &str) -> Result<MacAddr, ApiError> {
     Ok(m)
 }
 
+/// `n thing` or `n things`.
+fn plural(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Appends how to get CAP_NET_ADMIN to a system error at `connect` when
+/// the daemon lacks it (a bare EPERM from TUNSETIFF says nothing useful).
+fn with_privilege_hint(e: ApiError) -> ApiError {
+    if e.kind != ErrorKind::System || server::has_net_admin() != Some(false) {
+        return e;
+    }
+    ApiError::system(format!("{}; {}", e.message, server::NET_ADMIN_HINT))
+}
+
+/// Who may connect to a vhost-user socket tapyard listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SocketOwner {
+    mode: u32,
+    gid: Option<u32>,
+}
+
+impl SocketOwner {
+    /// Reads `--socket-mode` (octal) and `--socket-group` (name or gid);
+    /// both only apply to a socket tapyard makes, so not with `--client`.
+    fn parse(client: bool, mode: Option<&str>, group: Option<&str>, socket: &str) -> Result<SocketOwner, ApiError> {
+        if client && (mode.is_some() || group.is_some()) {
+            return Err(ApiError::bad_request(format!(
+                "--socket-mode and --socket-group apply when tapyard listens on the socket; with --client \
+                 the frontend makes {socket} and sets its permissions"
+            )));
+        }
+        let mode = match mode {
+            None => vhost::DEFAULT_SOCKET_MODE,
+            Some(m) => {
+                let digits = m.strip_prefix("0o").unwrap_or(m);
+                match u32::from_str_radix(digits, 8) {
+                    Ok(v) if v <= 0o777 && !digits.is_empty() => v,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "invalid --socket-mode {m:?}: expected octal permission bits like 0660"
+                        )))
+                    }
+                }
+            }
+        };
+        let gid = match group {
+            None => None,
+            Some(g) if !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid --socket-group {g:?}")))?)
+            }
+            Some(g) => Some(server::group_id(g).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "--socket-group {g:?}: no such group (give a name from /etc/group or a gid)"
+                ))
+            })?),
+        };
+        Ok(SocketOwner { mode, gid })
+    }
+}
+
 fn vhost_info(v: &VhostPort) -> VhostInfo {
     let c = v.counters();
     let mut counters: BTreeMap<String, u64> = vhost::BadChain::ALL
@@ -1386,12 +1520,12 @@ fn vhost_info(v: &VhostPort) -> VhostInfo {
         counters.insert(k.to_string(), a.load(Ordering::Relaxed));
     }
     let acked = v.acked_features();
+    let server = v.config().mode == vhost::Mode::Server;
     VhostInfo {
         socket: v.config().socket.display().to_string(),
-        mode: match v.config().mode {
-            vhost::Mode::Server => "server".into(),
-            vhost::Mode::Client => "client".into(),
-        },
+        mode: if server { "server".into() } else { "client".into() },
+        socket_mode: server.then(|| format!("{:04o}", v.config().socket_mode)),
+        socket_gid: v.config().socket_gid.filter(|_| server),
         connected: v.is_connected(),
         features: vhost::feature::names(acked).into_iter().map(String::from).collect(),
         features_hex: format!("{acked:#x}"),
@@ -1400,16 +1534,27 @@ fn vhost_info(v: &VhostPort) -> VhostInfo {
     }
 }
 
-fn port_info(p: &PortRec) -> PortInfo {
+/// `leased`: the address DHCP gave the port's MAC, for a port without `--ip`.
+fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
+    let queues = p.port.caps().queues;
+    let (ip, ip_source) = match (p.spec.ip, leased) {
+        (Some(ip), _) => (Some(ip.to_string()), Some("static".to_string())),
+        (None, Some(ip)) => (Some(ip.to_string()), Some("dhcp".to_string())),
+        (None, None) => (None, None),
+    };
     PortInfo {
         id: p.id.0,
         network: p.spec.network.clone(),
         netns: p.spec.netns.clone(),
         ifname: p.spec.ifname.clone(),
         mac: p.spec.mac.to_string(),
-        ip: p.spec.ip.map(|i| i.to_string()),
+        ip,
+        ip_source,
         worker: p.worker,
-        queues: p.port.caps().queues,
+        // As the workers pick their queues (snapshot::PortView::queue_for):
+        // queue q of a multi-queue port is worker q's.
+        workers: if queues > 1 { (0..usize::from(queues)).collect() } else { vec![p.worker] },
+        queues,
         offloads: p.port.caps().offloads.names().into_iter().map(String::from).collect(),
         counters: p.stats.snapshot(),
         vhost: p.vhost.as_deref().map(vhost_info),

@@ -71,6 +71,18 @@ pub struct VhostSpec {
     pub socket: PathBuf,
     pub mode: crate::port::vhost::Mode,
     pub queues: u16,
+    /// Server mode: the socket's permission bits (`--socket-mode`). State
+    /// files from before the option get the default.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: u32,
+    /// Server mode: the socket's group id (`--socket-group`, resolved when
+    /// the port was made); none: the group the kernel gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_gid: Option<u32>,
+}
+
+fn default_socket_mode() -> u32 {
+    crate::port::vhost::DEFAULT_SOCKET_MODE
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +202,17 @@ mod tests {
         save(&d, &st).unwrap();
         assert_eq!(load(&d).unwrap(), st);
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_vhost_port_saved_before_socket_modes_gets_the_default_mode() {
+        let old = r#"{"socket":"/run/vm.sock","mode":"server","queues":2}"#;
+        let v: VhostSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(v.socket_mode, 0o660);
+        assert_eq!(v.socket_gid, None);
+        let new = VhostSpec { socket_mode: 0o600, socket_gid: Some(36), ..v };
+        let back: VhostSpec = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
     }
 
     #[test]

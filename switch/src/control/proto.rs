@@ -58,6 +58,14 @@ pub enum Request {
         queues: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mac: Option<String>,
+        /// Server mode: the socket's permission bits in octal, like "0660"
+        /// (the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        socket_mode: Option<String>,
+        /// Server mode: the socket's group, a name or a numeric gid
+        /// [default: the group the kernel gives a new file].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        socket_group: Option<String>,
     },
     DisconnectVhost {
         network: String,
@@ -304,12 +312,24 @@ pub struct NetworkInfo {
 pub struct PortInfo {
     pub id: u16,
     pub network: String,
-    /// The namespace as given to `connect`.
+    /// The namespace as given to `connect`; null for a vhost-user port.
+    #[serde(with = "empty_as_null", default)]
     pub netns: String,
+    /// Null for a vhost-user port.
+    #[serde(with = "empty_as_null", default)]
     pub ifname: String,
     pub mac: String,
+    /// The address given with `--ip`, or else the one leased by DHCP to the port's MAC.
     pub ip: Option<String>,
+    /// Where `ip` comes from: "static" (`--ip`) or "dhcp" (an active lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_source: Option<String>,
+    /// The worker reading a one-queue port (for a multi-queue port, queue q
+    /// is read by worker q: see `workers`).
     pub worker: usize,
+    /// The worker serving each queue, by queue index.
+    #[serde(default)]
+    pub workers: Vec<usize>,
     /// Queues of the TAP (one per worker) and the offloads negotiated with the kernel.
     #[serde(default)]
     pub queues: u16,
@@ -327,6 +347,12 @@ pub struct VhostInfo {
     pub socket: String,
     /// "server" or "client".
     pub mode: String,
+    /// Server mode: the socket's permission bits in octal, like "0660".
+    #[serde(default)]
+    pub socket_mode: Option<String>,
+    /// Server mode: the socket's group id, when one was asked for.
+    #[serde(default)]
+    pub socket_gid: Option<u32>,
     /// A frontend is connected.
     pub connected: bool,
     /// virtio features the frontend acknowledged (empty while down), by name.
@@ -377,9 +403,31 @@ pub struct FdbEntryInfo {
     pub mac: String,
     pub network: String,
     pub port: u16,
+    /// Null for a vhost-user port, as in `PortInfo`.
+    #[serde(with = "empty_as_null", default)]
     pub netns: String,
+    #[serde(with = "empty_as_null", default)]
     pub ifname: String,
     pub age_secs: u32,
+}
+
+/// A string field that is absent for some ports (a vhost-user port has no
+/// namespace): JSON null rather than "", like the other absent fields. The
+/// Rust side keeps a plain `String`, empty when absent.
+mod empty_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &str, ser: S) -> Result<S::Ok, S::Error> {
+        if s.is_empty() {
+            ser.serialize_none()
+        } else {
+            ser.serialize_some(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+        Ok(Option::<String>::deserialize(de)?.unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -397,6 +445,32 @@ mod tests {
         assert_eq!(s, r#"{"op":"network_create","name":"a","subnet":"10.0.0.0/24"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert_eq!(serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(), Request::Ping);
+    }
+
+    #[test]
+    fn absent_namespace_and_interface_are_null_not_empty() {
+        let p = PortInfo {
+            id: 1,
+            network: "n".into(),
+            netns: String::new(),
+            ifname: String::new(),
+            mac: "02:00:00:00:00:01".into(),
+            ip: None,
+            ip_source: None,
+            worker: 0,
+            workers: vec![0],
+            queues: 1,
+            offloads: vec![],
+            counters: Default::default(),
+            vhost: None,
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["netns"], serde_json::Value::Null);
+        assert_eq!(v["ifname"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<PortInfo>(v).unwrap(), p);
+        let tap = PortInfo { netns: "blue".into(), ifname: "eth0".into(), ..p };
+        let v = serde_json::to_value(&tap).unwrap();
+        assert_eq!((v["netns"].as_str(), v["ifname"].as_str()), (Some("blue"), Some("eth0")));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! `flock` for the daemon's life) says whether a daemon owns the socket. If
 //! the lock is free, a socket file left there was left by a daemon that died
 //! and is replaced; if it is held, this daemon refuses to start. The state
-//! directory carries a lock of its own, so two daemons never share one.
+//! directory carries a lock of its own, so two daemons never share one. A
+//! clean stop removes the socket and its lock file; a lock file is only
+//! trusted while it is still the file at its path (see [`lock_file`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,18 +29,62 @@ const MAX_REQUEST: u64 = 1 << 20;
 /// Control connections served at once (a thread each); more are refused with `busy`.
 const MAX_CONNECTIONS: usize = 64;
 
+/// Opens and locks `path`. A daemon stopping cleanly deletes its lock file
+/// while holding the lock, so a lock won on a file no longer at `path` (the
+/// stopping daemon unlinked it between our open and our lock) proves
+/// nothing: try again on the file now there.
 fn lock_file(path: &Path, what: &str) -> anyhow::Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(fs::TryLockError::WouldBlock) => bail!("{what}"),
-        Err(fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..8 {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => bail!("{what}"),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        let held = f.metadata().with_context(|| format!("cannot inspect {}", path.display()))?;
+        match fs::metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(f),
+            _ => continue,
+        }
     }
+    bail!("cannot lock {}: it keeps being replaced", path.display())
+}
+
+/// What a daemon without CAP_NET_ADMIN is told (it cannot create TAPs or move links).
+pub const NET_ADMIN_HINT: &str = "the daemon lacks CAP_NET_ADMIN: run it as root, or as a user inside \
+    `unshare --user --map-root-user --net --mount` (then only namespaces made inside that one are reachable)";
+
+/// Whether this process has CAP_NET_ADMIN in its user namespace (bit 12 of
+/// CapEff in /proc/self/status, capabilities(7)); none if that is unreadable.
+pub fn has_net_admin() -> Option<bool> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let eff = u64::from_str_radix(hex, 16).ok()?;
+    Some(eff & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// The id of group `name`, through the system's group database (NSS, so
+/// LDAP or systemd groups resolve too).
+pub fn group_id(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero `group` is a valid value to be overwritten (plain
+    // integers and null pointers).
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local; buf's length is passed, and
+    // getgrnam_r writes the strings of `grp` only into buf.
+    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut found) };
+    (rc == 0 && !found.is_null()).then_some(grp.gr_gid)
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -57,7 +103,7 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
     }
-    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let lock_path = socket_lock_path(path);
     let lock = lock_file(
         &lock_path,
         &format!(
@@ -86,11 +132,19 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
 
 /// Runs the daemon until SIGINT, SIGTERM or a `shutdown` request.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    let (listener, _socket_lock) = bind_socket(&cfg.socket)?;
+    if has_net_admin() == Some(false) {
+        // Not fatal: networks, routers and vhost-user ports still work, but
+        // every TAP `connect` will fail with EPERM.
+        tracing::warn!("{NET_ADMIN_HINT}; `connect NETWORK NETNS` will fail until then");
+    }
+    let (listener, socket_lock) = bind_socket(&cfg.socket)?;
+    let lock_path = socket_lock_path(&cfg.socket);
     let (daemon, _state_lock) = match start(&cfg) {
         Ok(started) => started,
         Err(e) => {
             let _ = fs::remove_file(&cfg.socket);
+            let _ = fs::remove_file(&lock_path);
+            drop(socket_lock);
             return Err(e);
         }
     };
@@ -139,7 +193,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(reason = why, "stopping");
     let _ = fs::remove_file(&cfg.socket);
     daemon.shutdown();
+    // Unlinked while still held: a daemon starting now either finds the
+    // lock held or locks a new file (lock_file checks which).
+    let _ = fs::remove_file(&lock_path);
+    drop(socket_lock);
     Ok(())
+}
+
+fn socket_lock_path(socket: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.lock", socket.display()))
 }
 
 /// Locks the state directory and starts the control plane and workers.

@@ -153,7 +153,18 @@ pub struct VhostConfig {
     /// The daemon busy-polls (`daemon --poll busy`): the worker never sleeps,
     /// so rings are polled without end and the frontend never needs to kick.
     pub busy: bool,
+    /// Server mode: permission bits of the socket (`--socket-mode`). A
+    /// frontend needs write permission on a unix socket to connect to it
+    /// (unix(7)), so the umask's 0755 would shut out a QEMU running as
+    /// another user.
+    pub socket_mode: u32,
+    /// Server mode: the socket's group (`--socket-group`); none keeps the
+    /// group the kernel gave it (the daemon's, or the directory's if setgid).
+    pub socket_gid: Option<u32>,
 }
+
+/// Socket permission bits when none are asked for: owner and group may connect.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
 /// Why a descriptor chain was rejected (counted per port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,6 +452,9 @@ impl VhostPort {
                 refuse_non_socket(&cfg.socket)?;
                 let l = Listener::new(&cfg.socket, true)
                     .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", cfg.socket.display())))?;
+                // Until these run the socket has the umask's (stricter or
+                // equal) bits: no frontend gets in that the mode would refuse.
+                set_socket_owner(&cfg.socket, cfg.socket_mode, cfg.socket_gid)?;
                 Some(l)
             }
             Mode::Client => None,
@@ -539,6 +553,23 @@ fn refuse_non_socket(path: &Path) -> io::Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Gives the listening socket its group, then its mode (group first: a
+/// mode opening the socket to a group must not briefly open it to the
+/// kernel's default group).
+fn set_socket_owner(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            let _ = fs::remove_file(path);
+            io::Error::new(e.kind(), format!("cannot give {} group {gid}: {e}", path.display()))
+        })?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777)).map_err(|e| {
+        let _ = fs::remove_file(path);
+        io::Error::new(e.kind(), format!("cannot set mode {mode:04o} on {}: {e}", path.display()))
+    })
 }
 
 /// The connection thread: accept (or connect), serve the protocol until the
