@@ -1,25 +1,35 @@
-//! tapyard: a userspace virtual switch for container network namespaces.
+//! tapyard: a userspace virtual switch for container network namespaces and VMs.
 //!
-//! # Layers (data flows one way)
+//! # A frame's path, and the file that owns each stage
 //! ```text
-//!   control (CLI socket, config, persistence)      may allocate, block, log
-//!      │ publishes Arc<Snapshot>, wakes workers      ▲ bounded WorkerEvent queue
-//!      ▼                                             │
-//!   worker ── port.recv_batch ─► datapath::decide ─► port.send_batch
-//!            (TAP / in-memory)   (parse → learn →     (egress port(s))
-//!                                 lookup → verdict)
+//!  port ──────────► parse/decide ─────────────► route / punt ─────────────► egress ──────────► port
+//!  port/tap.rs      datapath/classify.rs         datapath/route.rs             datapath/egress.rs  port/*.rs
+//!  port/vhost.rs    (L2: datapath/mod.rs decide, (LPM, MTU, TTL, neighbour;    (transmit, flood,    send_batch
+//!  recv_batch        table/fdb.rs learning)       punt.rs: to the gateway      gather, offload.rs
+//!                                                 with the reason)             finishing, counts)
+//!  driven by worker.rs (poll, adopt snapshots, pending list) — control/ stays off this path:
+//!  it builds snapshots (control/build.rs), and its gateway (control/gateway.rs) drains the punt queue.
 //! ```
-//! - [`wire`] and [`packet`] are at the bottom and import nothing above them.
-//! - [`port`] (fds; the only place `unsafe` may appear) and [`datapath`]
-//!   (pure decisions) do not know each other.
-//! - [`worker`] joins them; [`snapshot`] is the immutable configuration it
-//!   forwards with; [`stats`] holds the per-port counters.
-//! - [`control`] owns the mutable state and is never called from the data path.
-//!   `scripts/check-layers.sh` checks these import rules in CI.
+//!
+//! # Layers (imports point down; `scripts/check-layers.sh` enforces them)
+//! - [`wire`]: bytes to named fields; imports nothing of the crate.
+//! - [`packet`]: buffers and ids; imports `wire`.
+//! - [`table`] (forwarding and route tables), [`stats`], [`punt`] (the
+//!   bounded queue to the gateway): import `wire` and `packet` only.
+//! - [`port`]: fds and guest memory, the only place `unsafe` is allowed.
+//! - [`snapshot`]: the immutable configuration workers forward with; names
+//!   tables, ports and the punt queue, never the forwarding code.
+//! - [`datapath`]: classify, route, egress; reads the snapshot; only the
+//!   egress stage sends through a port.
+//! - [`worker`]: joins ports and the data path.
+//! - [`control`] owns the mutable state and is never called from the data
+//!   path; it reaches workers only through snapshots and the punt queue.
 //!
 //! # Error classes
 //! Per frame: dropped and counted by [`stats::DropReason`]. Per port: reported
 //! to the control plane, which removes the port. Per process: exit.
+
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod clock;

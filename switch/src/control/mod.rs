@@ -135,6 +135,17 @@ pub struct Daemon {
 
 type ApiResult = Result<Value, ApiError>;
 
+/// What a configuration change did, for [`Daemon::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Something new (a network, port, route, attachment): workers pick it
+    /// up at their next turn; nothing old is in the way.
+    Added,
+    /// Something taken away or cut off (a router, a route, an attachment, a
+    /// network): the change is in force on every worker when commit returns.
+    Removed,
+}
+
 fn to_value<T: serde::Serialize>(v: T) -> ApiResult {
     serde_json::to_value(v).map_err(|e| ApiError::system(format!("encoding the reply: {e}")))
 }
@@ -275,8 +286,7 @@ impl Daemon {
                 }
             }
         }
-        self.publish(&mut inner);
-        self.persist(&inner);
+        self.commit(&mut inner, Change::Added);
     }
 
     /// Gives a network with a subnet its DHCP server and leases (replaying
@@ -377,6 +387,18 @@ impl Daemon {
         m
     }
 
+    /// The one way a configuration change reaches the workers and the disk:
+    /// publishes the new snapshot, waits for every worker to adopt it when
+    /// something was taken away (so nothing forwards with the old one after
+    /// this returns), and saves the state.
+    fn commit(&self, inner: &mut Inner, change: Change) {
+        let epoch = self.publish(inner);
+        if change == Change::Removed {
+            self.wait_adopted(epoch);
+        }
+        self.persist(inner);
+    }
+
     /// Publishes a new snapshot after a change outside the control socket
     /// (a DHCP lease bound by the gateway thread: a new neighbour to route to).
     pub(crate) fn republish(&self) {
@@ -435,8 +457,8 @@ impl Daemon {
                 let mut inner = self.lock();
                 router(&inner, &name)?;
                 inner.routers.remove(&name);
-                self.publish(&mut inner);
-                self.persist(&inner);
+                // Like a detach of every network: no worker routes through it after this returns.
+                self.commit(&mut inner, Change::Removed);
                 Ok(json!({ "removed": name }))
             }
             Request::RouteAdd { router, prefix, via } => self.route_change(&router, &prefix, Some(&via)),
@@ -715,8 +737,7 @@ impl Daemon {
         inner
             .networks
             .insert(name.clone(), Network { id, spec, fdb, route_stats: Arc::default(), gw_stats: Arc::default() });
-        self.publish(&mut inner);
-        self.persist(&inner);
+        self.commit(&mut inner, Change::Added);
         tracing::info!(network = %name, subnet = ?subnet, "network created");
         to_value(self.network_info(&inner, &inner.networks[&name]))
     }
@@ -762,10 +783,8 @@ impl Daemon {
             }
             r.spec.networks.retain(|x| x != net);
         }
-        let epoch = self.publish(&mut inner);
         // Detaching cuts the network off at once: no worker routes with the old table after this returns.
-        self.wait_adopted(epoch);
-        self.persist(&inner);
+        self.commit(&mut inner, if attach { Change::Added } else { Change::Removed });
         to_value(router_info(&inner, &inner.routers[rname]))
     }
 
@@ -802,9 +821,8 @@ impl Daemon {
                 }
             }
         }
-        let epoch = self.publish(&mut inner);
-        self.wait_adopted(epoch);
-        self.persist(&inner);
+        // A route taken away (or replaced) is gone from every worker when this returns.
+        self.commit(&mut inner, Change::Removed);
         to_value(router_info(&inner, &inner.routers[rname]))
     }
 
@@ -872,12 +890,8 @@ impl Daemon {
             store.remove_network(name);
             let _ = self.commit_ipam(&mut store);
         }
-        let epoch = self.publish(&mut inner);
         // A network cut from its router is cut off at once, as `router detach` does.
-        if router.is_some() {
-            self.wait_adopted(epoch);
-        }
-        self.persist(&inner);
+        self.commit(&mut inner, Change::Removed);
         tracing::info!(network = %name, ports = removed, "network removed");
         Ok(json!({ "removed": name, "ports_removed": removed, "detached_from": router }))
     }
@@ -975,8 +989,7 @@ impl Daemon {
             vhost: None,
         };
         let id = self.attach(&mut inner, spec, ns)?;
-        self.publish(&mut inner);
-        self.persist(&inner);
+        self.commit(&mut inner, Change::Added);
         let rec = &inner.ports[&id];
         tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname, "port connected");
         to_value(self.port_infos(&inner, std::iter::once(rec)).pop())
@@ -1112,8 +1125,7 @@ impl Daemon {
             vhost: Some(VhostSpec { socket: path, mode, queues, socket_mode: owner.mode, socket_gid: owner.gid }),
         };
         let id = self.attach_vhost(&mut inner, spec)?;
-        self.publish(&mut inner);
-        self.persist(&inner);
+        self.commit(&mut inner, Change::Added);
         let rec = &inner.ports[&id];
         // No frontend is there yet: say what the port waits for, not "connected".
         match mode {
@@ -1493,7 +1505,7 @@ impl SocketOwner {
             Some(g) if !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) => {
                 Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid --socket-group {g:?}")))?)
             }
-            Some(g) => Some(server::group_id(g).ok_or_else(|| {
+            Some(g) => Some(crate::port::sys::group_id(g).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "--socket-group {g:?}: no such group (give a name from /etc/group or a gid)"
                 ))
