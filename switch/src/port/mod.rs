@@ -2,9 +2,8 @@
 //! where `unsafe` is allowed (each use carries a `SAFETY:` comment).
 //!
 //! A port moves whole Ethernet frames in and out, a batch at a time. The
-//! forwarding code sees only the [`Port`] trait, so TAP devices, the
-//! in-memory test port and, later, vhost-user, capture taps and VXLAN
-//! tunnels plug in without touching it.
+//! forwarding code sees only the [`Port`] trait, so TAP devices, vhost-user
+//! backends and the in-memory test ports plug in without touching it.
 //!
 //! Error classes (STYLE §6): a per-frame problem is a counted drop inside a
 //! [`SendReport`]; a port that is gone reports [`RecvState::Gone`] and the
