@@ -21,6 +21,8 @@
 //! Per frame: dropped and counted by [`stats::DropReason`]. Per port: reported
 //! to the control plane, which removes the port. Per process: exit.
 
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod clock;
 pub mod control;
