@@ -6,17 +6,17 @@
 //! device and inode of that file, so a namespace deleted and re-created under
 //! the same name is recognised as a different one.
 //!
-//! Links are moved and configured over rtnetlink (RFC 3549), with
-//! `netlink-packet-route` for the message types and `netlink-sys` for the
-//! socket, through a small synchronous request/ack helper ([`Rtnl`]): the
-//! control plane is synchronous, so an async client (rtnetlink, tokio)
-//! would bring a runtime for five messages. One `RTM_SETLINK` on the
-//! daemon's own socket moves the TAP into the namespace and, there, renames
-//! it, sets its MAC and MTU and brings it up; the address and default route
-//! go over a socket opened inside the namespace by a short-lived thread
-//! ([`crate::port::tap::in_netns`]), so no daemon thread ever stays in a
-//! container's namespace. This replaced five `ip`/`nsenter` processes
-//! (~72 ms a connect) and runs only on the control plane, never per packet.
+//! A container's TAP is made in the daemon's namespace and moved into the
+//! container's with one `RTM_SETLINK`, which also renames it and sets its
+//! MAC, MTU and IFF_UP; address and default route then go over a
+//! NETLINK_ROUTE socket opened inside the namespace by a short-lived thread
+//! that enters it ([`in_netns`]), so no daemon thread ever stays in a
+//! container's namespace. Messages are rtnetlink (RFC 3549):
+//! `netlink-packet-route` for the types, `netlink-sys` for the socket, and
+//! a small synchronous request/ack helper ([`Rtnl`]), since the control
+//! plane is synchronous and an async client (rtnetlink, tokio) would bring
+//! a runtime for five messages. This replaced five `ip` and `nsenter`
+//! processes. It runs only on the control plane, never per packet.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +41,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use tapyard_ipam::Ipv4Net;
 
 use super::proto::ApiError;
+use crate::port::tap::{in_netns, TapPort};
+use crate::port::{Offloads, Port};
 use crate::wire::MacAddr;
 
 /// A resolved namespace.
@@ -170,12 +172,6 @@ impl Rtnl {
         Ok(Rtnl { sock, seq: 0, buf: Vec::with_capacity(32 * 1024) })
     }
 
-    /// A socket in the namespace `ns`: opened on a short-lived thread that
-    /// enters it; the socket stays bound to that namespace from any thread.
-    fn open_in(ns: &File) -> io::Result<Rtnl> {
-        crate::port::tap::in_netns(ns, Rtnl::open)
-    }
-
     /// Sends `msg` with `flags` (plus REQUEST|ACK) and returns the replies
     /// that came before the ack.
     fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>, NlError> {
@@ -241,7 +237,7 @@ fn ext_ack_text(payload: &[u8], capped: bool) -> Option<String> {
         let len = payload.get(..4)?;
         u32::from_ne_bytes(len.try_into().ok()?) as usize
     };
-    let mut tlvs = payload.get(skip.next_multiple_of(4)..)?;
+    let mut tlvs = payload.get(skip.checked_next_multiple_of(4)?..)?;
     while tlvs.len() >= 4 {
         let len = u16::from_ne_bytes([tlvs[0], tlvs[1]]) as usize;
         let kind = u16::from_ne_bytes([tlvs[2], tlvs[3]]) & 0x3fff;
@@ -258,28 +254,42 @@ fn ext_ack_text(payload: &[u8], capped: bool) -> Option<String> {
     None
 }
 
-/// Moves interface `dev` (in the daemon's namespace) into `ns`, renames it
-/// `ifname`, sets its MAC and MTU, brings it up, and assigns `ip` and the
-/// default route via `gateway` if given.
-pub fn move_and_configure(
-    dev: &str,
-    ns: &Netns,
-    ifname: &str,
-    mac: MacAddr,
-    mtu: u32,
-    ip: Option<Ipv4Net>,
-    gateway: Option<Ipv4Addr>,
-) -> Result<(), ApiError> {
-    let sys = |what: &str, e: &dyn std::fmt::Display| ApiError::system(format!("{what}: {e}"));
-    let nsfile = ns.open()?;
-    let mut host = Rtnl::open().map_err(|e| sys("cannot open a netlink socket", &e))?;
-    let index = host
-        .link_index(dev)
-        .map_err(|e| sys(&format!("looking up {dev}"), &e))?
-        .ok_or_else(|| ApiError::system(format!("interface {dev} disappeared before it could be moved")))?;
+/// How a container's interface is to look.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig<'a> {
+    pub ifname: &'a str,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// Address to assign, if any.
+    pub ip: Option<Ipv4Net>,
+    /// Default route via this gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+}
 
-    // One RTM_SETLINK: the kernel moves the device first (do_setlink), then
-    // renames it and sets MAC, MTU and IFF_UP in the target namespace.
+/// Creates a TAP with `queues` queues, moves it into `ns` as `cfg.ifname`,
+/// sets its MAC and MTU, brings it up, and assigns the address and default
+/// route if given. On error nothing is left behind: dropping the TAP deletes
+/// it, in whichever namespace it is by then.
+pub fn create_tap(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offloads) -> Result<TapPort, ApiError> {
+    let LinkConfig { ifname, mac, mtu, ip, gateway } = cfg;
+    let sys = |what: &str, e: &dyn std::fmt::Display| ApiError::system(format!("{what} in namespace {}: {e}", ns.spec));
+    let nsfile = ns.open()?;
+    // Made here and moved, not made inside the namespace: a TAP's fds pin the
+    // namespace they were opened in, so a container's namespace would outlive
+    // its deletion for as long as the port exists.
+    let tap = TapPort::create("typ%d", queues, offloads)
+        .map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
+    let mut host = Rtnl::open().map_err(|e| ApiError::system(format!("cannot open a netlink socket: {e}")))?;
+    let dev = tap.name().to_string();
+    let index = host
+        .link_index(&dev)
+        .map_err(|e| ApiError::system(format!("looking up {dev}: {e}")))?
+        .ok_or_else(|| ApiError::system(format!("TAP {dev} disappeared as it was made")))?;
+
+    // One RTM_SETLINK: do_setlink moves the device first, then renames it and
+    // sets MAC, MTU and IFF_UP in the target namespace. The move is most of
+    // a connect's time: the kernel waits for RCU (rcu_barrier) while it
+    // unlists the device.
     let mut link = LinkMessage::default();
     link.header.index = index;
     link.header.flags = LinkFlags::Up;
@@ -291,33 +301,31 @@ pub fn move_and_configure(
         LinkAttribute::Mtu(mtu),
     ];
     host.request(RouteNetlinkMessage::SetLink(link), 0).map_err(|e| match e.errno() {
-        Some(libc::EEXIST) | Some(libc::ENOTUNIQ) => ApiError::conflict(format!(
+        Some(libc::EEXIST) => ApiError::conflict(format!(
             "interface {ifname} already exists in namespace {}; pick another with --ifname",
             ns.spec
         )),
-        _ => sys(&format!("moving {dev} into namespace {} as {ifname} (MAC {mac}, MTU {mtu})", ns.spec), &e),
+        _ => sys(&format!("moving {dev} in as {ifname} (MAC {mac}, MTU {mtu}, up)"), &e),
     })?;
     if ip.is_none() && gateway.is_none() {
-        return Ok(());
+        return Ok(tap);
     }
-
-    let mut inside =
-        Rtnl::open_in(&nsfile).map_err(|e| sys(&format!("opening a netlink socket in namespace {}", ns.spec), &e))?;
+    let mut nl = in_netns(&nsfile, Rtnl::open).map_err(|e| sys("cannot open a netlink socket", &e))?;
     // The device keeps its index unless the namespace already used it.
-    let index = inside
+    let index = nl
         .link_index(ifname)
-        .map_err(|e| sys(&format!("looking up {ifname} in namespace {}", ns.spec), &e))?
+        .map_err(|e| sys(&format!("looking up {ifname}"), &e))?
         .ok_or_else(|| ApiError::system(format!("{ifname} vanished from namespace {}", ns.spec)))?;
     if let Some(ip) = ip {
+        // What `ip addr add A.B.C.D/P dev IFNAME` sends.
         let mut a = AddressMessage::default();
         a.header.family = AddressFamily::Inet;
         a.header.prefix_len = ip.prefix_len();
         a.header.index = index;
-        a.attributes =
-            vec![AddressAttribute::Local(IpAddr::V4(ip.addr())), AddressAttribute::Address(IpAddr::V4(ip.addr()))];
-        inside
-            .request(RouteNetlinkMessage::NewAddress(a), NLM_F_CREATE | NLM_F_EXCL)
-            .map_err(|e| sys(&format!("assigning {ip} to {ifname} in namespace {}", ns.spec), &e))?;
+        let addr = IpAddr::V4(ip.addr());
+        a.attributes = vec![AddressAttribute::Local(addr), AddressAttribute::Address(addr)];
+        nl.request(RouteNetlinkMessage::NewAddress(a), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(|e| sys(&format!("assigning {ip} to {ifname}"), &e))?;
     }
     if let Some(gw) = gateway {
         // What `ip route replace default via GW dev IFNAME` sends.
@@ -328,11 +336,10 @@ pub fn move_and_configure(
         r.header.scope = RouteScope::Universe;
         r.header.kind = RouteType::Unicast;
         r.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(gw)), RouteAttribute::Oif(index)];
-        inside
-            .request(RouteNetlinkMessage::NewRoute(r), NLM_F_CREATE | NLM_F_REPLACE)
-            .map_err(|e| sys(&format!("adding the default route via {gw} in namespace {}", ns.spec), &e))?;
+        nl.request(RouteNetlinkMessage::NewRoute(r), NLM_F_CREATE | NLM_F_REPLACE)
+            .map_err(|e| sys(&format!("adding the default route via {gw} on {ifname}"), &e))?;
     }
-    Ok(())
+    Ok(tap)
 }
 
 /// Parses `A.B.C.D` or `A.B.C.D/P`.
@@ -378,6 +385,40 @@ mod tests {
         assert!(check_ifname("a234567890123456").is_err());
         assert!(check_ifname("a/b").is_err());
         assert!(check_ifname("").is_err());
+    }
+
+    /// An extended-ack payload: `echoed` bytes of request, then TLVs.
+    fn ext_ack(echoed: &[u8], tlvs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut p = echoed.to_vec();
+        for (kind, value) in tlvs {
+            p.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&kind.to_ne_bytes());
+            p.extend_from_slice(value);
+            p.resize(p.len().next_multiple_of(4), 0);
+        }
+        p
+    }
+
+    #[test]
+    fn extended_ack_text_is_found_after_the_echoed_request() {
+        let capped = ext_ack(&[0; 16], &[(2, &[0, 0, 0, 0]), (NLMSGERR_ATTR_MSG, b"MTU too big\0")]);
+        assert_eq!(ext_ack_text(&capped, true).as_deref(), Some("MTU too big"));
+        // Not capped: the whole request is echoed, its length first.
+        let mut req = vec![0u8; 22];
+        req[..4].copy_from_slice(&22u32.to_ne_bytes());
+        req.resize(24, 0);
+        let full = ext_ack(&req, &[(NLMSGERR_ATTR_MSG, b"name taken\0")]);
+        assert_eq!(ext_ack_text(&full, false).as_deref(), Some("name taken"));
+        // No text, truncated or lying lengths: None, never a panic.
+        assert_eq!(ext_ack_text(&[0; 16], true), None);
+        assert_eq!(ext_ack_text(&[0; 3], false), None);
+        assert_eq!(ext_ack_text(&ext_ack(&[0; 16], &[(1, b"x")])[..18], true), None);
+        let mut lying = capped.clone();
+        lying[16..18].copy_from_slice(&200u16.to_ne_bytes());
+        assert_eq!(ext_ack_text(&lying, true), None);
+        let mut huge = capped;
+        huge[..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(ext_ack_text(&huge, false), None);
     }
 
     #[test]

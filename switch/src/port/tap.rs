@@ -59,9 +59,11 @@ fn ifreq(name: &str) -> libc::ifreq {
     req
 }
 
-/// Opens one queue of TAP `name` (a `%d` pattern creates a new interface);
+/// Opens one queue of TAP `name` in the calling thread's network namespace
+/// (a `%d` pattern or a free name creates a new interface; with `new`, an
+/// existing interface of that name is refused with EBUSY instead of joined);
 /// returns the fd and the interface's actual name.
-fn open_queue(name: &str) -> io::Result<(OwnedFd, String)> {
+fn open_queue(name: &str, new: bool) -> io::Result<(OwnedFd, String)> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
     }
@@ -81,7 +83,8 @@ fn open_queue(name: &str) -> io::Result<(OwnedFd, String)> {
         Err(e) => return Err(e),
     };
     let mut req = ifreq(name);
-    req.ifr_ifru.ifru_flags = FLAGS as libc::c_short;
+    let excl = if new { libc::IFF_TUN_EXCL } else { 0 };
+    req.ifr_ifru.ifru_flags = (FLAGS | excl) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one ifreq, which we own for the call.
     if unsafe { ioctl_with_mut_ref(&fd, libc::TUNSETIFF as _, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
@@ -142,10 +145,11 @@ pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) ->
 
 impl TapPort {
     /// Creates TAP interface `name` (at most 15 bytes, `%d` allowed) in the
-    /// caller's network namespace with `queues` queues, asking for `offloads`
-    /// (trimmed to what the kernel has).
+    /// caller's network namespace with `queues` queues, asking for
+    /// `offloads` (trimmed to what the kernel has). An existing interface
+    /// called `name` is an error (EBUSY), never joined.
     pub fn create(name: &str, queues: usize, offloads: Offloads) -> io::Result<TapPort> {
-        let (q0, actual) = open_queue(name)?;
+        let (q0, actual) = open_queue(name, true)?;
         TapPort::finish(q0, actual, queues, offloads)
     }
 
@@ -164,7 +168,7 @@ impl TapPort {
         let offloads = set_offload(&q0, want)?;
         let mut fds = vec![q0];
         for _ in 1..queues.clamp(1, MAX_QUEUES) {
-            fds.push(open_queue(&name)?.0);
+            fds.push(open_queue(&name, false)?.0);
         }
         Ok(TapPort { queues: fds, name, offloads })
     }
@@ -190,7 +194,7 @@ impl TapPort {
             if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
                 return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {ifname} to reattach")));
             }
-            let (q0, name) = open_queue(ifname)?;
+            let (q0, name) = open_queue(ifname, false)?;
             // Closing q0 deletes the device if it was not persistent: only
             // between the check above and TUNSETIFF could it be one we made.
             if tun_flags(&q0)? & libc::IFF_PERSIST == 0 {
