@@ -119,14 +119,17 @@ fn tun_flags(fd: &OwnedFd) -> io::Result<libc::c_int> {
     if unsafe { ioctl_with_mut_ref(fd, libc::TUNGETIFF as _, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: TUNGETIFF fills the flags member of the union.
+    // SAFETY: TUNGETIFF wrote the flags member; every member of this union
+    // is plain data, so reading any of them is defined.
     Ok(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags }))
 }
 
 /// Runs `f` on a short-lived thread that has entered the network namespace
 /// `ns` (an open namespace file), and returns what it returns. Sockets and
 /// TAP queues opened there stay in that namespace and work from any thread;
-/// no other thread of the daemon ever changes namespace.
+/// no other thread of the daemon ever changes namespace. Each such fd holds
+/// a reference on the namespace: while it is open, deleting the namespace
+/// does not destroy it (nor the interfaces in it).
 pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
