@@ -978,7 +978,7 @@ impl Daemon {
             ip
         };
         let spec = PortSpec {
-            network: network_name,
+            network: network_name.clone(),
             netns: ns_spec,
             ifname,
             mac,
@@ -988,14 +988,20 @@ impl Daemon {
             no_offload: !offload,
             vhost: None,
         };
-        let id = self.attach(&mut inner, spec, ns)?;
+        let id = self.attach(&mut inner, spec, ns).inspect_err(|_| {
+            // Nothing was attached: give back the address taken above, or
+            // a retry (say with another --ifname, hence another MAC) finds it leased.
+            let mut store = self.ipam();
+            store.release_port(&network_name, mac.0);
+            let _ = self.commit_ipam(&mut store);
+        })?;
         self.commit(&mut inner, Change::Added);
         let rec = &inner.ports[&id];
         tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname, "port connected");
         to_value(self.port_infos(&inner, std::iter::once(rec)).pop())
     }
 
-    /// Creates the TAP for `spec`, moves it into `ns`, and records the port
+    /// Creates the TAP for `spec` inside `ns`, configured, and records the port
     /// (unpublished). On error nothing is left behind: dropping the TAP fd deletes the interface.
     fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
         let net = network(inner, &spec.network)?;
@@ -1008,9 +1014,8 @@ impl Daemon {
             .find(|id| !inner.ports.contains_key(id))
             .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
         let offloads = if spec.no_offload { Offloads::NONE } else { Offloads::ALL };
-        let tap = TapPort::create("typ%d", self.workers.len(), offloads)
-            .map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
-        netns::move_and_configure(tap.name(), &ns, &spec.ifname, spec.mac, mtu, spec.ip, gateway)?;
+        let cfg = netns::LinkConfig { ifname: &spec.ifname, mac: spec.mac, mtu, ip: spec.ip, gateway };
+        let tap = netns::create_tap(&ns, cfg, self.workers.len(), offloads)?;
         // Configured: from now on the interface survives a SIGKILL of the daemon.
         tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
         let worker = self.pick_worker(inner, &spec.network);

@@ -6,21 +6,43 @@
 //! device and inode of that file, so a namespace deleted and re-created under
 //! the same name is recognised as a different one.
 //!
-//! Moving and configuring links is done with iproute2 (`ip`), entering a
-//! namespace with util-linux `nsenter`: both are on every machine that has
-//! network namespaces, and they keep this module free of hand-written
-//! netlink. It runs only on the control plane, never per packet.
+//! A container's TAP is made in the daemon's namespace and moved into the
+//! container's with one `RTM_SETLINK`, which also renames it and sets its
+//! MAC, MTU and IFF_UP; address and default route then go over a
+//! NETLINK_ROUTE socket opened inside the namespace by a short-lived thread
+//! that enters it ([`in_netns`]), so no daemon thread ever stays in a
+//! container's namespace. Messages are rtnetlink (RFC 3549):
+//! `netlink-packet-route` for the types, `netlink-sys` for the socket, and
+//! a small synchronous request/ack helper ([`Rtnl`]), since the control
+//! plane is synchronous and an async client (rtnetlink, tokio) would bring
+//! a runtime for five messages. This replaced five `ip` and `nsenter`
+//! processes. It runs only on the control plane, never per packet.
 
 #![forbid(unsafe_code)]
 
-use std::net::Ipv4Addr;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use tapyard_ipam::Ipv4Net;
 
 use super::proto::ApiError;
+use crate::port::tap::{in_netns, TapPort};
+use crate::port::{Offloads, Port};
 use crate::wire::MacAddr;
 
 /// A resolved namespace.
@@ -68,9 +90,19 @@ pub fn resolve(spec: &str) -> Result<Netns, ApiError> {
 }
 
 impl Netns {
-    /// Whether the namespace file still names the same namespace.
-    pub fn still_exists(&self) -> bool {
-        std::fs::metadata(&self.path).map(|md| md.dev() == self.dev && md.ino() == self.ino).unwrap_or(false)
+    /// Opens the namespace file, checking it still names the namespace
+    /// resolved earlier: a namespace deleted (and maybe re-created under the
+    /// same name) since is "vanished", not silently a different container.
+    fn open(&self) -> Result<File, ApiError> {
+        let vanished = |why: String| {
+            ApiError::not_found(format!("network namespace {:?} vanished ({}: {why})", self.spec, self.path.display()))
+        };
+        let f = File::open(&self.path).map_err(|e| vanished(e.to_string()))?;
+        let md = f.metadata().map_err(|e| vanished(e.to_string()))?;
+        if md.dev() != self.dev || md.ino() != self.ino {
+            return Err(vanished("the name now refers to another namespace".into()));
+        }
+        Ok(f)
     }
 }
 
@@ -90,80 +122,224 @@ pub fn check_ifname(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), ApiError> {
-    let out = cmd.output().map_err(|e| {
-        ApiError::system(format!(
-            "{what}: cannot run {:?}: {e}; is iproute2 (ip) and util-linux (nsenter) installed?",
-            cmd.get_program()
-        ))
-    })?;
-    if out.status.success() {
-        return Ok(());
+/// A failed netlink request: the errno and, when the kernel gave one, its
+/// extended-ack message (e.g. "MTU greater than device maximum").
+#[derive(Debug)]
+struct NlError {
+    err: io::Error,
+    ext: Option<String>,
+}
+
+impl NlError {
+    fn errno(&self) -> Option<i32> {
+        self.err.raw_os_error()
     }
-    let err = String::from_utf8_lossy(&out.stderr);
-    Err(ApiError::system(format!("{what}: {}", err.trim())))
 }
 
-fn in_ns(ns: &Netns) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", ns.path.display())).arg("--").arg("ip");
-    c
-}
-
-/// Moves interface `dev` (in the daemon's namespace) into `ns`, renames it
-/// `ifname`, sets its MAC and MTU, brings it up, and assigns `ip` if given.
-pub fn move_and_configure(
-    dev: &str,
-    ns: &Netns,
-    ifname: &str,
-    mac: MacAddr,
-    mtu: u32,
-    ip: Option<Ipv4Net>,
-    gateway: Option<Ipv4Addr>,
-) -> Result<(), ApiError> {
-    run(
-        Command::new("ip").args(["link", "set", "dev", dev, "netns"]).arg(&ns.path),
-        &format!("moving {dev} into namespace {}", ns.spec),
-    )?;
-    run(
-        in_ns(ns).args([
-            "link",
-            "set",
-            "dev",
-            dev,
-            "name",
-            ifname,
-            "address",
-            &mac.to_string(),
-            "mtu",
-            &mtu.to_string(),
-        ]),
-        &format!("configuring {ifname} in namespace {}", ns.spec),
-    )
-    .map_err(|e| {
-        if e.message.contains("File exists") {
-            ApiError::conflict(format!(
-                "interface {ifname} already exists in namespace {}; pick another with --ifname",
-                ns.spec
-            ))
-        } else {
-            e
+impl std::fmt::Display for NlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.ext {
+            Some(m) => write!(f, "{} ({m})", self.err),
+            None => write!(f, "{}", self.err),
         }
+    }
+}
+
+impl From<io::Error> for NlError {
+    fn from(err: io::Error) -> NlError {
+        NlError { err, ext: None }
+    }
+}
+
+/// `NLMSGERR_ATTR_MSG` (linux/netlink.h): the extended ack's text.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// A synchronous NETLINK_ROUTE socket: one request in flight, answered by
+/// its ack (or error) before the next is sent.
+struct Rtnl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Rtnl {
+    /// A socket in the calling thread's network namespace.
+    fn open() -> io::Result<Rtnl> {
+        let sock = Socket::new(NETLINK_ROUTE)?;
+        // Ask for the kernel's error text, and for acks without the echoed request.
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
+        Ok(Rtnl { sock, seq: 0, buf: Vec::with_capacity(32 * 1024) })
+    }
+
+    /// Sends `msg` with `flags` (plus REQUEST|ACK) and returns the replies
+    /// that came before the ack.
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.seq;
+        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        req.finalize();
+        let mut out = vec![0; req.buffer_len()];
+        req.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+        let mut replies = Vec::new();
+        loop {
+            self.buf.clear();
+            let n = self.sock.recv(&mut self.buf, 0)?;
+            let mut at = 0;
+            while at < n {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[at..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad netlink reply: {e}")))?;
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                at += len.next_multiple_of(4);
+                if m.header.sequence_number != self.seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::Error(e) if e.code.is_none() => return Ok(replies),
+                    NetlinkPayload::Error(e) => {
+                        let ext = ext_ack_text(&e.header, m.header.flags & NLM_F_CAPPED != 0);
+                        return Err(NlError { err: e.to_io(), ext });
+                    }
+                    NetlinkPayload::InnerMessage(r) => replies.push(r),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The index of interface `name`, or None if there is none.
+    fn link_index(&mut self, name: &str) -> Result<Option<u32>, NlError> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The text of an extended ack: the TLVs after the echoed request, which is
+/// just its 16-byte header when `capped`, else the whole request.
+fn ext_ack_text(payload: &[u8], capped: bool) -> Option<String> {
+    let skip = if capped {
+        16
+    } else {
+        let len = payload.get(..4)?;
+        u32::from_ne_bytes(len.try_into().ok()?) as usize
+    };
+    let mut tlvs = payload.get(skip.checked_next_multiple_of(4)?..)?;
+    while tlvs.len() >= 4 {
+        let len = u16::from_ne_bytes([tlvs[0], tlvs[1]]) as usize;
+        let kind = u16::from_ne_bytes([tlvs[2], tlvs[3]]) & 0x3fff;
+        if len < 4 || len > tlvs.len() {
+            return None;
+        }
+        if kind == NLMSGERR_ATTR_MSG {
+            let text = &tlvs[4..len];
+            let text = text.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        tlvs = tlvs.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    None
+}
+
+/// How a container's interface is to look.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig<'a> {
+    pub ifname: &'a str,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// Address to assign, if any.
+    pub ip: Option<Ipv4Net>,
+    /// Default route via this gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Creates a TAP with `queues` queues, moves it into `ns` as `cfg.ifname`,
+/// sets its MAC and MTU, brings it up, and assigns the address and default
+/// route if given. On error nothing is left behind: dropping the TAP deletes
+/// it, in whichever namespace it is by then.
+pub fn create_tap(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offloads) -> Result<TapPort, ApiError> {
+    let LinkConfig { ifname, mac, mtu, ip, gateway } = cfg;
+    let sys = |what: &str, e: &dyn std::fmt::Display| ApiError::system(format!("{what} in namespace {}: {e}", ns.spec));
+    let nsfile = ns.open()?;
+    // Made here and moved, not made inside the namespace: a TAP's fds pin the
+    // namespace they were opened in, so a container's namespace would outlive
+    // its deletion for as long as the port exists.
+    let tap = TapPort::create("typ%d", queues, offloads)
+        .map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
+    let mut host = Rtnl::open().map_err(|e| ApiError::system(format!("cannot open a netlink socket: {e}")))?;
+    let dev = tap.name().to_string();
+    let index = host
+        .link_index(&dev)
+        .map_err(|e| ApiError::system(format!("looking up {dev}: {e}")))?
+        .ok_or_else(|| ApiError::system(format!("TAP {dev} disappeared as it was made")))?;
+
+    // One RTM_SETLINK: do_setlink moves the device first, then renames it and
+    // sets MAC, MTU and IFF_UP in the target namespace. The move is most of
+    // a connect's time: the kernel waits for RCU (rcu_barrier) while it
+    // unlists the device.
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    link.attributes = vec![
+        LinkAttribute::NetNsFd(nsfile.as_raw_fd()),
+        LinkAttribute::IfName(ifname.to_string()),
+        LinkAttribute::Address(mac.0.to_vec()),
+        LinkAttribute::Mtu(mtu),
+    ];
+    host.request(RouteNetlinkMessage::SetLink(link), 0).map_err(|e| match e.errno() {
+        Some(libc::EEXIST) => ApiError::conflict(format!(
+            "interface {ifname} already exists in namespace {}; pick another with --ifname",
+            ns.spec
+        )),
+        _ => sys(&format!("moving {dev} in as {ifname} (MAC {mac}, MTU {mtu}, up)"), &e),
     })?;
-    run(in_ns(ns).args(["link", "set", "dev", ifname, "up"]), &format!("bringing up {ifname} in {}", ns.spec))?;
+    if ip.is_none() && gateway.is_none() {
+        return Ok(tap);
+    }
+    let mut nl = in_netns(&nsfile, Rtnl::open).map_err(|e| sys("cannot open a netlink socket", &e))?;
+    // The device keeps its index unless the namespace already used it.
+    let index = nl
+        .link_index(ifname)
+        .map_err(|e| sys(&format!("looking up {ifname}"), &e))?
+        .ok_or_else(|| ApiError::system(format!("{ifname} vanished from namespace {}", ns.spec)))?;
     if let Some(ip) = ip {
-        run(
-            in_ns(ns).args(["addr", "add", &ip.to_string(), "dev", ifname]),
-            &format!("assigning {ip} to {ifname} in {}", ns.spec),
-        )?;
+        // What `ip addr add A.B.C.D/P dev IFNAME` sends.
+        let mut a = AddressMessage::default();
+        a.header.family = AddressFamily::Inet;
+        a.header.prefix_len = ip.prefix_len();
+        a.header.index = index;
+        let addr = IpAddr::V4(ip.addr());
+        a.attributes = vec![AddressAttribute::Local(addr), AddressAttribute::Address(addr)];
+        nl.request(RouteNetlinkMessage::NewAddress(a), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(|e| sys(&format!("assigning {ip} to {ifname}"), &e))?;
     }
     if let Some(gw) = gateway {
-        run(
-            in_ns(ns).args(["route", "replace", "default", "via", &gw.to_string(), "dev", ifname]),
-            &format!("adding the default route via {gw} in {}", ns.spec),
-        )?;
+        // What `ip route replace default via GW dev IFNAME` sends.
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.protocol = RouteProtocol::Boot;
+        r.header.scope = RouteScope::Universe;
+        r.header.kind = RouteType::Unicast;
+        r.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(gw)), RouteAttribute::Oif(index)];
+        nl.request(RouteNetlinkMessage::NewRoute(r), NLM_F_CREATE | NLM_F_REPLACE)
+            .map_err(|e| sys(&format!("adding the default route via {gw} on {ifname}"), &e))?;
     }
-    Ok(())
+    Ok(tap)
 }
 
 /// Parses `A.B.C.D` or `A.B.C.D/P`.
@@ -209,6 +385,40 @@ mod tests {
         assert!(check_ifname("a234567890123456").is_err());
         assert!(check_ifname("a/b").is_err());
         assert!(check_ifname("").is_err());
+    }
+
+    /// An extended-ack payload: `echoed` bytes of request, then TLVs.
+    fn ext_ack(echoed: &[u8], tlvs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut p = echoed.to_vec();
+        for (kind, value) in tlvs {
+            p.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&kind.to_ne_bytes());
+            p.extend_from_slice(value);
+            p.resize(p.len().next_multiple_of(4), 0);
+        }
+        p
+    }
+
+    #[test]
+    fn extended_ack_text_is_found_after_the_echoed_request() {
+        let capped = ext_ack(&[0; 16], &[(2, &[0, 0, 0, 0]), (NLMSGERR_ATTR_MSG, b"MTU too big\0")]);
+        assert_eq!(ext_ack_text(&capped, true).as_deref(), Some("MTU too big"));
+        // Not capped: the whole request is echoed, its length first.
+        let mut req = vec![0u8; 22];
+        req[..4].copy_from_slice(&22u32.to_ne_bytes());
+        req.resize(24, 0);
+        let full = ext_ack(&req, &[(NLMSGERR_ATTR_MSG, b"name taken\0")]);
+        assert_eq!(ext_ack_text(&full, false).as_deref(), Some("name taken"));
+        // No text, truncated or lying lengths: None, never a panic.
+        assert_eq!(ext_ack_text(&[0; 16], true), None);
+        assert_eq!(ext_ack_text(&[0; 3], false), None);
+        assert_eq!(ext_ack_text(&ext_ack(&[0; 16], &[(1, b"x")])[..18], true), None);
+        let mut lying = capped.clone();
+        lying[16..18].copy_from_slice(&200u16.to_ne_bytes());
+        assert_eq!(ext_ack_text(&lying, true), None);
+        let mut huge = capped;
+        huge[..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(ext_ack_text(&huge, false), None);
     }
 
     #[test]

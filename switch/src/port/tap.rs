@@ -24,11 +24,13 @@
 //! so closing the fds deletes the interface. Moving the interface into a
 //! container's namespace does not affect the fds the switch holds.
 
-use std::ffi::CStr;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 
 use super::{Offloads, Port, PortCaps, RecvReport, RecvState, SendReport};
 use crate::packet::Batch;
@@ -46,17 +48,30 @@ pub struct TapPort {
 /// Flags of every queue we open: they must be the same on each.
 const FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
 
-/// Opens one queue of TAP `name` (a `%d` pattern creates a new interface);
+/// An all-zero `ifreq` naming `name` (checked by the caller to fit).
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data (a name array and a union of
+    // integers, addresses and a pointer); all-zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req
+}
+
+/// Opens one queue of TAP `name` in the calling thread's network namespace
+/// (a `%d` pattern or a free name creates a new interface; with `new`, an
+/// existing interface of that name is refused with EBUSY instead of joined);
 /// returns the fd and the interface's actual name.
-fn open_queue(name: &str) -> io::Result<(OwnedFd, String)> {
+fn open_queue(name: &str, new: bool) -> io::Result<(OwnedFd, String)> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
     }
-    // SAFETY: the path is a NUL-terminated literal; open returns a new fd or -1.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::PermissionDenied {
+    // std opens with O_CLOEXEC.
+    let tun = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open("/dev/net/tun");
+    let fd: OwnedFd = match tun {
+        Ok(f) => f.into(),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             return Err(io::Error::new(
                 e.kind(),
                 format!(
@@ -65,30 +80,24 @@ fn open_queue(name: &str) -> io::Result<(OwnedFd, String)> {
                 ),
             ));
         }
-        return Err(e);
-    }
-    // SAFETY: `fd` was just returned by open and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data; all-zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = FLAGS as libc::c_short;
-    // SAFETY: TUNSETIFF reads and writes the ifreq we pass, which lives across the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        Err(e) => return Err(e),
+    };
+    let mut req = ifreq(name);
+    let excl = if new { libc::IFF_TUN_EXCL } else { 0 };
+    req.ifr_ifru.ifru_flags = (FLAGS | excl) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which we own for the call.
+    if unsafe { ioctl_with_mut_ref(&fd, libc::TUNSETIFF as _, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel wrote a NUL-terminated name (at most IFNAMSIZ-1 bytes) into ifr_name.
-    let actual = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) }.to_string_lossy().into_owned();
-    Ok((fd, actual))
+    // The kernel wrote back a NUL-terminated name of at most IFNAMSIZ-1 bytes.
+    let actual: Vec<u8> = req.ifr_name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    Ok((fd, String::from_utf8_lossy(&actual).into_owned()))
 }
 
 /// `ioctl(fd, req, &value)` for the TUN ioctls that take a pointer to an int.
 fn ioctl_int_ptr(fd: &OwnedFd, req: libc::Ioctl, value: libc::c_int) -> io::Result<()> {
-    let v = value;
-    // SAFETY: the ioctl reads one int through the pointer, which outlives the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), req, &v) } < 0 {
+    // SAFETY: the ioctl reads one int through the reference, which outlives the call.
+    if unsafe { ioctl_with_ref(fd, req as _, &value) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -97,18 +106,53 @@ fn ioctl_int_ptr(fd: &OwnedFd, req: libc::Ioctl, value: libc::c_int) -> io::Resu
 /// `ioctl(fd, req, value)` for the TUN ioctls that take their argument by value.
 fn ioctl_val(fd: &OwnedFd, req: libc::Ioctl, value: libc::c_ulong) -> io::Result<()> {
     // SAFETY: the argument is an integer passed by value, not a pointer.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), req, value) } < 0 {
+    if unsafe { ioctl_with_val(fd, req as _, value) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
+/// The TUN flags of the device behind `fd` (`TUNGETIFF`), `IFF_PERSIST` included.
+fn tun_flags(fd: &OwnedFd) -> io::Result<libc::c_int> {
+    let mut req = ifreq("");
+    // SAFETY: TUNGETIFF writes one ifreq, which we own for the call.
+    if unsafe { ioctl_with_mut_ref(fd, libc::TUNGETIFF as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNGETIFF wrote the flags member; every member of this union
+    // is plain data, so reading any of them is defined.
+    Ok(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags }))
+}
+
+/// Runs `f` on a short-lived thread that has entered the network namespace
+/// `ns` (an open namespace file), and returns what it returns. Sockets and
+/// TAP queues opened there stay in that namespace and work from any thread;
+/// no other thread of the daemon ever changes namespace. Each such fd holds
+/// a reference on the namespace: while it is open, deleting the namespace
+/// does not destroy it (nor the interfaces in it).
+pub fn in_netns<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: `ns` is an open file for the call; setns changes the
+            // network namespace of this thread only, which ends with `f`.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("cannot enter the network namespace: {e}")));
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+}
+
 impl TapPort {
     /// Creates TAP interface `name` (at most 15 bytes, `%d` allowed) in the
-    /// caller's network namespace with `queues` queues, asking for `offloads`
-    /// (trimmed to what the kernel has).
+    /// caller's network namespace with `queues` queues, asking for
+    /// `offloads` (trimmed to what the kernel has). An existing interface
+    /// called `name` is an error (EBUSY), never joined.
     pub fn create(name: &str, queues: usize, offloads: Offloads) -> io::Result<TapPort> {
-        let (q0, actual) = open_queue(name)?;
+        let (q0, actual) = open_queue(name, true)?;
         TapPort::finish(q0, actual, queues, offloads)
     }
 
@@ -127,7 +171,7 @@ impl TapPort {
         let offloads = set_offload(&q0, want)?;
         let mut fds = vec![q0];
         for _ in 1..queues.clamp(1, MAX_QUEUES) {
-            fds.push(open_queue(&name)?.0);
+            fds.push(open_queue(&name, false)?.0);
         }
         Ok(TapPort { queues: fds, name, offloads })
     }
@@ -137,26 +181,32 @@ impl TapPort {
         ioctl_val(&self.queues[0], libc::TUNSETPERSIST, libc::c_ulong::from(on))
     }
 
-    /// Attaches to the existing (persistent) TAP `ifname` inside the network
+    /// Attaches to the existing persistent TAP `ifname` inside the network
     /// namespace at `ns_path`: the interface a killed daemon left behind.
-    /// Fails if there is no such interface, or it is not an unattached
-    /// multi-queue TAP with a vnet header.
+    /// Fails with `NotFound` if there is no such interface (a clean stop
+    /// deleted it): TUNSETIFF would otherwise *create* a fresh, unconfigured
+    /// `ifname` (down, random MAC, no address) and the caller would take it
+    /// for the surviving one. Fails too if it is not a persistent
+    /// multi-queue TAP with a vnet header, or is attached elsewhere.
     pub fn attach_in(ns_path: &Path, ifname: &str, queues: usize, offloads: Offloads) -> io::Result<TapPort> {
         let ns = File::open(ns_path)?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: `ns` is an open namespace file; setns changes the
-                // network namespace of this short-lived thread only, which
-                // ends right after the TUNSETIFFs below. The fds it opens
-                // keep working from any thread afterwards.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let (q0, name) = open_queue(ifname)?;
-                TapPort::finish(q0, name, queues, offloads)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the attach thread panicked")))
+        in_netns(&ns, || {
+            let cname = std::ffi::CString::new(ifname)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {ifname:?}")))?;
+            // SAFETY: `cname` is a valid NUL-terminated string for the call.
+            if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+                return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {ifname} to reattach")));
+            }
+            let (q0, name) = open_queue(ifname, false)?;
+            // Closing q0 deletes the device if it was not persistent: only
+            // between the check above and TUNSETIFF could it be one we made.
+            if tun_flags(&q0)? & libc::IFF_PERSIST == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{ifname} is not a persistent TAP left by tapyard"),
+                ));
+            }
+            TapPort::finish(q0, name, queues, offloads)
         })
     }
 }

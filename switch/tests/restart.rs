@@ -1,0 +1,86 @@
+//! A clean stop and restart: SIGTERM removes the interfaces, and the next
+//! start re-creates each port whose namespace still exists with the same
+//! interface name, MAC, address and default route (README, "Restarts").
+//! What the container sees is read from inside its namespace, not from
+//! `port ls`, which only repeats the daemon's own records.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// `eth0` as the container sees it.
+#[derive(Debug, PartialEq, Eq)]
+struct Link {
+    up: bool,
+    mac: String,
+    /// IPv4 addresses as `A.B.C.D/P`.
+    addrs: Vec<String>,
+    default_via: Option<String>,
+}
+
+fn ip_json(ns: &Netns, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("ip").args(["-n", &ns.name, "-j"]).args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn link(ns: &Netns, ifname: &str) -> Link {
+    let l = &ip_json(ns, &["addr", "show", "dev", ifname])[0];
+    let up = l["flags"].as_array().unwrap().iter().any(|f| f == "UP");
+    let addrs = l["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    let routes = ip_json(ns, &["-4", "route", "show", "default"]);
+    let default_via = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dev"] == ifname)
+        .and_then(|r| r["gateway"].as_str())
+        .map(String::from);
+    Link { up, mac: l["address"].as_str().unwrap().to_string(), addrs, default_via }
+}
+
+#[test]
+fn sigterm_then_restart_recreates_interfaces_as_they_were() {
+    let mut d = Daemon::start("rst");
+    let net = name("rst");
+    d.ok(&["network", "create", &net, "--subnet", "10.83.0.0/24"]);
+    let a = Netns::new("rsta");
+    let b = Netns::new("rstb");
+    d.ok(&["connect", &net, &a.name, "--ip", "auto"]);
+    d.ok(&["connect", &net, &b.name, "--ip", "10.83.0.50", "--mac", "02:00:00:83:00:50"]);
+
+    let a_ip = d.port(&a.name)["ip"].as_str().unwrap().to_string();
+    let before_a = link(&a, "eth0");
+    let before_b = link(&b, "eth0");
+    let want_b = Link {
+        up: true,
+        mac: "02:00:00:83:00:50".into(),
+        addrs: vec!["10.83.0.50/24".into()],
+        default_via: Some("10.83.0.1".into()),
+    };
+    assert_eq!(before_b, want_b);
+    assert!(before_a.up && before_a.addrs == [a_ip.clone()] && before_a.default_via.as_deref() == Some("10.83.0.1"));
+    assert_eq!(before_a.mac, d.port(&a.name)["mac"].as_str().unwrap());
+    assert!(a.reaches("10.83.0.50"));
+
+    assert_eq!(d.signal("TERM"), Some(0));
+    assert!(!a.has_link("eth0") && !b.has_link("eth0"), "a clean stop removes the interfaces");
+
+    d.spawn();
+    assert_eq!(d.json(&["port", "ls"]).as_array().unwrap().len(), 2, "{}", d.log());
+    assert_eq!(link(&a, "eth0"), before_a, "container a after the restart; log:\n{}", d.log());
+    assert_eq!(link(&b, "eth0"), want_b, "container b after the restart");
+    assert_eq!(d.port(&a.name)["mac"].as_str().unwrap(), before_a.mac);
+    assert_eq!(d.port(&a.name)["ip"].as_str().unwrap(), a_ip);
+    let a_addr = a_ip.split('/').next().unwrap();
+    assert!(a.reaches("10.83.0.50"), "a reaches b after the restart");
+    assert!(b.reaches(a_addr), "b reaches a after the restart");
+}
