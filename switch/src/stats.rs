@@ -199,6 +199,8 @@ macro_rules! counters {
     };
 }
 
+pub(crate) use counters;
+
 counters! {
     /// Counters of one router (RFC 1812 terms), written by workers (once per
     /// burst) and the gateway thread; kept per router and per ingress network.

@@ -1521,21 +1521,7 @@ impl SocketOwner {
 }
 
 fn vhost_info(v: &VhostPort) -> VhostInfo {
-    let c = v.counters();
-    let mut counters: BTreeMap<String, u64> = vhost::BadChain::ALL
-        .iter()
-        .map(|b| (format!("bad_chain_{}", b.name()), c.bad_chain[*b as usize].load(Ordering::Relaxed)))
-        .collect();
-    for (k, a) in [
-        ("no_rx_buffers", &c.no_rx_buffers),
-        ("rx_too_big", &c.rx_too_big),
-        ("kicks", &c.kicks),
-        ("calls", &c.calls),
-        ("connects", &c.connects),
-        ("disconnects", &c.disconnects),
-    ] {
-        counters.insert(k.to_string(), a.load(Ordering::Relaxed));
-    }
+    let counters = v.counters().snapshot();
     let acked = v.acked_features();
     let server = v.config().mode == vhost::Mode::Server;
     VhostInfo {

@@ -204,21 +204,41 @@ impl BadChain {
     }
 }
 
-/// Counters of a vhost-user port beyond the common port counters.
-#[derive(Default)]
-pub struct VhostCounters {
-    pub bad_chain: [AtomicU64; 5],
-    /// Frames for the guest dropped because it had posted no (or too few) receive buffers.
-    pub no_rx_buffers: AtomicU64,
-    /// Frames for the guest larger than the buffers it can take (no
-    /// `MRG_RXBUF` and a chain too small).
-    pub rx_too_big: AtomicU64,
-    /// Kicks from the frontend (notifications that it posted frames).
-    pub kicks: AtomicU64,
-    /// Calls (interrupts) we sent to the frontend.
-    pub calls: AtomicU64,
-    pub connects: AtomicU64,
-    pub disconnects: AtomicU64,
+crate::stats::counters! {
+    /// Counters of a vhost-user port beyond the common port counters,
+    /// declared once: `port ls --json` lists them by these names.
+    pub struct VhostCounters {
+        /// Descriptor chains returned unused, by [`BadChain`] reason.
+        bad_chain_too_short,
+        bad_chain_too_long,
+        bad_chain_unterminated,
+        bad_chain_outside_memory,
+        bad_chain_wrong_direction,
+        /// Frames for the guest dropped because it had posted no (or too few) receive buffers.
+        no_rx_buffers,
+        /// Frames for the guest larger than the buffers it can take (no
+        /// `MRG_RXBUF` and a chain too small).
+        rx_too_big,
+        /// Kicks from the frontend (notifications that it posted frames).
+        kicks,
+        /// Calls (interrupts) we sent to the frontend.
+        calls,
+        connects,
+        disconnects,
+    }
+}
+
+impl VhostCounters {
+    /// The counter of a bad-chain reason.
+    pub fn bad_chain(&self, b: BadChain) -> &AtomicU64 {
+        match b {
+            BadChain::TooShort => &self.bad_chain_too_short,
+            BadChain::TooLong => &self.bad_chain_too_long,
+            BadChain::Unterminated => &self.bad_chain_unterminated,
+            BadChain::OutsideMemory => &self.bad_chain_outside_memory,
+            BadChain::WrongDirection => &self.bad_chain_wrong_direction,
+        }
+    }
 }
 
 /// State shared by the worker (rings), the connection thread and the
@@ -827,7 +847,7 @@ impl Port for VhostPort {
         drop(st);
         for b in BadChain::ALL {
             if bad[b as usize] > 0 {
-                self.shared.counters.bad_chain[b as usize].fetch_add(bad[b as usize], Relaxed);
+                self.shared.counters.bad_chain(b).fetch_add(bad[b as usize], Relaxed);
             }
         }
         RecvReport { frames, state }
@@ -968,7 +988,7 @@ impl Port for VhostPort {
         }
         for b in BadChain::ALL {
             if bad[b as usize] > 0 {
-                c.bad_chain[b as usize].fetch_add(bad[b as usize], Relaxed);
+                c.bad_chain(b).fetch_add(bad[b as usize], Relaxed);
             }
         }
         r
@@ -1061,4 +1081,20 @@ fn write_parts(
         done += chunk.len();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_chain_reason_has_its_named_counter() {
+        let c = VhostCounters::default();
+        for (i, b) in BadChain::ALL.into_iter().enumerate() {
+            c.bad_chain(b).fetch_add(i as u64 + 1, Relaxed);
+            let name = format!("bad_chain_{}", b.name());
+            assert_eq!(c.snapshot()[&name], i as u64 + 1, "{name}");
+        }
+        assert_eq!(c.snapshot().len(), VhostCounters::NAMES.len());
+    }
 }
