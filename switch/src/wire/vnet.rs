@@ -1,5 +1,5 @@
 //! The `virtio_net_hdr` that precedes every frame on a port opened with
-//! `IFF_VNET_HDR` (and, later, in vhost-user rings): virtio 1.x §5.1.6. It is
+//! `IFF_VNET_HDR` (and in vhost-user rings): virtio 1.x §5.1.6. It is
 //! how the kernel hands us a 64 KiB TCP/UDP super-frame (GSO) or a frame whose
 //! L4 checksum is still to be filled in (`NEEDS_CSUM`), and how we hand such
 //! frames back.
