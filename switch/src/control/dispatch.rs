@@ -2,113 +2,63 @@
 //! request itself can say, calls the method that owns the change, and
 //! returns its reply. Nothing here touches the configuration directly.
 
+use super::netns;
+use super::ports::{with_privilege_hint, SocketOwner};
 use super::proto::*;
-use super::*;
+use super::Daemon;
 
 impl Daemon {
-    /// Serves one request.
-    pub fn handle(&self, req: Request) -> ApiResult {
+    /// Serves one request: its typed reply, or the error to send back.
+    pub fn handle(&self, req: Request) -> Result<Reply, ApiError> {
         match req {
-            Request::Ping => to_value(PingInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                protocol: PROTOCOL_VERSION,
-                pid: std::process::id(),
-                workers: self.workers.len(),
-                socket: self.cfg.socket.display().to_string(),
-                state_dir: self.cfg.state_dir.display().to_string(),
-            }),
-            Request::NetworkCreate(args) => self.network_create(args),
-            Request::RouterCreate { name } => self.router_create(name),
-            Request::RouterAttach { router, network } => self.router_attach(&router, &network, true),
-            Request::RouterDetach { router, network } => self.router_attach(&router, &network, false),
-            Request::RouterLs => {
-                let inner = self.lock();
-                to_value(inner.routers.values().map(|r| router_info(&inner, r)).collect::<Vec<_>>())
+            Request::Ping => Ok(self.ping().into()),
+            Request::NetworkCreate(args) => self.network_create(args).map(Reply::from),
+            Request::NetworkLs => Ok(self.network_ls().into()),
+            Request::NetworkInspect { name } => self.network_inspect(&name).map(Reply::from),
+            Request::NetworkRm { name, force } => self.network_rm(&name, force).map(Reply::from),
+            Request::NetworkReserve { network, mac, ip } => self.network_reserve(&network, &mac, &ip).map(Reply::from),
+            Request::RouterCreate { name } => self.router_create(name).map(Reply::from),
+            Request::RouterAttach { router, network } => self.router_attach(&router, &network, true).map(Reply::from),
+            Request::RouterDetach { router, network } => self.router_attach(&router, &network, false).map(Reply::from),
+            Request::RouterLs => Ok(self.router_ls().into()),
+            Request::RouterInspect { name } => self.router_inspect(&name).map(Reply::from),
+            Request::RouterRm { name } => self.router_rm(name).map(Reply::from),
+            Request::RouteAdd { router, prefix, via } => {
+                self.route_change(&router, &prefix, Some(&via)).map(Reply::from)
             }
-            Request::RouterInspect { name } => {
-                let inner = self.lock();
-                to_value(router_info(&inner, router(&inner, &name)?))
-            }
-            Request::RouterRm { name } => {
-                let mut inner = self.lock();
-                router(&inner, &name)?;
-                inner.routers.remove(&name);
-                // Like a detach of every network: no worker routes through it after this returns.
-                self.commit(&mut inner, Change::Removed);
-                Ok(json!({ "removed": name }))
-            }
-            Request::RouteAdd { router, prefix, via } => self.route_change(&router, &prefix, Some(&via)),
-            Request::RouteDel { router, prefix } => self.route_change(&router, &prefix, None),
-            Request::RouteLs { router: filter } => {
-                let inner = self.lock();
-                if let Some(r) = &filter {
-                    router(&inner, r)?;
-                }
-                let routes: Vec<RouteInfo> = inner
-                    .routers
-                    .values()
-                    .filter(|r| filter.as_ref().is_none_or(|f| f == &r.spec.name))
-                    .flat_map(|r| router_info(&inner, r).routes)
-                    .collect();
-                to_value(routes)
-            }
-            Request::NetworkReserve { network, mac, ip } => self.network_reserve(&network, &mac, &ip),
-            Request::LeaseLs { network: filter } => {
-                if let Some(n) = &filter {
-                    network(&self.lock(), n)?;
-                }
-                let now = unix_now();
-                let leases = self.ipam().leases(filter.as_deref());
-                to_value(leases.into_iter().map(|(n, l)| lease_info(n, l, now)).collect::<Vec<_>>())
-            }
-            Request::NetworkLs => {
-                let inner = self.lock();
-                to_value(inner.networks.values().map(|n| self.network_info(&inner, n)).collect::<Vec<_>>())
-            }
-            Request::NetworkInspect { name } => {
-                let inner = self.lock();
-                let net = network(&inner, &name)?;
-                to_value(self.network_info(&inner, net))
-            }
-            Request::NetworkRm { name, force } => self.network_rm(&name, force),
+            Request::RouteDel { router, prefix } => self.route_change(&router, &prefix, None).map(Reply::from),
+            Request::RouteLs { router } => self.route_ls(router.as_deref()).map(Reply::from),
+            Request::LeaseLs { network } => self.lease_ls(network.as_deref()).map(Reply::from),
             Request::Connect { network, netns, ifname, mac, ip, offload } => {
                 self.check_order("connect", &network, &netns)?;
-                self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true)).map_err(with_privilege_hint)
+                let port = self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true));
+                port.map(Reply::from).map_err(with_privilege_hint)
             }
             Request::Disconnect { network, netns, ifname } => {
                 self.check_order("disconnect", &network, &netns)?;
-                self.disconnect(&network, &netns, ifname)
+                self.disconnect(&network, &netns, ifname).map(Reply::from)
             }
             Request::ConnectVhost { network, socket, client, queues, mac, socket_mode, socket_group } => {
                 let owner = SocketOwner::parse(client, socket_mode.as_deref(), socket_group.as_deref(), &socket)?;
-                self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac, owner)
+                self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac, owner).map(Reply::from)
             }
-            Request::DisconnectVhost { network, socket } => self.disconnect_vhost(&network, &socket),
-            Request::PortLs { network: filter } => {
-                let inner = self.lock();
-                if let Some(n) = &filter {
-                    network(&inner, n)?;
-                }
-                to_value(self.port_infos(
-                    &inner,
-                    inner.ports.values().filter(|p| filter.as_ref().is_none_or(|n| &p.spec.network == n)),
-                ))
-            }
-            Request::FdbShow { network: filter } => self.fdb_show(filter),
-            Request::FdbFlush { network: filter } => {
-                let inner = self.lock();
-                if let Some(n) = &filter {
-                    network(&inner, n)?;
-                }
-                let mut flushed = 0;
-                for (name, net) in &inner.networks {
-                    if filter.as_ref().is_none_or(|n| n == name) {
-                        flushed += net.fdb.flush(None);
-                    }
-                }
-                Ok(json!({ "flushed": flushed }))
-            }
-            Request::Shutdown => Ok(json!({ "stopping": true })),
+            Request::DisconnectVhost { network, socket } => self.disconnect_vhost(&network, &socket).map(Reply::from),
+            Request::PortLs { network } => self.port_ls(network.as_deref()).map(Reply::from),
+            Request::FdbShow { network } => self.fdb_show(network.as_deref()).map(Reply::from),
+            Request::FdbFlush { network } => self.fdb_flush(network.as_deref()).map(Reply::from),
+            // The server stops the daemon once this reply is sent.
+            Request::Shutdown => Ok(Stopping { stopping: true }.into()),
+        }
+    }
+
+    fn ping(&self) -> PingInfo {
+        PingInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            workers: self.workers.len(),
+            socket: self.cfg.socket.display().to_string(),
+            state_dir: self.cfg.state_dir.display().to_string(),
         }
     }
 

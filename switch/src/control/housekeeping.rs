@@ -2,7 +2,15 @@
 //! refreshes each port's share of its table, and acts on the workers'
 //! port events (a vanished interface, a vhost-user link going up or down).
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam::channel::RecvTimeoutError;
+
+use super::Daemon;
+use crate::port::PortId;
+use crate::worker::PortEvent;
 
 impl Daemon {
     /// Ages forwarding tables once a second and removes ports whose device vanished.
@@ -32,8 +40,8 @@ impl Daemon {
                         }
                     }
                 }
-                Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
             let now = self.clock.now_secs();
             let inner = self.lock();
@@ -42,7 +50,7 @@ impl Daemon {
             }
             // Refresh each port's share of its table, which workers read to
             // share a full table fairly (datapath/fdb.rs, "Bounds and fairness").
-            let mut counts: std::collections::HashMap<PortId, u64> = std::collections::HashMap::new();
+            let mut counts: HashMap<PortId, u64> = HashMap::new();
             for net in inner.networks.values() {
                 counts.extend(net.fdb.port_counts());
             }

@@ -30,31 +30,26 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::{bounded, Receiver, Sender};
-use serde_json::{json, Value};
 use tapyard_ipam::dhcp::DhcpConfig;
-use tapyard_ipam::lease::LeaseState;
 use tapyard_ipam::store::Store;
-use tapyard_ipam::{check_static, next_subnet, Addressing, DefaultPool, Ipv4Net};
+use tapyard_ipam::DefaultPool;
 
 use crate::clock::Clock;
 use crate::packet::NetId;
 use crate::port::tap::TapPort;
-use crate::port::vhost::{self, VhostConfig, VhostPort};
+use crate::port::vhost::VhostPort;
 use crate::port::Offloads;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
 use crate::snapshot::Snapshot;
 use crate::stats::{GatewayStats, PortStats, RouterStats};
-use crate::table::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
+use crate::table::fdb::DEFAULT_AGEING_SECS;
 use crate::table::Fdb;
 use crate::wire::MacAddr;
 use crate::worker::{self, PortEvent, WorkerHandle};
 use netns::Netns;
-use networks::{check_network_name, lease_info, network};
-use persist::{NetworkSpec, PortSpec, RouterSpec, State, VhostSpec};
-use ports::{with_privilege_hint, SocketOwner};
-use proto::*;
-use routers::{router, router_info};
+use persist::{NetworkSpec, PortSpec, RouterSpec, State};
+use proto::ApiError;
 
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_IFNAME: &str = "eth0";
@@ -141,8 +136,6 @@ pub struct Daemon {
     clock: Clock,
 }
 
-type ApiResult = Result<Value, ApiError>;
-
 /// What a configuration change did, for [`Daemon::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
@@ -152,10 +145,6 @@ enum Change {
     /// Something taken away or cut off (a router, a route, an attachment, a
     /// network): the change is in force on every worker when commit returns.
     Removed,
-}
-
-fn to_value<T: serde::Serialize>(v: T) -> ApiResult {
-    serde_json::to_value(v).map_err(|e| ApiError::system(format!("encoding the reply: {e}")))
 }
 
 impl Daemon {

@@ -1,10 +1,58 @@
 //! Networks: create, remove, reserve an address, describe; and the
 //! network's forwarding table and leases as the control socket shows them.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tapyard_ipam::lease::{ClientKey, Lease, LeaseState};
+use tapyard_ipam::{check_static, next_subnet, Addressing, Ipv4Net};
+
+use super::persist::{self, NetworkSpec};
 use super::proto::*;
-use super::*;
+use super::{gateway_mac, netns, plural, unix_now, Change, Daemon, Inner, Network};
+use super::{DEFAULT_MTU, MAX_MTU, MIN_MTU};
+use crate::port::PortId;
+use crate::table::fdb::{DEFAULT_AGEING_SECS, DEFAULT_CAPACITY};
+use crate::table::Fdb;
+use crate::wire::{MacAddr, ParseMacError};
 
 impl Daemon {
+    pub(super) fn network_ls(&self) -> Vec<NetworkInfo> {
+        let inner = self.lock();
+        inner.networks.values().map(|n| self.network_info(&inner, n)).collect()
+    }
+
+    pub(super) fn network_inspect(&self, name: &str) -> Result<NetworkInfo, ApiError> {
+        let inner = self.lock();
+        Ok(self.network_info(&inner, network(&inner, name)?))
+    }
+
+    /// The leases of one network, or of all.
+    pub(super) fn lease_ls(&self, filter: Option<&str>) -> Result<Vec<LeaseInfo>, ApiError> {
+        if let Some(n) = filter {
+            network(&self.lock(), n)?;
+        }
+        let now = unix_now();
+        let leases = self.ipam().leases(filter);
+        Ok(leases.into_iter().map(|(n, l)| lease_info(n, l, now)).collect())
+    }
+
+    /// Forgets the learned MACs of one network, or of all; returns how many.
+    pub(super) fn fdb_flush(&self, filter: Option<&str>) -> Result<Flushed, ApiError> {
+        let inner = self.lock();
+        if let Some(n) = filter {
+            network(&inner, n)?;
+        }
+        let flushed = inner
+            .networks
+            .iter()
+            .filter(|(name, _)| filter.is_none_or(|n| n == name.as_str()))
+            .map(|(_, net)| net.fdb.flush(None))
+            .sum();
+        Ok(Flushed { flushed })
+    }
+
     pub(super) fn network_info(&self, inner: &Inner, net: &Network) -> NetworkInfo {
         let s = &net.spec;
         let (pool_used, pool_size) = self.ipam().network(&s.name).map_or((0, 0), |d| d.leases.usage());
@@ -39,7 +87,7 @@ impl Daemon {
         }
     }
 
-    pub(super) fn network_create(&self, args: NetworkCreate) -> ApiResult {
+    pub(super) fn network_create(&self, args: NetworkCreate) -> Result<NetworkInfo, ApiError> {
         let NetworkCreate {
             name,
             subnet,
@@ -77,7 +125,7 @@ impl Daemon {
             Some("none") => true,
             Some(other) => return Err(ApiError::bad_request(format!("unknown --ipam {other:?}: use default or none"))),
         };
-        let parse_ip = |what: &str, v: &str| -> Result<std::net::Ipv4Addr, ApiError> {
+        let parse_ip = |what: &str, v: &str| -> Result<Ipv4Addr, ApiError> {
             v.parse().map_err(|_| ApiError::bad_request(format!("invalid {what} {v:?}: expected an IPv4 address")))
         };
         let parse_net = |what: &str, v: &str| -> Result<Ipv4Net, ApiError> {
@@ -88,7 +136,7 @@ impl Daemon {
         let subnet = subnet.map(|v| parse_net("subnet", &v)).transpose()?;
         let ip_range = ip_range.map(|v| parse_net("--ip-range", &v)).transpose()?;
         let dns = dns.iter().map(|d| parse_ip("DNS server", d)).collect::<Result<Vec<_>, _>>()?;
-        let mut aux = std::collections::BTreeMap::new();
+        let mut aux = BTreeMap::new();
         for a in &aux_addresses {
             let (n, ip) = a
                 .split_once('=')
@@ -166,11 +214,11 @@ impl Daemon {
             .insert(name.clone(), Network { id, spec, fdb, route_stats: Arc::default(), gw_stats: Arc::default() });
         self.commit(&mut inner, Change::Added);
         tracing::info!(network = %name, subnet = ?subnet, "network created");
-        to_value(self.network_info(&inner, &inner.networks[&name]))
+        Ok(self.network_info(&inner, &inner.networks[&name]))
     }
 
-    pub(super) fn network_reserve(&self, name: &str, mac: &str, ip: &str) -> ApiResult {
-        let mac: MacAddr = mac.parse().map_err(|e: crate::wire::ParseMacError| ApiError::bad_request(e.to_string()))?;
+    pub(super) fn network_reserve(&self, name: &str, mac: &str, ip: &str) -> Result<Reserved, ApiError> {
+        let mac: MacAddr = mac.parse().map_err(|e: ParseMacError| ApiError::bad_request(e.to_string()))?;
         let (addr, _) = netns::parse_ip(ip)?;
         let mut inner = self.lock();
         let net = network(&inner, name)?;
@@ -190,10 +238,10 @@ impl Daemon {
         let net = inner.networks.get_mut(name).expect("checked above");
         net.spec.reservations.insert(mac, addr);
         self.persist(&inner);
-        Ok(json!({ "network": name, "mac": mac.to_string(), "ip": addr.to_string() }))
+        Ok(Reserved { network: name.to_string(), mac: mac.to_string(), ip: addr.to_string() })
     }
 
-    pub(super) fn network_rm(&self, name: &str, force: bool) -> ApiResult {
+    pub(super) fn network_rm(&self, name: &str, force: bool) -> Result<NetworkRemoved, ApiError> {
         let mut inner = self.lock();
         network(&inner, name)?;
         let router =
@@ -236,18 +284,18 @@ impl Daemon {
         // A network cut from its router is cut off at once, as `router detach` does.
         self.commit(&mut inner, Change::Removed);
         tracing::info!(network = %name, ports = removed, "network removed");
-        Ok(json!({ "removed": name, "ports_removed": removed, "detached_from": router }))
+        Ok(NetworkRemoved { removed: name.to_string(), ports_removed: removed, detached_from: router })
     }
 
-    pub(super) fn fdb_show(&self, filter: Option<String>) -> ApiResult {
+    pub(super) fn fdb_show(&self, filter: Option<&str>) -> Result<Vec<FdbEntryInfo>, ApiError> {
         let inner = self.lock();
-        if let Some(n) = &filter {
+        if let Some(n) = filter {
             network(&inner, n)?;
         }
         let now = self.clock.now_secs();
         let mut out = Vec::new();
         for (name, net) in &inner.networks {
-            if filter.as_ref().is_some_and(|n| n != name) {
+            if filter.is_some_and(|n| n != name) {
                 continue;
             }
             for e in net.fdb.entries(now) {
@@ -265,14 +313,14 @@ impl Daemon {
                 });
             }
         }
-        to_value(out)
+        Ok(out)
     }
 }
 
-pub(super) fn lease_info(network: String, l: tapyard_ipam::lease::Lease, now: u64) -> LeaseInfo {
+pub(super) fn lease_info(network: String, l: Lease, now: u64) -> LeaseInfo {
     let (client_id, mac) = match &l.key {
-        tapyard_ipam::lease::ClientKey::Id(id) => (Some(id.iter().map(|b| format!("{b:02x}")).collect()), l.mac),
-        tapyard_ipam::lease::ClientKey::Mac(m) => (None, *m),
+        ClientKey::Id(id) => (Some(id.iter().map(|b| format!("{b:02x}")).collect()), l.mac),
+        ClientKey::Mac(m) => (None, *m),
     };
     let state = match l.state {
         LeaseState::Bound if l.expires <= now => "expired",

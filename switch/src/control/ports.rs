@@ -2,26 +2,44 @@
 //! reads each, restoring them after a restart, and removing them (publish,
 //! wait for the workers, flush, close).
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tapyard_ipam::lease::Lease;
+use tapyard_ipam::{check_static, Ipv4Net};
+
+use super::netns::{self, Netns};
+use super::networks::network;
+use super::persist::{PortSpec, VhostSpec};
 use super::proto::*;
-use super::*;
+use super::{server, unix_now, Change, Daemon, Inner, PortRec, DEFAULT_IFNAME, VHOST_DIR};
+use crate::port::vhost::{self, VhostConfig, VhostPort};
+use crate::port::{Offloads, PortId};
+use crate::wire::{MacAddr, ParseMacError};
+use crate::worker::PortEvent;
 
 impl Daemon {
     /// `port_info` of each port, with the addresses DHCP leased to ports without `--ip`.
     pub(super) fn port_infos<'a>(&self, inner: &Inner, ports: impl Iterator<Item = &'a PortRec>) -> Vec<PortInfo> {
         let now = unix_now();
         let leases = self.ipam().leases(None);
-        ports
-            .map(|p| {
-                let prefix =
-                    inner.networks.get(&p.spec.network).and_then(|n| n.spec.addressing).map(|a| a.subnet.prefix_len());
-                let leased = leases
-                    .iter()
-                    .filter(|(n, l)| *n == p.spec.network && l.mac == p.spec.mac.0 && l.is_active(now))
-                    .max_by_key(|(_, l)| l.expires)
-                    .and_then(|(_, l)| Ipv4Net::new(l.addr, prefix?).ok());
-                port_info(p, leased)
-            })
-            .collect()
+        ports.map(|p| port_info(p, leased(inner, &leases, p, now))).collect()
+    }
+
+    /// `port_info` of one port (the reply to a connect).
+    fn port_reply(&self, inner: &Inner, p: &PortRec) -> PortInfo {
+        let leases = self.ipam().leases(Some(&p.spec.network));
+        port_info(p, leased(inner, &leases, p, unix_now()))
+    }
+
+    /// The ports of one network, or of all.
+    pub(super) fn port_ls(&self, filter: Option<&str>) -> Result<Vec<PortInfo>, ApiError> {
+        let inner = self.lock();
+        if let Some(n) = filter {
+            network(&inner, n)?;
+        }
+        Ok(self.port_infos(&inner, inner.ports.values().filter(|p| filter.is_none_or(|n| p.spec.network == n))))
     }
 
     pub(super) fn connect(
@@ -32,7 +50,7 @@ impl Daemon {
         mac: Option<String>,
         ip: Option<String>,
         offload: bool,
-    ) -> ApiResult {
+    ) -> Result<PortInfo, ApiError> {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         netns::check_ifname(&ifname)?;
         let mac = match mac {
@@ -126,7 +144,7 @@ impl Daemon {
         self.commit(&mut inner, Change::Added);
         let rec = &inner.ports[&id];
         tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname, "port connected");
-        to_value(self.port_infos(&inner, std::iter::once(rec)).pop())
+        Ok(self.port_reply(&inner, rec))
     }
 
     /// Creates the TAP for `spec` inside `ns`, configured, and records the port
@@ -215,7 +233,7 @@ impl Daemon {
         queues: u16,
         mac: Option<String>,
         owner: SocketOwner,
-    ) -> ApiResult {
+    ) -> Result<PortInfo, ApiError> {
         let path = PathBuf::from(&socket);
         if !path.is_absolute() {
             return Err(ApiError::bad_request(format!("vhost-user socket path {socket:?} must be absolute")));
@@ -268,7 +286,7 @@ impl Daemon {
             vhost::Mode::Client => tracing::info!(port = %id, network = %rec.spec.network, socket = %socket,
                 queues, "vhost-user port connecting to its frontend"),
         }
-        to_value(self.port_infos(&inner, std::iter::once(rec)).pop())
+        Ok(self.port_reply(&inner, rec))
     }
 
     /// Starts the vhost-user backend of `spec` and records the port (unpublished).
@@ -308,7 +326,7 @@ impl Daemon {
         Ok(id)
     }
 
-    pub(super) fn disconnect_vhost(&self, network_name: &str, socket: &str) -> ApiResult {
+    pub(super) fn disconnect_vhost(&self, network_name: &str, socket: &str) -> Result<Disconnected, ApiError> {
         let path = PathBuf::from(socket);
         let mut inner = self.lock();
         network(&inner, network_name)?;
@@ -325,10 +343,15 @@ impl Daemon {
         self.remove_ports(&mut inner, &[id]);
         self.persist(&inner);
         tracing::info!(port = %id, network = %network_name, socket = %socket, "vhost-user port disconnected");
-        Ok(json!({ "disconnected": id.0 }))
+        Ok(Disconnected { disconnected: id.0 })
     }
 
-    pub(super) fn disconnect(&self, network_name: &str, ns_spec: &str, ifname: Option<String>) -> ApiResult {
+    pub(super) fn disconnect(
+        &self,
+        network_name: &str,
+        ns_spec: &str,
+        ifname: Option<String>,
+    ) -> Result<Disconnected, ApiError> {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         let ns = netns::resolve(ns_spec).ok();
         let mut inner = self.lock();
@@ -353,12 +376,12 @@ impl Daemon {
         self.remove_ports(&mut inner, &[id]);
         self.persist(&inner);
         tracing::info!(port = %id, network = %network_name, netns = %ns_spec, ifname = %ifname, "port disconnected");
-        Ok(json!({ "disconnected": id.0 }))
+        Ok(Disconnected { disconnected: id.0 })
     }
 }
 
 fn parse_unicast_mac(m: &str) -> Result<MacAddr, ApiError> {
-    let m: MacAddr = m.parse().map_err(|e: crate::wire::ParseMacError| ApiError::bad_request(e.to_string()))?;
+    let m: MacAddr = m.parse().map_err(|e: ParseMacError| ApiError::bad_request(e.to_string()))?;
     if m.is_multicast() || m.is_zero() {
         return Err(ApiError::bad_request(format!("MAC {m} is not a unicast address")));
     }
@@ -440,6 +463,17 @@ fn vhost_info(v: &VhostPort) -> VhostInfo {
         protocol_features: v.protocol_feature_names().into_iter().map(String::from).collect(),
         counters,
     }
+}
+
+/// The address DHCP leased to `p`'s MAC on its network (the newest active
+/// lease), with the subnet's prefix; none for a network without a subnet.
+fn leased(inner: &Inner, leases: &[(String, Lease)], p: &PortRec, now: u64) -> Option<Ipv4Net> {
+    let prefix = inner.networks.get(&p.spec.network)?.spec.addressing?.subnet.prefix_len();
+    let (_, l) = leases
+        .iter()
+        .filter(|(n, l)| *n == p.spec.network && l.mac == p.spec.mac.0 && l.is_active(now))
+        .max_by_key(|(_, l)| l.expires)?;
+    Ipv4Net::new(l.addr, prefix).ok()
 }
 
 /// `leased`: the address DHCP gave the port's MAC, for a port without `--ip`.

@@ -2,11 +2,51 @@
 //! routes, describe. A network is attached to at most one router, and a
 //! static route's next hop must lie in one of the router's networks.
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tapyard_ipam::Ipv4Net;
+
+use super::networks::{check_network_name, network};
+use super::persist::RouterSpec;
 use super::proto::*;
-use super::*;
+use super::{Change, Daemon, Inner, RouterRec};
 
 impl Daemon {
-    pub(super) fn router_create(&self, name: String) -> ApiResult {
+    pub(super) fn router_ls(&self) -> Vec<RouterInfo> {
+        let inner = self.lock();
+        inner.routers.values().map(|r| router_info(&inner, r)).collect()
+    }
+
+    pub(super) fn router_inspect(&self, name: &str) -> Result<RouterInfo, ApiError> {
+        let inner = self.lock();
+        Ok(router_info(&inner, router(&inner, name)?))
+    }
+
+    pub(super) fn router_rm(&self, name: String) -> Result<Removed, ApiError> {
+        let mut inner = self.lock();
+        router(&inner, &name)?;
+        inner.routers.remove(&name);
+        // Like a detach of every network: no worker routes through it after this returns.
+        self.commit(&mut inner, Change::Removed);
+        Ok(Removed { removed: name })
+    }
+
+    /// The routes of one router, or of all.
+    pub(super) fn route_ls(&self, filter: Option<&str>) -> Result<Vec<RouteInfo>, ApiError> {
+        let inner = self.lock();
+        if let Some(r) = filter {
+            router(&inner, r)?;
+        }
+        Ok(inner
+            .routers
+            .values()
+            .filter(|r| filter.is_none_or(|f| f == r.spec.name))
+            .flat_map(|r| router_info(&inner, r).routes)
+            .collect())
+    }
+
+    pub(super) fn router_create(&self, name: String) -> Result<RouterInfo, ApiError> {
         check_network_name(&name)?;
         let mut inner = self.lock();
         if inner.routers.contains_key(&name) {
@@ -15,10 +55,10 @@ impl Daemon {
         let spec = RouterSpec { name: name.clone(), networks: vec![], routes: vec![] };
         inner.routers.insert(name.clone(), RouterRec { spec, stats: Arc::default() });
         self.persist(&inner);
-        to_value(router_info(&inner, &inner.routers[&name]))
+        Ok(router_info(&inner, &inner.routers[&name]))
     }
 
-    pub(super) fn router_attach(&self, rname: &str, net: &str, attach: bool) -> ApiResult {
+    pub(super) fn router_attach(&self, rname: &str, net: &str, attach: bool) -> Result<RouterInfo, ApiError> {
         let mut inner = self.lock();
         router(&inner, rname)?;
         let n = network(&inner, net)?;
@@ -49,10 +89,10 @@ impl Daemon {
         }
         // Detaching cuts the network off at once: no worker routes with the old table after this returns.
         self.commit(&mut inner, if attach { Change::Added } else { Change::Removed });
-        to_value(router_info(&inner, &inner.routers[rname]))
+        Ok(router_info(&inner, &inner.routers[rname]))
     }
 
-    pub(super) fn route_change(&self, rname: &str, prefix: &str, via: Option<&str>) -> ApiResult {
+    pub(super) fn route_change(&self, rname: &str, prefix: &str, via: Option<&str>) -> Result<RouterInfo, ApiError> {
         let prefix: Ipv4Net = prefix.parse().map_err(|_| {
             ApiError::bad_request(format!("invalid prefix {prefix:?}: expected CIDR like 10.50.0.0/16"))
         })?;
@@ -61,7 +101,7 @@ impl Daemon {
         router(&inner, rname)?;
         match via {
             Some(v) => {
-                let via: std::net::Ipv4Addr =
+                let via: Ipv4Addr =
                     v.parse().map_err(|_| ApiError::bad_request(format!("invalid next hop {v:?}: expected IPv4")))?;
                 let r = &inner.routers[rname];
                 let ok = r.spec.networks.iter().any(|n| {
@@ -87,7 +127,7 @@ impl Daemon {
         }
         // A route taken away (or replaced) is gone from every worker when this returns.
         self.commit(&mut inner, Change::Removed);
-        to_value(router_info(&inner, &inner.routers[rname]))
+        Ok(router_info(&inner, &inner.routers[rname]))
     }
 }
 
