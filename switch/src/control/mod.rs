@@ -36,9 +36,7 @@ use tapyard_ipam::DefaultPool;
 
 use crate::clock::Clock;
 use crate::packet::NetId;
-use crate::port::tap::TapPort;
 use crate::port::vhost::VhostPort;
-use crate::port::Offloads;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
 use crate::snapshot::Snapshot;
@@ -233,55 +231,7 @@ impl Daemon {
             inner.routers.insert(spec.name.clone(), RouterRec { spec, stats: Arc::default() });
         }
         for spec in state.ports {
-            if spec.vhost.is_some() {
-                let (network, socket) = (spec.network.clone(), spec.vhost.as_ref().map(|v| v.socket.clone()));
-                match self.attach_vhost(&mut inner, spec) {
-                    Ok(id) => {
-                        tracing::info!(port = %id, network = %network, socket = ?socket, "vhost-user port restored")
-                    }
-                    Err(e) => {
-                        tracing::warn!(network = %network, socket = ?socket, error = %e, "cannot restore vhost-user port")
-                    }
-                }
-                continue;
-            }
-            let ns = match netns::resolve(&spec.netns) {
-                Ok(ns) if ns.dev == spec.netns_dev && ns.ino == spec.netns_ino => ns,
-                _ => {
-                    tracing::warn!(network = %spec.network, netns = %spec.netns, ifname = %spec.ifname,
-                        "not reattaching port: its namespace is gone");
-                    continue;
-                }
-            };
-            // The interface a killed daemon left behind (persistent TAP): take it back as it is.
-            let offloads = if spec.no_offload { Offloads::NONE } else { Offloads::ALL };
-            if let Ok(tap) = TapPort::attach_in(&ns.path, &spec.ifname, self.workers.len(), offloads) {
-                let id = (1..=PortId::MAX).map(PortId).find(|id| !inner.ports.contains_key(id));
-                if let Some(id) = id {
-                    let worker = self.pick_worker(&inner, &spec.network);
-                    tracing::info!(port = %id, network = %spec.network, netns = %spec.netns, ifname = %spec.ifname,
-                        "port reattached to its surviving interface");
-                    let rec = PortRec {
-                        id,
-                        spec,
-                        netns: Some(ns),
-                        port: Arc::new(tap),
-                        vhost: None,
-                        stats: Arc::default(),
-                        worker,
-                    };
-                    inner.ports.insert(id, rec);
-                    continue;
-                }
-            }
-            match self.attach(&mut inner, spec.clone(), ns) {
-                Ok(id) => {
-                    tracing::info!(port = %id, network = %spec.network, netns = %spec.netns, "port reattached")
-                }
-                Err(e) => {
-                    tracing::warn!(network = %spec.network, netns = %spec.netns, error = %e, "cannot reattach port")
-                }
-            }
+            self.restore_port(&mut inner, spec);
         }
         self.commit(&mut inner, Change::Added);
     }

@@ -2,6 +2,7 @@
 //! reads each, restoring them after a restart, and removing them (publish,
 //! wait for the workers, flush, close).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +15,9 @@ use super::networks::network;
 use super::persist::{PortSpec, VhostSpec};
 use super::proto::*;
 use super::{server, unix_now, Change, Daemon, Inner, PortRec, DEFAULT_IFNAME, VHOST_DIR};
+use crate::port::tap::TapPort;
 use crate::port::vhost::{self, VhostConfig, VhostPort};
-use crate::port::{Offloads, PortId};
+use crate::port::{Port, PortId};
 use crate::wire::{MacAddr, ParseMacError};
 use crate::worker::PortEvent;
 
@@ -147,28 +149,84 @@ impl Daemon {
         Ok(self.port_reply(&inner, rec))
     }
 
+    /// The one way a port comes to be, TAP or vhost-user, new or restored:
+    /// allocates its id, opens its device with `open` (which gets the id: a
+    /// vhost-user port reports link changes by it), picks its worker and
+    /// records it, unpublished. On error nothing is recorded and the id stays
+    /// free; the caller publishes with [`Daemon::commit`].
+    fn add_port(
+        &self,
+        inner: &mut Inner,
+        spec: PortSpec,
+        open: impl FnOnce(PortId, &PortSpec) -> Result<Device, ApiError>,
+    ) -> Result<PortId, ApiError> {
+        let id = free_port_id(inner)?;
+        let (port, vhost, netns): (Arc<dyn Port>, _, _) = match open(id, &spec)? {
+            Device::Tap(tap, ns) => (Arc::new(tap), None, Some(ns)),
+            Device::Vhost(v) => (v.clone(), Some(v), None),
+        };
+        let worker = self.pick_worker(inner, &spec.network);
+        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats: Arc::default(), worker });
+        Ok(id)
+    }
+
     /// Creates the TAP for `spec` inside `ns`, configured, and records the port
     /// (unpublished). On error nothing is left behind: dropping the TAP fd deletes the interface.
     pub(super) fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
-        let net = network(inner, &spec.network)?;
-        let mtu = net.spec.mtu;
-        // A port with an address in the subnet routes through the gateway.
-        let gateway =
-            net.spec.addressing.filter(|a| spec.ip.is_some_and(|ip| a.subnet.contains(&ip.addr()))).map(|a| a.gateway);
-        let id = (1..=PortId::MAX)
-            .map(PortId)
-            .find(|id| !inner.ports.contains_key(id))
-            .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
-        let offloads = if spec.no_offload { Offloads::NONE } else { Offloads::ALL };
-        let cfg = netns::LinkConfig { ifname: &spec.ifname, mac: spec.mac, mtu, ip: spec.ip, gateway };
-        let tap = netns::create_tap(&ns, cfg, self.workers.len(), offloads)?;
-        // Configured: from now on the interface survives a SIGKILL of the daemon.
-        tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
-        let worker = self.pick_worker(inner, &spec.network);
-        let rec =
-            PortRec { id, spec, netns: Some(ns), port: Arc::new(tap), vhost: None, stats: Arc::default(), worker };
-        inner.ports.insert(id, rec);
-        Ok(id)
+        let link = TapLink::of(inner, &spec)?;
+        let queues = self.workers.len();
+        self.add_port(inner, spec, |_, spec| link.create(spec, ns, queues))
+    }
+
+    /// Brings back a persisted port after a restart: a vhost-user port
+    /// serves its socket again; a TAP port whose namespace is still the one
+    /// it was connected in takes back the interface a killed daemon left
+    /// (persistent TAP), or else gets a new one. Logs what became of it.
+    pub(super) fn restore_port(&self, inner: &mut Inner, spec: PortSpec) {
+        if let Some(v) = &spec.vhost {
+            let (network, socket) = (spec.network.clone(), v.socket.clone());
+            match self.attach_vhost(inner, spec) {
+                Ok(id) => tracing::info!(port = %id, network = %network, socket = ?socket, "vhost-user port restored"),
+                Err(e) => {
+                    tracing::warn!(network = %network, socket = ?socket, error = %e, "cannot restore vhost-user port")
+                }
+            }
+            return;
+        }
+        let ns = match netns::resolve(&spec.netns) {
+            Ok(ns) if ns.dev == spec.netns_dev && ns.ino == spec.netns_ino => ns,
+            _ => {
+                tracing::warn!(network = %spec.network, netns = %spec.netns, ifname = %spec.ifname,
+                    "not reattaching port: its namespace is gone");
+                return;
+            }
+        };
+        let (network, netns, ifname) = (spec.network.clone(), spec.netns.clone(), spec.ifname.clone());
+        let link = match TapLink::of(inner, &spec) {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::warn!(network = %network, netns = %netns, error = %e, "cannot reattach port");
+                return;
+            }
+        };
+        let queues = self.workers.len();
+        let mut survived = false;
+        let opened = self.add_port(inner, spec, |_, spec| {
+            // The interface a killed daemon left behind (persistent TAP): take it back as it is.
+            match TapPort::attach_in(&ns.path, &spec.ifname, queues, spec.offloads()) {
+                Ok(tap) => {
+                    survived = true;
+                    Ok(Device::Tap(tap, ns))
+                }
+                Err(_) => link.create(spec, ns, queues),
+            }
+        });
+        match opened {
+            Ok(id) if survived => tracing::info!(port = %id, network = %network, netns = %netns, ifname = %ifname,
+                "port reattached to its surviving interface"),
+            Ok(id) => tracing::info!(port = %id, network = %network, netns = %netns, "port reattached"),
+            Err(e) => tracing::warn!(network = %network, netns = %netns, error = %e, "cannot reattach port"),
+        }
     }
 
     /// The worker to read a new port of `network`: the worker already serving
@@ -291,39 +349,33 @@ impl Daemon {
 
     /// Starts the vhost-user backend of `spec` and records the port (unpublished).
     pub(super) fn attach_vhost(&self, inner: &mut Inner, spec: PortSpec) -> Result<PortId, ApiError> {
-        let v = spec.vhost.clone().ok_or_else(|| ApiError::system("not a vhost-user port"))?;
         let net = network(inner, &spec.network)?;
         let mtu = u16::try_from(net.spec.mtu).unwrap_or(u16::MAX);
-        let id = (1..=PortId::MAX)
-            .map(PortId)
-            .find(|id| !inner.ports.contains_key(id))
-            .ok_or_else(|| ApiError::system("no free port ids (65534 ports in use)"))?;
-        let tx = self.event_tx.clone();
-        let on_link = Box::new(move |up| {
-            let _ = tx.try_send(PortEvent::VhostLink { port: id, up });
-        });
-        let cfg = VhostConfig {
-            socket: v.socket.clone(),
-            mode: v.mode,
-            pairs: v.queues,
-            mac: spec.mac,
-            mtu,
-            handler_dir: self.cfg.state_dir.join(VHOST_DIR),
-            busy: self.cfg.busy,
-            socket_mode: v.socket_mode,
-            socket_gid: v.socket_gid,
-        };
-        let port = Arc::new(VhostPort::start(cfg, on_link).map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
-                ApiError::bad_request(e.to_string())
-            }
-            _ => ApiError::system(format!("cannot serve {}: {e}", v.socket.display())),
-        })?);
-        let worker = self.pick_worker(inner, &spec.network);
-        let rec =
-            PortRec { id, spec, netns: None, port: port.clone(), vhost: Some(port), stats: Arc::default(), worker };
-        inner.ports.insert(id, rec);
-        Ok(id)
+        self.add_port(inner, spec, |id, spec| {
+            let v = spec.vhost.as_ref().ok_or_else(|| ApiError::system("not a vhost-user port"))?;
+            let tx = self.event_tx.clone();
+            let on_link = Box::new(move |up| {
+                let _ = tx.try_send(PortEvent::VhostLink { port: id, up });
+            });
+            let cfg = VhostConfig {
+                socket: v.socket.clone(),
+                mode: v.mode,
+                pairs: v.queues,
+                mac: spec.mac,
+                mtu,
+                handler_dir: self.cfg.state_dir.join(VHOST_DIR),
+                busy: self.cfg.busy,
+                socket_mode: v.socket_mode,
+                socket_gid: v.socket_gid,
+            };
+            let port = VhostPort::start(cfg, on_link).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
+                    ApiError::bad_request(e.to_string())
+                }
+                _ => ApiError::system(format!("cannot serve {}: {e}", v.socket.display())),
+            })?;
+            Ok(Device::Vhost(Arc::new(port)))
+        })
     }
 
     pub(super) fn disconnect_vhost(&self, network_name: &str, socket: &str) -> Result<Disconnected, ApiError> {
@@ -377,6 +429,55 @@ impl Daemon {
         self.persist(&inner);
         tracing::info!(port = %id, network = %network_name, netns = %ns_spec, ifname = %ifname, "port disconnected");
         Ok(Disconnected { disconnected: id.0 })
+    }
+}
+
+/// A port's device, opened and ready to be recorded by [`Daemon::add_port`].
+enum Device {
+    /// A TAP, inside its namespace.
+    Tap(TapPort, Netns),
+    /// A vhost-user backend (the same `Arc` is the port and its vhost-user details).
+    Vhost(Arc<VhostPort>),
+}
+
+/// The lowest port id not in use (an id is free again once its port is gone).
+fn free_port_id(inner: &Inner) -> Result<PortId, ApiError> {
+    (1..=PortId::MAX)
+        .map(PortId)
+        .find(|id| !inner.ports.contains_key(id))
+        .ok_or_else(|| ApiError::system(format!("no free port ids ({} ports in use)", PortId::MAX)))
+}
+
+/// What a TAP's interface is configured with, from its network.
+#[derive(Debug, Clone, Copy)]
+struct TapLink {
+    mtu: u32,
+    /// The default route, for a port with an address in the subnet.
+    gateway: Option<Ipv4Addr>,
+}
+
+impl TapLink {
+    fn of(inner: &Inner, spec: &PortSpec) -> Result<TapLink, ApiError> {
+        let net = network(inner, &spec.network)?;
+        // A port with an address in the subnet routes through the gateway.
+        let gateway =
+            net.spec.addressing.filter(|a| spec.ip.is_some_and(|ip| a.subnet.contains(&ip.addr()))).map(|a| a.gateway);
+        Ok(TapLink { mtu: net.spec.mtu, gateway })
+    }
+
+    /// Creates the TAP in `ns`, configured and persistent.
+    fn create(self, spec: &PortSpec, ns: Netns, queues: usize) -> Result<Device, ApiError> {
+        let cfg = netns::LinkConfig {
+            ifname: &spec.ifname,
+            mac: spec.mac,
+            mtu: self.mtu,
+            ip: spec.ip,
+            gateway: self.gateway,
+        };
+        let tap = netns::create_tap(&ns, cfg, queues, spec.offloads())?;
+        // Configured: from now on the interface survives a SIGKILL of the daemon.
+        tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
+        Ok(Device::Tap(tap, ns))
     }
 }
 
