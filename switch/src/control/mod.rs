@@ -21,10 +21,12 @@ mod ports;
 pub mod proto;
 mod routers;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -132,6 +134,9 @@ pub struct Daemon {
     /// For ports that report link changes (vhost-user).
     event_tx: Sender<PortEvent>,
     clock: Clock,
+    /// How many times a change waited for the workers (tests check which do).
+    #[cfg(test)]
+    adoption_waits: std::sync::atomic::AtomicUsize,
 }
 
 /// What a configuration change did, for [`Daemon::commit`].
@@ -192,6 +197,8 @@ impl Daemon {
             events: rx,
             event_tx: tx,
             clock,
+            #[cfg(test)]
+            adoption_waits: Default::default(),
         });
         d.restore(state);
         let hk = d.clone();
@@ -355,13 +362,11 @@ impl Daemon {
 
     /// Waits until every worker runs on snapshot `epoch` or later.
     fn wait_adopted(&self, epoch: u64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.workers.iter().any(|w| w.adopted.load(Ordering::Acquire) < epoch) {
-            if Instant::now() > deadline {
-                tracing::error!(epoch, "a worker did not adopt the new configuration within 5 s");
-                return;
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        #[cfg(test)]
+        self.adoption_waits.fetch_add(1, Ordering::Relaxed);
+        let adopted = self.workers.iter().map(|w| &*w.adopted);
+        if !wait_for_epoch(adopted, epoch, ADOPT_TIMEOUT) {
+            tracing::error!(epoch, "a worker did not adopt the new configuration within 5 s");
         }
     }
 
@@ -394,6 +399,22 @@ impl Daemon {
         self.snapshot.store(Arc::new(Snapshot::default()));
         tracing::info!(ports, "stopped; ports closed");
     }
+}
+
+/// How long a change waits for the workers before saying one is stuck.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until every `adopted` epoch reaches `epoch` (the workers store it,
+/// Release, after adopting a snapshot); false if `timeout` passed first.
+fn wait_for_epoch<'a>(adopted: impl Iterator<Item = &'a AtomicU64> + Clone, epoch: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while adopted.clone().any(|a| a.load(Ordering::Acquire) < epoch) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
 }
 
 /// The gateway's MAC on a network: stable, locally administered, derived from the name.
