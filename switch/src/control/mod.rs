@@ -9,6 +9,21 @@
 //! snapshot (so none still reads or writes the port), flushes the port's
 //! forwarding entries, and only then drops the last reference, which closes
 //! the TAP fd and makes the kernel delete the interface.
+//!
+//! The files, by job:
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | the [`Daemon`] and its state (`Inner`), start and shutdown, the locks (order: `inner`, then `ipam`), publishing a snapshot and `commit` (publish, wait for the workers when something was removed, persist) |
+//! | `dispatch.rs` | [`Daemon::handle`]: a request in, its typed [`proto::Reply`] or an [`proto::ApiError`] out |
+//! | `networks.rs` | networks (create, remove, reserve, describe), their leases and forwarding tables |
+//! | `ports.rs` | port lifecycle: one allocator for TAP and vhost-user ports, new or restored; the worker each goes to; removal |
+//! | `routers.rs` | routers, attachments and static routes |
+//! | `housekeeping.rs` | the once-a-second thread: FDB ageing, per-port FDB shares, the workers' port events |
+//! | `build.rs` | configuration → [`Snapshot`], pure |
+//! | `gateway.rs` | the slow path for punted frames, behind [`gateway::Control`] |
+//! | `proto.rs`, `server.rs` | the control protocol's types and its socket |
+//! | `persist.rs`, `netns.rs` | `state.json`; namespaces and interfaces over netlink |
 
 pub mod build;
 mod dispatch;
