@@ -6,7 +6,7 @@
 //! and is replaced; if it is held, this daemon refuses to start. The state
 //! directory carries a lock of its own, so two daemons never share one. A
 //! clean stop removes the socket and its lock file; a lock file is only
-//! trusted while it is still the file at its path (see [`lock_file`]).
+//! trusted while it is still the file at its path (see `lock_file`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
