@@ -172,7 +172,7 @@ impl Daemon {
 
     /// Creates the TAP for `spec` inside `ns`, configured, and records the port
     /// (unpublished). On error nothing is left behind: dropping the TAP fd deletes the interface.
-    pub(super) fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
+    fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
         let link = TapLink::of(inner, &spec)?;
         let queues = self.workers.len();
         self.add_port(inner, spec, |_, spec| link.create(spec, ns, queues))
@@ -236,7 +236,7 @@ impl Daemon {
     /// median) and raised single-stream TCP (0.97 → 1.21 Gbit/s) in
     /// scripts/bench-l2.sh. Different networks spread over the workers. Only
     /// one-queue ports use this: a TAP has one queue per worker.
-    pub(super) fn pick_worker(&self, inner: &Inner, network: &str) -> usize {
+    fn pick_worker(&self, inner: &Inner, network: &str) -> usize {
         if let Some(p) = inner.ports.values().find(|p| p.spec.network == network) {
             return p.worker;
         }
@@ -348,7 +348,7 @@ impl Daemon {
     }
 
     /// Starts the vhost-user backend of `spec` and records the port (unpublished).
-    pub(super) fn attach_vhost(&self, inner: &mut Inner, spec: PortSpec) -> Result<PortId, ApiError> {
+    fn attach_vhost(&self, inner: &mut Inner, spec: PortSpec) -> Result<PortId, ApiError> {
         let net = network(inner, &spec.network)?;
         let mtu = u16::try_from(net.spec.mtu).unwrap_or(u16::MAX);
         self.add_port(inner, spec, |id, spec| {
