@@ -13,7 +13,7 @@
 //! that enters it ([`in_netns`]), so no daemon thread ever stays in a
 //! container's namespace. Messages are rtnetlink (RFC 3549):
 //! `netlink-packet-route` for the types, `netlink-sys` for the socket, and
-//! a small synchronous request/ack helper ([`Rtnl`]), since the control
+//! a small synchronous request/ack helper (`Rtnl`), since the control
 //! plane is synchronous and an async client (rtnetlink, tokio) would bring
 //! a runtime for five messages. This replaced five `ip` and `nsenter`
 //! processes. It runs only on the control plane, never per packet.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tapyard_ipam::{Addressing, Ipv4Net};
 
+use crate::port::Offloads;
 use crate::wire::MacAddr;
 
 pub const STATE_FILE: &str = "state.json";
@@ -64,6 +65,17 @@ pub struct PortSpec {
     /// A vhost-user port (then `netns` and `ifname` are empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostSpec>,
+}
+
+impl PortSpec {
+    /// The offloads to ask the kernel for on this port's TAP.
+    pub fn offloads(&self) -> Offloads {
+        if self.no_offload {
+            Offloads::NONE
+        } else {
+            Offloads::ALL
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

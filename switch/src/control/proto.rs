@@ -233,22 +233,138 @@ impl ApiError {
     }
 }
 
+/// One response line. The daemon sends `Response<Reply>`; a client reads
+/// `Response` (the result as plain JSON) and decodes the type it asked for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Response {
+pub struct Response<T = serde_json::Value> {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<T>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
 }
 
-impl Response {
-    pub fn from_result(r: Result<serde_json::Value, ApiError>) -> Response {
+impl<T> Response<T> {
+    pub fn from_result(r: Result<T, ApiError>) -> Response<T> {
         match r {
             Ok(v) => Response { ok: true, result: Some(v), error: None },
             Err(e) => Response { ok: false, result: None, error: Some(e) },
         }
     }
+}
+
+/// The result of a request, one variant per shape in docs/PROTOCOL.md.
+/// Untagged: on the wire a reply is just its object or array, as the
+/// request's op already says what comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// `ping`.
+    Ping(PingInfo),
+    /// `network_create`, `network_inspect`.
+    Network(Box<NetworkInfo>),
+    /// `network_ls`.
+    Networks(Vec<NetworkInfo>),
+    /// `network_rm`.
+    NetworkRemoved(NetworkRemoved),
+    /// `network_reserve`.
+    Reserved(Reserved),
+    /// `connect`, `connect_vhost`.
+    Port(Box<PortInfo>),
+    /// `port_ls`.
+    Ports(Vec<PortInfo>),
+    /// `disconnect`, `disconnect_vhost`.
+    Disconnected(Disconnected),
+    /// `router_create`, `router_attach`, `router_detach`, `router_inspect`,
+    /// `route_add`, `route_del`.
+    Router(RouterInfo),
+    /// `router_ls`.
+    Routers(Vec<RouterInfo>),
+    /// `router_rm`.
+    Removed(Removed),
+    /// `route_ls`.
+    Routes(Vec<RouteInfo>),
+    /// `lease_ls`.
+    Leases(Vec<LeaseInfo>),
+    /// `fdb_show`.
+    Fdb(Vec<FdbEntryInfo>),
+    /// `fdb_flush`.
+    Flushed(Flushed),
+    /// `shutdown`.
+    Stopping(Stopping),
+}
+
+/// `Reply::from(x)` for each result type, so a method returns its own type
+/// and the dispatcher converts (`into` boxes the large ones).
+macro_rules! reply_from {
+    ($($variant:ident($t:ty)),* $(,)?) => {
+        $(impl From<$t> for Reply {
+            fn from(x: $t) -> Reply {
+                Reply::$variant(x.into())
+            }
+        })*
+    };
+}
+
+reply_from! {
+    Ping(PingInfo),
+    Network(NetworkInfo),
+    Networks(Vec<NetworkInfo>),
+    NetworkRemoved(NetworkRemoved),
+    Reserved(Reserved),
+    Port(PortInfo),
+    Ports(Vec<PortInfo>),
+    Disconnected(Disconnected),
+    Router(RouterInfo),
+    Routers(Vec<RouterInfo>),
+    Removed(Removed),
+    Routes(Vec<RouteInfo>),
+    Leases(Vec<LeaseInfo>),
+    Fdb(Vec<FdbEntryInfo>),
+    Flushed(Flushed),
+    Stopping(Stopping),
+}
+
+/// `network_rm`: `{removed, ports_removed, detached_from}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRemoved {
+    pub removed: String,
+    /// Ports disconnected with it (`force`).
+    pub ports_removed: usize,
+    /// The router it was detached from (`force`); null if none.
+    pub detached_from: Option<String>,
+}
+
+/// `network_reserve`: `{network, mac, ip}`, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserved {
+    pub network: String,
+    pub mac: String,
+    pub ip: String,
+}
+
+/// `router_rm`: `{removed}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: String,
+}
+
+/// `disconnect`, `disconnect_vhost`: `{disconnected: port id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnected {
+    pub disconnected: u16,
+}
+
+/// `fdb_flush`: `{flushed: n}`, the entries forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flushed {
+    pub flushed: usize,
+}
+
+/// `shutdown`: `{stopping: true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    pub stopping: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,5 +594,54 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"network_rm","name":"a","bogus":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"name":"a"}"#).is_err());
+    }
+
+    /// The wire form of a reply: what the server writes after `"result":`.
+    fn wire(r: impl Into<Reply>) -> String {
+        serde_json::to_string(&Response::from_result(Ok::<Reply, ApiError>(r.into()))).unwrap()
+    }
+
+    #[test]
+    fn small_replies_keep_their_documented_shapes() {
+        // docs/PROTOCOL.md, "Requests": the result column.
+        let rm = NetworkRemoved { removed: "blue".into(), ports_removed: 2, detached_from: None };
+        assert_eq!(wire(rm), r#"{"ok":true,"result":{"removed":"blue","ports_removed":2,"detached_from":null}}"#);
+        let rm = NetworkRemoved { removed: "blue".into(), ports_removed: 0, detached_from: Some("r1".into()) };
+        assert_eq!(wire(rm), r#"{"ok":true,"result":{"removed":"blue","ports_removed":0,"detached_from":"r1"}}"#);
+        assert_eq!(wire(Removed { removed: "r1".into() }), r#"{"ok":true,"result":{"removed":"r1"}}"#);
+        assert_eq!(wire(Disconnected { disconnected: 7 }), r#"{"ok":true,"result":{"disconnected":7}}"#);
+        assert_eq!(wire(Flushed { flushed: 0 }), r#"{"ok":true,"result":{"flushed":0}}"#);
+        assert_eq!(wire(Stopping { stopping: true }), r#"{"ok":true,"result":{"stopping":true}}"#);
+        let res = Reserved { network: "blue".into(), mac: "02:00:00:00:00:01".into(), ip: "10.0.0.9".into() };
+        assert_eq!(wire(res), r#"{"ok":true,"result":{"network":"blue","mac":"02:00:00:00:00:01","ip":"10.0.0.9"}}"#);
+    }
+
+    #[test]
+    fn list_replies_are_bare_arrays_and_objects_are_not_wrapped() {
+        // Untagged: no variant name on the wire, an empty list is `[]`.
+        assert_eq!(wire(Vec::<RouteInfo>::new()), r#"{"ok":true,"result":[]}"#);
+        let route = RouteInfo { router: "r".into(), prefix: "10.0.0.0/24".into(), via: None, network: "a".into() };
+        assert_eq!(
+            wire(vec![route.clone()]),
+            r#"{"ok":true,"result":[{"router":"r","prefix":"10.0.0.0/24","via":null,"network":"a"}]}"#
+        );
+        let router = RouterInfo {
+            name: "r".into(),
+            networks: vec!["a".into()],
+            routes: vec![route],
+            counters: Default::default(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&wire(router.clone())).unwrap();
+        assert_eq!(serde_json::from_value::<RouterInfo>(v["result"].clone()).unwrap(), router);
+    }
+
+    #[test]
+    fn an_error_reply_has_no_result() {
+        let e = ApiError::not_found("no network named \"x\"");
+        let s = serde_json::to_string(&Response::<Reply>::from_result(Err(e))).unwrap();
+        assert_eq!(s, r#"{"ok":false,"error":{"kind":"not_found","message":"no network named \"x\""}}"#);
+        // And a client reads it back as plain JSON.
+        let r: Response = serde_json::from_str(&s).unwrap();
+        assert_eq!((r.ok, r.result, r.error.map(|e| e.kind)), (false, None, Some(ErrorKind::NotFound)));
     }
 }

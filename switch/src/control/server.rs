@@ -6,7 +6,7 @@
 //! and is replaced; if it is held, this daemon refuses to start. The state
 //! directory carries a lock of its own, so two daemons never share one. A
 //! clean stop removes the socket and its lock file; a lock file is only
-//! trusted while it is still the file at its path (see [`lock_file`]).
+//! trusted while it is still the file at its path (see `lock_file`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use crossbeam::channel::{bounded, Sender};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use super::proto::{ApiError, ErrorKind, Request, Response};
+use super::proto::{ApiError, ErrorKind, Reply, Request, Response};
 use super::{Config, Daemon};
 
 /// Longest request line accepted; a longer one closes the connection.
@@ -244,7 +244,7 @@ fn serve(d: &Arc<Daemon>, stream: UnixStream, stop: &Sender<&'static str>) {
     }
 }
 
-fn reply(out: &mut impl Write, r: Result<serde_json::Value, ApiError>) -> std::io::Result<()> {
+fn reply(out: &mut impl Write, r: Result<Reply, ApiError>) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(&Response::from_result(r)).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     out.write_all(&bytes)?;
