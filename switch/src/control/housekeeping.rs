@@ -49,7 +49,7 @@ impl Daemon {
                 net.fdb.age(now);
             }
             // Refresh each port's share of its table, which workers read to
-            // share a full table fairly (datapath/fdb.rs, "Bounds and fairness").
+            // share a full table fairly (table/fdb.rs, "Bounds and fairness").
             let mut counts: HashMap<PortId, u64> = HashMap::new();
             for net in inner.networks.values() {
                 counts.extend(net.fdb.port_counts());

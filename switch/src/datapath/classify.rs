@@ -3,12 +3,12 @@
 //! [`classify`] reads the frame (never writes it), learns its source in the
 //! network's forwarding table, and returns a [`Verdict`]. Order:
 //! 1. A GSO super-frame is checked against the MTU by the frames it becomes.
-//! 2. The L2 step ([`decide`](super::decide)): runts, oversize frames and
+//! 2. The L2 step ([`decide`](super::decide())): runts, oversize frames and
 //!    bad source MACs are dropped; the source is learned (sharing a full
 //!    table fairly between ports); the destination is looked up.
 //! 3. On a network with a gateway: a frame to the gateway's MAC is the
 //!    gateway's (`Local`) or, on a routed network, routed
-//!    ([`route::decide`](super::route::decide)); a broadcast the gateway
+//!    ([`route::decide`](super::route::decide())); a broadcast the gateway
 //!    answers (ARP for its address, DHCP to port 67) is flooded with a copy
 //!    for it.
 //! 4. Otherwise the L2 decision stands: `Forward` to the learned port if it

@@ -8,7 +8,7 @@
 //!   `vhost-user-backend`'s [`VhostUserDaemon`]: one connection thread per
 //!   port reads the socket (feature negotiation, memory table, ring
 //!   addresses, kick/call eventfds), and one small vring thread waits on
-//!   the kick eventfds. [`Device`] is our `VhostUserBackend`: it offers the
+//!   the kick eventfds. `Device` is our `VhostUserBackend`: it offers the
 //!   features, answers `GET_CONFIG`, and on a kick only wakes the worker
 //!   that owns the queue pair.
 //! - the rings themselves are read and written here, by the owning worker,
