@@ -1,31 +1,30 @@
 //! The housekeeping thread: ages the forwarding tables once a second,
-//! refreshes each port's share of its table, and acts on the workers'
-//! port events (a vanished interface, a vhost-user link going up or down).
+//! refreshes each port's share of its table, checks that each TAP port's
+//! namespace still exists, and acts on the workers' port events (a vanished
+//! interface, a vhost-user link going up or down).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::RecvTimeoutError;
 
+use super::netns::Netns;
 use super::Daemon;
 use crate::port::PortId;
 use crate::worker::PortEvent;
 
+/// How often the namespaces of TAP ports are checked.
+const NETNS_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 impl Daemon {
-    /// Ages forwarding tables once a second and removes ports whose device vanished.
+    /// Ages forwarding tables once a second and removes ports whose device
+    /// or namespace vanished.
     pub(super) fn housekeeping(&self) {
+        let mut next_netns_check = Instant::now() + NETNS_CHECK_EVERY;
         while !self.stop.load(Ordering::Relaxed) {
             match self.events.recv_timeout(Duration::from_secs(1)) {
-                Ok(PortEvent::Gone { port, errno }) => {
-                    let mut inner = self.lock();
-                    if let Some(p) = inner.ports.get(&port) {
-                        tracing::warn!(port = %port, network = %p.spec.network, netns = %p.spec.netns,
-                            ifname = %p.spec.ifname, errno, "port's interface vanished (namespace deleted?); removing the port");
-                        self.remove_ports(&mut inner, &[port]);
-                        self.persist(&inner);
-                    }
-                }
+                Ok(PortEvent::Gone { port, errno }) => self.remove_vanished(port, None, &format!("errno {errno}")),
                 Ok(PortEvent::VhostLink { port, up }) => {
                     let inner = self.lock();
                     if let Some((p, net)) =
@@ -43,6 +42,10 @@ impl Daemon {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            if Instant::now() >= next_netns_check {
+                self.check_namespaces();
+                next_netns_check = Instant::now() + NETNS_CHECK_EVERY;
+            }
             let now = self.clock.now_secs();
             let inner = self.lock();
             for net in inner.networks.values() {
@@ -58,5 +61,35 @@ impl Daemon {
                 p.stats.fdb_entries.store(counts.get(&p.id).copied().unwrap_or(0), Ordering::Relaxed);
             }
         }
+    }
+
+    /// Removes every TAP port whose namespace is no longer there under the
+    /// name it was connected with (netns.rs, [`Netns::check`]). Its queue
+    /// fds keep the namespace alive, so the interface never disappears by
+    /// itself and the workers would never report it gone. The files are
+    /// checked without the lock held.
+    fn check_namespaces(&self) {
+        let taps: Vec<(PortId, Netns)> =
+            self.lock().ports.values().filter_map(|p| Some((p.id, p.netns.clone()?))).collect();
+        for (port, ns) in taps {
+            if let Err(why) = ns.check() {
+                self.remove_vanished(port, Some(&ns), &format!("namespace gone: {why}"));
+            }
+        }
+    }
+
+    /// Removes `port`, whose interface (a worker saw EBADFD) or namespace
+    /// vanished, if it is still there (and, with `ns`, still in that
+    /// namespace: its id may have been reused since it was checked).
+    fn remove_vanished(&self, port: PortId, ns: Option<&Netns>, cause: &str) {
+        let mut inner = self.lock();
+        let Some(p) = inner.ports.get(&port) else { return };
+        if ns.is_some() && p.netns.as_ref() != ns {
+            return;
+        }
+        tracing::warn!(port = %port, network = %p.spec.network, netns = %p.spec.netns, ifname = %p.spec.ifname,
+            cause, "port's interface vanished (namespace deleted?); removing the port");
+        self.remove_ports(&mut inner, &[port]);
+        self.persist(&inner);
     }
 }

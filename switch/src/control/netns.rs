@@ -6,12 +6,16 @@
 //! device and inode of that file, so a namespace deleted and re-created under
 //! the same name is recognised as a different one.
 //!
-//! A container's TAP is made in the daemon's namespace and moved into the
-//! container's with one `RTM_SETLINK`, which also renames it and sets its
-//! MAC, MTU and IFF_UP; address and default route then go over a
-//! NETLINK_ROUTE socket opened inside the namespace by a short-lived thread
-//! that enters it ([`in_netns`]), so no daemon thread ever stays in a
-//! container's namespace. Messages are rtnetlink (RFC 3549):
+//! A container's TAP is made inside the container's namespace, by a
+//! short-lived thread that enters it ([`in_netns`]), so no daemon thread
+//! ever stays in a container's namespace: the thread opens the queues with
+//! the final interface name, then sets MAC, MTU, IFF_UP, address and
+//! default route over a NETLINK_ROUTE socket opened there. Making it in the
+//! daemon's namespace and moving it in would cost a `dev_change_net_namespace`,
+//! which waits for RCU and was most of a connect's time. The queue fds then
+//! pin the namespace, so its deletion is noticed by polling ([`Netns::check`],
+//! from the housekeeping thread) rather than by the device vanishing.
+//! Messages are rtnetlink (RFC 3549):
 //! `netlink-packet-route` for the types, `netlink-sys` for the socket, and
 //! a small synchronous request/ack helper (`Rtnl`), since the control
 //! plane is synchronous and an async client (rtnetlink, tokio) would bring
@@ -23,7 +27,6 @@
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -42,7 +45,7 @@ use tapyard_ipam::Ipv4Net;
 
 use super::proto::ApiError;
 use crate::port::tap::{in_netns, TapPort};
-use crate::port::{Offloads, Port};
+use crate::port::Offloads;
 use crate::wire::MacAddr;
 
 /// A resolved namespace.
@@ -103,6 +106,23 @@ impl Netns {
             return Err(vanished("the name now refers to another namespace".into()));
         }
         Ok(f)
+    }
+
+    /// Whether the namespace is still there under the name it was given:
+    /// the file still exists and is still the same namespace (device and
+    /// inode). A TAP's queue fds keep its namespace alive after `ip netns
+    /// del`, or after the last process of a `pid:N` container exits, so
+    /// the interface never vanishes by itself; this is how such a port is
+    /// noticed. For `pid:N` a reused pid shows a different inode (the old
+    /// namespace is held by our fds, so its inode number is not reused).
+    /// Any error counts as gone, with its text as the reason: the daemon
+    /// could read the file when the port was connected.
+    pub fn check(&self) -> Result<(), String> {
+        let md = std::fs::metadata(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if md.dev() != self.dev || md.ino() != self.ino {
+            return Err(format!("{} now refers to another namespace", self.path.display()));
+        }
+        Ok(())
     }
 }
 
@@ -266,56 +286,52 @@ pub struct LinkConfig<'a> {
     pub gateway: Option<Ipv4Addr>,
 }
 
-/// Creates a TAP with `queues` queues, moves it into `ns` as `cfg.ifname`,
+/// Creates the TAP `cfg.ifname` with `queues` queues directly inside `ns`,
 /// sets its MAC and MTU, brings it up, and assigns the address and default
-/// route if given. On error nothing is left behind: dropping the TAP deletes
-/// it, in whichever namespace it is by then.
+/// route if given. All of it runs on one short-lived thread that has
+/// entered `ns` ([`in_netns`]): the queues are opened and the device
+/// registered there, and the rest is three or four rtnetlink requests on a
+/// socket in `ns`. On error nothing is left behind: the TAP is not yet
+/// persistent, so dropping its fds deletes it.
+///
+/// Made inside, not made here and moved in: moving a device between
+/// namespaces (`dev_change_net_namespace`) waits for RCU grace periods
+/// while it unlists the device, about 18 ms of a 25 ms connect. The price
+/// is that the queue fds' sockets now hold a reference on `ns`, so a
+/// deleted namespace lives on while the port does; the housekeeping thread
+/// therefore checks each port's namespace ([`Netns::check`]) and removes
+/// the port of one that is gone.
 pub fn create_tap(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offloads) -> Result<TapPort, ApiError> {
+    let nsfile = ns.open()?;
+    let enter = |e: io::Error| ApiError::system(format!("cannot enter namespace {}: {e}", ns.spec));
+    in_netns(&nsfile, || Ok(configure_here(ns, cfg, queues, offloads))).map_err(enter)?
+}
+
+/// [`create_tap`]'s work, in the calling thread's namespace (which is `ns`).
+fn configure_here(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offloads) -> Result<TapPort, ApiError> {
     let LinkConfig { ifname, mac, mtu, ip, gateway } = cfg;
     let sys = |what: &str, e: &dyn std::fmt::Display| ApiError::system(format!("{what} in namespace {}: {e}", ns.spec));
-    let nsfile = ns.open()?;
-    // Made here and moved, not made inside the namespace: a TAP's fds pin the
-    // namespace they were opened in, so a container's namespace would outlive
-    // its deletion for as long as the port exists.
-    let tap = TapPort::create("typ%d", queues, offloads)
-        .map_err(|e| ApiError::system(format!("cannot create a TAP device: {e}")))?;
-    let mut host = Rtnl::open().map_err(|e| ApiError::system(format!("cannot open a netlink socket: {e}")))?;
-    let dev = tap.name().to_string();
-    let index = host
-        .link_index(&dev)
-        .map_err(|e| ApiError::system(format!("looking up {dev}: {e}")))?
-        .ok_or_else(|| ApiError::system(format!("TAP {dev} disappeared as it was made")))?;
-
-    // One RTM_SETLINK: do_setlink moves the device first, then renames it and
-    // sets MAC, MTU and IFF_UP in the target namespace. The move is most of
-    // a connect's time: the kernel waits for RCU (rcu_barrier) while it
-    // unlists the device.
+    // IFF_TUN_EXCL: an existing interface of that name is EBUSY, never joined.
+    let tap = TapPort::create(ifname, queues, offloads).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => ApiError::conflict(format!(
+            "interface {ifname} already exists in namespace {}; pick another with --ifname",
+            ns.spec
+        )),
+        _ => sys(&format!("cannot create TAP {ifname}"), &e),
+    })?;
+    let mut nl = Rtnl::open().map_err(|e| sys("cannot open a netlink socket", &e))?;
+    let index = nl
+        .link_index(ifname)
+        .map_err(|e| sys(&format!("looking up {ifname}"), &e))?
+        .ok_or_else(|| ApiError::system(format!("{ifname} vanished from namespace {} as it was made", ns.spec)))?;
+    // What `ip link set IFNAME address MAC mtu MTU up` sends.
     let mut link = LinkMessage::default();
     link.header.index = index;
     link.header.flags = LinkFlags::Up;
     link.header.change_mask = LinkFlags::Up;
-    link.attributes = vec![
-        LinkAttribute::NetNsFd(nsfile.as_raw_fd()),
-        LinkAttribute::IfName(ifname.to_string()),
-        LinkAttribute::Address(mac.0.to_vec()),
-        LinkAttribute::Mtu(mtu),
-    ];
-    host.request(RouteNetlinkMessage::SetLink(link), 0).map_err(|e| match e.errno() {
-        Some(libc::EEXIST) => ApiError::conflict(format!(
-            "interface {ifname} already exists in namespace {}; pick another with --ifname",
-            ns.spec
-        )),
-        _ => sys(&format!("moving {dev} in as {ifname} (MAC {mac}, MTU {mtu}, up)"), &e),
-    })?;
-    if ip.is_none() && gateway.is_none() {
-        return Ok(tap);
-    }
-    let mut nl = in_netns(&nsfile, Rtnl::open).map_err(|e| sys("cannot open a netlink socket", &e))?;
-    // The device keeps its index unless the namespace already used it.
-    let index = nl
-        .link_index(ifname)
-        .map_err(|e| sys(&format!("looking up {ifname}"), &e))?
-        .ok_or_else(|| ApiError::system(format!("{ifname} vanished from namespace {}", ns.spec)))?;
+    link.attributes = vec![LinkAttribute::Address(mac.0.to_vec()), LinkAttribute::Mtu(mtu)];
+    nl.request(RouteNetlinkMessage::SetLink(link), 0)
+        .map_err(|e| sys(&format!("setting {ifname} to MAC {mac}, MTU {mtu}, up"), &e))?;
     if let Some(ip) = ip {
         // What `ip addr add A.B.C.D/P dev IFNAME` sends.
         let mut a = AddressMessage::default();

@@ -21,8 +21,13 @@
 //! ([`TapPort::attach_in`], opening one queue per worker of the new daemon)
 //! instead of making a new one. Every orderly removal (disconnect, network
 //! removal, SIGTERM/SIGINT) turns persistence off first ([`Port::release`]),
-//! so closing the fds deletes the interface. Moving the interface into a
-//! container's namespace does not affect the fds the switch holds.
+//! so closing the fds deletes the interface.
+//!
+//! A container's TAP is made inside the container's namespace (the control
+//! plane opens its queues from a thread that entered it, [`in_netns`]). The
+//! queue fds then hold a reference on that namespace: it outlives `ip netns
+//! del` while the port exists, which is why the control plane checks each
+//! port's namespace by name and removes the port of one that is gone.
 
 use std::fs::{File, OpenOptions};
 use std::io;
