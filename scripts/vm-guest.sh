@@ -98,6 +98,8 @@ qemu_pkgs() {  # qemu-system-x86 and its dependencies (transitively) that are no
       dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"
     done | sort -u)
   done
+  # $want lists are newline-separated: one line of names, for read -a.
+  seen=${seen//$'\n'/ }
   echo "${seen# }"
 }
 if [ ! -e "$CACHE/qemu/.complete" ]; then
