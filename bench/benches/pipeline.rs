@@ -19,7 +19,6 @@ use tapyard_switch::control::build::{build, network_spec, NetworkIn, Plan, PortI
 use tapyard_switch::control::gateway_mac;
 use tapyard_switch::control::persist::RouterSpec;
 use tapyard_switch::datapath::egress::Egress;
-use tapyard_switch::datapath::Fdb;
 use tapyard_switch::packet::{Batch, NetId, BATCH};
 use tapyard_switch::port::mem::Repeat;
 use tapyard_switch::port::{Port, PortId};
@@ -48,13 +47,7 @@ fn lab() -> (Snapshot, Vec<Arc<Repeat>>) {
     ];
     let (n, m) = (network_spec("n", Some("10.0.0.0/24")), network_spec("m", Some("10.1.0.0/24")));
     let r = RouterSpec { name: "r".into(), networks: vec!["n".into(), "m".into()], routes: vec![] };
-    let net = |id, spec| NetworkIn {
-        id: NetId(id),
-        spec,
-        fdb: Arc::new(Fdb::new(4096, 300)),
-        route_stats: Arc::default(),
-        gw_stats: Arc::default(),
-    };
+    let net = |id, spec| NetworkIn::new(NetId(id), spec);
     let snap = build(Plan {
         epoch: 1,
         networks: vec![net(1, &n), net(2, &m)],

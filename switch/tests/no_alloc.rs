@@ -27,7 +27,6 @@ use tapyard_switch::control::build::{build, network_spec, NetworkIn, Plan, PortI
 use tapyard_switch::control::gateway_mac;
 use tapyard_switch::control::persist::RouterSpec;
 use tapyard_switch::datapath::egress::Egress;
-use tapyard_switch::datapath::Fdb;
 use tapyard_switch::packet::{Batch, NetId, BATCH};
 use tapyard_switch::port::mem::Repeat;
 use tapyard_switch::port::vhost::{Mode, VhostConfig, VhostPort, DEFAULT_SOCKET_MODE};
@@ -173,13 +172,7 @@ fn steady_state_forwarding_does_not_allocate() {
     let (n, m) = (network_spec("n", Some("10.0.0.0/24")), network_spec("m", Some("10.1.0.0/24")));
     let r = RouterSpec { name: "r".into(), networks: vec!["n".into(), "m".into()], routes: vec![] };
     let router_stats = Arc::new(RouterStats::default());
-    let net = |id, spec| NetworkIn {
-        id: NetId(id),
-        spec,
-        fdb: Arc::new(Fdb::new(4096, 300)),
-        route_stats: Arc::default(),
-        gw_stats: Arc::default(),
-    };
+    let net = |id, spec| NetworkIn::new(NetId(id), spec);
     let snap = build(Plan {
         epoch: 1,
         networks: vec![net(1, &n), net(2, &m)],
@@ -344,13 +337,7 @@ fn steady_state_vhost_user_forwarding_does_not_allocate() {
     let ports: [Arc<dyn Port>; 3] = [p1.clone(), p2.clone(), sink.clone()];
     let snap = build(Plan {
         epoch: 1,
-        networks: vec![NetworkIn {
-            id: NetId(1),
-            spec: &spec,
-            fdb: Arc::new(Fdb::new(4096, 300)),
-            route_stats: Arc::default(),
-            gw_stats: Arc::default(),
-        }],
+        networks: vec![NetworkIn::new(NetId(1), &spec)],
         routers: vec![],
         ports: ports
             .iter()

@@ -21,7 +21,6 @@ use tapyard_switch::worker::{burst, Io};
 use std::sync::atomic::Ordering;
 use tapyard_switch::control::build::{build, network_spec, NetworkIn, Plan, PortIn};
 use tapyard_switch::control::persist::NetworkSpec;
-use tapyard_switch::datapath::Fdb;
 use tapyard_switch::packet::NetId;
 use tapyard_switch::port::mem::MemPort;
 use tapyard_switch::port::Port;
@@ -31,20 +30,11 @@ use tapyard_switch::stats::{DropReason, PortStats};
 /// A snapshot of networks without subnets (pure L2) with 64-entry tables,
 /// and the given ports (id, network name).
 fn l2_snapshot(nets: &[&str], ports: &[(u16, &str, Arc<dyn Port>)]) -> Snapshot {
-    let specs: Vec<NetworkSpec> = nets.iter().map(|n| network_spec(n, None)).collect();
+    let specs: Vec<NetworkSpec> =
+        nets.iter().map(|n| NetworkSpec { fdb_capacity: 64, ..network_spec(n, None) }).collect();
     build(Plan {
         epoch: 1,
-        networks: specs
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| NetworkIn {
-                id: NetId(i as u32 + 1),
-                spec,
-                fdb: Arc::new(Fdb::new(64, 300)),
-                route_stats: Arc::default(),
-                gw_stats: Arc::default(),
-            })
-            .collect(),
+        networks: specs.iter().enumerate().map(|(i, spec)| NetworkIn::new(NetId(i as u32 + 1), spec)).collect(),
         routers: vec![],
         ports: ports
             .iter()
@@ -262,9 +252,8 @@ struct Routed {
 
 fn routed_lab() -> Routed {
     let mems: Vec<Arc<MemPort>> = (0..=3).map(|i| Arc::new(MemPort::new(&format!("r{i}")))).collect();
-    let n = network_spec("n", Some("10.1.0.0/24"));
-    let mut m = network_spec("m", Some("10.2.0.0/24"));
-    m.mtu = 1400;
+    let n = NetworkSpec { fdb_capacity: 64, ..network_spec("n", Some("10.1.0.0/24")) };
+    let m = NetworkSpec { fdb_capacity: 64, mtu: 1400, ..network_spec("m", Some("10.2.0.0/24")) };
     let r = RouterSpec {
         name: "r".into(),
         networks: vec!["n".into(), "m".into()],
@@ -272,13 +261,7 @@ fn routed_lab() -> Routed {
     };
     let router: Arc<RouterStats> = Arc::default();
     let punt = Arc::new(PuntQueue::new());
-    let net = |id, spec| NetworkIn {
-        id: NetId(id),
-        spec,
-        fdb: Arc::new(Fdb::new(64, 300)),
-        route_stats: Arc::default(),
-        gw_stats: Arc::default(),
-    };
+    let net = |id, spec| NetworkIn::new(NetId(id), spec);
     let snap = build(Plan {
         epoch: 1,
         // Ids out of name order: routing follows ids, not positions.

@@ -32,6 +32,20 @@ pub struct NetworkIn<'a> {
     pub gw_stats: Arc<GatewayStats>,
 }
 
+impl<'a> NetworkIn<'a> {
+    /// A network as it is first created: an empty forwarding table sized by
+    /// its spec, counters at zero.
+    pub fn new(id: NetId, spec: &'a NetworkSpec) -> NetworkIn<'a> {
+        NetworkIn {
+            id,
+            spec,
+            fdb: Arc::new(Fdb::new(spec.fdb_capacity, spec.ageing_secs)),
+            route_stats: Arc::default(),
+            gw_stats: Arc::default(),
+        }
+    }
+}
+
 pub struct RouterIn<'a> {
     pub spec: &'a RouterSpec,
     pub stats: Arc<RouterStats>,
@@ -182,13 +196,7 @@ mod tests {
             ],
         };
         let port: Arc<dyn Port> = Arc::new(MemPort::new("p"));
-        let net = |id, spec| NetworkIn {
-            id: NetId(id),
-            spec,
-            fdb: Arc::new(Fdb::new(8, 300)),
-            route_stats: Arc::default(),
-            gw_stats: Arc::default(),
-        };
+        let net = |id, spec| NetworkIn::new(NetId(id), spec);
         let snap = build(Plan {
             epoch: 7,
             // Ids are not positions: network "b" is 9 whatever comes before it.
