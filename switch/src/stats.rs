@@ -78,29 +78,62 @@ const N_REASONS: usize = DropReason::ALL.len();
 /// read on higher queues are counted on the last one.
 pub const QUEUE_STATS: usize = 8;
 
-/// Counters of one port.
-#[derive(Default)]
-pub struct PortStats {
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
+/// Declares the per-port counters once: the shared atomic struct
+/// ([`PortStats`]), its point-in-time copy as the control socket reports it
+/// ([`PortCounters`]), and the copy between them, all from one list of
+/// names, so a counter cannot be added to one and forgotten in the other.
+macro_rules! port_counters {
+    ($($(#[$m:meta])* $field:ident,)*) => {
+        /// Counters of one port.
+        #[derive(Default)]
+        pub struct PortStats {
+            $($(#[$m])* pub $field: AtomicU64,)*
+            /// Frames read per queue (which worker carried how much).
+            pub rx_queue_packets: [AtomicU64; QUEUE_STATS],
+            drops: [AtomicU64; N_REASONS],
+        }
+
+        /// A point-in-time copy of [`PortStats`], as the control socket reports it.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+        pub struct PortCounters {
+            $($(#[$m])* pub $field: u64,)*
+            /// Frames read per queue (queue i is read by worker i; the last entry also counts higher queues).
+            #[serde(default)]
+            pub rx_queue_packets: Vec<u64>,
+            /// Drops by reason name, every reason listed (zero included) so scripts can rely on the keys.
+            pub drops: std::collections::BTreeMap<String, u64>,
+        }
+
+        impl PortStats {
+            pub fn snapshot(&self) -> PortCounters {
+                PortCounters {
+                    $($field: self.$field.load(Relaxed),)*
+                    rx_queue_packets: self.rx_queue_packets.iter().map(|c| c.load(Relaxed)).collect(),
+                    drops: DropReason::ALL.iter().map(|&r| (r.name().to_string(), self.drops(r))).collect(),
+                }
+            }
+        }
+    };
+}
+
+port_counters! {
+    rx_packets,
+    rx_bytes,
+    tx_packets,
+    tx_bytes,
     /// Read errors other than "no more frames" (the port is then checked for removal).
-    pub rx_errors: AtomicU64,
+    rx_errors,
     /// Write errors other than the named drops.
-    pub tx_errors: AtomicU64,
+    tx_errors,
     /// Source MACs that could not be learned because the network's table is full.
     /// The frame itself is still forwarded.
-    pub learn_full: AtomicU64,
+    learn_full,
     /// Entries of this port evicted so that a port under its fair share of
     /// the forwarding table could learn.
-    pub learn_evicted: AtomicU64,
+    learn_evicted,
     /// Forwarding-table entries learned on this port (a gauge the control
     /// plane refreshes every second; workers read it to share the table fairly).
-    pub fdb_entries: AtomicU64,
-    /// Frames read per queue (which worker carried how much).
-    pub rx_queue_packets: [AtomicU64; QUEUE_STATS],
-    drops: [AtomicU64; N_REASONS],
+    fdb_entries,
 }
 
 impl PortStats {
@@ -113,42 +146,6 @@ impl PortStats {
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Relaxed)
     }
-
-    pub fn snapshot(&self) -> PortCounters {
-        PortCounters {
-            rx_packets: self.rx_packets.load(Relaxed),
-            rx_bytes: self.rx_bytes.load(Relaxed),
-            tx_packets: self.tx_packets.load(Relaxed),
-            tx_bytes: self.tx_bytes.load(Relaxed),
-            rx_errors: self.rx_errors.load(Relaxed),
-            tx_errors: self.tx_errors.load(Relaxed),
-            learn_full: self.learn_full.load(Relaxed),
-            learn_evicted: self.learn_evicted.load(Relaxed),
-            fdb_entries: self.fdb_entries.load(Relaxed),
-            rx_queue_packets: self.rx_queue_packets.iter().map(|c| c.load(Relaxed)).collect(),
-            drops: DropReason::ALL.iter().map(|&r| (r.name().to_string(), self.drops(r))).collect(),
-        }
-    }
-}
-
-/// A point-in-time copy of [`PortStats`], as the control socket reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct PortCounters {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub rx_errors: u64,
-    pub tx_errors: u64,
-    pub learn_full: u64,
-    pub learn_evicted: u64,
-    /// Forwarding-table entries currently learned on this port (refreshed every second).
-    pub fdb_entries: u64,
-    /// Frames read per queue (queue i is read by worker i; the last entry also counts higher queues).
-    #[serde(default)]
-    pub rx_queue_packets: Vec<u64>,
-    /// Drops by reason name, every reason listed (zero included) so scripts can rely on the keys.
-    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 impl PortCounters {
@@ -250,5 +247,37 @@ counters! {
         icmp_error_sent,
         /// Batches whose DHCP replies were withheld because the lease journal could not be written.
         journal_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_counters_list_every_counter_and_read_back() {
+        let s = PortStats::default();
+        s.tx_errors.fetch_add(3, Relaxed);
+        s.drop_n(DropReason::VlanTagged, 2);
+        s.rx_queue_packets[1].fetch_add(5, Relaxed);
+        let c = s.snapshot();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["tx_errors"], 3);
+        assert_eq!(v["rx_queue_packets"][1], 5);
+        for r in DropReason::ALL {
+            assert!(v["drops"].get(r.name()).is_some(), "{} listed", r.name());
+        }
+        assert_eq!(v["drops"]["vlan_tagged"], 2);
+        assert_eq!(serde_json::from_value::<PortCounters>(v).unwrap(), c, "the CLI reads what the daemon writes");
+    }
+
+    #[test]
+    fn declared_counters_are_listed_by_their_names() {
+        let r = RouterStats::default();
+        r.too_big.fetch_add(1, Relaxed);
+        let snap = r.snapshot();
+        assert_eq!(snap.len(), RouterStats::NAMES.len());
+        assert_eq!(snap["too_big"], 1);
+        assert_eq!(GatewayStats::default().snapshot().len(), GatewayStats::NAMES.len());
     }
 }
