@@ -213,12 +213,17 @@ fn dhcp_frame(gw_mac: MacAddr, gw_ip: Ipv4Addr, r: &Reply) -> Vec<u8> {
         dst_addr: EthernetAddress(dst_mac),
         ethertype: EthernetProtocol::Ipv4,
     };
-    let mut buf = vec![0u8; 14 + 20 + 8 + r.payload.len()];
+    let mut buf =
+        vec![
+            0u8;
+            ETH_HEADER_LEN + crate::wire::ipv4::HEADER_LEN + crate::wire::ipv4::udp::HEADER_LEN + r.payload.len()
+        ];
     eth.emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
     let caps = ChecksumCapabilities::default();
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..34]), &caps);
+    let udp_at = ETH_HEADER_LEN + crate::wire::ipv4::HEADER_LEN;
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[ETH_HEADER_LEN..udp_at]), &caps);
     udp.emit(
-        &mut UdpPacket::new_unchecked(&mut buf[34..]),
+        &mut UdpPacket::new_unchecked(&mut buf[udp_at..]),
         &IpAddress::Ipv4(src_ip),
         &IpAddress::Ipv4(dst_ip),
         r.payload.len(),
@@ -405,9 +410,12 @@ pub fn run(d: &impl Control) {
 
 /// Whether `frame` is one of the gateway's DHCP replies (UDP from port 67).
 fn is_dhcp_reply(frame: &[u8]) -> bool {
-    crate::wire::l3_payload(frame, crate::wire::ethertype::IPV4)
-        .and_then(|p| Ipv4::new_checked(p).ok())
-        .is_some_and(|ip| ip.protocol() == crate::wire::ipv4::protocol::UDP && ip.payload().get(..2) == Some(&[0, 67]))
+    crate::wire::l3_payload(frame, crate::wire::ethertype::IPV4).and_then(|p| Ipv4::new_checked(p).ok()).is_some_and(
+        |ip| {
+            // The source port, the first field of the UDP header (RFC 768): the server's, 67.
+            ip.protocol() == crate::wire::ipv4::protocol::UDP && ip.payload().get(..2) == Some(&67u16.to_be_bytes())
+        },
+    )
 }
 
 /// Packets held for a next hop being resolved, at most.

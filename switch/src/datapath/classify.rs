@@ -137,7 +137,8 @@ fn answers_broadcast(frame: &[u8], gw: &GatewayView) -> bool {
         return false;
     };
     let udp = ip.payload();
-    ip.protocol() == ipv4::protocol::UDP && udp.len() >= 4 && udp[2..4] == DHCP_SERVER_PORT.to_be_bytes()
+    ip.protocol() == ipv4::protocol::UDP
+        && udp.get(ipv4::udp::DST_PORT).is_some_and(|p| p == DHCP_SERVER_PORT.to_be_bytes())
 }
 
 /// The DHCP server's UDP port (RFC 2131 §4.1).

@@ -20,7 +20,7 @@ use crate::punt::PuntReason;
 use crate::snapshot::{RouterView, Snapshot};
 use crate::stats::DropReason;
 use crate::wire::checksum::internet_checksum;
-use crate::wire::ipv4::{self, Ipv4};
+use crate::wire::ipv4::{self, icmp, Ipv4};
 use crate::wire::{ethertype, l3_payload, set_macs, ETH_HEADER_LEN};
 
 /// What the router does with `frame`, which arrived addressed to the MAC of
@@ -151,24 +151,24 @@ pub fn icmp_error(kind: IcmpError, from: Ipv4Addr, orig: &[u8]) -> Option<Vec<u8
     if src.is_unspecified() || src.is_broadcast() || src.is_multicast() {
         return None;
     }
-    if ip.payload().len() < 8 {
+    if ip.payload().len() < icmp::HEADER_LEN {
         return None;
     }
-    let quoted = &orig[..orig.len().min(MAX_ICMP_ERROR - ipv4::HEADER_LEN - 8)];
+    let quoted = &orig[..orig.len().min(MAX_ICMP_ERROR - ipv4::HEADER_LEN - icmp::HEADER_LEN)];
     let (t, c) = kind.type_code();
-    let total = ipv4::HEADER_LEN + 8 + quoted.len();
+    let total = ipv4::HEADER_LEN + icmp::HEADER_LEN + quoted.len();
     let mut out = vec![0u8; total];
     // TOS 0xc0: internetwork control, as routers send ICMP errors (RFC 1812 §4.3.2.5).
     ipv4::emit_header(&mut out, 0xc0, total as u16, ipv4::protocol::ICMP, from, src);
-    let icmp = &mut out[ipv4::HEADER_LEN..];
-    icmp[0] = t;
-    icmp[1] = c;
+    let msg = &mut out[ipv4::HEADER_LEN..];
+    msg[icmp::TYPE] = t;
+    msg[icmp::CODE] = c;
     if let IcmpError::FragNeeded { mtu } = kind {
-        icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+        msg[icmp::NEXT_HOP_MTU].copy_from_slice(&mtu.to_be_bytes());
     }
-    icmp[8..].copy_from_slice(quoted);
-    let ck = internet_checksum(icmp);
-    icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+    msg[icmp::HEADER_LEN..].copy_from_slice(quoted);
+    let ck = internet_checksum(msg);
+    msg[icmp::CHECKSUM].copy_from_slice(&ck.to_be_bytes());
     Some(out)
 }
 

@@ -29,6 +29,24 @@ const DF: u8 = 0x40;
 /// Fragment offset bits of that word.
 const FRAG_OFFSET: u16 = 0x1fff;
 
+/// UDP header fields (RFC 768).
+pub mod udp {
+    use std::ops::Range;
+    pub const DST_PORT: Range<usize> = 2..4;
+    pub const HEADER_LEN: usize = 8;
+}
+
+/// ICMP header fields (RFC 792; the next-hop MTU of Fragmentation Needed: RFC 1191 §4).
+pub mod icmp {
+    use std::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+    pub const NEXT_HOP_MTU: Range<usize> = 6..8;
+    /// Where an error's quote of the offending packet starts.
+    pub const HEADER_LEN: usize = 8;
+}
+
 /// IP protocol numbers the switch looks at (IANA).
 pub mod protocol {
     pub const ICMP: u8 = 1;
