@@ -31,8 +31,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
@@ -221,7 +221,9 @@ impl Rtnl {
                     continue;
                 }
                 match m.payload {
+                    // An ack ends a request, NLMSG_DONE a dump (which gets no ack).
                     NetlinkPayload::Error(e) if e.code.is_none() => return Ok(replies),
+                    NetlinkPayload::Done(_) => return Ok(replies),
                     NetlinkPayload::Error(e) => {
                         let ext = ext_ack_text(&e.header, m.header.flags & NLM_F_CAPPED != 0);
                         return Err(NlError { err: e.to_io(), ext });
@@ -356,6 +358,129 @@ fn configure_here(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offl
             .map_err(|e| sys(&format!("adding the default route via {gw} on {ifname}"), &e))?;
     }
     Ok(tap)
+}
+
+/// A prefix the daemon's own namespace already reaches: a route or an
+/// interface address, which a network's subnet must not overlap once the
+/// network's traffic reaches the host (Docker's `CheckRouteOverlaps`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPrefix {
+    pub net: Ipv4Net,
+    /// For people, like `ip` prints it: "route 172.17.0.0/16 dev docker0",
+    /// "address 10.0.2.15/24 on eth0".
+    pub what: String,
+}
+
+/// The IPv4 routes and addresses of the calling thread's namespace (the
+/// daemon's, on the control thread): three rtnetlink dumps (links for the
+/// names, routes, addresses).
+///
+/// Kept: every route of the main table but the default one (0.0.0.0/0
+/// overlaps everything, and Docker ignores it too), the local table's
+/// `local` routes wider than a host (AnyIP, `ip route add local
+/// 198.18.0.0/16 dev lo`), and every address with its prefix. Left out:
+/// the local table's broadcast routes and its `local` host entries, which
+/// only repeat the addresses. tapyard puts no route of its own into the
+/// daemon's namespace today; once it does (an uplink), those routes must be
+/// skipped here by their interface, or a network would block itself.
+pub fn host_prefixes() -> Result<Vec<HostPrefix>, ApiError> {
+    let sys = |what: &str, e: &dyn std::fmt::Display| {
+        ApiError::system(format!("cannot read the {what} of the daemon's namespace: {e}"))
+    };
+    let mut nl = Rtnl::open().map_err(|e| sys("routes", &e))?;
+    let links = nl
+        .request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)
+        .map_err(|e| sys("interfaces", &e))?;
+    let names: std::collections::HashMap<u32, String> = links
+        .into_iter()
+        .filter_map(|r| match r {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    let name = |index: u32| names.get(&index).cloned().unwrap_or_else(|| format!("if{index}"));
+    let mut out = Vec::new();
+    let mut route = RouteMessage::default();
+    route.header.address_family = AddressFamily::Inet;
+    let routes = nl.request(RouteNetlinkMessage::GetRoute(route), NLM_F_DUMP).map_err(|e| sys("routes", &e))?;
+    for r in routes {
+        let RouteNetlinkMessage::NewRoute(r) = r else { continue };
+        if let Some(p) = route_prefix(&r, &name) {
+            out.push(p);
+        }
+    }
+    let mut addr = AddressMessage::default();
+    addr.header.family = AddressFamily::Inet;
+    let addrs = nl.request(RouteNetlinkMessage::GetAddress(addr), NLM_F_DUMP).map_err(|e| sys("addresses", &e))?;
+    for a in addrs {
+        let RouteNetlinkMessage::NewAddress(a) = a else { continue };
+        // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's
+        // on a point-to-point link and the same address elsewhere.
+        let local = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+            _ => None,
+        });
+        let address = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+            _ => None,
+        });
+        let Some(ip) = local.or(address) else { continue };
+        let Ok(net) = Ipv4Net::new(ip, a.header.prefix_len) else { continue };
+        out.push(HostPrefix { net: net.trunc(), what: format!("address {net} on {}", name(a.header.index)) });
+    }
+    Ok(out)
+}
+
+/// The prefix a dumped route claims, if it is one [`host_prefixes`] keeps.
+fn route_prefix(r: &RouteMessage, name: &dyn Fn(u32) -> String) -> Option<HostPrefix> {
+    const RT_TABLE_LOCAL: u32 = 255;
+    let h = &r.header;
+    // RTA_TABLE carries tables above 255; the header's byte is then RT_TABLE_COMPAT.
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(h.table));
+    let keep = match table {
+        t if t == u32::from(RouteHeader::RT_TABLE_MAIN) => h.destination_prefix_length > 0,
+        RT_TABLE_LOCAL => h.kind == RouteType::Local && h.destination_prefix_length < 32,
+        _ => false,
+    };
+    if !keep {
+        return None;
+    }
+    let dst = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+        _ => None,
+    })?;
+    let net = Ipv4Net::new(dst, h.destination_prefix_length).ok()?.trunc();
+    let mut what = match h.kind {
+        RouteType::Unicast => format!("route {net}"),
+        RouteType::Local => format!("route local {net}"),
+        RouteType::BlackHole => format!("route blackhole {net}"),
+        RouteType::Unreachable => format!("route unreachable {net}"),
+        RouteType::Prohibit => format!("route prohibit {net}"),
+        other => format!("route {net} ({other:?})"),
+    };
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => what.push_str(&format!(" via {g}")),
+            RouteAttribute::Oif(i) => what.push_str(&format!(" dev {}", name(*i))),
+            _ => {}
+        }
+    }
+    Some(HostPrefix { net, what })
+}
+
+/// The first of `host` that `net` overlaps.
+pub fn overlapping<'a>(net: &Ipv4Net, host: &'a [HostPrefix]) -> Option<&'a HostPrefix> {
+    host.iter().find(|h| h.net.contains(&net.network()) || net.contains(&h.net.network()))
 }
 
 /// Parses `A.B.C.D` or `A.B.C.D/P`.

@@ -102,6 +102,7 @@ impl Daemon {
             ageing_secs,
             fdb_capacity,
             internal,
+            force_subnet,
         } = args;
         check_network_name(&name)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
@@ -153,19 +154,37 @@ impl Daemon {
         if subnet.is_none() && (gateway.is_some() || ip_range.is_some()) {
             return Err(ApiError::bad_request("--gateway and --ip-range need --subnet"));
         }
+        // What the daemon's namespace already routes: a subnet overlapping it
+        // would shadow those destinations for the host once the network
+        // reaches the host. Read before taking the lock (one netlink dump).
+        let host = if l2_only || (subnet.is_some() && force_subnet) { Vec::new() } else { netns::host_prefixes()? };
+        if let Some(net) = &subnet {
+            if let Some(h) = netns::overlapping(net, &host) {
+                return Err(ApiError::conflict(format!(
+                    "subnet {net} overlaps {} of the daemon's host; pick another --subnet, or add --force-subnet to take it anyway",
+                    h.what
+                )));
+            }
+        }
         let mut inner = self.lock();
         if inner.networks.contains_key(&name) {
             return Err(ApiError::conflict(format!(
                 "network {name:?} already exists; remove it first or pick another name"
             )));
         }
-        let taken: Vec<Ipv4Net> = inner.networks.values().filter_map(|n| n.spec.addressing.map(|a| a.subnet)).collect();
+        // Default pools skip tapyard's own subnets and the host's, as Docker's do.
+        let taken: Vec<Ipv4Net> = inner
+            .networks
+            .values()
+            .filter_map(|n| n.spec.addressing.map(|a| a.subnet))
+            .chain(host.iter().map(|h| h.net))
+            .collect();
         let subnet = match (subnet, l2_only) {
             (Some(s), _) => Some(s),
             (None, true) => None,
             (None, false) => Some(next_subnet(&self.cfg.default_pools, &taken).ok_or_else(|| {
                 ApiError::conflict(
-                    "every subnet of the default address pools is taken: give --subnet, or start the daemon with more --default-pool",
+                    "every subnet of the default address pools is taken (by networks or by the host's routes): give --subnet, or start the daemon with more --default-pool",
                 )
             })?),
         };

@@ -190,6 +190,11 @@ pub struct NetworkCreate {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,
+    /// Take --subnet even if it overlaps a route or address of the daemon's
+    /// host (which then cannot reach that part of the network).
+    #[arg(long, requires = "subnet")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_subnet: bool,
 }
 
 /// The class of an error, for programs; the message is for people.
