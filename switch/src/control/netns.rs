@@ -514,6 +514,71 @@ mod tests {
         assert!(spec_path("a b").is_err());
     }
 
+    /// A dumped route: `table` in the header (and in RTA_TABLE when `attr`).
+    fn route(table: u32, attr: bool, kind: RouteType, dst: &str, oif: Option<u32>) -> RouteMessage {
+        let net: Ipv4Net = dst.parse().unwrap();
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.table = if attr { 252 } else { table as u8 };
+        r.header.kind = kind;
+        r.header.destination_prefix_length = net.prefix_len();
+        if net.prefix_len() > 0 {
+            r.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(net.addr())));
+        }
+        if attr {
+            r.attributes.push(RouteAttribute::Table(table));
+        }
+        if let Some(i) = oif {
+            r.attributes.push(RouteAttribute::Oif(i));
+        }
+        r
+    }
+
+    #[test]
+    fn host_prefixes_keep_real_routes_and_skip_the_default_and_the_local_tables_repeats() {
+        let name = |i: u32| if i == 3 { "docker0".to_string() } else { format!("if{i}") };
+        let what = |r: RouteMessage| route_prefix(&r, &name).map(|p| (p.net.to_string(), p.what));
+        let main = u32::from(RouteHeader::RT_TABLE_MAIN);
+        assert_eq!(
+            what(route(main, false, RouteType::Unicast, "172.17.0.0/16", Some(3))),
+            Some(("172.17.0.0/16".into(), "route 172.17.0.0/16 dev docker0".into()))
+        );
+        // Host bits in the dump are cleared; an unreachable route claims its prefix too.
+        assert_eq!(
+            what(route(main, true, RouteType::Unreachable, "10.9.0.0/16", None)),
+            Some(("10.9.0.0/16".into(), "route unreachable 10.9.0.0/16".into()))
+        );
+        assert_eq!(what(route(main, false, RouteType::Unicast, "0.0.0.0/0", Some(3))), None, "the default route");
+        assert_eq!(what(route(255, false, RouteType::Broadcast, "10.0.2.255/32", Some(2))), None);
+        assert_eq!(what(route(255, false, RouteType::Local, "10.0.2.15/32", Some(2))), None, "an address's own");
+        assert_eq!(
+            what(route(255, false, RouteType::Local, "198.19.0.0/16", Some(1))),
+            Some(("198.19.0.0/16".into(), "route local 198.19.0.0/16 dev if1".into())),
+            "AnyIP"
+        );
+        // Policy-routing tables are not what the host's own traffic uses.
+        assert_eq!(what(route(100, true, RouteType::Unicast, "10.8.0.0/16", Some(3))), None);
+    }
+
+    #[test]
+    fn overlaps_either_way() {
+        let host = |s: &str| HostPrefix { net: s.parse().unwrap(), what: s.into() };
+        let hosts = [host("172.17.0.0/16"), host("10.0.2.0/24")];
+        let over = |s: &str| overlapping(&s.parse().unwrap(), &hosts).map(|h| h.what.clone());
+        assert_eq!(over("172.17.5.0/24").as_deref(), Some("172.17.0.0/16"));
+        assert_eq!(over("10.0.0.0/8").as_deref(), Some("10.0.2.0/24"));
+        assert_eq!(over("172.18.0.0/16"), None);
+        assert_eq!(over("10.0.3.0/24"), None);
+    }
+
+    /// The real dump, in the test's own namespace: it answers, and never
+    /// returns the default route.
+    #[test]
+    fn the_hosts_prefixes_can_be_read() {
+        let all = host_prefixes().unwrap();
+        assert!(all.iter().all(|h| h.net.prefix_len() > 0), "{all:?}");
+    }
+
     #[test]
     fn missing_namespace_is_not_found() {
         let e = resolve("tapyard-no-such-ns-xyz").unwrap_err();

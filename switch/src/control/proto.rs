@@ -566,6 +566,16 @@ mod tests {
         assert_eq!(s, r#"{"op":"network_create","name":"a","subnet":"10.0.0.0/24"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert_eq!(serde_json::from_str::<Request>(r#"{"op":"ping"}"#).unwrap(), Request::Ping);
+        // force_subnet: absent means false; sent only when true.
+        let forced = Request::NetworkCreate(NetworkCreate {
+            name: "a".into(),
+            subnet: Some("10.0.0.0/24".into()),
+            force_subnet: true,
+            ..Default::default()
+        });
+        let s = serde_json::to_string(&forced).unwrap();
+        assert!(s.ends_with(r#""force_subnet":true}"#), "{s}");
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), forced);
     }
 
     #[test]
