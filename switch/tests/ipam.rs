@@ -10,25 +10,6 @@ fn ip_of(d: &Daemon, netns: &str) -> String {
 }
 
 #[test]
-fn networks_without_a_subnet_take_the_next_default_pool_subnet() {
-    if !common::net_admin() {
-        return;
-    }
-    let d = Daemon::start("pool");
-    let a = d.json(&["network", "create", &name("poola")]);
-    let b = d.json(&["network", "create", &name("poolb")]);
-    assert_eq!(a["subnet"], "172.17.0.0/16");
-    assert_eq!(a["gateway"], "172.17.0.1");
-    assert_eq!(b["subnet"], "172.18.0.0/16");
-    assert_eq!(a["pool_size"], 65534);
-    let c = d.json(&["network", "create", &name("poolc"), "--subnet", "172.19.0.0/24"]);
-    assert_eq!(c["subnet"], "172.19.0.0/24");
-    assert_eq!(d.json(&["network", "create", &name("poold")])["subnet"], "172.20.0.0/16");
-    let l2 = d.json(&["network", "create", &name("poole"), "--ipam", "none"]);
-    assert!(l2["subnet"].is_null());
-}
-
-#[test]
 fn ip_auto_ranges_aux_addresses_reservations_and_claims() {
     if !common::net_admin() {
         return;

@@ -139,3 +139,24 @@ fn the_default_route_blocks_nothing_and_a_pool_can_run_out_on_host_routes() {
     // A subnet nothing on the host routes is taken as before.
     assert_eq!(d.create(&[&name("p4"), "--subnet", "10.77.0.0/24"]).unwrap(), "10.77.0.0/24");
 }
+
+/// On a host that routes nothing (a fresh namespace), networks without
+/// `--subnet` take Docker's default pools in order; an explicit subnet is
+/// skipped by the next automatic one. (This ran in the machine's own
+/// namespace before, where a `docker0` would change the answer.)
+#[test]
+fn networks_without_a_subnet_take_the_next_default_pool_subnet() {
+    if !net_admin() {
+        return;
+    }
+    let ns = Netns::new("poolq");
+    let d = HostDaemon::start("poolq", &ns, &[]);
+    assert_eq!(d.create(&[&name("poola")]).unwrap(), "172.17.0.0/16");
+    assert_eq!(d.create(&[&name("poolb")]).unwrap(), "172.18.0.0/16");
+    assert_eq!(d.create(&[&name("poolc"), "--subnet", "172.19.0.0/24"]).unwrap(), "172.19.0.0/24");
+    assert_eq!(d.create(&[&name("poold")]).unwrap(), "172.20.0.0/16");
+    assert_eq!(d.create(&[&name("poole"), "--ipam", "none"]).unwrap(), "");
+    let out = d.cli(&["network", "inspect", &name("poola"), "--json"]);
+    let a: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((a["gateway"].as_str(), a["pool_size"].as_u64()), (Some("172.17.0.1"), Some(65534)));
+}
