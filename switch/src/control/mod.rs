@@ -33,6 +33,7 @@ pub mod netns;
 mod networks;
 pub mod persist;
 mod ports;
+pub mod publish;
 pub mod proto;
 mod routers;
 pub mod server;
