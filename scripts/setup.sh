@@ -55,6 +55,15 @@ if [ $tests -eq 1 ] || [ $bench -eq 1 ]; then
   # A vhost-user peer nobody here wrote: DPDK's testpmd with its virtio-user and
   # vhost PMDs (no hugepages needed with --no-huge). testpmd is in dpdk-dev, not dpdk.
   have dpdk-testpmd || need+=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
+  # Egress and published ports: the daemon's uplink rules (nft), the peers
+  # of the egress tests (iptables for a Docker-style FORWARD DROP, curl),
+  # and the rootless uplink (pasta, slirp4netns, newuidmap).
+  have nft || need+=(nftables)
+  have iptables || need+=(iptables)
+  have curl || need+=(curl)
+  have pasta || need+=(passt)
+  have slirp4netns || need+=(slirp4netns)
+  have newuidmap || need+=(uidmap)
 fi
 if [ $tests -eq 1 ]; then
   have udhcpc || need+=(udhcpc)

@@ -207,7 +207,7 @@ chmod +x "$G/init" "$G/etc/udhcpc.script"
 (cd "$G" && find . | "$BB" cpio -o -H newc 2>/dev/null | gzip -1 > "$DIR/initrd.gz") || exit 2
 
 # ---------------------------------------------------------------- tapyard: daemon, network, ports
-RUST_LOG=${RUST_LOG:-info} "$TAPYARD" --socket "$CTL" daemon --workers 2 --state-dir "$DIR/state" > "$DIR/daemon.log" 2>&1 &
+RUST_LOG=${RUST_LOG:-info} "$TAPYARD" --socket "$CTL" daemon --uplink none --workers 2 --state-dir "$DIR/state" > "$DIR/daemon.log" 2>&1 &
 DPID=$!
 for _ in $(seq 100); do ty network ls >/dev/null 2>&1 && break; sleep 0.1; done
 ty network ls >/dev/null 2>&1 || { echo "daemon did not start"; cat "$DIR/daemon.log"; exit 1; }

@@ -65,6 +65,7 @@ fn lab() -> (Snapshot, Vec<Arc<Repeat>>) {
             .collect(),
         neighbors: [("m".to_string(), [("10.1.0.4".parse().unwrap(), MacAddr(c))].into())].into(),
         punt: Arc::new(PuntQueue::new()),
+        uplink: None,
     });
     (snap, ports)
 }

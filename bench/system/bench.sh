@@ -370,7 +370,7 @@ setup_ovs-tso() {
 
 ty() { "$TAPYARD" --socket "$RUN/ty.sock" "$@"; }
 ty_daemon() { # extra daemon flags...
-  local args=(daemon --state-dir "$RUN/state")
+  local args=(daemon --uplink none --state-dir "$RUN/state")
   [[ -z $WORKERS ]] || args+=(--workers "$WORKERS")
   "${NICE_CMD[@]}" "$TAPYARD" --socket "$RUN/ty.sock" "${args[@]}" "$@" \
     > /dev/null 2>> "$LOGS/$PATH_NAME.daemon.log" < /dev/null &

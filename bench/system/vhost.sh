@@ -91,7 +91,7 @@ ty() { "$TAPYARD" --socket "$W/ty.sock" "$@"; }
 daemon_up() { # fresh daemon, one worker
   daemon_down
   rm -rf "$W/state"
-  "$TAPYARD" --socket "$W/ty.sock" daemon --workers 1 --state-dir "$W/state" >> "$LOGS/daemon.log" 2>&1 &
+  "$TAPYARD" --socket "$W/ty.sock" daemon --uplink none --workers 1 --state-dir "$W/state" >> "$LOGS/daemon.log" 2>&1 &
   DAEMON_PID=$!
   local i
   for ((i = 0; i < 100; i++)); do ty network ls > /dev/null 2>&1 && return 0; sleep 0.05; done

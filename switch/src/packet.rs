@@ -125,6 +125,10 @@ impl fmt::Debug for PortId {
 pub struct NetId(pub u32);
 
 impl NetId {
+    /// No network has this id (ids start at 1): the target of a reject
+    /// route, which the router answers with Network Unreachable.
+    pub const NONE: NetId = NetId(0);
+
     #[inline]
     pub fn index(self) -> usize {
         self.0 as usize

@@ -259,7 +259,7 @@ fn an_explicit_socket_without_state_dir_keeps_its_state_beside_it() {
     let socket = dir.join("mine.sock");
     let child = Command::new(TAPYARD)
         .env("TAPYARD_SOCKET", &socket)
-        .args(["daemon", "--workers", "1"])
+        .args(["daemon", "--uplink", "none", "--workers", "1"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -289,7 +289,7 @@ fn a_daemon_without_cap_net_admin_says_how_to_get_it() {
         .arg(TAPYARD)
         .arg("--socket")
         .arg(&socket)
-        .args(["daemon", "--workers", "1", "--state-dir"])
+        .args(["daemon", "--uplink", "none", "--workers", "1", "--state-dir"])
         .arg(dir.join("state"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -79,7 +79,7 @@ fn a_second_daemon_on_a_live_socket_refuses_to_start() {
     let out = Command::new(TAPYARD)
         .arg("--socket")
         .arg(&d.socket)
-        .args(["daemon", "--state-dir"])
+        .args(["daemon", "--uplink", "none", "--state-dir"])
         .arg(d.dir.join("other-state"))
         .output()
         .unwrap();
@@ -243,7 +243,7 @@ fn a_corrupt_state_file_stops_the_daemon_with_a_clear_error() {
     let out = Command::new(TAPYARD)
         .arg("--socket")
         .arg(&d.socket)
-        .args(["daemon", "--state-dir"])
+        .args(["daemon", "--uplink", "none", "--state-dir"])
         .arg(&d.state)
         .output()
         .unwrap();

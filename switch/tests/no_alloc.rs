@@ -194,6 +194,7 @@ fn steady_state_forwarding_does_not_allocate() {
         )]
         .into(),
         punt: punt.clone(),
+        uplink: None,
     });
     let mut batch = Batch::new();
     let mut egress = Egress::new(0);
@@ -353,6 +354,7 @@ fn steady_state_vhost_user_forwarding_does_not_allocate() {
             .collect(),
         neighbors: Default::default(),
         punt: Arc::new(PuntQueue::new()),
+        uplink: None,
     });
     let (v1, v2) = (snap.port(PortId(1)).unwrap().clone(), snap.port(PortId(2)).unwrap().clone());
     let mut batch = Batch::new();

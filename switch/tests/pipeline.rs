@@ -48,6 +48,7 @@ fn l2_snapshot(nets: &[&str], ports: &[(u16, &str, Arc<dyn Port>)]) -> Snapshot 
             .collect(),
         neighbors: Default::default(),
         punt: Arc::new(PuntQueue::new()),
+        uplink: None,
     })
 }
 
@@ -279,6 +280,7 @@ fn routed_lab() -> Routed {
         neighbors: [("m".to_string(), [(Ipv4Addr::new(10, 2, 0, 7), tapyard_switch::wire::MacAddr(HOST3))].into())]
             .into(),
         punt: punt.clone(),
+        uplink: None,
     });
     Routed { snap, mems, punt, router }
 }

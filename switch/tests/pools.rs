@@ -34,7 +34,7 @@ impl HostDaemon {
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name, TAPYARD, "--socket"])
             .arg(dir.join("tapyard.sock"))
-            .args(["daemon", "--workers", "1", "--state-dir"])
+            .args(["daemon", "--uplink", "none", "--workers", "1", "--state-dir"])
             .arg(dir.join("state"))
             .args(extra)
             .stdin(Stdio::null())

@@ -139,6 +139,10 @@ fn ensure_daemon(socket: &Path, prefix: &str) -> anyhow::Result<Option<u32>> {
         .arg("--socket")
         .arg(socket)
         .arg("daemon")
+        // A lab is closed: its networks reach each other through its
+        // routers, not the world (and a lab's daemon never competes with
+        // a system daemon for the host's uplink).
+        .args(["--uplink", "none"])
         .arg("--state-dir")
         .arg(&state_dir)
         .stdin(Stdio::null())

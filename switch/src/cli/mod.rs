@@ -147,6 +147,26 @@ pub struct DaemonArgs {
     /// lower latency, but each worker keeps a core 100 % busy. See docs/PERFORMANCE.md.
     #[arg(long, value_enum, default_value_t = PollMode::Event)]
     pub poll: PollMode,
+    /// `tap`: a TAP port into the daemon's own namespace (the host's, as
+    /// root) through which networks with egress reach the world, NATed by
+    /// the kernel (docs/EGRESS.md); `none`: no network reaches beyond
+    /// tapyard. Needs nftables (`nft`).
+    #[arg(long, value_enum, default_value_t = UplinkMode::Tap)]
+    pub uplink: UplinkMode,
+    /// The uplink's transit subnet (a /30 or wider): the kernel's end takes
+    /// its first host address, tapyard's the second. Must not overlap a
+    /// route or address of the host.
+    #[arg(long, value_name = "CIDR", default_value = crate::control::uplink::DEFAULT_SUBNET)]
+    pub uplink_subnet: String,
+    /// The uplink's interface name in the daemon's namespace.
+    #[arg(long, value_name = "NAME", default_value = crate::control::uplink::DEFAULT_IFNAME)]
+    pub uplink_ifname: String,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkMode {
+    Tap,
+    None,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,12 +512,28 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                     d
                 }
             };
+            let uplink = match a.uplink {
+                UplinkMode::None => None,
+                UplinkMode::Tap => {
+                    let subnet = a.uplink_subnet.parse().map_err(|_| {
+                        BadArgs(format!(
+                            "invalid --uplink-subnet {:?}: expected CIDR like 100.127.255.0/30",
+                            a.uplink_subnet
+                        ))
+                    })?;
+                    crate::control::netns::check_ifname(&a.uplink_ifname).map_err(|e| BadArgs(e.to_string()))?;
+                    let u = crate::control::uplink::UplinkConfig { ifname: a.uplink_ifname, subnet };
+                    u.ends().map_err(BadArgs)?;
+                    Some(u)
+                }
+            };
             let cfg = crate::control::Config {
                 socket: socket.clone(),
                 state_dir,
                 workers,
                 busy: a.poll == PollMode::Busy,
                 default_pools,
+                uplink,
             };
             crate::control::server::run(cfg)?;
         }

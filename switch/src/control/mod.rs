@@ -27,18 +27,20 @@
 
 pub mod build;
 mod dispatch;
+pub mod firewall;
 pub mod gateway;
 mod housekeeping;
 pub mod netns;
 mod networks;
 pub mod persist;
 mod ports;
-pub mod publish;
 pub mod proto;
+pub mod publish;
 mod routers;
 pub mod server;
 #[cfg(test)]
 mod tests;
+pub mod uplink;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,6 +85,8 @@ pub struct Config {
     pub busy: bool,
     /// Where networks created without `--subnet` take their subnet.
     pub default_pools: Vec<DefaultPool>,
+    /// The uplink for egress; none: no network reaches beyond tapyard (`--uplink none`).
+    pub uplink: Option<uplink::UplinkConfig>,
 }
 
 struct Network {
@@ -119,6 +123,8 @@ struct Inner {
     epoch: u64,
     /// The next network id to hand out (ids are never reused while the daemon runs).
     next_net: u32,
+    /// tapyard's port into the daemon's own namespace, for egress.
+    uplink: Option<uplink::Uplink>,
 }
 
 impl Inner {
@@ -216,6 +222,14 @@ impl Daemon {
             #[cfg(test)]
             adoption_waits: Default::default(),
         });
+        if let Some(u) = d.cfg.uplink.clone() {
+            let mut inner = d.lock();
+            if let Err(e) = d.start_uplink(&mut inner, &u) {
+                drop(inner);
+                d.stop_workers();
+                return Err(e);
+            }
+        }
         d.restore(state);
         let hk = d.clone();
         std::thread::Builder::new().name("tapyard-hk".into()).spawn(move || hk.housekeeping())?;
@@ -266,7 +280,7 @@ impl Daemon {
         let cfg = DhcpConfig {
             server: a.gateway,
             subnet: a.subnet,
-            dns: spec.dns.clone(),
+            dns: self.dhcp_dns(spec),
             domain: spec.domain.clone(),
             mtu: u16::try_from(spec.mtu).ok(),
             lease_secs: spec.lease_secs,
@@ -275,6 +289,16 @@ impl Daemon {
         let reserved = std::iter::once(a.gateway).chain(spec.aux_addresses.values().copied());
         let statics = spec.reservations.iter().map(|(m, ip)| (m.0, *ip));
         self.ipam().add_network(&spec.name, cfg, spec.ip_range.unwrap_or(a.subnet), reserved, statics);
+    }
+
+    /// The resolvers DHCP offers on a network: its `--dns`; with none given
+    /// and egress, the host's (`uplink::host_resolvers`).
+    fn dhcp_dns(&self, spec: &NetworkSpec) -> Vec<std::net::Ipv4Addr> {
+        if spec.dns.is_empty() && spec.has_egress() && self.cfg.uplink.is_some() {
+            uplink::host_resolvers()
+        } else {
+            spec.dns.clone()
+        }
     }
 
     /// Makes queued lease records durable.
@@ -319,6 +343,19 @@ impl Daemon {
                 .collect(),
             neighbors: self.neighbors(inner),
             punt: self.punt.clone(),
+            uplink: inner.uplink.as_ref().map(|u| build::UplinkIn {
+                net: u.network_in(),
+                port: build::PortIn {
+                    id: u.port_id,
+                    network: build::UPLINK_NETWORK,
+                    port: u.port.clone(),
+                    stats: u.port_stats.clone(),
+                    worker: 0,
+                },
+                kernel_ip: u.kernel_ip,
+                kernel_mac: u.kernel_mac,
+                stats: u.stats.clone(),
+            }),
         };
         self.snapshot.store(Arc::new(build::build(plan)));
         for w in &self.workers {
@@ -366,6 +403,9 @@ impl Daemon {
         if change == Change::Removed {
             self.wait_adopted(epoch);
         }
+        if let Err(e) = self.sync_uplink(inner) {
+            tracing::error!(error = %e, "cannot bring the uplink's routes and rules in line");
+        }
         self.persist(inner);
     }
 
@@ -402,18 +442,25 @@ impl Daemon {
     /// devices). The persisted state is kept: the next start reattaches the
     /// ports whose namespaces still exist.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in &self.workers {
-            let _ = w.waker.wake();
-        }
+        self.stop_workers();
         let mut inner = self.lock();
         let ports = inner.ports.len();
         for p in inner.ports.values() {
             p.port.release();
         }
         inner.ports.clear();
+        self.stop_uplink(&mut inner);
         self.snapshot.store(Arc::new(Snapshot::default()));
         tracing::info!(ports, "stopped; ports closed");
+    }
+}
+
+impl Daemon {
+    fn stop_workers(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.workers {
+            let _ = w.waker.wake();
+        }
     }
 }
 

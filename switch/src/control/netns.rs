@@ -380,10 +380,11 @@ pub struct HostPrefix {
 /// `local` routes wider than a host (AnyIP, `ip route add local
 /// 198.18.0.0/16 dev lo`), and every address with its prefix. Left out:
 /// the local table's broadcast routes and its `local` host entries, which
-/// only repeat the addresses. tapyard puts no route of its own into the
-/// daemon's namespace today; once it does (an uplink), those routes must be
-/// skipped here by their interface, or a network would block itself.
-pub fn host_prefixes() -> Result<Vec<HostPrefix>, ApiError> {
+/// only repeat the addresses. Routes through the interface `own` (the
+/// uplink, which carries a route to every network with egress) are
+/// tapyard's own and skipped, or a network would block itself; the
+/// uplink's transit address is kept, so no network overlaps it.
+pub fn host_prefixes(own: Option<&str>) -> Result<Vec<HostPrefix>, ApiError> {
     let sys = |what: &str, e: &dyn std::fmt::Display| {
         ApiError::system(format!("cannot read the {what} of the daemon's namespace: {e}"))
     };
@@ -406,8 +407,13 @@ pub fn host_prefixes() -> Result<Vec<HostPrefix>, ApiError> {
     let mut route = RouteMessage::default();
     route.header.address_family = AddressFamily::Inet;
     let routes = nl.request(RouteNetlinkMessage::GetRoute(route), NLM_F_DUMP).map_err(|e| sys("routes", &e))?;
+    let own_index = own.and_then(|o| names.iter().find(|(_, n)| n.as_str() == o).map(|(i, _)| *i));
     for r in routes {
         let RouteNetlinkMessage::NewRoute(r) = r else { continue };
+        let via_own = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if Some(*i) == own_index));
+        if via_own {
+            continue;
+        }
         if let Some(p) = route_prefix(&r, &name) {
             out.push(p);
         }
@@ -432,6 +438,42 @@ pub fn host_prefixes() -> Result<Vec<HostPrefix>, ApiError> {
         out.push(HostPrefix { net: net.trunc(), what: format!("address {net} on {}", name(a.header.index)) });
     }
     Ok(out)
+}
+
+/// Adds (or replaces) the route `net via gw dev ifname` in the calling
+/// thread's namespace, or with `add` false deletes it (a route already
+/// gone is not an error). What `ip route replace|del` sends.
+pub fn set_route(net: Ipv4Net, gw: Ipv4Addr, ifname: &str, add: bool) -> Result<(), ApiError> {
+    let sys = |e: &dyn std::fmt::Display| {
+        ApiError::system(format!(
+            "cannot {} the route {net} via {gw} dev {ifname}: {e}",
+            if add { "add" } else { "delete" }
+        ))
+    };
+    let mut nl = Rtnl::open().map_err(|e| sys(&e))?;
+    let index = nl.link_index(ifname).map_err(|e| sys(&e))?.ok_or_else(|| sys(&"no such interface"))?;
+    let mut r = RouteMessage::default();
+    r.header.address_family = AddressFamily::Inet;
+    r.header.table = RouteHeader::RT_TABLE_MAIN;
+    r.header.protocol = RouteProtocol::Static;
+    r.header.scope = RouteScope::Universe;
+    r.header.kind = RouteType::Unicast;
+    r.header.destination_prefix_length = net.prefix_len();
+    r.attributes = vec![
+        RouteAttribute::Destination(RouteAddress::Inet(net.network())),
+        RouteAttribute::Gateway(RouteAddress::Inet(gw)),
+        RouteAttribute::Oif(index),
+    ];
+    let res = if add {
+        nl.request(RouteNetlinkMessage::NewRoute(r), NLM_F_CREATE | NLM_F_REPLACE)
+    } else {
+        nl.request(RouteNetlinkMessage::DelRoute(r), 0)
+    };
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if !add && e.errno() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(sys(&e)),
+    }
 }
 
 /// The prefix a dumped route claims, if it is one [`host_prefixes`] keeps.
@@ -575,7 +617,7 @@ mod tests {
     /// returns the default route.
     #[test]
     fn the_hosts_prefixes_can_be_read() {
-        let all = host_prefixes().unwrap();
+        let all = host_prefixes(None).unwrap();
         assert!(all.iter().all(|h| h.net.prefix_len() > 0), "{all:?}");
     }
 

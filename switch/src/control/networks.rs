@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tapyard_ipam::lease::{ClientKey, Lease, LeaseState};
 use tapyard_ipam::{check_static, next_subnet, Addressing, Ipv4Net};
 
-use super::persist::{self, NetworkSpec};
+use super::persist::{self, EgressMode, NetworkSpec};
 use super::proto::*;
 use super::{gateway_mac, netns, plural, unix_now, Change, Daemon, Inner, Network};
 use super::{DEFAULT_MTU, MAX_MTU, MIN_MTU};
@@ -63,7 +63,7 @@ impl Daemon {
             ip_range: s.ip_range.map(|r| r.to_string()),
             aux_addresses: s.aux_addresses.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
             reservations: s.reservations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            dns: s.dns.iter().map(|d| d.to_string()).collect(),
+            dns: self.dhcp_dns(s).iter().map(|d| d.to_string()).collect(),
             domain: s.domain.clone(),
             lease_secs: s.lease_secs,
             pool_used,
@@ -72,6 +72,9 @@ impl Daemon {
             gateway_counters: net.gw_stats.snapshot(),
             mtu: s.mtu,
             internal: s.internal,
+            egress: s.egress.to_string(),
+            egress_unavailable: self.egress_unavailable(s),
+            egress_counters: self.egress_counters(inner, net),
             route_counters: net.route_stats.snapshot(),
             neighbors: self
                 .snapshot
@@ -103,6 +106,7 @@ impl Daemon {
             fdb_capacity,
             internal,
             force_subnet,
+            egress,
         } = args;
         check_network_name(&name)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
@@ -144,6 +148,16 @@ impl Daemon {
                 .ok_or_else(|| ApiError::bad_request(format!("invalid --aux-address {a:?}: expected NAME=IP")))?;
             aux.insert(n.to_string(), parse_ip("aux address", ip)?);
         }
+        let egress = match (egress.as_deref(), internal || l2_only) {
+            (None, true) | (Some("none"), _) => EgressMode::None,
+            (None | Some("nat"), false) => EgressMode::Nat,
+            (Some("nat"), true) => {
+                return Err(ApiError::bad_request("--egress nat needs a subnet and a network that is not --internal"))
+            }
+            (Some(other), _) => {
+                return Err(ApiError::bad_request(format!("unknown --egress {other:?}: use nat or none")))
+            }
+        };
         let has_ipam_args =
             subnet.is_some() || gateway.is_some() || ip_range.is_some() || !aux.is_empty() || !dns.is_empty();
         if l2_only && has_ipam_args {
@@ -157,7 +171,11 @@ impl Daemon {
         // What the daemon's namespace already routes: a subnet overlapping it
         // would shadow those destinations for the host once the network
         // reaches the host. Read before taking the lock (one netlink dump).
-        let host = if l2_only || (subnet.is_some() && force_subnet) { Vec::new() } else { netns::host_prefixes()? };
+        let host = if l2_only || (subnet.is_some() && force_subnet) {
+            Vec::new()
+        } else {
+            netns::host_prefixes(self.uplink_ifname())?
+        };
         if let Some(net) = &subnet {
             if let Some(h) = netns::overlapping(net, &host) {
                 return Err(ApiError::conflict(format!(
@@ -224,6 +242,7 @@ impl Daemon {
             domain,
             lease_secs,
             internal,
+            egress,
         };
         self.add_to_ipam(&spec);
         let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));

@@ -39,9 +39,43 @@ pub struct NetworkSpec {
     pub domain: Option<String>,
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u32,
-    /// Never attached to a router.
+    /// Never attached to a router, and no egress.
     #[serde(default)]
     pub internal: bool,
+    /// Whether the network reaches the world beyond the host through the
+    /// uplink (`network create --egress`). State files from before egress
+    /// existed get the default, as `network create` does.
+    #[serde(default)]
+    pub egress: EgressMode,
+}
+
+impl NetworkSpec {
+    /// Whether this network's traffic leaves through the uplink: it asked
+    /// for egress, has a subnet and is not internal.
+    pub fn has_egress(&self) -> bool {
+        self.egress == EgressMode::Nat && self.addressing.is_some() && !self.internal
+    }
+}
+
+/// How a network reaches the world beyond the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressMode {
+    /// Through the uplink, the source translated to the host's address
+    /// (masquerade), as Docker's bridge networks.
+    #[default]
+    Nat,
+    /// Not at all.
+    None,
+}
+
+impl std::fmt::Display for EgressMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EgressMode::Nat => "nat",
+            EgressMode::None => "none",
+        })
+    }
 }
 
 pub fn default_lease_secs() -> u32 {
@@ -197,6 +231,7 @@ mod tests {
                 domain: None,
                 lease_secs: 600,
                 internal: false,
+                egress: EgressMode::None,
             }],
             ports: vec![PortSpec {
                 network: "a".into(),

@@ -441,10 +441,11 @@ enum Device {
 }
 
 /// The lowest port id not in use (an id is free again once its port is gone).
-fn free_port_id(inner: &Inner) -> Result<PortId, ApiError> {
+pub(super) fn free_port_id(inner: &Inner) -> Result<PortId, ApiError> {
+    let uplink = inner.uplink.as_ref().map(|u| u.port_id);
     (1..=PortId::MAX)
         .map(PortId)
-        .find(|id| !inner.ports.contains_key(id))
+        .find(|id| !inner.ports.contains_key(id) && Some(*id) != uplink)
         .ok_or_else(|| ApiError::system(format!("no free port ids ({} ports in use)", PortId::MAX)))
 }
 

@@ -195,6 +195,13 @@ pub struct NetworkCreate {
     #[arg(long, requires = "subnet")]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_subnet: bool,
+    /// `nat`: the network reaches the world beyond the host through the
+    /// daemon's uplink, its source addresses translated to the host's (as
+    /// Docker's bridge networks); `none`: it does not [default: nat; none
+    /// with --internal or --ipam none].
+    #[arg(long, value_name = "nat|none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
 }
 
 /// The class of an error, for programs; the message is for people.
@@ -412,6 +419,17 @@ pub struct NetworkInfo {
     pub gateway_counters: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub internal: bool,
+    /// `nat` or `none` (see `network create --egress`).
+    #[serde(default)]
+    pub egress: String,
+    /// Why a network that asked for egress has none now (the daemon runs
+    /// without an uplink); absent when it works or was not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_unavailable: Option<String>,
+    /// Egress counters: packets routed to and from the uplink by tapyard,
+    /// and the kernel's NAT counters (packets and bytes masqueraded).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub egress_counters: std::collections::BTreeMap<String, u64>,
     /// The router this network is attached to.
     #[serde(default)]
     pub router: Option<String>,

@@ -91,6 +91,7 @@ fn config(dir: &std::path::Path) -> Config {
         workers: 2,
         busy: false,
         default_pools: tapyard_ipam::default_pools(),
+        uplink: None,
     }
 }
 

@@ -91,15 +91,37 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state: PathBuf,
     child: Option<Child>,
+    /// The namespace the daemon runs in (`ip netns exec`); none: the test's.
+    netns: Option<String>,
+    /// Daemon flags after `daemon` (`--uplink none` unless given).
+    flags: Vec<String>,
 }
 
 impl Daemon {
+    /// A daemon in the test's namespace, without an uplink (many run at once).
     pub fn start(tag: &str) -> Daemon {
+        Daemon::start_with(tag, None, &["--uplink", "none"])
+    }
+
+    /// A daemon in namespace `netns` (its "host", with an uplink of its own
+    /// unless `flags` say otherwise), with daemon `flags`.
+    pub fn start_in(tag: &str, netns: &str, flags: &[&str]) -> Daemon {
+        Daemon::start_with(tag, Some(netns), flags)
+    }
+
+    fn start_with(tag: &str, netns: Option<&str>, flags: &[&str]) -> Daemon {
         ensure_privileged();
         let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name(tag)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon { socket: dir.join("run/tapyard.sock"), state: dir.join("state"), dir, child: None };
+        let mut d = Daemon {
+            socket: dir.join("run/tapyard.sock"),
+            state: dir.join("state"),
+            dir,
+            child: None,
+            netns: netns.map(str::to_string),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
         d.spawn();
         d
     }
@@ -107,10 +129,21 @@ impl Daemon {
     /// Starts the daemon process on this socket and state directory and waits until it answers.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(TAPYARD)
+        // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, TAPYARD]);
+                c
+            }
+            None => Command::new(TAPYARD),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&self.socket)
-            .args(["daemon", "--workers", "2", "--state-dir"])
+            .arg("daemon")
+            .args(&self.flags)
+            .args(["--workers", "2", "--state-dir"])
             .arg(&self.state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -120,6 +153,9 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.cli(&["network", "ls"]).status.success() {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("daemon exited ({st}) before answering; log:\n{}", self.log());
+            }
             assert!(Instant::now() < deadline, "daemon did not answer; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
