@@ -33,8 +33,8 @@ pub mod netns;
 mod networks;
 pub mod persist;
 mod ports;
-pub mod publish;
 pub mod proto;
+pub mod publish;
 mod routers;
 pub mod server;
 #[cfg(test)]
@@ -104,6 +104,18 @@ struct PortRec {
     vhost: Option<Arc<VhostPort>>,
     stats: Arc<PortStats>,
     worker: usize,
+    /// Its published ports, one per entry of `spec.publish` (kept equal by
+    /// [`PortRec::publish_changed`]): the socket holding the host port, or
+    /// why it could not be held again at a restart (then the publish is
+    /// inactive: kept, but forwarded by no rule). Dropping one releases its port.
+    reservations: BTreeMap<publish::Publish, Result<publish::Reservation, String>>,
+}
+
+impl PortRec {
+    /// Makes `spec.publish` (what is persisted) say what `reservations` holds.
+    fn publish_changed(&mut self) {
+        self.spec.publish = self.reservations.keys().copied().collect();
+    }
 }
 
 struct RouterRec {
@@ -257,6 +269,15 @@ impl Daemon {
             self.restore_port(&mut inner, spec);
         }
         self.commit(&mut inner, Change::Added);
+        if let Err(e) = self.sync_firewall(&inner) {
+            tracing::error!(error = %e, "cannot install the rules of the published ports");
+        }
+    }
+
+    /// Brings the kernel's rules in line with the configuration (published
+    /// ports: [`Daemon::dnat_targets`]); called after every change.
+    fn sync_firewall(&self, _inner: &Inner) -> Result<(), ApiError> {
+        Ok(()) // placeholder: replaced by the firewall when it lands
     }
 
     /// Gives a network with a subnet its DHCP server and leases (replaying
@@ -374,6 +395,10 @@ impl Daemon {
     pub(crate) fn republish(&self) {
         let mut inner = self.lock();
         self.publish(&mut inner);
+        // A bound lease may be the address a published port waits for.
+        if let Err(e) = self.sync_firewall(&inner) {
+            tracing::error!(error = %e, "cannot update the rules of the published ports");
+        }
     }
 
     /// Waits until every worker runs on snapshot `epoch` or later.
