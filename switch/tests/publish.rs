@@ -146,6 +146,13 @@ fn published_ports_are_held_refused_when_taken_released_and_kept_across_a_restar
     let row = d.ok(&["port", "ls"]).lines().find(|l| l.contains(&b.name)).unwrap().to_string();
     assert!(row.ends_with(&format!("127.0.0.1:{late}->80/tcp(waiting)")), "{row}");
 
+    // Forwarded once DHCP gives the port an address.
+    need("udhcpc", "udhcpc");
+    let fixture = format!("{}/tests/fixtures/udhcpc.sh", env!("CARGO_MANIFEST_DIR"));
+    let bound = b.run(&["udhcpc", "-f", "-q", "-n", "-i", "eth0", "-s", &fixture, "-t", "5", "-T", "1"]);
+    assert!(bound, "udhcpc got no lease; daemon log:\n{}", d.log());
+    assert_eq!(entry(&d, &b.name, late, "tcp")["state"], "active", "{}", d.port(&b.name));
+
     // SIGKILL and restart: the publishes are kept and held again. One whose
     // host port another program took while the daemon was down is kept inactive.
     d.signal("KILL");
@@ -163,7 +170,7 @@ fn published_ports_are_held_refused_when_taken_released_and_kept_across_a_restar
     // Once it is free again, publishing the same spec takes it back.
     drop(squatter);
     d.ok(&["port", "publish", &net, &b.name, &format!("127.0.0.1:{late}:80")]);
-    assert_eq!(entry(&d, &b.name, late, "tcp")["state"], "waiting");
+    assert_eq!(entry(&d, &b.name, late, "tcp")["state"], "active", "its lease outlived the restart");
     assert!(tcp_held(late));
     // Unpublished as shown by port ls.
     d.ok(&["port", "unpublish", &net, &b.name, &format!("127.0.0.1:{late}->80/tcp")]);
