@@ -17,7 +17,8 @@
 //! | `mod.rs` | the [`Daemon`] and its state (`Inner`), start and shutdown, the locks (order: `inner`, then `ipam`), publishing a snapshot and `commit` (publish, wait for the workers when something was removed, persist) |
 //! | `dispatch.rs` | [`Daemon::handle`]: a request in, its typed [`proto::Reply`] or an [`proto::ApiError`] out |
 //! | `networks.rs` | networks (create, remove, reserve, describe), their leases and forwarding tables |
-//! | `ports.rs` | port lifecycle: one allocator for TAP and vhost-user ports, new or restored; the worker each goes to; removal |
+//! | `ports.rs` | port lifecycle: one allocator for TAP and vhost-user ports, new or restored; the worker each goes to; removal; which host ports each publishes, and where the firewall forwards them |
+//! | `publish.rs` | published ports: Docker's `-p` syntax, and the sockets that hold host ports |
 //! | `routers.rs` | routers, attachments and static routes |
 //! | `housekeeping.rs` | the once-a-second thread: FDB ageing, per-port FDB shares, the workers' port events |
 //! | `build.rs` | configuration → [`Snapshot`], pure |

@@ -247,9 +247,17 @@ impl Daemon {
         for pat in &patterns {
             let hits: Vec<Publish> = rec.reservations.keys().filter(|p| p.matches(pat)).copied().collect();
             if hits.is_empty() {
+                let what = match pat.host_port {
+                    0 => format!(
+                        "container port {}/{} on {}",
+                        pat.container_port,
+                        pat.proto,
+                        pat.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    ),
+                    _ => pat.to_string(),
+                };
                 return Err(ApiError::not_found(format!(
-                    "{ifname} in {ns_spec} on network {network_name:?} does not publish {pat}{}; see `tapyard port ls`",
-                    if pat.host_port == 0 { " (any host port)" } else { "" }
+                    "{ifname} in {ns_spec} on network {network_name:?} does not publish {what}; see `tapyard port ls`"
                 )));
             }
             gone.extend(hits);
