@@ -110,7 +110,7 @@ pub enum Cmd {
         #[arg(long, default_value = "eth0")]
         ifname: String,
     },
-    /// List ports.
+    /// List ports; publish host ports to them (as docker run -p).
     #[command(subcommand)]
     Port(PortCmd),
     /// Routers: connect networks to each other through their gateways.
