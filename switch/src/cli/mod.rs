@@ -85,6 +85,13 @@ pub enum Cmd {
         /// every frame (and tapyard segments frames sent to this port).
         #[arg(long, value_enum, default_value_t = OnOff::On)]
         offload: OnOff,
+        /// Publish a host port to the namespace, as docker run -p
+        /// (repeatable): [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp],
+        /// HOST_IP::CONTAINER_PORT or CONTAINER_PORT (host port chosen by the
+        /// kernel); ranges like 8000-8010:8000-8010; IPv4 only. The network
+        /// needs egress. A host port in use refuses the connect.
+        #[arg(long, short = 'p', value_name = "SPEC")]
+        publish: Vec<String>,
         /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
@@ -103,7 +110,7 @@ pub enum Cmd {
         #[arg(long, default_value = "eth0")]
         ifname: String,
     },
-    /// List ports.
+    /// List ports; publish host ports to them (as docker run -p).
     #[command(subcommand)]
     Port(PortCmd),
     /// Routers: connect networks to each other through their gateways.
@@ -218,12 +225,36 @@ pub enum NetworkCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PortCmd {
-    /// List ports with their counters.
+    /// List ports with their counters and published ports.
     Ls {
         network: Option<String>,
         /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Publish a host port to a connected namespace's port (SPEC as
+    /// `connect --publish`; a spec left inactive by a restart is retried).
+    Publish {
+        network: String,
+        /// The namespace as given to `connect`.
+        netns: String,
+        /// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], HOST_IP::CONTAINER_PORT or CONTAINER_PORT.
+        spec: String,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// Print JSON (the port) instead of what was published.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop publishing (SPEC as given to publish, or as `port ls` shows it:
+    /// 0.0.0.0:8080->80/tcp; a spec without a host port stops all of that
+    /// container port); the host port is released.
+    Unpublish {
+        network: String,
+        netns: String,
+        spec: String,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
     },
 }
 
@@ -346,7 +377,7 @@ fn check_applicable(m: &clap::ArgMatches) {
     let given = |id: &str| c.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     let vhost = given("vhost_user");
     let (wrong, why): (&[&str], &str) = if vhost {
-        (&["ifname", "ip", "offload"], "apply to a TAP port (connect NETWORK NETNS), not to --vhost-user")
+        (&["ifname", "ip", "offload", "publish"], "apply to a TAP port (connect NETWORK NETNS), not to --vhost-user")
     } else {
         (&["server", "client", "queues", "socket_mode", "socket_group"], "apply only with --vhost-user SOCKET")
     };
@@ -627,24 +658,42 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 );
             }
         }
-        Cmd::Connect { network, netns, ifname, mac, ip, offload, json, .. } => {
+        Cmd::Connect { network, netns, ifname, mac, ip, offload, publish, json, .. } => {
             let netns = netns.unwrap_or_default();
             let offload = Some(offload == OnOff::On);
-            let p: PortInfo =
-                client::call(&socket, &Request::Connect { network, netns, ifname: Some(ifname), mac, ip, offload })?;
+            let req = Request::Connect { network, netns, ifname: Some(ifname), mac, ip, offload, publish };
+            let p: PortInfo = client::call(&socket, &req)?;
             if json {
                 print_json(&p);
             } else {
+                let shown: Vec<String> = p.publish.iter().map(PublishInfo::shown).collect();
                 println!(
-                    "port {}: {} in {} on {} (mac {}{})",
+                    "port {}: {} in {} on {} (mac {}{}{})",
                     p.id,
                     p.ifname,
                     p.netns,
                     p.network,
                     p.mac,
-                    p.ip.map(|i| format!(", ip {i}")).unwrap_or_default()
+                    p.ip.map(|i| format!(", ip {i}")).unwrap_or_default(),
+                    if shown.is_empty() { String::new() } else { format!(", publish {}", shown.join(",")) }
                 );
             }
+        }
+        Cmd::Port(PortCmd::Publish { network, netns, spec, ifname, json }) => {
+            let patterns = crate::control::publish::parse(&spec).map_err(BadArgs)?;
+            let p: PortInfo =
+                client::call(&socket, &Request::PortPublish { network, netns, ifname: Some(ifname), spec })?;
+            if json {
+                print_json(&p);
+            } else {
+                // What this spec published, with the host ports the kernel chose.
+                for i in p.publish.iter().filter(|i| patterns.iter().any(|pat| i.publish.matches(pat))) {
+                    println!("{}", i.shown());
+                }
+            }
+        }
+        Cmd::Port(PortCmd::Unpublish { network, netns, spec, ifname }) => {
+            call_v(Request::PortUnpublish { network, netns, ifname: Some(ifname), spec })?;
         }
         Cmd::Disconnect { network, vhost_user: Some(sock), .. } => {
             call_v(Request::DisconnectVhost { network, socket: absolute(&sock)? })?;

@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::control::proto::{FdbEntryInfo, LeaseInfo, NetworkInfo, PortInfo, RouteInfo, RouterInfo};
+use crate::control::proto::{FdbEntryInfo, LeaseInfo, NetworkInfo, PortInfo, PublishInfo, RouteInfo, RouterInfo};
 
 /// Prints rows with columns padded to their widest cell.
 fn print(header: &[&str], rows: &[Vec<String>]) {
@@ -70,6 +70,7 @@ pub fn ports(ports: &[PortInfo]) {
                 format!("{}/{}", c.rx_errors, c.tx_errors),
                 p.queues.to_string(),
                 if features.is_empty() { "-".into() } else { features },
+                publish(p),
             ]
         })
         .collect();
@@ -88,9 +89,20 @@ pub fn ports(ports: &[PortInfo]) {
             "ERR RX/TX",
             "QUEUES",
             "OFFLOADS/FEATURES",
+            "PUBLISH",
         ],
         &rows,
     );
+}
+
+/// Its published ports as `docker ps` shows them, comma-separated; those
+/// not forwarded marked `(waiting)` (no address yet) or `(inactive)` (the
+/// host port was taken while the daemon was down).
+fn publish(p: &PortInfo) -> String {
+    if p.publish.is_empty() {
+        return "-".into();
+    }
+    p.publish.iter().map(PublishInfo::shown).collect::<Vec<_>>().join(",")
 }
 
 /// The workers serving a port, queue by queue: `0,1` is queue 0 on worker 0,

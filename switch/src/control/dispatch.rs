@@ -29,10 +29,18 @@ impl Daemon {
             Request::RouteDel { router, prefix } => self.route_change(&router, &prefix, None).map(Reply::from),
             Request::RouteLs { router } => self.route_ls(router.as_deref()).map(Reply::from),
             Request::LeaseLs { network } => self.lease_ls(network.as_deref()).map(Reply::from),
-            Request::Connect { network, netns, ifname, mac, ip, offload } => {
+            Request::Connect { network, netns, ifname, mac, ip, offload, publish } => {
                 self.check_order("connect", &network, &netns)?;
-                let port = self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true));
+                let port = self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true), publish);
                 port.map(Reply::from).map_err(with_privilege_hint)
+            }
+            Request::PortPublish { network, netns, ifname, spec } => {
+                self.check_order("port publish", &network, &netns)?;
+                self.port_publish(&network, &netns, ifname, &spec).map(Reply::from)
+            }
+            Request::PortUnpublish { network, netns, ifname, spec } => {
+                self.check_order("port unpublish", &network, &netns)?;
+                self.port_unpublish(&network, &netns, ifname, &spec).map(Reply::from)
             }
             Request::Disconnect { network, netns, ifname } => {
                 self.check_order("disconnect", &network, &netns)?;

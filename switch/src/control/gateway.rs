@@ -319,8 +319,9 @@ pub fn run(d: &impl Control) {
                                     }
                                 }
                             }
-                            // A lease bound on a routed network is a new neighbour (offers are not).
-                            if net.router.is_some() && !h.records.is_empty() {
+                            // A lease bound is a new neighbour on a routed network, and may be
+                            // the address a published port waits for (offers are neither).
+                            if !h.records.is_empty() {
                                 republish = true;
                             }
                             if let Some(r) = h.reply {

@@ -17,7 +17,8 @@
 //! | `mod.rs` | the [`Daemon`] and its state (`Inner`), start and shutdown, the locks (order: `inner`, then `ipam`), publishing a snapshot and `commit` (publish, wait for the workers when something was removed, persist) |
 //! | `dispatch.rs` | [`Daemon::handle`]: a request in, its typed [`proto::Reply`] or an [`proto::ApiError`] out |
 //! | `networks.rs` | networks (create, remove, reserve, describe), their leases and forwarding tables |
-//! | `ports.rs` | port lifecycle: one allocator for TAP and vhost-user ports, new or restored; the worker each goes to; removal |
+//! | `ports.rs` | port lifecycle: one allocator for TAP and vhost-user ports, new or restored; the worker each goes to; removal; which host ports each publishes, and where the firewall forwards them |
+//! | `publish.rs` | published ports: Docker's `-p` syntax, and the sockets that hold host ports |
 //! | `routers.rs` | routers, attachments and static routes |
 //! | `housekeeping.rs` | the once-a-second thread: FDB ageing, per-port FDB shares, the workers' port events |
 //! | `build.rs` | configuration → [`Snapshot`], pure |
@@ -108,6 +109,18 @@ struct PortRec {
     vhost: Option<Arc<VhostPort>>,
     stats: Arc<PortStats>,
     worker: usize,
+    /// Its published ports, one per entry of `spec.publish` (kept equal by
+    /// [`PortRec::publish_changed`]): the socket holding the host port, or
+    /// why it could not be held again at a restart (then the publish is
+    /// inactive: kept, but forwarded by no rule). Dropping one releases its port.
+    reservations: BTreeMap<publish::Publish, Result<publish::Reservation, String>>,
+}
+
+impl PortRec {
+    /// Makes `spec.publish` (what is persisted) say what `reservations` holds.
+    fn publish_changed(&mut self) {
+        self.spec.publish = self.reservations.keys().copied().collect();
+    }
 }
 
 struct RouterRec {
@@ -271,6 +284,15 @@ impl Daemon {
             self.restore_port(&mut inner, spec);
         }
         self.commit(&mut inner, Change::Added);
+        if let Err(e) = self.sync_firewall(&inner) {
+            tracing::error!(error = %e, "cannot install the rules of the published ports");
+        }
+    }
+
+    /// Brings the kernel's rules in line with the configuration (published
+    /// ports: [`Daemon::dnat_targets`]); called after every change.
+    fn sync_firewall(&self, _inner: &Inner) -> Result<(), ApiError> {
+        Ok(()) // placeholder: replaced by the firewall when it lands
     }
 
     /// Gives a network with a subnet its DHCP server and leases (replaying
@@ -414,6 +436,10 @@ impl Daemon {
     pub(crate) fn republish(&self) {
         let mut inner = self.lock();
         self.publish(&mut inner);
+        // A bound lease may be the address a published port waits for.
+        if let Err(e) = self.sync_firewall(&inner) {
+            tracing::error!(error = %e, "cannot update the rules of the published ports");
+        }
     }
 
     /// Waits until every worker runs on snapshot `epoch` or later.

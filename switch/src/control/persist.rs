@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tapyard_ipam::{Addressing, Ipv4Net};
 
+use super::publish::Publish;
 use crate::port::Offloads;
 use crate::wire::MacAddr;
 
@@ -99,6 +100,10 @@ pub struct PortSpec {
     /// A vhost-user port (then `netns` and `ifname` are empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostSpec>,
+    /// Published host ports (`--publish`), with the host port the kernel
+    /// chose for those that left it open: a restart reserves the same again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<Publish>,
 }
 
 impl PortSpec {
@@ -243,12 +248,32 @@ mod tests {
                 netns_ino: 4026532000,
                 no_offload: false,
                 vhost: None,
+                publish: vec![],
             }],
             routers: vec![],
         };
         save(&d, &st).unwrap();
         assert_eq!(load(&d).unwrap(), st);
+        // No publish: no key, so a state file reads the same to an older tapyard.
+        let text = fs::read_to_string(state_path(&d)).unwrap();
+        assert!(!text.contains("publish"), "{text}");
+        // With published ports: kept, address and protocol included.
+        let mut with = st.clone();
+        with.ports[0].publish = crate::control::publish::parse("127.0.0.1:8080-8081:80-81/udp").unwrap();
+        with.ports[0].publish.extend(crate::control::publish::parse("9090:90").unwrap());
+        save(&d, &with).unwrap();
+        let back = load(&d).unwrap();
+        assert_eq!(back, with);
+        assert_eq!(back.ports[0].publish.len(), 3);
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_port_saved_before_publish_has_none() {
+        let old = r#"{"network":"a","netns":"ns1","ifname":"eth0","mac":"02:00:00:00:00:01","ip":null,
+                      "netns_dev":4,"netns_ino":4026532000}"#;
+        let p: PortSpec = serde_json::from_str(old).unwrap();
+        assert!(p.publish.is_empty());
     }
 
     #[test]

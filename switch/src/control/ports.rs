@@ -1,7 +1,10 @@
 //! Port lifecycle: connecting TAP and vhost-user ports, the worker that
 //! reads each, restoring them after a restart, and removing them (publish,
-//! wait for the workers, flush, close).
+//! wait for the workers, flush, close). Also which host ports each port
+//! publishes (`--publish`, `port publish|unpublish`): their reservations
+//! and the DNAT targets the firewall forwards them to.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +15,9 @@ use tapyard_ipam::{check_static, Ipv4Net};
 
 use super::netns::{self, Netns};
 use super::networks::network;
-use super::persist::{PortSpec, VhostSpec};
+use super::persist::{NetworkSpec, PortSpec, VhostSpec};
 use super::proto::*;
+use super::publish::{self, Publish, Reservation, ReserveError};
 use super::{server, unix_now, Change, Daemon, Inner, PortRec, DEFAULT_IFNAME, VHOST_DIR};
 use crate::port::tap::TapPort;
 use crate::port::vhost::{self, VhostConfig, VhostPort};
@@ -44,6 +48,10 @@ impl Daemon {
         Ok(self.port_infos(&inner, inner.ports.values().filter(|p| filter.is_none_or(|n| p.spec.network == n))))
     }
 
+    /// Connects a namespace through a new TAP. `publish`: host ports to
+    /// publish (Docker's `-p` specs), all reserved before anything else is
+    /// made; any failure leaves nothing behind.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn connect(
         &self,
         network_name: String,
@@ -52,9 +60,11 @@ impl Daemon {
         mac: Option<String>,
         ip: Option<String>,
         offload: bool,
+        publish: Vec<String>,
     ) -> Result<PortInfo, ApiError> {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         netns::check_ifname(&ifname)?;
+        let wanted = parse_specs(&publish)?;
         let mac = match mac {
             Some(m) => parse_unicast_mac(&m)?,
             None => MacAddr::stable_local(format!("{network_name}\0{ns_spec}\0{ifname}").as_bytes()),
@@ -98,6 +108,12 @@ impl Daemon {
                 "--ip auto needs a network with a subnet; {network_name:?} was created with --ipam none"
             )));
         }
+        if !wanted.is_empty() {
+            publish_allowed(&net.spec)?;
+        }
+        // The host ports first: a port in use refuses the connect before any
+        // address is taken or interface made. Dropped on any error below.
+        let held = reserve(&inner, None, &wanted)?;
         // IPAM: --ip auto takes an address; --ip claims it so DHCP never hands it out.
         let ip = if let Some(a) = addressing {
             let mut store = self.ipam();
@@ -135,6 +151,7 @@ impl Daemon {
             netns_ino: ns.ino,
             no_offload: !offload,
             vhost: None,
+            publish: held.iter().map(Reservation::publish).collect(),
         };
         let id = self.attach(&mut inner, spec, ns).inspect_err(|_| {
             // Nothing was attached: give back the address taken above, or
@@ -143,10 +160,155 @@ impl Daemon {
             store.release_port(&network_name, mac.0);
             let _ = self.commit_ipam(&mut store);
         })?;
+        if let Some(rec) = inner.ports.get_mut(&id) {
+            rec.reservations = held.into_iter().map(|r| (r.publish(), Ok(r))).collect();
+            rec.publish_changed();
+        }
         self.commit(&mut inner, Change::Added);
+        if let Err(e) = self.sync_firewall(&inner) {
+            // Its ports cannot be forwarded: take the port away again.
+            self.remove_ports(&mut inner, &[id]);
+            self.persist(&inner);
+            return Err(e);
+        }
         let rec = &inner.ports[&id];
-        tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname, "port connected");
+        let published: Vec<String> = rec.spec.publish.iter().map(Publish::to_string).collect();
+        tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname,
+            publish = ?published, "port connected");
         Ok(self.port_reply(&inner, rec))
+    }
+
+    /// `port publish`: publishes the host ports of `spec` (one `-p` spec) to
+    /// the TAP port `ifname` of `ns_spec` on `network_name`. All or nothing.
+    /// A spec the port already publishes, inactive since a restart (its host
+    /// port was taken), is reserved again.
+    pub(super) fn port_publish(
+        &self,
+        network_name: &str,
+        ns_spec: &str,
+        ifname: Option<String>,
+        spec: &str,
+    ) -> Result<PortInfo, ApiError> {
+        let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
+        let wanted = publish::parse(spec).map_err(ApiError::bad_request)?;
+        let ns = netns::resolve(ns_spec).ok();
+        let mut inner = self.lock();
+        publish_allowed(&network(&inner, network_name)?.spec)?;
+        let id = find_tap(&inner, network_name, ns_spec, ns.as_ref(), &ifname)?;
+        let held = reserve(&inner, Some(id), &wanted)?;
+        let rec = inner.ports.get_mut(&id).expect("found above, under the same lock");
+        // What each reservation replaces: nothing, or the reason it was inactive.
+        let mut before: Vec<(Publish, Option<String>)> = Vec::new();
+        for r in held {
+            let p = r.publish();
+            let old = rec.reservations.insert(p, Ok(r)).and_then(Result::err);
+            before.push((p, old));
+        }
+        rec.publish_changed();
+        self.persist(&inner);
+        if let Err(e) = self.sync_firewall(&inner) {
+            let rec = inner.ports.get_mut(&id).expect("still there, under the same lock");
+            for (p, old) in before {
+                match old {
+                    Some(why) => rec.reservations.insert(p, Err(why)),
+                    None => rec.reservations.remove(&p),
+                };
+            }
+            rec.publish_changed();
+            self.persist(&inner);
+            let _ = self.sync_firewall(&inner);
+            return Err(e);
+        }
+        let rec = &inner.ports[&id];
+        tracing::info!(port = %id, network = %network_name, netns = %ns_spec, ifname = %ifname, spec = %spec,
+            "port published");
+        Ok(self.port_reply(&inner, rec))
+    }
+
+    /// `port unpublish`: stops publishing what `spec` names (a `-p` spec,
+    /// where an open host port matches any, or the shown form
+    /// `0.0.0.0:8080->80/tcp`). The rules go first, then the host ports are
+    /// released. Every port of the spec must be published, or nothing changes.
+    pub(super) fn port_unpublish(
+        &self,
+        network_name: &str,
+        ns_spec: &str,
+        ifname: Option<String>,
+        spec: &str,
+    ) -> Result<PortInfo, ApiError> {
+        let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
+        let patterns = publish::parse(&spec.replace("->", ":")).map_err(ApiError::bad_request)?;
+        let ns = netns::resolve(ns_spec).ok();
+        let mut inner = self.lock();
+        network(&inner, network_name)?;
+        let id = find_tap(&inner, network_name, ns_spec, ns.as_ref(), &ifname)?;
+        let rec = inner.ports.get_mut(&id).expect("found above, under the same lock");
+        let mut gone = BTreeSet::new();
+        for pat in &patterns {
+            let hits: Vec<Publish> = rec.reservations.keys().filter(|p| p.matches(pat)).copied().collect();
+            if hits.is_empty() {
+                let what = match pat.host_port {
+                    0 => format!(
+                        "container port {}/{} on {}",
+                        pat.container_port,
+                        pat.proto,
+                        pat.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    ),
+                    _ => pat.to_string(),
+                };
+                return Err(ApiError::not_found(format!(
+                    "{ifname} in {ns_spec} on network {network_name:?} does not publish {what}; see `tapyard port ls`"
+                )));
+            }
+            gone.extend(hits);
+        }
+        let released: Vec<_> = gone.iter().filter_map(|p| rec.reservations.remove(p)).collect();
+        rec.publish_changed();
+        self.persist(&inner);
+        let synced = self.sync_firewall(&inner);
+        // The rules are gone: now the host ports may go to anyone.
+        drop(released);
+        synced?;
+        let shown: Vec<String> = gone.iter().map(Publish::to_string).collect();
+        tracing::info!(port = %id, network = %network_name, netns = %ns_spec, ifname = %ifname, unpublished = ?shown,
+            "port unpublished");
+        Ok(self.port_reply(&inner, &inner.ports[&id]))
+    }
+
+    /// What the firewall forwards: every published port that holds its host
+    /// port, with its port's address (`--ip`, else its active DHCP lease).
+    /// Ports without an address yet are left out (their publishes are
+    /// "waiting"), as are inactive publishes.
+    // Read by `sync_firewall` once the firewall lands (a placeholder until then).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) fn dnat_targets(&self, inner: &Inner) -> Vec<(Publish, Ipv4Addr)> {
+        let now = unix_now();
+        let leases = self.ipam().leases(None);
+        let mut out = Vec::new();
+        for p in inner.ports.values() {
+            let Some(addr) = container_addr(inner, &leases, p, now) else { continue };
+            out.extend(p.reservations.iter().filter(|(_, r)| r.is_ok()).map(|(publish, _)| (*publish, addr)));
+        }
+        out
+    }
+
+    /// Reserves a restored port's published host ports again. One another
+    /// program took meanwhile stays in the configuration, inactive (no rule
+    /// forwards it), with an error in the log and in `port ls`.
+    fn restore_publish(&self, inner: &mut Inner, id: PortId) {
+        let Some(rec) = inner.ports.get_mut(&id) else { return };
+        for p in std::mem::take(&mut rec.spec.publish) {
+            let held = Reservation::take(p).map_err(|e| {
+                tracing::error!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns,
+                    ifname = %rec.spec.ifname, publish = %p, error = %e,
+                    "published port is inactive: its host port cannot be held again (`tapyard port publish` retries)");
+                e.to_string()
+            });
+            // A hand-edited open host port (0) is recorded as the one the kernel chose.
+            let key = held.as_ref().map_or(p, Reservation::publish);
+            rec.reservations.insert(key, held);
+        }
+        rec.publish_changed();
     }
 
     /// The one way a port comes to be, TAP or vhost-user, new or restored:
@@ -166,7 +328,8 @@ impl Daemon {
             Device::Vhost(v) => (v.clone(), Some(v), None),
         };
         let worker = self.pick_worker(inner, &spec.network);
-        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats: Arc::default(), worker });
+        let reservations = BTreeMap::new();
+        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats: Arc::default(), worker, reservations });
         Ok(id)
     }
 
@@ -186,7 +349,10 @@ impl Daemon {
         if let Some(v) = &spec.vhost {
             let (network, socket) = (spec.network.clone(), v.socket.clone());
             match self.attach_vhost(inner, spec) {
-                Ok(id) => tracing::info!(port = %id, network = %network, socket = ?socket, "vhost-user port restored"),
+                Ok(id) => {
+                    tracing::info!(port = %id, network = %network, socket = ?socket, "vhost-user port restored");
+                    self.restore_publish(inner, id);
+                }
                 Err(e) => {
                     tracing::warn!(network = %network, socket = ?socket, error = %e, "cannot restore vhost-user port")
                 }
@@ -222,9 +388,15 @@ impl Daemon {
             }
         });
         match opened {
-            Ok(id) if survived => tracing::info!(port = %id, network = %network, netns = %netns, ifname = %ifname,
-                "port reattached to its surviving interface"),
-            Ok(id) => tracing::info!(port = %id, network = %network, netns = %netns, "port reattached"),
+            Ok(id) => {
+                if survived {
+                    tracing::info!(port = %id, network = %network, netns = %netns, ifname = %ifname,
+                        "port reattached to its surviving interface");
+                } else {
+                    tracing::info!(port = %id, network = %network, netns = %netns, "port reattached");
+                }
+                self.restore_publish(inner, id);
+            }
             Err(e) => tracing::warn!(network = %network, netns = %netns, error = %e, "cannot reattach port"),
         }
     }
@@ -255,6 +427,11 @@ impl Daemon {
         let recs: Vec<PortRec> = ids.iter().filter_map(|id| inner.ports.remove(id)).collect();
         if recs.is_empty() {
             return 0;
+        }
+        // Their published ports' rules go now; the host ports are released
+        // with the records, at the end.
+        if let Err(e) = self.sync_firewall(inner) {
+            tracing::error!(error = %e, "cannot remove the rules of the published ports of removed ports");
         }
         {
             let mut store = self.ipam();
@@ -332,6 +509,7 @@ impl Daemon {
             netns_ino: 0,
             no_offload: false,
             vhost: Some(VhostSpec { socket: path, mode, queues, socket_mode: owner.mode, socket_gid: owner.gid }),
+            publish: vec![],
         };
         let id = self.attach_vhost(&mut inner, spec)?;
         self.commit(&mut inner, Change::Added);
@@ -408,23 +586,7 @@ impl Daemon {
         let ns = netns::resolve(ns_spec).ok();
         let mut inner = self.lock();
         network(&inner, network_name)?;
-        let id = inner
-            .ports
-            .values()
-            .find(|p| {
-                p.spec.network == network_name
-                    && p.spec.ifname == ifname
-                    && match &ns {
-                        Some(ns) => p.netns.as_ref().is_some_and(|n| n.dev == ns.dev && n.ino == ns.ino),
-                        None => p.spec.netns == ns_spec,
-                    }
-            })
-            .map(|p| p.id)
-            .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "no port {ifname} in namespace {ns_spec} on network {network_name:?}; see `tapyard port ls`"
-                ))
-            })?;
+        let id = find_tap(&inner, network_name, ns_spec, ns.as_ref(), &ifname)?;
         self.remove_ports(&mut inner, &[id]);
         self.persist(&inner);
         tracing::info!(port = %id, network = %network_name, netns = %ns_spec, ifname = %ifname, "port disconnected");
@@ -438,6 +600,103 @@ enum Device {
     Tap(TapPort, Netns),
     /// A vhost-user backend (the same `Arc` is the port and its vhost-user details).
     Vhost(Arc<VhostPort>),
+}
+
+/// The TAP port `ifname` of namespace `ns_spec` (resolved: `ns`, when it
+/// still exists; else matched by the name given to `connect`) on `network`.
+fn find_tap(inner: &Inner, network: &str, ns_spec: &str, ns: Option<&Netns>, ifname: &str) -> Result<PortId, ApiError> {
+    inner
+        .ports
+        .values()
+        .find(|p| {
+            p.spec.network == network
+                && p.spec.vhost.is_none()
+                && p.spec.ifname == ifname
+                && match ns {
+                    Some(ns) => p.netns.as_ref().is_some_and(|n| n.dev == ns.dev && n.ino == ns.ino),
+                    None => p.spec.netns == ns_spec,
+                }
+        })
+        .map(|p| p.id)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no port {ifname} in namespace {ns_spec} on network {network:?}; see `tapyard port ls`"
+            ))
+        })
+}
+
+/// Whether ports of a network may publish host ports: the forwarded
+/// traffic goes through the network's egress, so a network without one
+/// cannot. EGRESS: the one place that decides; extend it with the egress
+/// mode (`--egress none`).
+fn publish_allowed(spec: &NetworkSpec) -> Result<(), ApiError> {
+    let why = if spec.addressing.is_none() {
+        "it was created with --ipam none"
+    } else if spec.internal {
+        "it is --internal"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::bad_request(format!("network {:?} has no egress; published ports need one ({why})", spec.name)))
+}
+
+/// Every `--publish` spec, parsed; the first bad one is the error.
+fn parse_specs(specs: &[String]) -> Result<Vec<Publish>, ApiError> {
+    let mut out = Vec::new();
+    for s in specs {
+        out.extend(publish::parse(s).map_err(ApiError::bad_request)?);
+    }
+    Ok(out)
+}
+
+/// Reserves the host ports of `wanted`, all or none. Refused: a host port
+/// a port of this daemon already publishes (held or inactive), except an
+/// inactive publish of `own` given again exactly (a retry), and a host
+/// port given twice.
+fn reserve(inner: &Inner, own: Option<PortId>, wanted: &[Publish]) -> Result<Vec<Reservation>, ApiError> {
+    let mut held: Vec<Reservation> = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        for p in inner.ports.values() {
+            let retry = |q: &Publish, r: &Result<Reservation, String>| Some(p.id) == own && q == w && r.is_err();
+            if let Some((q, _)) = p.reservations.iter().find(|(q, r)| q.clashes(w) && !retry(q, r)) {
+                return Err(ApiError::conflict(format!(
+                    "host port {} is already in use: tapyard publishes it ({q} to {})",
+                    w.host_side(),
+                    port_name(p)
+                )));
+            }
+        }
+        if let Some(h) = held.iter().find(|h| h.publish().clashes(w)) {
+            return Err(ApiError::conflict(format!(
+                "host port {} is given twice ({} and {w})",
+                w.host_side(),
+                h.publish()
+            )));
+        }
+        held.push(Reservation::take(*w).map_err(reserve_error)?);
+    }
+    Ok(held)
+}
+
+fn reserve_error(e: ReserveError) -> ApiError {
+    match e {
+        ReserveError::InUse(_) => ApiError::conflict(e.to_string()),
+        ReserveError::NotLocal(_) => ApiError::bad_request(e.to_string()),
+        ReserveError::Denied(_) | ReserveError::Other(..) => ApiError::system(e.to_string()),
+    }
+}
+
+/// A port as people name it: `eth0 in c1 on network "blue"`.
+fn port_name(p: &PortRec) -> String {
+    match &p.spec.vhost {
+        Some(v) => format!("vhost-user {} on network {:?}", v.socket.display(), p.spec.network),
+        None => format!("{} in {} on network {:?}", p.spec.ifname, p.spec.netns, p.spec.network),
+    }
+}
+
+/// The address published ports of `p` are forwarded to: `--ip`, else its DHCP lease.
+fn container_addr(inner: &Inner, leases: &[(String, Lease)], p: &PortRec, now: u64) -> Option<Ipv4Addr> {
+    p.spec.ip.or_else(|| leased(inner, leases, p, now)).map(|n| n.addr())
 }
 
 /// The lowest port id not in use (an id is free again once its port is gone).
@@ -602,5 +861,17 @@ fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
         offloads: p.port.caps().offloads.names().into_iter().map(String::from).collect(),
         counters: p.stats.snapshot(),
         vhost: p.vhost.as_deref().map(vhost_info),
+        publish: p
+            .reservations
+            .iter()
+            .map(|(publish, held)| {
+                let (state, error) = match held {
+                    Err(why) => (PublishState::Inactive, Some(why.clone())),
+                    Ok(_) if p.spec.ip.is_some() || leased.is_some() => (PublishState::Active, None),
+                    Ok(_) => (PublishState::Waiting, None),
+                };
+                PublishInfo { publish: *publish, state, error }
+            })
+            .collect(),
     }
 }

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::publish::Publish;
 use crate::stats::PortCounters;
 
 /// Protocol version, reported by `ping`; bumped on incompatible changes.
@@ -44,6 +45,27 @@ pub enum Request {
         /// false: ask the kernel for no offloads on this port (`--offload off`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offload: Option<bool>,
+        /// Host ports to publish, Docker's `-p` syntax each (`--publish`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        publish: Vec<String>,
+    },
+    /// Publishes host ports to a TAP port's container (`port publish`).
+    PortPublish {
+        network: String,
+        netns: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ifname: Option<String>,
+        /// One `-p` spec, Docker's syntax (a range publishes several ports).
+        spec: String,
+    },
+    /// Stops publishing host ports (`port unpublish`).
+    PortUnpublish {
+        network: String,
+        netns: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ifname: Option<String>,
+        /// A `-p` spec as given to publish, or as shown (`0.0.0.0:8080->80/tcp`).
+        spec: String,
     },
     /// A vhost-user backend port on `socket` (`connect --vhost-user`).
     ConnectVhost {
@@ -281,7 +303,7 @@ pub enum Reply {
     NetworkRemoved(NetworkRemoved),
     /// `network_reserve`.
     Reserved(Reserved),
-    /// `connect`, `connect_vhost`.
+    /// `connect`, `connect_vhost`, `port_publish`, `port_unpublish`.
     Port(Box<PortInfo>),
     /// `port_ls`.
     Ports(Vec<PortInfo>),
@@ -478,6 +500,48 @@ pub struct PortInfo {
     /// Set for vhost-user ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostInfo>,
+    /// Its published ports.
+    #[serde(default)]
+    pub publish: Vec<PublishInfo>,
+}
+
+/// A published port of a port (`port ls`): `host_ip` (absent: every
+/// address), `host_port`, `container_port`, `proto`, and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishInfo {
+    #[serde(flatten)]
+    pub publish: Publish,
+    pub state: PublishState,
+    /// Why an inactive publish is inactive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Whether a published port is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishState {
+    /// The host port is held and forwarded to the port's address.
+    Active,
+    /// The host port is held; the port has no address yet (no `--ip`, no
+    /// DHCP lease): forwarded once it has one.
+    Waiting,
+    /// The host port could not be held again after a restart (another
+    /// program has it): kept, forwarded by no rule; `port publish` of the
+    /// same spec tries again.
+    Inactive,
+}
+
+impl PublishInfo {
+    /// As `docker ps` shows it, marked when not forwarded:
+    /// `0.0.0.0:8080->80/tcp`, `...(waiting)`, `...(inactive)`.
+    pub fn shown(&self) -> String {
+        match self.state {
+            PublishState::Active => self.publish.to_string(),
+            PublishState::Waiting => format!("{}(waiting)", self.publish),
+            PublishState::Inactive => format!("{}(inactive)", self.publish),
+        }
+    }
 }
 
 /// The vhost-user side of a port (`port ls`).
@@ -612,6 +676,7 @@ mod tests {
             offloads: vec![],
             counters: Default::default(),
             vhost: None,
+            publish: vec![],
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["netns"], serde_json::Value::Null);
@@ -620,6 +685,48 @@ mod tests {
         let tap = PortInfo { netns: "blue".into(), ifname: "eth0".into(), ..p };
         let v = serde_json::to_value(&tap).unwrap();
         assert_eq!((v["netns"].as_str(), v["ifname"].as_str()), (Some("blue"), Some("eth0")));
+    }
+
+    #[test]
+    fn connect_takes_publish_and_old_clients_need_not_send_it() {
+        let old = r#"{"op":"connect","network":"n","netns":"c1"}"#;
+        let r: Request = serde_json::from_str(old).unwrap();
+        let Request::Connect { publish, .. } = &r else { panic!("{r:?}") };
+        assert!(publish.is_empty());
+        assert_eq!(serde_json::to_string(&r).unwrap(), old, "no publish: not sent");
+        let new = r#"{"op":"connect","network":"n","netns":"c1","publish":["8080:80","53:53/udp"]}"#;
+        let r: Request = serde_json::from_str(new).unwrap();
+        let Request::Connect { publish, .. } = &r else { panic!("{r:?}") };
+        assert_eq!(publish, &["8080:80", "53:53/udp"]);
+        assert_eq!(serde_json::to_string(&r).unwrap(), new);
+        for op in ["port_publish", "port_unpublish"] {
+            let s = format!(r#"{{"op":"{op}","network":"n","netns":"c1","spec":"8080:80"}}"#);
+            let r: Request = serde_json::from_str(&s).unwrap();
+            assert_eq!(serde_json::to_string(&r).unwrap(), s);
+            let s = format!(r#"{{"op":"{op}","network":"n","netns":"c1","ifname":"eth1","spec":"80"}}"#);
+            assert_eq!(serde_json::to_string(&serde_json::from_str::<Request>(&s).unwrap()).unwrap(), s);
+            let missing = format!(r#"{{"op":"{op}","network":"n","netns":"c1"}}"#);
+            assert!(serde_json::from_str::<Request>(&missing).is_err(), "{op} needs a spec");
+        }
+    }
+
+    #[test]
+    fn published_ports_show_their_state() {
+        let publish = crate::control::publish::parse("127.0.0.1:8080:80").unwrap()[0];
+        let info = PublishInfo { publish, state: PublishState::Waiting, error: None };
+        let v = serde_json::to_value(&info).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"host_ip": "127.0.0.1", "host_port": 8080, "container_port": 80,
+                               "proto": "tcp", "state": "waiting"})
+        );
+        assert_eq!(serde_json::from_value::<PublishInfo>(v).unwrap(), info);
+        assert_eq!(info.shown(), "127.0.0.1:8080->80/tcp(waiting)");
+        let on = PublishInfo { state: PublishState::Active, ..info.clone() };
+        assert_eq!(on.shown(), "127.0.0.1:8080->80/tcp");
+        let off = PublishInfo { state: PublishState::Inactive, error: Some("in use".into()), ..info };
+        assert_eq!(serde_json::to_value(&off).unwrap()["error"], "in use");
+        assert_eq!(off.shown(), "127.0.0.1:8080->80/tcp(inactive)");
     }
 
     #[test]

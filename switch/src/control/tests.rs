@@ -29,9 +29,15 @@ impl TestDaemon {
     }
 
     /// Stops this daemon and starts another on the same state directory.
-    fn restart(mut self) -> TestDaemon {
+    fn restart(self) -> TestDaemon {
+        self.restart_with(|_| {})
+    }
+
+    /// Stops this daemon, runs `between` on the state directory, and starts another on it.
+    fn restart_with(mut self, between: impl FnOnce(&std::path::Path)) -> TestDaemon {
         self.d.shutdown();
         let dir = std::mem::take(&mut self.dir);
+        between(&dir);
         let d = Daemon::start(config(&dir)).expect("daemon restarts");
         TestDaemon { d, dir }
     }
@@ -391,4 +397,138 @@ fn ping_reports_the_daemon_and_shutdown_says_stopping() {
     assert_eq!((v["protocol"].as_u64(), v["workers"].as_u64()), (Some(u64::from(PROTOCOL_VERSION)), Some(2)));
     assert_eq!(v["state_dir"], json!(t.dir.display().to_string()));
     assert_eq!(t.ok(Request::Shutdown), json!({ "stopping": true }));
+}
+
+/// The error of a failed request: its kind and message.
+fn failure(r: Result<Reply, ApiError>) -> ApiError {
+    match r {
+        Ok(r) => panic!("should fail, got {r:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn publishing_needs_a_network_with_egress_and_a_good_spec() {
+    let t = TestDaemon::start("pubargs");
+    t.create("e", Some("10.36.1.0/24"));
+    t.ok(create_req("l2", |a| a.ipam = Some("none".into())));
+    t.ok(create_req("int", |a| {
+        a.subnet = Some("10.36.2.0/24".into());
+        a.internal = true
+    }));
+    let publish = |network: &str, spec: &str| {
+        t.d.handle(Request::PortPublish {
+            network: network.into(),
+            netns: "nowhere".into(),
+            ifname: None,
+            spec: spec.into(),
+        })
+    };
+    for net in ["l2", "int"] {
+        let e = failure(publish(net, "8080:80"));
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+        assert!(e.message.contains(&format!("network \"{net}\" has no egress; published ports need one")), "{e}");
+    }
+    let e = failure(publish("e", "8080:80/sctp"));
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    assert!(e.message.contains("sctp"), "{e}");
+    let e = failure(publish("e", "8080:80"));
+    assert_eq!(e.kind, ErrorKind::NotFound, "no such port: {e}");
+    let e = failure(t.d.handle(Request::PortUnpublish {
+        network: "e".into(),
+        netns: "nowhere".into(),
+        ifname: None,
+        spec: "0.0.0.0:8080->80/tcp".into(),
+    }));
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    // A bad spec refuses the connect before the namespace is even looked at.
+    let e = failure(t.d.handle(Request::Connect {
+        network: "e".into(),
+        netns: "nowhere".into(),
+        ifname: None,
+        mac: None,
+        ip: None,
+        offload: None,
+        publish: vec!["8080:80".into(), "8080:0".into()],
+    }));
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+    assert!(e.message.contains("\"8080:0\""), "the bad spec is named: {e}");
+    assert_eq!(t.ok(Request::PortLs { network: None }), json!([]));
+}
+
+/// A free TCP port on 127.0.0.1, found by binding port 0 (free again once
+/// this returns; another program taking it in between is unlikely).
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bind_fails(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+#[test]
+fn a_restart_reserves_published_ports_again_or_keeps_them_inactive() {
+    use super::publish::{Proto, Publish};
+    let t = TestDaemon::start("pubrestore");
+    t.create("a", Some("10.36.3.0/24"));
+    let mac = match t.vhost("a", "v.sock") {
+        Ok(Reply::Port(p)) => p.mac.clone(),
+        other => panic!("expected a port, got {other:?}"),
+    };
+    // Published ports as a daemon left them in state.json: one whose host
+    // port is free at the restart, one another program took meanwhile.
+    let lo = Some(std::net::Ipv4Addr::LOCALHOST);
+    let free = Publish { host_ip: lo, host_port: free_tcp_port(), container_port: 80, proto: Proto::Tcp };
+    let thief = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken =
+        Publish { host_ip: lo, host_port: thief.local_addr().unwrap().port(), container_port: 81, proto: Proto::Tcp };
+    let t = t.restart_with(|dir| {
+        let path = super::persist::state_path(dir);
+        let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        state["ports"][0]["publish"] = serde_json::to_value([free, taken]).unwrap();
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    });
+    let ports = t.ok(Request::PortLs { network: None });
+    let published = ports[0]["publish"].as_array().cloned().unwrap_or_default();
+    assert_eq!(published.len(), 2, "{ports}");
+    let of = |p: &Publish| published.iter().find(|x| x["host_port"] == p.host_port).cloned().unwrap_or_default();
+    // Held again, but the port has no address yet.
+    assert_eq!(of(&free)["state"], "waiting", "{ports}");
+    assert!(bind_fails(free.host_port), "the daemon holds {} again", free.host_port);
+    // Kept, inactive, with the reason.
+    assert_eq!(of(&taken)["state"], "inactive", "{ports}");
+    let why = of(&taken)["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains(&format!("host port 127.0.0.1:{}/tcp is already in use", taken.host_port)), "{why}");
+    let saved = std::fs::read_to_string(super::persist::state_path(&t.dir)).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let saved: std::collections::BTreeSet<Publish> =
+        serde_json::from_value(saved["ports"][0]["publish"].clone()).unwrap();
+    assert_eq!(saved, [free, taken].into(), "both kept");
+    // No address: nothing to forward. With one (a lease for its MAC): the
+    // held publish is forwarded to it, the inactive one is not.
+    assert_eq!(t.d.dnat_targets(&t.d.lock()), []);
+    let mac: crate::wire::MacAddr = mac.parse().unwrap();
+    let addr = t.d.ipam().allocate_port("a", mac.0, super::unix_now()).unwrap();
+    assert_eq!(t.d.dnat_targets(&t.d.lock()), [(free, addr)]);
+    let ports = t.ok(Request::PortLs { network: None });
+    let states: Vec<(u64, &str)> = ports[0]["publish"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| Some((p["host_port"].as_u64()?, p["state"].as_str()?)))
+        .collect();
+    assert!(states.contains(&(u64::from(free.host_port), "active")), "{ports}");
+    assert!(states.contains(&(u64::from(taken.host_port), "inactive")), "{ports}");
+    // The other program gone, the next restart holds both.
+    drop(thief);
+    let t = t.restart();
+    let ports = t.ok(Request::PortLs { network: None });
+    let states: Vec<&str> =
+        ports[0]["publish"].as_array().unwrap().iter().filter_map(|p| p["state"].as_str()).collect();
+    assert_eq!(states.len(), 2);
+    assert!(!states.contains(&"inactive"), "{ports}");
+    assert!(bind_fails(free.host_port) && bind_fails(taken.host_port));
+    // Removing the network removes the port and releases its host ports.
+    t.ok(Request::NetworkRm { name: "a".into(), force: true });
+    assert!(!bind_fails(free.host_port) && !bind_fails(taken.host_port), "released with the port");
 }
