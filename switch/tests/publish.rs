@@ -8,7 +8,7 @@
 //! through the forwarding rules is the firewall's tests'.
 //!
 //! Every published port here is on 127.0.0.1, so nothing is exposed beyond
-//! the machine while the test runs.
+//! the machine while the test runs. Publishing without an uplink is refused.
 
 mod common;
 
@@ -58,7 +58,12 @@ fn published_ports_are_held_refused_when_taken_released_and_kept_across_a_restar
     if !net_admin() {
         return;
     }
-    let mut d = Daemon::start("pub");
+    // Published ports need an uplink: this daemon has one in the test's
+    // namespace (the only one there: its interface and transit subnet are
+    // its own; a clean stop, also on a failed assert, removes them and
+    // restores forwarding).
+    let ifname = name("up");
+    let mut d = Daemon::start_with("pub", None, &["--uplink-ifname", &ifname, "--uplink-subnet", "100.127.254.0/30"]);
     let net = name("pub");
     d.ok(&["network", "create", &net, "--subnet", "10.74.0.0/24"]);
     let a = Netns::new("puba");
@@ -188,6 +193,10 @@ fn publish_is_refused_for_a_vhost_user_port_on_the_command_line() {
         return;
     }
     let d = Daemon::start("pubvh");
+    // Without an uplink (`--uplink none`), nothing can be published.
+    let c = Netns::new("pubvhc");
+    let out = d.cli(&["connect", &name("pubvh"), &c.name, "-p", "127.0.0.1:8080:80"]);
+    assert!(!out.status.success());
     let net = name("pubvh");
     d.ok(&["network", "create", &net, "--subnet", "10.74.1.0/24"]);
     let sock = d.dir.join("vm.sock");

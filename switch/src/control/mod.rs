@@ -284,15 +284,17 @@ impl Daemon {
             self.restore_port(&mut inner, spec);
         }
         self.commit(&mut inner, Change::Added);
-        if let Err(e) = self.sync_firewall(&inner) {
+        if let Err(e) = self.sync_firewall(&mut inner) {
             tracing::error!(error = %e, "cannot install the rules of the published ports");
         }
     }
 
-    /// Brings the kernel's rules in line with the configuration (published
-    /// ports: [`Daemon::dnat_targets`]); called after every change.
-    fn sync_firewall(&self, _inner: &Inner) -> Result<(), ApiError> {
-        Ok(()) // placeholder: replaced by the firewall when it lands
+    /// Brings the kernel's routes and rules in line with the configuration
+    /// (egress networks, published ports: [`Daemon::dnat_targets`]);
+    /// `commit` calls it after every change, and the port code again where
+    /// a failure must undo the change. Nothing to do when nothing changed.
+    fn sync_firewall(&self, inner: &mut Inner) -> Result<(), ApiError> {
+        self.sync_uplink(inner)
     }
 
     /// Gives a network with a subnet its DHCP server and leases (replaying
@@ -425,7 +427,7 @@ impl Daemon {
         if change == Change::Removed {
             self.wait_adopted(epoch);
         }
-        if let Err(e) = self.sync_uplink(inner) {
+        if let Err(e) = self.sync_firewall(inner) {
             tracing::error!(error = %e, "cannot bring the uplink's routes and rules in line");
         }
         self.persist(inner);
@@ -437,7 +439,7 @@ impl Daemon {
         let mut inner = self.lock();
         self.publish(&mut inner);
         // A bound lease may be the address a published port waits for.
-        if let Err(e) = self.sync_firewall(&inner) {
+        if let Err(e) = self.sync_firewall(&mut inner) {
             tracing::error!(error = %e, "cannot update the rules of the published ports");
         }
     }

@@ -109,7 +109,7 @@ impl Daemon {
             )));
         }
         if !wanted.is_empty() {
-            publish_allowed(&net.spec)?;
+            publish_allowed(&net.spec, inner.uplink.is_some())?;
         }
         // The host ports first: a port in use refuses the connect before any
         // address is taken or interface made. Dropped on any error below.
@@ -165,7 +165,7 @@ impl Daemon {
             rec.publish_changed();
         }
         self.commit(&mut inner, Change::Added);
-        if let Err(e) = self.sync_firewall(&inner) {
+        if let Err(e) = self.sync_firewall(&mut inner) {
             // Its ports cannot be forwarded: take the port away again.
             self.remove_ports(&mut inner, &[id]);
             self.persist(&inner);
@@ -193,7 +193,7 @@ impl Daemon {
         let wanted = publish::parse(spec).map_err(ApiError::bad_request)?;
         let ns = netns::resolve(ns_spec).ok();
         let mut inner = self.lock();
-        publish_allowed(&network(&inner, network_name)?.spec)?;
+        publish_allowed(&network(&inner, network_name)?.spec, inner.uplink.is_some())?;
         let id = find_tap(&inner, network_name, ns_spec, ns.as_ref(), &ifname)?;
         let held = reserve(&inner, Some(id), &wanted)?;
         let rec = inner.ports.get_mut(&id).expect("found above, under the same lock");
@@ -206,7 +206,7 @@ impl Daemon {
         }
         rec.publish_changed();
         self.persist(&inner);
-        if let Err(e) = self.sync_firewall(&inner) {
+        if let Err(e) = self.sync_firewall(&mut inner) {
             let rec = inner.ports.get_mut(&id).expect("still there, under the same lock");
             for (p, old) in before {
                 match old {
@@ -216,7 +216,7 @@ impl Daemon {
             }
             rec.publish_changed();
             self.persist(&inner);
-            let _ = self.sync_firewall(&inner);
+            let _ = self.sync_firewall(&mut inner);
             return Err(e);
         }
         let rec = &inner.ports[&id];
@@ -265,7 +265,7 @@ impl Daemon {
         let released: Vec<_> = gone.iter().filter_map(|p| rec.reservations.remove(p)).collect();
         rec.publish_changed();
         self.persist(&inner);
-        let synced = self.sync_firewall(&inner);
+        let synced = self.sync_firewall(&mut inner);
         // The rules are gone: now the host ports may go to anyone.
         drop(released);
         synced?;
@@ -279,8 +279,6 @@ impl Daemon {
     /// port, with its port's address (`--ip`, else its active DHCP lease).
     /// Ports without an address yet are left out (their publishes are
     /// "waiting"), as are inactive publishes.
-    // Read by `sync_firewall` once the firewall lands (a placeholder until then).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) fn dnat_targets(&self, inner: &Inner) -> Vec<(Publish, Ipv4Addr)> {
         let now = unix_now();
         let leases = self.ipam().leases(None);
@@ -627,13 +625,16 @@ fn find_tap(inner: &Inner, network: &str, ns_spec: &str, ns: Option<&Netns>, ifn
 
 /// Whether ports of a network may publish host ports: the forwarded
 /// traffic goes through the network's egress, so a network without one
-/// cannot. EGRESS: the one place that decides; extend it with the egress
-/// mode (`--egress none`).
-fn publish_allowed(spec: &NetworkSpec) -> Result<(), ApiError> {
+/// cannot: the one place that decides.
+fn publish_allowed(spec: &NetworkSpec, uplink: bool) -> Result<(), ApiError> {
     let why = if spec.addressing.is_none() {
         "it was created with --ipam none"
     } else if spec.internal {
         "it is --internal"
+    } else if !spec.has_egress() {
+        "it was created with --egress none"
+    } else if !uplink {
+        "the daemon runs with --uplink none"
     } else {
         return Ok(());
     };

@@ -278,11 +278,8 @@ mod tests {
     }
 }
 
-// TEMPORARY (until published ports land)
+// TEMPORARY (until the firewall lands)
 impl Daemon {
-    fn dnat_targets(&self, _inner: &Inner) -> Vec<(super::publish::Publish, Ipv4Addr)> {
-        Vec::new()
-    }
     pub(super) fn egress_counters(
         &self,
         _inner: &Inner,

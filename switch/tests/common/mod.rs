@@ -109,7 +109,7 @@ impl Daemon {
         Daemon::start_with(tag, Some(netns), flags)
     }
 
-    fn start_with(tag: &str, netns: Option<&str>, flags: &[&str]) -> Daemon {
+    pub fn start_with(tag: &str, netns: Option<&str>, flags: &[&str]) -> Daemon {
         ensure_privileged();
         let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name(tag)));
         let _ = std::fs::remove_dir_all(&dir);
