@@ -384,7 +384,8 @@ impl Firewall {
                 .write_all(input.as_bytes())
                 .map_err(|source| FirewallError::Spawn { program: program.clone(), source })?;
         }
-        let out = child.wait_with_output().map_err(|source| FirewallError::Spawn { program: program.clone(), source })?;
+        let out =
+            child.wait_with_output().map_err(|source| FirewallError::Spawn { program: program.clone(), source })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
             let hint = if stderr.contains("Operation not permitted") {
@@ -410,7 +411,13 @@ fn to_json(n: &Nftables<'_>) -> Result<String, FirewallError> {
 /// Refuses what cannot be an interface name (netdevice(7); the kernel's
 /// `dev_valid_name`), before it goes in a rule or a sysctl path.
 fn check_ifname(u: &str) -> Result<(), FirewallError> {
-    if u.is_empty() || u.len() > IFNAME_MAX || u == "." || u == ".." || u.contains(['/', ':', '\0']) || u.contains(char::is_whitespace) {
+    if u.is_empty()
+        || u.len() > IFNAME_MAX
+        || u == "."
+        || u == ".."
+        || u.contains(['/', ':', '\0'])
+        || u.contains(char::is_whitespace)
+    {
         return Err(FirewallError::Invalid(format!("{u:?} is not an interface name")));
     }
     Ok(())
@@ -615,11 +622,17 @@ pub fn ruleset(spec: &FirewallSpec, compat: &Compat) -> Result<Nftables<'static>
         vec![oif(u), saddr(prefix(LOOPBACK_NET)), masquerade()],
     ));
     if !spec.egress.is_empty() {
-        let set = spec.egress.iter().map(|n| SetItem::Element(prefix(n.subnet))).collect();
+        // nft lists a one-element set as its element; write it so, as it will read back.
+        let sources = match spec.egress.as_slice() {
+            [one] => prefix(one.subnet),
+            all => Expression::Named(NamedExpression::Set(
+                all.iter().map(|n| SetItem::Element(prefix(n.subnet))).collect(),
+            )),
+        };
         b.add(rule(
             "postrouting",
             "hairpin: a container reaching a published port through a host address".into(),
-            vec![oif(u), ct_status_dnat(), saddr(Expression::Named(NamedExpression::Set(set))), masquerade()],
+            vec![oif(u), ct_status_dnat(), saddr(sources), masquerade()],
         ));
     }
 
@@ -732,10 +745,10 @@ pub fn parse_compat(json: &str) -> Result<Compat, FirewallError> {
         let ours = r.get("comment").and_then(Value::as_str) == Some(COMPAT_COMMENT)
             && r.get("expr").is_some_and(is_compat_shape);
         if ours {
-            let h = r.get("handle").and_then(Value::as_u64).ok_or(FirewallError::Output {
-                doing,
-                detail: "a rule without a handle".into(),
-            })?;
+            let h = r
+                .get("handle")
+                .and_then(Value::as_u64)
+                .ok_or(FirewallError::Output { doing, detail: "a rule without a handle".into() })?;
             stale.push(h);
         }
     }
@@ -805,14 +818,19 @@ pub struct HostSettings {
 const PROC_SYS: &str = "/proc/sys";
 
 fn read_setting(path: &Path) -> Result<String, FirewallError> {
-    std::fs::read_to_string(path)
-        .map(|v| v.trim().to_string())
-        .map_err(|source| FirewallError::File { doing: "read", path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map(|v| v.trim().to_string()).map_err(|source| FirewallError::File {
+        doing: "read",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_setting(path: &Path, value: &str) -> Result<(), FirewallError> {
-    std::fs::write(path, format!("{value}\n"))
-        .map_err(|source| FirewallError::File { doing: "write", path: path.to_path_buf(), source })
+    std::fs::write(path, format!("{value}\n")).map_err(|source| FirewallError::File {
+        doing: "write",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn ip_forward_path(sysctl: &Path) -> PathBuf {
@@ -845,10 +863,8 @@ fn store_record(path: &Path, rec: &HostSettings) -> Result<(), FirewallError> {
     fn err<'a>(doing: &'static str, p: &'a Path) -> impl FnOnce(io::Error) -> FirewallError + 'a {
         move |source| FirewallError::File { doing, path: p.to_path_buf(), source }
     }
-    let text = serde_json::to_string_pretty(rec).map_err(|e| FirewallError::Record {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let text = serde_json::to_string_pretty(rec)
+        .map_err(|e| FirewallError::Record { path: path.to_path_buf(), detail: e.to_string() })?;
     let mut f = std::fs::File::create(&tmp).map_err(err("create", &tmp))?;
     f.write_all(text.as_bytes()).map_err(err("write", &tmp))?;
     f.sync_all().map_err(err("sync", &tmp))?;
@@ -878,8 +894,11 @@ pub fn enable_forwarding_in(sysctl: &Path, state_dir: &Path, uplink: &str) -> Re
     }
     // Record first: a crash after a write below must still find the original.
     if fresh || !path.exists() {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|source| FirewallError::File { doing: "create", path: state_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(state_dir).map_err(|source| FirewallError::File {
+            doing: "create",
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
         store_record(&path, &rec)?;
     }
     if read_setting(&ip_forward_path(sysctl))? != "1" {
@@ -1024,11 +1043,19 @@ mod tests {
         assert_eq!(r[0].0, "masquerade a");
         assert_eq!(
             r[0].1,
-            serde_json::json!([saddr(prefix_v("10.1.0.0", 24)), m("!=", meta_v("oifname"), "tapyard0".into()), counter, masq])
+            serde_json::json!([
+                saddr(prefix_v("10.1.0.0", 24)),
+                m("!=", meta_v("oifname"), "tapyard0".into()),
+                counter,
+                masq
+            ])
         );
         assert_eq!(r[1].0, "masquerade b");
         assert_eq!(r[1].1[0], saddr(prefix_v("10.2.0.0", 16)));
-        assert_eq!(r[2].1, serde_json::json!([m("==", meta_v("oifname"), "tapyard0".into()), saddr(prefix_v("127.0.0.0", 8)), masq]));
+        assert_eq!(
+            r[2].1,
+            serde_json::json!([m("==", meta_v("oifname"), "tapyard0".into()), saddr(prefix_v("127.0.0.0", 8)), masq])
+        );
         let set = serde_json::json!({"set": [prefix_v("10.1.0.0", 24), prefix_v("10.2.0.0", 16)]});
         assert_eq!(
             r[3].1,
@@ -1108,8 +1135,14 @@ mod tests {
         );
         let r = added(&cmds, "forward");
         let u = || Value::from("tapyard0");
-        assert_eq!(r[1].1, serde_json::json!([m("==", meta_v("iifname"), u()), m("==", meta_v("oifname"), u()), {"drop": null}]));
-        assert_eq!(r[11].1, serde_json::json!([m("!=", meta_v("iifname"), u()), m("!=", meta_v("oifname"), u()), {"drop": null}]));
+        assert_eq!(
+            r[1].1,
+            serde_json::json!([m("==", meta_v("iifname"), u()), m("==", meta_v("oifname"), u()), {"drop": null}])
+        );
+        assert_eq!(
+            r[11].1,
+            serde_json::json!([m("!=", meta_v("iifname"), u()), m("!=", meta_v("oifname"), u()), {"drop": null}])
+        );
         let mut sp = spec();
         sp.guard = false;
         let cmds = commands(&ruleset(&sp, &Compat::default()).unwrap());
@@ -1221,6 +1254,14 @@ mod tests {
         for bad in ["", "1.2.3.4:80", "1.2.3.4:80/sctp", "x:80/tcp", "1.2.3.4:99999/tcp"] {
             assert_eq!(HostPort::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_missing_nft_names_the_package() {
+        let fw = Firewall::with_command(vec!["/nonexistent/tapyard-test/nft".into()]);
+        let e = fw.check().unwrap_err().to_string();
+        assert!(e.contains("apt-get install nftables"), "{e}");
+        assert!(matches!(fw.apply(&spec()), Err(FirewallError::NftMissing { .. })));
     }
 
     /// A fake sysctl tree and state directory under the system's temp dir.
