@@ -259,15 +259,16 @@ fn counters_are_read_from_the_kernel() {
     assert_eq!(fw.counters().unwrap().published[&udp], 1);
 }
 
-/// Re-runs one test of this binary inside `ns` (sysctls under /proc/sys are
-/// those of the opener's namespace): `FW_CHILD` tells it that it is the child.
-fn run_in(ns: &Netns, test: &str, state: &PathBuf) {
+/// Re-runs one test of this binary inside `ns` (sysctls under /proc/sys and
+/// /proc/net are those of the reader's namespace): `FW_CHILD` tells it that it
+/// is the child, and carries its argument.
+fn run_in(ns: &Netns, test: &str, arg: &std::path::Path) {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("FW_CHILD", state)
+        .env("FW_CHILD", arg)
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -311,6 +312,25 @@ fn child_enable_forwarding() {
 fn child_restore_forwarding() {
     let Some(state) = std::env::var_os("FW_CHILD") else { return };
     firewall::restore_forwarding(&PathBuf::from(state)).unwrap();
+}
+
+#[test]
+fn child_legacy_filter() {
+    let Some(want) = std::env::var_os("FW_CHILD") else { return };
+    assert_eq!(firewall::legacy_iptables_filter().to_string(), want.to_string_lossy());
+}
+
+/// Legacy iptables' filter table is seen once something loaded it in the namespace.
+#[test]
+fn legacy_iptables_is_detected() {
+    if !net_admin() || std::env::var_os("FW_CHILD").is_some() {
+        return;
+    }
+    need("iptables-legacy", "iptables");
+    let ns = namespace("fwleg");
+    run_in(&ns, "child_legacy_filter", std::path::Path::new("false"));
+    ok(&ns, &["iptables-legacy", "-S", "FORWARD"]);
+    run_in(&ns, "child_legacy_filter", std::path::Path::new("true"));
 }
 
 #[test]
@@ -446,8 +466,13 @@ fn egress_is_masqueraded_and_published_ports_reach_the_container() {
     let server = iperf_server(&ctr, "5201");
     assert!(iperf_client(&host, "127.0.0.1", "8080"), "host 127.0.0.1:8080 → container");
     assert_eq!(remote_host(server), "100.127.255.1", "masqueraded to the uplink's address");
+    // Hairpin: the container reaches its own published port through the host's
+    // address, and gets the answers back through the host.
+    let server = iperf_server(&ctr, "5201");
+    assert!(iperf_client(&ctr, "198.18.0.1", "8080"), "container → host:8080 → container");
+    assert_eq!(remote_host(server), "100.127.255.1", "hairpin masqueraded");
     let tcp = HostPort { host_ip: None, host_port: 8080, proto: Proto::Tcp };
-    assert!(fw.counters().unwrap().published[&tcp] >= 2);
+    assert!(fw.counters().unwrap().published[&tcp] >= 3);
 
     // The guard: with it, forwarding that does not touch the uplink stops
     // (out → other through the host); without it, that is not our business.
