@@ -32,7 +32,8 @@
 //!   `-m addrtype --dst-type LOCAL` is).
 //! - `forward` (filter, policy accept): U→U only for a published port, never
 //!   network to network (Docker's isolation chains); from U only the egress
-//!   networks' sources and the replies of published ports; to U only replies
+//!   networks' sources and the replies of published ports (so a network
+//!   without egress can still publish); to U only replies
 //!   and published ports; with `guard` (tapyard turned `ip_forward` on), nothing
 //!   that does not touch U.
 //!
@@ -71,7 +72,16 @@
 //! connection to `127.0.0.1:PORT` be DNATed out of it (ip-sysctl.rst:
 //! `route_localnet`); it is our own interface, so nothing else is opened.
 //! Writing `ip_forward` also sets every interface's `forwarding` (ip-sysctl.rst:
-//! `ip_forward`); [`restore_forwarding`] writes the original back.
+//! `ip_forward`); [`restore_forwarding`] writes the original back. It cannot know
+//! whether something started after tapyard (Docker, libvirt) came to rely on
+//! forwarding being on; restoring 0 under it would stop its forwarding too.
+//!
+//! # Use
+//! At start: [`Firewall::check`]; make the uplink; [`enable_forwarding`] (its
+//! answer is [`FirewallSpec::guard`]); [`Firewall::apply`]. On every change of
+//! networks or published ports: `apply` again. At a clean stop:
+//! [`Firewall::remove`], then [`restore_forwarding`]. After a SIGKILL the next
+//! start does the same as any start: the record and the table are taken over.
 
 #![forbid(unsafe_code)]
 
@@ -378,16 +388,21 @@ impl Firewall {
                 io::ErrorKind::NotFound => FirewallError::NftMissing { program: program.clone() },
                 _ => FirewallError::Spawn { program: program.clone(), source },
             })?;
-        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-            // nft reads its whole input before it answers, so this cannot block on a full stdout.
-            stdin
-                .write_all(input.as_bytes())
-                .map_err(|source| FirewallError::Spawn { program: program.clone(), source })?;
-        }
+        // nft reads its whole input before it answers, so this cannot block on a
+        // full stdout. A failed write (nft exited early) is reported after nft's
+        // own message, which says more.
+        let written = match (input, child.stdin.take()) {
+            (Some(input), Some(mut stdin)) => stdin.write_all(input.as_bytes()),
+            _ => Ok(()),
+        };
         let out =
             child.wait_with_output().map_err(|source| FirewallError::Spawn { program: program.clone(), source })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            // `ip netns exec NS nft` when nft is not installed there.
+            if stderr.contains("exec of") && is_enoent(&stderr) {
+                return Err(FirewallError::NftMissing { program: self.prefix.join(" ") });
+            }
             let hint = if stderr.contains("Operation not permitted") {
                 " (changing nftables needs CAP_NET_ADMIN in the daemon's network namespace)"
             } else {
@@ -395,6 +410,7 @@ impl Firewall {
             };
             return Err(FirewallError::Nft { doing, stderr, hint });
         }
+        written.map_err(|source| FirewallError::Spawn { program: program.clone(), source })?;
         String::from_utf8(out.stdout).map_err(|e| FirewallError::Output { doing, detail: e.to_string() })
     }
 }
@@ -893,7 +909,7 @@ pub fn enable_forwarding_in(sysctl: &Path, state_dir: &Path, uplink: &str) -> Re
         rec.route_localnet.insert(uplink.to_string(), read_setting(&localnet)?);
     }
     // Record first: a crash after a write below must still find the original.
-    if fresh || !path.exists() {
+    if fresh {
         std::fs::create_dir_all(state_dir).map_err(|source| FirewallError::File {
             doing: "create",
             path: state_dir.to_path_buf(),
@@ -1262,6 +1278,26 @@ mod tests {
         let e = fw.check().unwrap_err().to_string();
         assert!(e.contains("apt-get install nftables"), "{e}");
         assert!(matches!(fw.apply(&spec()), Err(FirewallError::NftMissing { .. })));
+        // Behind a prefix (as `ip netns exec NS nft` says it): the same.
+        let fw = Firewall::with_command(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo 'exec of \"nft\" failed: No such file or directory' >&2; exit 255".into(),
+        ]);
+        let e = fw.check().unwrap_err().to_string();
+        assert!(e.contains("apt-get install nftables"), "{e}");
+    }
+
+    #[test]
+    fn nft_errors_carry_its_message() {
+        let fw = Firewall::with_command(vec![
+            "sh".into(),
+            "-c".into(),
+            "cat >/dev/null; echo 'Error: Could not process rule: Operation not permitted' >&2; exit 1".into(),
+            "nft".into(),
+        ]);
+        let e = fw.apply(&spec()).unwrap_err().to_string();
+        assert!(e.contains("Could not process rule") && e.contains("CAP_NET_ADMIN"), "{e}");
     }
 
     /// A fake sysctl tree and state directory under the system's temp dir.
