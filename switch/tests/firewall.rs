@@ -154,7 +154,7 @@ fn apply_twice_gives_one_table_exactly_as_generated() {
 }
 
 fn iptables_forward(ns: &Netns) -> Vec<String> {
-    ok(ns, &["iptables", "-S", "FORWARD"]).lines().map(str::to_string).collect()
+    ok(ns, &["iptables-nft", "-S", "FORWARD"]).lines().map(str::to_string).collect()
 }
 
 #[test]
@@ -162,18 +162,16 @@ fn iptables_forward_drop_gets_our_accepts_once_and_stays_usable() {
     if !net_admin() {
         return;
     }
-    need("iptables", "iptables");
+    need("iptables-nft", "iptables");
     let ns = namespace("fwipt");
-    let version = ok(&ns, &["iptables", "--version"]);
-    assert!(version.contains("nf_tables"), "this test needs iptables-nft: {version}");
     // What Docker leaves: policy DROP, its own rules and chains.
-    ok(&ns, &["iptables", "-P", "FORWARD", "DROP"]);
-    ok(&ns, &["iptables", "-N", "DOCKER-USER"]);
-    ok(&ns, &["iptables", "-A", "FORWARD", "-j", "DOCKER-USER"]);
+    ok(&ns, &["iptables-nft", "-P", "FORWARD", "DROP"]);
+    ok(&ns, &["iptables-nft", "-N", "DOCKER-USER"]);
+    ok(&ns, &["iptables-nft", "-A", "FORWARD", "-j", "DOCKER-USER"]);
     ok(
         &ns,
         &[
-            "iptables",
+            "iptables-nft",
             "-A",
             "FORWARD",
             "-o",
@@ -206,14 +204,14 @@ fn iptables_forward_drop_gets_our_accepts_once_and_stays_usable() {
         "iptables -S FORWARD"
     );
     // iptables still lists and changes the chain (as Docker does at its start).
-    let list = ok(&ns, &["iptables", "-L", "FORWARD", "-n", "-v"]);
+    let list = ok(&ns, &["iptables-nft", "-L", "FORWARD", "-n", "-v"]);
     assert!(list.contains("policy DROP") && list.contains(COMPAT_COMMENT), "{list}");
-    ok(&ns, &["iptables", "-I", "FORWARD", "-j", "DOCKER-USER"]);
-    ok(&ns, &["iptables", "-D", "FORWARD", "1"]);
-    let saved = ok(&ns, &["iptables-save"]);
+    ok(&ns, &["iptables-nft", "-I", "FORWARD", "-j", "DOCKER-USER"]);
+    ok(&ns, &["iptables-nft", "-D", "FORWARD", "1"]);
+    let saved = ok(&ns, &["iptables-nft-save"]);
     assert!(saved.contains(&ours_in), "{saved}");
     // Docker restarting puts its jump above ours; our next apply moves ours back to the top, still once.
-    ok(&ns, &["iptables", "-I", "FORWARD", "-j", "DOCKER-USER"]);
+    ok(&ns, &["iptables-nft", "-I", "FORWARD", "-j", "DOCKER-USER"]);
     fw.apply(&spec()).unwrap();
     let rules = iptables_forward(&ns);
     assert_eq!(rules[1..3], [ours_in.clone(), ours_out.clone()]);
@@ -415,6 +413,7 @@ fn egress_is_masqueraded_and_published_ports_reach_the_container() {
     }
     need("iperf3", "iperf3");
     need("nft", "nftables");
+    need("iptables-nft", "iptables");
     let host = Netns::new("fwhost");
     let ctr = Netns::new("fwctr");
     let out = Netns::new("fwout");
@@ -439,7 +438,7 @@ fn egress_is_masqueraded_and_published_ports_reach_the_container() {
     sh(&["ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     sh(&["ip", "netns", "exec", h, "sysctl", "-qw", &format!("net.ipv4.conf.{UPLINK}.route_localnet=1")]);
     // What Docker leaves behind: our accepts must get egress through it.
-    sh(&["ip", "netns", "exec", h, "iptables", "-P", "FORWARD", "DROP"]);
+    sh(&["ip", "netns", "exec", h, "iptables-nft", "-P", "FORWARD", "DROP"]);
     let fw = firewall(&host);
     let mut sp = spec();
     sp.published = vec![Dnat {
@@ -485,12 +484,12 @@ fn egress_is_masqueraded_and_published_ports_reach_the_container() {
     sh(&["ip", "-n", &other.name, "link", "set", &side, "up"]);
     sh(&["ip", "-n", &other.name, "route", "add", "default", "via", "198.19.0.1"]);
     sh(&["ip", "-n", o, "route", "add", "198.19.0.0/24", "via", "198.18.0.1"]);
-    sh(&["ip", "netns", "exec", h, "iptables", "-P", "FORWARD", "ACCEPT"]);
+    sh(&["ip", "netns", "exec", h, "iptables-nft", "-P", "FORWARD", "ACCEPT"]);
     assert!(!out.ping_quick("198.19.0.2"), "guard on: the host forwards nothing of others");
     sp.guard = false;
     fw.apply(&sp).unwrap();
     assert!(out.reaches("198.19.0.2"), "guard off: others' forwarding is left alone");
-    sh(&["ip", "netns", "exec", h, "iptables", "-P", "FORWARD", "DROP"]);
+    sh(&["ip", "netns", "exec", h, "iptables-nft", "-P", "FORWARD", "DROP"]);
 
     // Without our rules, iptables' DROP policy stops egress.
     fw.remove().unwrap();
