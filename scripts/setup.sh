@@ -4,11 +4,13 @@
 #
 #   --lab     what `tapyard lab up` (scripts/lab.sh, the main job) needs to build
 #             and run: iproute2 (ip), util-linux (nsenter), iputils-ping (the
-#             lab's reachability check), procps (kill), a C compiler, and Rust
+#             lab's reachability check), procps (kill), nftables (nft: the
+#             kernel's egress and published-port rules), a C compiler, and Rust
 #             (cargo) if missing.
 #   --tests   (the default) the lab set and every peer the test suite
 #             (scripts/test.sh) runs: python3 (raw-socket sender), udhcpc and
-#             isc-dhcp-client (real DHCP clients), iperf3, jq, shellcheck (the
+#             isc-dhcp-client (real DHCP clients), iptables (iptables-nft and
+#             -legacy, which the firewall must coexist with), iperf3, jq, shellcheck (the
 #             shell lint) and DPDK testpmd (a vhost-user peer; Debian dpdk-dev).
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
@@ -42,6 +44,8 @@ have ip || need+=(iproute2)
 have nsenter || need+=(util-linux)
 have ping || need+=(iputils-ping)
 have kill || need+=(procps)
+# nft lives in /usr/sbin, which a user's PATH may lack.
+have nft || [ -x /usr/sbin/nft ] || need+=(nftables)
 have cc || need+=(gcc libc6-dev)
 if ! have cargo && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need+=(cargo rustc)
@@ -55,11 +59,8 @@ if [ $tests -eq 1 ] || [ $bench -eq 1 ]; then
   # A vhost-user peer nobody here wrote: DPDK's testpmd with its virtio-user and
   # vhost PMDs (no hugepages needed with --no-huge). testpmd is in dpdk-dev, not dpdk.
   have dpdk-testpmd || need+=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)
-  # Egress and published ports: the daemon's uplink rules (nft), the peers
-  # of the egress tests (iptables for a Docker-style FORWARD DROP, curl),
-  # and the rootless uplink (pasta, slirp4netns, newuidmap).
-  have nft || need+=(nftables)
-  have iptables || need+=(iptables)
+  # The egress tests' client (curl) and the rootless uplink (pasta,
+  # slirp4netns, newuidmap).
   have curl || need+=(curl)
   have pasta || need+=(passt)
   have slirp4netns || need+=(slirp4netns)
@@ -69,6 +70,7 @@ if [ $tests -eq 1 ]; then
   have udhcpc || need+=(udhcpc)
   have dhclient || need+=(isc-dhcp-client)
   have shellcheck || need+=(shellcheck)
+  have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)
 fi
 
 bench_need=()

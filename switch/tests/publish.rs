@@ -193,12 +193,12 @@ fn publish_is_refused_for_a_vhost_user_port_on_the_command_line() {
         return;
     }
     let d = Daemon::start("pubvh");
-    // Without an uplink (`--uplink none`), nothing can be published.
-    let c = Netns::new("pubvhc");
-    let out = d.cli(&["connect", &name("pubvh"), &c.name, "-p", "127.0.0.1:8080:80"]);
-    assert!(!out.status.success());
     let net = name("pubvh");
     d.ok(&["network", "create", &net, "--subnet", "10.74.1.0/24"]);
+    // Without an uplink (`--uplink none`), nothing can be published, and nothing is left half-made.
+    let c = Netns::new("pubvhc");
+    refused(&d, &["connect", &net, &c.name, "-p", "127.0.0.1:8080:80"], "the daemon runs with --uplink none");
+    assert!(!c.has_link("eth0"));
     let sock = d.dir.join("vm.sock");
     let out = d.cli(&["connect", &net, "--vhost-user", sock.to_str().unwrap(), "-p", "8080:80"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));

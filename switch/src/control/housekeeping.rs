@@ -16,12 +16,15 @@ use crate::worker::PortEvent;
 
 /// How often the namespaces of TAP ports are checked.
 const NETNS_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the uplink's rules are checked for someone having removed them.
+const UPLINK_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 impl Daemon {
     /// Ages forwarding tables once a second and removes ports whose device
     /// or namespace vanished.
     pub(super) fn housekeeping(&self) {
         let mut next_netns_check = Instant::now() + NETNS_CHECK_EVERY;
+        let mut next_uplink_check = Instant::now() + UPLINK_CHECK_EVERY;
         while !self.stop.load(Ordering::Relaxed) {
             match self.events.recv_timeout(Duration::from_secs(1)) {
                 Ok(PortEvent::Gone { port, errno }) => self.remove_vanished(port, None, &format!("errno {errno}")),
@@ -45,6 +48,10 @@ impl Daemon {
             if Instant::now() >= next_netns_check {
                 self.check_namespaces();
                 next_netns_check = Instant::now() + NETNS_CHECK_EVERY;
+            }
+            if Instant::now() >= next_uplink_check {
+                self.recheck_uplink();
+                next_uplink_check = Instant::now() + UPLINK_CHECK_EVERY;
             }
             let now = self.clock.now_secs();
             let inner = self.lock();

@@ -12,14 +12,14 @@
 //! TAP, the kernel's routes to the networks, and when the firewall is
 //! brought in line with the configuration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use tapyard_ipam::{Addressing, Ipv4Net};
 
 use super::build::{self, UPLINK_NETWORK};
-use super::firewall::{self, Dnat, EgressNet, Firewall, FirewallSpec};
+use super::firewall::{self, Dnat, EgressCount, EgressNet, Firewall, FirewallError, FirewallSpec};
 use super::netns::{self, LinkConfig};
 use super::persist::{EgressMode, NetworkSpec};
 use super::proto::ApiError;
@@ -84,6 +84,10 @@ pub(super) struct Uplink {
     pub applied: Option<FirewallSpec>,
     /// tapyard turned IPv4 forwarding on: the firewall forwards nothing else.
     pub guard: bool,
+    /// Egress counters of tables this daemon replaced: applying the rules
+    /// anew starts the kernel's counters from zero, so what they held is
+    /// carried here and added to what the table counts now.
+    pub carried: BTreeMap<String, EgressCount>,
 }
 
 impl Uplink {
@@ -161,6 +165,7 @@ impl Daemon {
             firewall,
             applied: None,
             guard,
+            carried: BTreeMap::new(),
         });
         tracing::info!(ifname = %cfg.ifname, subnet = %cfg.subnet, kernel = %kernel_ip, tapyard = %tapyard_ip, "uplink up");
         Ok(())
@@ -201,10 +206,44 @@ impl Daemon {
             guard: u.guard,
         };
         if u.applied.as_ref() != Some(&spec) {
+            if u.applied.is_some() {
+                if let Ok(now) = u.firewall.counters() {
+                    for (net, c) in now.egress {
+                        add(u.carried.entry(net).or_default(), &c);
+                    }
+                }
+            }
             u.firewall.apply(&spec).map_err(|e| ApiError::system(format!("cannot apply the firewall rules: {e}")))?;
             u.applied = Some(spec);
         }
         Ok(())
+    }
+
+    /// Puts the rules back if someone took them away since: a flushed
+    /// ruleset (`nft flush ruleset`, a firewall manager's restart), or an
+    /// iptables `FORWARD` chain made after ours were applied (Docker
+    /// started after tapyard, with its policy DROP) that lacks our two
+    /// accepts. Called by the housekeeping thread every few seconds: two
+    /// `nft` listings, no change when all is in place.
+    pub(super) fn recheck_uplink(&self) {
+        // Looked at without the lock (two nft runs); put back under it.
+        let Some((fw, applied)) = self.lock().uplink.as_ref().map(|u| (u.firewall.clone(), u.applied.clone())) else {
+            return;
+        };
+        if applied.is_none() {
+            return;
+        }
+        let missing = match (fw.counters(), fw.compat()) {
+            (Err(FirewallError::NoTable), _) => "tapyard's nftables table is gone",
+            (_, Ok(c)) if c.forward_chain && c.stale.len() < 2 => "iptables' FORWARD chain lacks tapyard's accepts",
+            _ => return,
+        };
+        let inner = self.lock();
+        let Some((u, spec)) = inner.uplink.as_ref().and_then(|u| Some((u, u.applied.as_ref()?))) else { return };
+        tracing::warn!(why = missing, "putting the uplink's rules back");
+        if let Err(e) = u.firewall.apply(spec) {
+            tracing::error!(error = %e, "cannot put the uplink's rules back");
+        }
     }
 
     /// At a clean stop: the firewall's table and rules go, forwarding is
@@ -221,11 +260,39 @@ impl Daemon {
         u.port.release();
     }
 
+    /// Network `net`'s egress counters: what tapyard routed to and from the
+    /// uplink is in its route counters; these are the kernel's, since the
+    /// daemon started: packets and bytes forwarded out and back, and
+    /// connections masqueraded. Empty without an uplink or egress.
+    pub(super) fn egress_counters(&self, inner: &Inner, net: &super::Network) -> BTreeMap<String, u64> {
+        let Some(u) = inner.uplink.as_ref().filter(|_| net.spec.has_egress()) else { return BTreeMap::new() };
+        let mut c = u.carried.get(&net.spec.name).copied().unwrap_or_default();
+        match u.firewall.counters() {
+            Ok(now) => add(&mut c, &now.egress.get(&net.spec.name).copied().unwrap_or_default()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the firewall's counters"),
+        }
+        BTreeMap::from([
+            ("out_packets".to_string(), c.out.packets),
+            ("out_bytes".to_string(), c.out.bytes),
+            ("in_packets".to_string(), c.back.packets),
+            ("in_bytes".to_string(), c.back.bytes),
+            ("connections".to_string(), c.connections),
+        ])
+    }
+
     /// Why network `s` asked for egress and has none: the daemon has no uplink.
     pub(super) fn egress_unavailable(&self, s: &NetworkSpec) -> Option<String> {
         (s.egress == EgressMode::Nat && s.addressing.is_some() && !s.internal && self.cfg.uplink.is_none())
             .then(|| "the daemon runs with --uplink none".to_string())
     }
+}
+
+fn add(to: &mut EgressCount, c: &EgressCount) {
+    to.out.packets += c.out.packets;
+    to.out.bytes += c.out.bytes;
+    to.back.packets += c.back.packets;
+    to.back.bytes += c.back.bytes;
+    to.connections += c.connections;
 }
 
 /// The IPv4 resolvers the host uses, for networks with egress and no
@@ -275,16 +342,5 @@ mod tests {
         );
         assert_eq!(cfg("10.9.0.5/24").ends(), Ok((Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2))));
         assert!(cfg("10.9.0.4/31").ends().unwrap_err().contains("too small"));
-    }
-}
-
-// TEMPORARY (until the firewall lands)
-impl Daemon {
-    pub(super) fn egress_counters(
-        &self,
-        _inner: &Inner,
-        _net: &super::Network,
-    ) -> std::collections::BTreeMap<String, u64> {
-        Default::default()
     }
 }
