@@ -432,8 +432,10 @@ fn publishing_needs_a_network_with_egress_and_a_good_spec() {
     let e = failure(publish("e", "8080:80/sctp"));
     assert_eq!(e.kind, ErrorKind::BadRequest);
     assert!(e.message.contains("sctp"), "{e}");
+    // This daemon has no uplink (`--uplink none`): nothing can be published.
     let e = failure(publish("e", "8080:80"));
-    assert_eq!(e.kind, ErrorKind::NotFound, "no such port: {e}");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+    assert!(e.message.contains("the daemon runs with --uplink none"), "{e}");
     let e = failure(t.d.handle(Request::PortUnpublish {
         network: "e".into(),
         netns: "nowhere".into(),

@@ -167,6 +167,13 @@ impl Daemon {
             guard,
             carried: BTreeMap::new(),
         });
+        if firewall::legacy_iptables_filter() {
+            tracing::warn!(
+                "legacy iptables (x_tables) is loaded here: if its FORWARD policy is DROP, egress is dropped there; \
+                 accept the uplink yourself: iptables-legacy -I FORWARD -i {0} -j ACCEPT; iptables-legacy -I FORWARD -o {0} -j ACCEPT",
+                cfg.ifname
+            );
+        }
         tracing::info!(ifname = %cfg.ifname, subnet = %cfg.subnet, kernel = %kernel_ip, tapyard = %tapyard_ip, "uplink up");
         Ok(())
     }
