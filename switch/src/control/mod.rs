@@ -25,6 +25,7 @@
 //! | `gateway.rs` | the slow path for punted frames, behind [`gateway::Control`] |
 //! | `proto.rs`, `server.rs` | the control protocol's types and its socket |
 //! | `persist.rs`, `netns.rs` | `state.json`; namespaces and interfaces over netlink |
+//! | `uplink.rs` | the uplink: tapyard's TAP into the daemon's namespace for egress, the kernel's routes back to the networks, when the firewall is brought in line; the host's resolvers |
 //! | `firewall.rs` | the kernel's nftables table for egress and published ports, our accepts in iptables' `FORWARD`, and the host settings tapyard changes (`ip_forward`), recorded and restored |
 
 pub mod build;
