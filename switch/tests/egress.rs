@@ -474,3 +474,46 @@ fn published_tcp_and_udp_ports_are_reached_from_the_host_and_outside_with_the_so
     assert!(get(&w.outside, &format!("http://{HOST_IP}:18080/hello")).is_err());
     assert!(get(&w.host, "http://127.0.0.1:18080/hello").is_err());
 }
+
+/// A file under /etc/netns/NS/ (what `ip netns exec NS` puts over /etc for
+/// the daemon), removed on drop.
+struct EtcNetns(PathBuf);
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn dhcp_offers_the_hosts_resolvers_without_loopback_ones_on_networks_with_egress() {
+    if !net_admin() {
+        return;
+    }
+    need("udhcpc", "udhcpc");
+    let host = Netns::new("dnsh");
+    // The daemon's /etc/resolv.conf: a loopback stub (which a container
+    // cannot reach) and a real resolver.
+    let etc = EtcNetns(PathBuf::from("/etc/netns").join(&host.name));
+    std::fs::create_dir_all(&etc.0).unwrap();
+    std::fs::write(etc.0.join("resolv.conf"), "nameserver 127.0.0.53\nnameserver 198.18.0.53\nsearch example.test\n")
+        .unwrap();
+    let d = Daemon::start_in("dns", &host.name, &[]);
+    d.ok(&["network", "create", "out", "--subnet", "10.83.1.0/24"]);
+    d.ok(&["network", "create", "own", "--subnet", "10.83.2.0/24", "--dns", "198.18.7.7"]);
+    d.ok(&["network", "create", "shut", "--subnet", "10.83.3.0/24", "--egress", "none"]);
+    assert_eq!(d.json(&["network", "inspect", "out"])["dns"], serde_json::json!(["198.18.0.53"]));
+    assert_eq!(d.json(&["network", "inspect", "own"])["dns"], serde_json::json!(["198.18.7.7"]));
+    assert_eq!(d.json(&["network", "inspect", "shut"])["dns"], serde_json::json!([]));
+    // What a real DHCP client is offered.
+    let hook = d.dir.join("dns-hook.sh");
+    let got = d.dir.join("dns-got");
+    std::fs::write(&hook, format!("#!/bin/sh\n[ \"$1\" = bound ] && echo \"$dns\" > {}\nexit 0\n", got.display()))
+        .unwrap();
+    sh(&["chmod", "0755", hook.to_str().unwrap()]);
+    let c = Netns::new("dnsc");
+    d.ok(&["connect", "out", &c.name]);
+    let bound = c.run(&["udhcpc", "-f", "-q", "-n", "-i", "eth0", "-s", hook.to_str().unwrap(), "-t", "5", "-T", "1"]);
+    assert!(bound, "udhcpc got no lease; log:\n{}", d.log());
+    assert_eq!(std::fs::read_to_string(&got).unwrap().trim(), "198.18.0.53");
+}
