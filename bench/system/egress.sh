@@ -29,15 +29,21 @@
 #             `connect ... --publish 8080:5201` against the bridge with a Docker-style
 #             nft `dnat to` in prerouting; target >= 0.8 x. Skipped, with that
 #             reason, when this tapyard's `connect` has no --publish
-#   rootless  tapyard + pasta against pasta alone: skipped, not built yet
-#   cpu_s_per_gb  the tapyard daemon's CPU seconds (utime+stime of /proc/PID/stat)
-#             during the 1-stream tests, per GB received; the bridge forwards
-#             in softirq context and has no process to account
+#   rootless  iperf3 TCP container -> outside, tapyard + pasta (the daemon's uplink
+#             through pasta) against pasta alone (the container's namespace with a
+#             pasta of its own, as podman runs it; its host side a namespace like
+#             the others); target >= 0.9 x. tapyard + pasta is skipped: not built
+#             yet. Both run as root here, for the harness's sake (namespaces made
+#             with `ip netns`), pasta with --runas 0
+#   cpu_s_per_gb  CPU seconds (utime+stime of /proc/PID/stat) of the tapyard daemon,
+#             or of pasta, during the 1-stream tests, per GB received; the bridge
+#             forwards in softirq context and has no process to account
 #
 # usage: egress.sh [--duration S] [--runs N] [--json] [--report DIR] [--keep]
 # env: TAPYARD (the tapyard binary), TAPYARD_SRC (a source tree whose git
 #      revision goes into the report; optional)
-# Needs root, ip, iperf3, jq, nft, ping, ss, timeout. Everything it makes is
+# Needs root, ip, iperf3, jq, nft, ping, ss, timeout; pasta (passt) for the
+# rootless baseline, reported as failed when missing. Everything it makes is
 # named tye<PID>... (namespaces) or lives in its temporary directory, and is
 # removed on exit, Ctrl-C and SIGTERM included; only processes it started are
 # stopped, by pid.
@@ -224,7 +230,7 @@ setup_tapyard() {
     > /dev/null 2>> "$LOGS/tapyard.daemon.log" < /dev/null &
   pid=$!
   track "$pid"
-  echo "$pid" > "$W/daemon.pid"
+  echo "$pid" > "$W/cpu.tapyard"
   local end=$((SECONDS + 15))
   until ty network ls > /dev/null 2>&1; do
     alive "$pid" || fail "the tapyard daemon exited: $(grep -m1 -iE 'error|invalid' "$LOGS/tapyard.daemon.log" || tail -n 1 "$LOGS/tapyard.daemon.log")"
@@ -270,8 +276,35 @@ EOF
   echo "Linux bridge br0 ($BR_GW/24) in namespace host, veth to the container, ip_forward, nft masquerade and dnat $HOST_IP:$PUB_PORT -> $BR_CT:$IPERF_PORT (bridge-nf-call-* off)" > "$W/desc.bridge"
 }
 
+# Rootless egress, the baseline: a namespace with its own pasta, as podman runs
+# one per container (pasta copies the host side's address and routes into the
+# namespace and relays its traffic through sockets of the host side). Run as
+# root here for the harness's sake (namespaces made by `ip netns`), and kept
+# root (--runas 0: as nobody it could not enter a namespace that root made,
+# and rootless pasta runs as the namespace's owner anyway). Its host side is ${P}ph, the same host/outside layout as
+# the other paths (default route to the outside, so pasta has an interface to
+# copy); --no-map-gw so that the outside, which is the gateway, is reached as
+# itself rather than as the host side's loopback.
+setup_pasta() {
+  local h=${P}ph c=${P}pc
+  command -v pasta > /dev/null || fail "pasta not found (Debian package passt)"
+  host_and_outside "${P}p"
+  ip -n "$h" route add default via "$OUTSIDE_IP"
+  bg_ns "$h" "$LOGS/pasta.log" pasta -f -q -4 --runas 0 --config-net --netns "/run/netns/$c" --no-map-gw \
+    -t none -u none -T none -U none
+  echo "$BG_PID" > "$W/cpu.pasta"
+  until_ok 10 eval "ip -n $c -4 -o addr show | grep -qv ' lo '" || fail "pasta did not configure the namespace: $(tail -n 1 "$LOGS/pasta.log")"
+  echo "pasta --config-net (MTU $(ip -n "$c" -o link show | awk '$2 != "lo:" {for (i = 1; i < NF; i++) if ($i == "mtu") print $(i + 1)}' | head -n 1)) into the container's namespace, its host side in namespace host; run as root" > "$W/desc.pasta"
+}
+
 declare -A PATH_OK
-prefix() { [[ $1 == tapyard ]] && echo "${P}t" || echo "${P}b"; }
+prefix() {
+  case $1 in
+  tapyard) echo "${P}t" ;;
+  bridge) echo "${P}b" ;;
+  pasta) echo "${P}p" ;;
+  esac
+}
 
 bring_up() { # path: set it up, start its iperf3 servers, wait until everything answers
   PATH_NAME=$1
@@ -289,8 +322,8 @@ bring_up() { # path: set it up, start its iperf3 servers, wait until everything 
       echo "the outside's iperf3 server did not listen" > "$W/why.$1"; rc=1
     elif ! until_ok 10 eval "ip netns exec ${p}c ss -ltn | grep -q ':$IPERF_PORT '"; then
       echo "the container's iperf3 server did not listen" > "$W/why.$1"; rc=1
-    elif ! until_ok 15 ip netns exec "${p}c" ping -n -c 1 -W 1 "$OUTSIDE_IP"; then
-      echo "the container cannot ping the outside ($OUTSIDE_IP) after setup" > "$W/why.$1"; rc=1
+    elif ! until_ok 15 ip netns exec "${p}c" timeout 2 bash -c "exec 3<> /dev/tcp/$OUTSIDE_IP/$IPERF_PORT"; then
+      echo "the container cannot reach the outside ($OUTSIDE_IP:$IPERF_PORT) after setup" > "$W/why.$1"; rc=1
     fi
   fi
   {
@@ -325,9 +358,9 @@ pub_answers() { # path
 
 # ------------------------------------------------------------------ measurements
 rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >> "$W/runs.tsv"; } # scenario path key run value
-daemon_ticks() {
+proc_ticks() { # path: utime+stime of the path's own process (daemon, pasta), in clock ticks
   local s f
-  s=$(cat "/proc/$(cat "$W/daemon.pid")/stat" 2> /dev/null) || { echo 0; return; }
+  s=$(cat "/proc/$(cat "$W/cpu.$1")/stat" 2> /dev/null) || { echo 0; return; }
   s=${s##*) }
   read -r -a f <<< "$s"
   echo $((f[11] + f[12]))
@@ -337,12 +370,12 @@ measure() { # scenario path streams run
   local sc=$1 path=$2 n=$3 r=$4 p js from target port t0 t1 v key=tcp${3}_gbps
   p=$(prefix "$path")
   js=$LOGS/$sc.$path.$key.$r.json
-  if [[ $sc == egress ]]; then
-    from=${p}c target=$OUTSIDE_IP port=$IPERF_PORT
-  else
+  if [[ $sc == publish ]]; then
     from=${p}o target=$HOST_IP port=$PUB_PORT
+  else
+    from=${p}c target=$OUTSIDE_IP port=$IPERF_PORT
   fi
-  [[ $path == tapyard ]] && t0=$(daemon_ticks)
+  [[ -e $W/cpu.$path ]] && t0=$(proc_ticks "$path")
   fg_ns "$from" "$js" timeout $((DUR + 30)) iperf3 -c "$target" -p "$port" -t "$DUR" -P "$n" -J || true
   if ! jq -e '.end.sum_received.bytes > 0' "$js" > /dev/null 2>&1; then
     ERRORS=$((ERRORS + 1))
@@ -353,11 +386,11 @@ measure() { # scenario path streams run
   rec "$sc" "$path" "$key" "$r" "$v"
   rec "$sc" "$path" "tcp${n}_retransmits" "$r" "$(jq '.end.sum_sent.retransmits // 0' "$js")"
   local cpu=""
-  if [[ $path == tapyard && $n == 1 ]]; then
-    t1=$(daemon_ticks)
+  if [[ -e $W/cpu.$path && $n == 1 ]]; then
+    t1=$(proc_ticks "$path")
     cpu=$(jq --argjson d $((t1 - t0)) --argjson hz "$CLK_TCK" '($d / $hz) / (.end.sum_received.bytes / 1e9)' "$js")
     rec "$sc" "$path" cpu_s_per_gb "$r" "$cpu"
-    cpu=", daemon CPU $(printf '%.3f' "$cpu") s/GB"
+    cpu=", $path CPU $(printf '%.3f' "$cpu") s/GB"
   fi
   log "  $sc $path $key run $r: $(printf '%.2f' "$v") Gbit/s$cpu"
 }
@@ -382,6 +415,7 @@ log "machine: $(nproc) CPUs, kernel $(uname -r); $RUNS x $DUR s"
 
 bring_up tapyard
 bring_up bridge
+bring_up pasta
 
 # scenario status: ok, or why not
 status() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$W/status.tsv"; }
@@ -405,16 +439,22 @@ for path in "${PUB_OK[@]}"; do
     sed -i "s/^publish\t$path\tok\t.*/publish\t$path\tfailed\tnothing answers on the published port $HOST_IP:$PUB_PORT from the outside/" "$W/status.tsv"
   fi
 done
-status rootless pasta skipped "not built yet"
+if ((PATH_OK[pasta])); then
+  status rootless pasta ok ""
+else
+  status rootless pasta failed "$(awk -F'\t' '$1 == "pasta" {print $3}' "$W/paths.tsv")"
+fi
+# tapyard + pasta: the daemon's uplink attached to pasta instead of the host's
+# kernel. Not built yet; to be measured like pasta alone, container -> outside.
 status rootless tapyard-pasta skipped "not built yet"
 
 scenario_ok() { awk -F'\t' -v s="$1" -v p="$2" '$1 == s && $2 == p && $3 == "ok" {f = 1} END {exit !f}' "$W/status.tsv"; }
 for ((r = 1; r <= RUNS; r++)); do
   # alternate which path goes first, so neither always runs on a warmer (or busier) machine
   if ((r % 2)); then order=(tapyard bridge); else order=(bridge tapyard); fi
-  for sc in egress publish; do
+  for sc in egress publish rootless; do
     for n in 1 4; do
-      for path in "${order[@]}"; do
+      for path in "${order[@]}" pasta tapyard-pasta; do
         scenario_ok "$sc" "$path" || continue
         log "run $r/$RUNS: $sc, $path, $n stream$( ((n == 1)) || echo s)"
         measure "$sc" "$path" "$n" "$r"
@@ -481,7 +521,7 @@ table() {
       elif ($s.runs | length) == 1 then fx($s.median; $d)
       else "\(fx($s.median; $d)) [\(fx($s.min; $d))-\(fx($s.max; $d))]" end;
     def lbl($k): {tcp1_gbps: "TCP 1 stream, Gbit/s", tcp4_gbps: "TCP 4 streams, Gbit/s",
-                  cpu_s_per_gb: "tapyard daemon CPU s/GB, 1 stream"}[$k];
+                  cpu_s_per_gb: "CPU s/GB of the daemon or pasta, 1 stream"}[$k];
     def dig($k): if $k == "cpu_s_per_gb" then 3 else 2 end;
     def cell($ps; $s): if $ps.status == "ok" then $s else $ps.status end;
     .scenarios[] | . as $sc |
@@ -490,10 +530,11 @@ table() {
      "ratio [per-run], target >= \(.target)"],
     (if .candidate_status.status != "ok" and .baseline_status.status != "ok" then empty
      else
-       .figures[] | select(.key != "cpu_s_per_gb" or .candidate != null) |
+       .figures[] | select(.key != "cpu_s_per_gb" or .candidate != null or .baseline != null) |
        ["  \(lbl(.key))",
         cell($sc.candidate_status; spread(.candidate; dig(.key))),
-        (if .key == "cpu_s_per_gb" then "(kernel softirq)" else cell($sc.baseline_status; spread(.baseline; dig(.key))) end),
+        (if .key == "cpu_s_per_gb" and .baseline == null and $sc.baseline == "bridge" then "(kernel softirq)"
+         else cell($sc.baseline_status; spread(.baseline; dig(.key))) end),
         (if .ratio == null or .key == "cpu_s_per_gb" then "-"
          else "\(fx(.ratio; 2)) [\(fx(.ratio_min; 2))-\(fx(.ratio_max; 2))]" +
               (if .met == null then "" elif .met then "  met" else "  MISSED" end) end)]
