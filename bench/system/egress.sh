@@ -293,8 +293,10 @@ setup_pasta() {
   bg_ns "$h" "$LOGS/pasta.log" pasta -f -q -4 --runas 0 --config-net --netns "/run/netns/$c" --no-map-gw \
     -t none -u none -T none -U none
   echo "$BG_PID" > "$W/cpu.pasta"
+  local ver
+  ver=$(dpkg-query -W -f '${Version}' passt 2> /dev/null || pasta --version 2> /dev/null | head -n 1 || true)
   until_ok 10 eval "ip -n $c -4 -o addr show | grep -qv ' lo '" || fail "pasta did not configure the namespace: $(tail -n 1 "$LOGS/pasta.log")"
-  echo "pasta --config-net (MTU $(ip -n "$c" -o link show | awk '$2 != "lo:" {for (i = 1; i < NF; i++) if ($i == "mtu") print $(i + 1)}' | head -n 1)) into the container's namespace, its host side in namespace host; run as root" > "$W/desc.pasta"
+  echo "pasta ${ver:-(version unknown)} --config-net (MTU $(ip -n "$c" -o link show | awk '$2 != "lo:" {for (i = 1; i < NF; i++) if ($i == "mtu") print $(i + 1)}' | head -n 1)) into the container's namespace, its host side in namespace host; run as root" > "$W/desc.pasta"
 }
 
 declare -A PATH_OK
@@ -385,6 +387,12 @@ measure() { # scenario path streams run
   v=$(jq '.end.sum_received.bits_per_second / 1e9' "$js")
   rec "$sc" "$path" "$key" "$r" "$v"
   rec "$sc" "$path" "tcp${n}_retransmits" "$r" "$(jq '.end.sum_sent.retransmits // 0' "$js")"
+  # seconds in which the transfer stalled (under 5 % of its best second): a
+  # median hides them, and they say more about a data path than the rate does
+  local stalls
+  stalls=$(jq '[.intervals[].sum.bits_per_second] as $b | ($b | max) as $m | [$b[] | select($m > 0 and . < 0.05 * $m)] | length' "$js")
+  rec "$sc" "$path" "tcp${n}_stalled_s" "$r" "$stalls"
+  ((stalls == 0)) || echo "$sc $path, $n stream$( ((n == 1)) || echo s), run $r: stalled $stalls of $DUR s (under 5 % of its best second)" >> "$W/stalls.txt"
   local cpu=""
   if [[ -e $W/cpu.$path && $n == 1 ]]; then
     t1=$(proc_ticks "$path")
@@ -498,10 +506,9 @@ RESULTS=$(jq -n --rawfile runs "$W/runs.tsv" --rawfile status "$W/status.tsv" --
     {name: $sc, title: $title, candidate: $cand, baseline: $base, target: $target,
      candidate_status: pstat($sc; $cand), baseline_status: pstat($sc; $base),
      figures: [$figs[] as $f | figure($sc; $cand; $base; $f[0]; $f[1]; (if $f[2] then $target else null end))],
-     retransmits: {candidate: {tcp1: (vals($sc; $cand; "tcp1_retransmits") | map(.v) | stat),
-                               tcp4: (vals($sc; $cand; "tcp4_retransmits") | map(.v) | stat)},
-                   baseline: {tcp1: (vals($sc; $base; "tcp1_retransmits") | map(.v) | stat),
-                              tcp4: (vals($sc; $base; "tcp4_retransmits") | map(.v) | stat)}}};
+     extra: ([[$cand, $base][] as $p | {key: $p, value: ([["tcp1_retransmits", "tcp4_retransmits",
+              "tcp1_stalled_s", "tcp4_stalled_s"][] as $k | {key: $k, value: (vals($sc; $p; $k) | map(.v) | stat)}]
+              | from_entries)}] | from_entries)};
   ([["tcp1_gbps", "Gbit/s", true], ["tcp4_gbps", "Gbit/s", true], ["cpu_s_per_gb", "s/GB", false]]) as $tcp |
   {tool: "tapyard bench --egress", schema_version: 1, machine: $machine, config: $config, errors: $errors,
    paths: (rows($paths) | map({key: .[0], value: {status: .[1], setup: (.[2] // "")}}) | from_entries),
@@ -563,6 +570,12 @@ if [[ -n $REPORT ]]; then
     echo
     awk -F'\t' '{printf "- %s (%s): %s\n", $1, $2, $3}' "$W/paths.tsv"
     echo
+    if [[ -s $W/stalls.txt ]]; then
+      echo "Stalls (seconds under 5 % of the run's best second):"
+      echo
+      sed 's/^/- /' "$W/stalls.txt"
+      echo
+    fi
     echo "Errors: $ERRORS. Raw iperf3 JSON and setup logs: logs/."
   } > "$REPORT/results.md"
   rm -rf "$REPORT/logs"
