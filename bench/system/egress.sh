@@ -38,6 +38,11 @@
 #   cpu_s_per_gb  CPU seconds (utime+stime of /proc/PID/stat) of the tapyard daemon,
 #             or of pasta, during the 1-stream tests, per GB received; the bridge
 #             forwards in softirq context and has no process to account
+#   machine_cpu1_s_per_gb, machine_cpu4_s_per_gb  the whole machine's busy CPU
+#             seconds (/proc/stat: user, nice, system, irq, softirq) during the 1-
+#             and 4-stream tests, per GB received: what a path costs all in all,
+#             both iperf3 ends and the kernel's forwarding included, comparable
+#             between paths; anything else running is counted too
 #
 # usage: egress.sh [--duration S] [--runs N] [--json] [--report DIR] [--keep]
 # env: TAPYARD (the tapyard binary), TAPYARD_SRC (a source tree whose git
@@ -360,6 +365,11 @@ pub_answers() { # path
 
 # ------------------------------------------------------------------ measurements
 rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >> "$W/runs.tsv"; } # scenario path key run value
+# The whole machine's busy time (user, nice, system, irq, softirq of /proc/stat's
+# cpu line; not idle, iowait or steal), in clock ticks: what a path costs all in
+# all, kernel forwarding and both iperf3 ends included. Anything else running
+# on the machine is counted too, so it means something only on a quiet one.
+machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
 proc_ticks() { # path: utime+stime of the path's own process (daemon, pasta), in clock ticks
   local s f
   s=$(cat "/proc/$(cat "$W/cpu.$1")/stat" 2> /dev/null) || { echo 0; return; }
@@ -369,7 +379,7 @@ proc_ticks() { # path: utime+stime of the path's own process (daemon, pasta), in
 }
 
 measure() { # scenario path streams run
-  local sc=$1 path=$2 n=$3 r=$4 p js from target port t0 t1 v key=tcp${3}_gbps
+  local sc=$1 path=$2 n=$3 r=$4 p js from target port t0 t1 m0 m1 v key=tcp${3}_gbps
   p=$(prefix "$path")
   js=$LOGS/$sc.$path.$key.$r.json
   if [[ $sc == publish ]]; then
@@ -378,7 +388,9 @@ measure() { # scenario path streams run
     from=${p}c target=$OUTSIDE_IP port=$IPERF_PORT
   fi
   [[ -e $W/cpu.$path ]] && t0=$(proc_ticks "$path")
+  m0=$(machine_ticks)
   fg_ns "$from" "$js" timeout $((DUR + 30)) iperf3 -c "$target" -p "$port" -t "$DUR" -P "$n" -J || true
+  m1=$(machine_ticks)
   if ! jq -e '.end.sum_received.bytes > 0' "$js" > /dev/null 2>&1; then
     ERRORS=$((ERRORS + 1))
     log "  $sc $path $key run $r: iperf3 failed: $(jq -r '.error // empty' "$js" 2> /dev/null | head -n 1)"
@@ -393,6 +405,8 @@ measure() { # scenario path streams run
   stalls=$(jq '[.intervals[].sum.bits_per_second] as $b | ($b | max) as $m | [$b[] | select($m > 0 and . < 0.05 * $m)] | length' "$js")
   rec "$sc" "$path" "tcp${n}_stalled_s" "$r" "$stalls"
   ((stalls == 0)) || echo "$sc $path, $n stream$( ((n == 1)) || echo s), run $r: stalled $stalls of $DUR s (under 5 % of its best second)" >> "$W/stalls.txt"
+  rec "$sc" "$path" "machine_cpu${n}_s_per_gb" "$r" \
+    "$(jq --argjson d $((m1 - m0)) --argjson hz "$CLK_TCK" '($d / $hz) / (.end.sum_received.bytes / 1e9)' "$js")"
   local cpu=""
   if [[ -e $W/cpu.$path && $n == 1 ]]; then
     t1=$(proc_ticks "$path")
@@ -509,7 +523,8 @@ RESULTS=$(jq -n --rawfile runs "$W/runs.tsv" --rawfile status "$W/status.tsv" --
      extra: ([[$cand, $base][] as $p | {key: $p, value: ([["tcp1_retransmits", "tcp4_retransmits",
               "tcp1_stalled_s", "tcp4_stalled_s"][] as $k | {key: $k, value: (vals($sc; $p; $k) | map(.v) | stat)}]
               | from_entries)}] | from_entries)};
-  ([["tcp1_gbps", "Gbit/s", true], ["tcp4_gbps", "Gbit/s", true], ["cpu_s_per_gb", "s/GB", false]]) as $tcp |
+  ([["tcp1_gbps", "Gbit/s", true], ["tcp4_gbps", "Gbit/s", true], ["cpu_s_per_gb", "s/GB", false],
+    ["machine_cpu1_s_per_gb", "s/GB", false], ["machine_cpu4_s_per_gb", "s/GB", false]]) as $tcp |
   {tool: "tapyard bench --egress", schema_version: 1, machine: $machine, config: $config, errors: $errors,
    paths: (rows($paths) | map({key: .[0], value: {status: .[1], setup: (.[2] // "")}}) | from_entries),
    scenarios: [
@@ -528,8 +543,10 @@ table() {
       elif ($s.runs | length) == 1 then fx($s.median; $d)
       else "\(fx($s.median; $d)) [\(fx($s.min; $d))-\(fx($s.max; $d))]" end;
     def lbl($k): {tcp1_gbps: "TCP 1 stream, Gbit/s", tcp4_gbps: "TCP 4 streams, Gbit/s",
-                  cpu_s_per_gb: "CPU s/GB of the daemon or pasta, 1 stream"}[$k];
-    def dig($k): if $k == "cpu_s_per_gb" then 3 else 2 end;
+                  cpu_s_per_gb: "CPU s/GB of the daemon or pasta, 1 stream",
+                  machine_cpu1_s_per_gb: "machine CPU s/GB, 1 stream (lower: better)",
+                  machine_cpu4_s_per_gb: "machine CPU s/GB, 4 streams (lower: better)"}[$k];
+    def dig($k): if $k | endswith("_s_per_gb") then 3 else 2 end;
     def cell($ps; $s): if $ps.status == "ok" then $s else $ps.status end;
     .scenarios[] | . as $sc |
     ["", "", "", ""],
@@ -549,7 +566,7 @@ table() {
     (.candidate_status | select(.status != "ok") | ["  \($sc.candidate): \(.status): \(.reason)", "", "", ""]),
     (.baseline_status | select(.status != "ok") | ["  \($sc.baseline): \(.status): \(.reason)", "", "", ""])
     | @tsv' <<< "$RESULTS" |
-    awk -F'\t' '$2 == "" {sub(/[ \t]+$/, ""); print $1; next} {printf "%-60s %-22s %-22s %s\n", $1, $2, $3, $4}'
+    awk -F'\t' 'NR == 1 && $1 == "" {next} $2 == "" {sub(/[ \t]+$/, ""); print $1; next} {printf "%-60s %-22s %-22s %s\n", $1, $2, $3, $4}'
 }
 
 if [[ -n $REPORT ]]; then
