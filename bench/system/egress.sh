@@ -370,12 +370,15 @@ rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >> "$W/runs.tsv";
 # all, kernel forwarding and both iperf3 ends included. Anything else running
 # on the machine is counted too, so it means something only on a quiet one.
 machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
-proc_ticks() { # path: utime+stime of the path's own process (daemon, pasta), in clock ticks
-  local s f
-  s=$(cat "/proc/$(cat "$W/cpu.$1")/stat" 2> /dev/null) || { echo 0; return; }
-  s=${s##*) }
-  read -r -a f <<< "$s"
-  echo $((f[11] + f[12]))
+proc_ticks() { # path: utime+stime of the path's own processes (daemon, pasta), in clock ticks
+  local pid s f t=0
+  while read -r pid; do
+    s=$(cat "/proc/$pid/stat" 2> /dev/null) || continue
+    s=${s##*) }
+    read -r -a f <<< "$s"
+    t=$((t + f[11] + f[12]))
+  done < "$W/cpu.$1"
+  echo "$t"
 }
 
 measure() { # scenario path streams run
@@ -466,8 +469,15 @@ if ((PATH_OK[pasta])); then
 else
   status rootless pasta failed "$(awk -F'\t' '$1 == "pasta" {print $3}' "$W/paths.tsv")"
 fi
-# tapyard + pasta: the daemon's uplink attached to pasta instead of the host's
-# kernel. Not built yet; to be measured like pasta alone, container -> outside.
+# tapyard + pasta, to wire once the rootless uplink is merged: a setup_tapyard-pasta
+# that makes namespaces ${P}yh (pasta's host side: host_and_outside "${P}y" and a
+# default route to the outside, as setup_pasta), ${P}yd (the daemon's namespace,
+# with pasta attached to it as in setup_pasta, --runas 0) and ${P}yc (the
+# container); runs `ip netns exec ${P}yd tapyard daemon` with the uplink through
+# pasta, a network with egress and the container on it; writes the daemon's pid
+# to $W/cpu.tapyard-pasta (and pasta's beside it: proc_ticks then sums both),
+# and prefix() maps tapyard-pasta to ${P}y. bring_up it beside pasta and set its
+# status here like pasta's: measure() then runs container -> outside on it.
 status rootless tapyard-pasta skipped "not built yet"
 
 scenario_ok() { awk -F'\t' -v s="$1" -v p="$2" '$1 == s && $2 == p && $3 == "ok" {f = 1} END {exit !f}' "$W/status.tsv"; }
