@@ -7,8 +7,10 @@
 //! source tree. This module validates the arguments, writes the files to a
 //! private temporary directory, runs `bash bench.sh` with the path of this
 //! executable in `TAPYARD` (the daemons it starts are this very binary), and
-//! removes the directory afterwards. What the script measures, and how, is
-//! documented at its top and in docs/PERFORMANCE.md.
+//! removes the directory afterwards. `--vhost` and `--egress` run the
+//! vhost-user and the egress (NAT, published ports) benchmarks instead,
+//! `vhost.sh` and `egress.sh`, embedded the same way. What the scripts
+//! measure, and how, is documented at their tops and in docs/PERFORMANCE.md.
 //!
 //! Signals: Ctrl-C reaches the script and its children through the terminal
 //! (they share the foreground process group); this process then waits for the
@@ -30,6 +32,7 @@ const SCRIPT: &str = include_str!("../../../bench/system/bench.sh");
 const PINGPONG: &str = include_str!("../../../bench/system/pingpong.py");
 const CHART: &str = include_str!("../../../bench/system/chart.gp");
 const VHOST: &str = include_str!("../../../bench/system/vhost.sh");
+const EGRESS: &str = include_str!("../../../bench/system/egress.sh");
 const TESTPMD: &str = include_str!("../../../scripts/testpmd.sh");
 
 /// Where the sources were at build time: the report names their git revision
@@ -94,6 +97,13 @@ pub struct BenchArgs {
     /// --json, --report and --keep.
     #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice"])]
     pub vhost: bool,
+    /// Run the egress benchmark instead (bench/system/egress.sh): TCP from a
+    /// container to an outside namespace through tapyard's uplink and the
+    /// kernel's NAT against a Linux bridge with the same NAT (Docker's
+    /// layout), and to a published port against Docker-style DNAT. Takes
+    /// --duration, --runs, --json, --report and --keep.
+    #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice", "vhost"])]
+    pub egress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -155,13 +165,10 @@ fn list<T: ValueEnum + PartialEq + Copy>(flag: &str, items: &[T], none: Option<T
 impl BenchArgs {
     /// The arguments of bench.sh.
     fn script_args(&self) -> Result<Vec<String>, clap::Error> {
-        if self.vhost {
-            let mut a = vec![
-                "--duration".to_string(),
-                self.duration.max(2).to_string(),
-                "--runs".into(),
-                self.runs.to_string(),
-            ];
+        if self.vhost || self.egress {
+            // vhost.sh needs 2 s at least (it skips the first two samples).
+            let duration = if self.vhost { self.duration.max(2) } else { self.duration };
+            let mut a = vec!["--duration".to_string(), duration.to_string(), "--runs".into(), self.runs.to_string()];
             if self.json {
                 a.push("--json".into());
             }
@@ -236,6 +243,7 @@ fn write_files(dir: &Path) -> anyhow::Result<PathBuf> {
         ("pingpong.py", PINGPONG),
         ("chart.gp", CHART),
         ("vhost.sh", VHOST),
+        ("egress.sh", EGRESS),
         ("testpmd.sh", TESTPMD),
     ] {
         let path = dir.join(name);
@@ -259,7 +267,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the tapyard executable")?;
     let dir = work_dir()?;
     let result = write_files(&dir).and_then(|script| {
-        let script = if args.vhost { dir.join("vhost.sh") } else { script };
+        let script = if args.vhost {
+            dir.join("vhost.sh")
+        } else if args.egress {
+            dir.join("egress.sh")
+        } else {
+            script
+        };
         run_script(&script, &script_args, &exe)
     });
     let _ = std::fs::remove_dir_all(&dir);
@@ -334,6 +348,27 @@ mod tests {
     }
 
     #[test]
+    fn egress_arguments() {
+        let e = parse(&["--egress", "--duration", "1", "--runs", "2", "--report", "out/dir", "--keep"]).unwrap();
+        assert_eq!(e, ["--duration", "1", "--runs", "2", "--report", "out/dir", "--keep"]);
+        let e = parse(&["--egress", "--json"]).unwrap();
+        assert_eq!(e, ["--duration", "5", "--runs", "3", "--json"]);
+        for bad in [
+            &["--egress", "--vhost"][..],
+            &["--egress", "--against", "bridge"],
+            &["--egress", "--paths", "switched"],
+            &["--egress", "--tests", "tcp1"],
+            &["--egress", "--workers", "1"],
+            &["--egress", "--nice", "1"],
+            &["--egress", "--pings", "10"],
+            &["--egress", "--duration", "0"],
+            &["--egress", "--runs", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
     fn bad_arguments() {
         for bad in [
             &["--against", "nope"][..],
@@ -356,5 +391,6 @@ mod tests {
         assert!(PINGPONG.contains("def client"));
         assert!(CHART.contains("multiplot"));
         assert!(VHOST.contains("run_ceiling") && TESTPMD.contains("testpmd_start()"));
+        assert!(EGRESS.starts_with("#!/usr/bin/env bash") && EGRESS.contains("setup_bridge()"));
     }
 }
