@@ -33,8 +33,8 @@ pub mod netns;
 mod networks;
 pub mod persist;
 mod ports;
-pub mod publish;
 pub mod proto;
+pub mod publish;
 mod routers;
 pub mod server;
 #[cfg(test)]
