@@ -235,9 +235,10 @@ fn supervise(uplink: Uplink, socket: &Path) -> anyhow::Result<i32> {
 
     let (mut sock, theirs) = UnixStream::pair().context("cannot make the setup socket pair")?;
     ns::set_inheritable(&theirs).context("cannot pass the setup socket")?;
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let mut child = Command::new("/proc/self/exe")
-        .arg0(&exe)
+    // By its path, so that ps and top name it `tapyard`; /proc/self/exe
+    // if the binary was replaced since (the path then reads "... (deleted)").
+    let exe = std::env::current_exe().ok().filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let mut child = Command::new(&exe)
         .args(std::env::args_os().skip(1))
         .env(CHILD_ENV, theirs.as_raw_fd().to_string())
         .spawn()
@@ -377,7 +378,7 @@ fn write_maps(pid: u32) -> anyhow::Result<String> {
         match run_tool(&nu, &args(uid, us, uc)) {
             Ok(()) => {
                 run_tool(&ng, &args(gid, gs, gc))?;
-                return Ok(format!("0→{uid} plus 1-{uc}→{us}- (newuidmap, /etc/subuid and /etc/subgid)"));
+                return Ok(format!("0 {uid} 1, 1 {us} {uc} (newuidmap, /etc/subuid and /etc/subgid)"));
             }
             Err(e) => tracing::warn!("{e:#}; falling back to a single-uid map"),
         }
@@ -387,7 +388,7 @@ fn write_maps(pid: u32) -> anyhow::Result<String> {
     // An unprivileged writer may map its gid only with setgroups(2) denied.
     fs::write(proc.join("setgroups"), "deny").context("setgroups")?;
     fs::write(proc.join("gid_map"), format!("0 {gid} 1\n")).context("gid_map")?;
-    Ok(format!("0→{uid} only (single-uid map; newuidmap and /etc/subuid give more)"))
+    Ok(format!("0 {uid} 1 only (no newuidmap or no /etc/subuid range: one uid)"))
 }
 
 /// Whether the network namespace of `pid` has an IPv4 default route, and
@@ -428,7 +429,9 @@ fn start_uplink(uplink: Uplink, program: &Path, pid: u32, socket: &Path) -> anyh
         Uplink::None => unreachable!("no program for --rootless-uplink none"),
     };
     // Its own process group: a Ctrl-C meant for the daemon does not cut the
-    // uplink before the daemon has stopped; the supervisor stops it after.
+    // uplink before the daemon has stopped; the supervisor stops it after,
+    // and the kernel does if the supervisor is killed.
+    ns::die_with_parent(&mut cmd, libc::SIGTERM);
     let mut proc = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -516,6 +519,10 @@ fn child_setup(mut sock: UnixStream, socket: &Path) -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot mount a tmpfs on {} for named namespaces", dir.display()))?;
     crate::control::netns::set_named_dir(dir);
+    // pasta does this too; slirp4netns and `none` do not.
+    if let Err(e) = ns::loopback_up() {
+        tracing::warn!("cannot bring lo up in the daemon's namespace: {e}");
+    }
     CHILD.store(true, Ordering::Relaxed);
     sock.write_all(b"r")?;
     if !expect(&mut sock, b'g')? {

@@ -149,6 +149,51 @@ pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })
 }
 
+/// Makes the process `cmd` starts get `sig` when the thread that starts it
+/// exits (PR_SET_PDEATHSIG, prctl(2)): an uplink started by the rootless
+/// supervisor does not outlive a supervisor killed with SIGKILL. If the
+/// starting process is already gone when the child runs, the start fails.
+pub fn die_with_parent(cmd: &mut std::process::Command, sig: libc::c_int) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec; it calls
+    // only prctl and getppid, which are async-signal-safe, allocates
+    // nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the setting took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::other("the starting process exited"));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Brings `lo` up in this thread's network namespace (SIOCGIFFLAGS and
+/// SIOCSIFFLAGS, netdevice(7)), as pasta does for the namespace it joins.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket takes no pointers; the result is checked next.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd)?;
+    // SAFETY: `fd` was just returned by socket and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid (integers and a name of NULs).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `ifr` is a live ifreq, which SIOCGIFFLAGS reads and fills.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) })?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS reads `ifr`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) })
+}
+
 /// The real user and group ids of this process (never fail).
 pub fn ids() -> (u32, u32) {
     // SAFETY: getuid and getgid take no arguments and cannot fail.
