@@ -54,6 +54,7 @@ check() {
   local what=$1; shift
   if "$@"; then ok "$what"; else fail "$what"; fi
 }
+quiet() { "$@" >/dev/null; }
 # gone PID: the process has exited (a zombie not yet reaped counts).
 gone() { [ -n "$1" ] && { ! kill -0 "$1" 2>/dev/null || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }; }
 # wait_for SECONDS CMD...: polls CMD until it succeeds or the deadline passes.
@@ -83,19 +84,17 @@ chmod 700 "$work/run"
 
 export XDG_RUNTIME_DIR="$work/run"
 sock="$work/run/tapyard/tapyard.sock"
-# as_user CMD...: CMD as the throwaway user, with its own runtime directory.
-as_user() {
-  setpriv --reuid="$uid" --regid="$gid" --init-groups -- \
-    env -i PATH="/usr/sbin:/usr/bin:/sbin:/bin" HOME="$work/home" XDG_RUNTIME_DIR="$work/run" "$@"
-}
+# "${user_env[@]}" CMD...: CMD as the throwaway user, with its own runtime
+# directory (setpriv and env exec: CMD keeps their pid).
+user_env=(setpriv --reuid="$uid" --regid="$gid" --init-groups --
+  env -i PATH="/usr/sbin:/usr/bin:/sbin:/bin" HOME="$work/home" XDG_RUNTIME_DIR="$work/run")
+as_user() { "${user_env[@]}" "$@"; }
 ty() { as_user "$work/bin/tapyard" "$@"; }
 # start_daemon LOG ARGS...: `tapyard daemon ARGS` as the user in the
 # background; setpriv and env exec, so $sup is the supervisor itself.
 start_daemon() {
   local log=$1; shift
-  setpriv --reuid="$uid" --regid="$gid" --init-groups -- \
-    env -i PATH="/usr/sbin:/usr/bin:/sbin:/bin" HOME="$work/home" XDG_RUNTIME_DIR="$work/run" \
-    "$work/bin/tapyard" daemon --workers 1 "$@" >"$log" 2>&1 &
+  "${user_env[@]}" "$work/bin/tapyard" daemon --workers 1 "$@" >"$log" 2>&1 &
   sup=$!
 }
 # stop_daemon: SIGTERM to the supervisor; it must exit 0 within 10 s.
@@ -167,6 +166,37 @@ kill "$server" 2>/dev/null || true
 wait "$server" 2>/dev/null || true
 server=""
 
+# 4b. The other way, what published ports rely on: a port listened on in the
+#     daemon's namespace is forwarded from the host by pasta (-t auto, which
+#     rescans every second: pasta(1)).
+#     Not an ephemeral port: pasta leaves those out of `auto`.
+nsport=$((20000 + $$ % 10000))
+while ss -Htln "sport = :$nsport" | grep -q .; do nsport=$((nsport + 1)); done
+# Not through ty (a function): $! must be the server itself, for kill.
+"${user_env[@]}" "$work/bin/tapyard" exec "pid:$daemon" -- python3 -c "
+import socket, sys
+s = socket.socket(); s.bind(('0.0.0.0', int(sys.argv[2]))); s.listen(1)
+print(s.getsockname()[1], flush=True)
+s.settimeout(20)
+c, _ = s.accept(); c.sendall(sys.argv[1].encode() + b'\n'); c.close()" "$token" "$nsport" >"$work/nsport" 2>&1 &
+server=$!
+wait_for 10 test -s "$work/nsport" || fail "the namespace's test server did not start: $(cat "$work/nsport")"
+fetch() { python3 -c "
+import socket, sys
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)
+line = s.makefile().readline().strip()
+sys.exit(line != sys.argv[2])" "$nsport" "$token" 2>/dev/null; }
+check "the daemon's netns port $nsport reached from the host's 127.0.0.1 (pasta -t auto)" wait_for 10 fetch
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+server=""
+
+# 4c. A TAP port into c1, made by the rootless daemon (named namespaces
+#     resolve in its own directory).
+check "tapyard network create n1" quiet ty network create n1 --subnet 198.18.77.0/24
+check "tapyard connect n1 c1 --ip 198.18.77.5/24" quiet ty connect n1 c1 --ip 198.18.77.5/24
+check "c1 has eth0 with 198.18.77.5" grep -q "198.18.77.5/24" <(ty exec c1 -- ip -4 -o addr show dev eth0)
+
 # 5. SIGTERM to the supervisor stops the daemon and pasta, and removes the socket.
 stop_daemon
 check "pasta (pid $pasta) stopped" gone "$pasta"
@@ -184,8 +214,7 @@ chmod 600 "$work/tun600"
 # shellcheck disable=SC2016 # $1 and $@ are the inner shell's
 refused "0600 /dev/net/tun" "/dev/net/tun is mode 0600 (root only).*chmod 0666 /dev/net/tun" \
   unshare --mount --propagation private -- sh -c 'mount --bind "$1" /dev/net/tun && shift && exec "$@"' sh "$work/tun600" \
-  setpriv --reuid="$uid" --regid="$gid" --init-groups -- env -i PATH=/usr/bin:/bin HOME="$work/home" \
-  XDG_RUNTIME_DIR="$work/run" "$work/bin/tapyard" daemon
+  "${user_env[@]}" "$work/bin/tapyard" daemon
 check "nothing of the user left running" test -z "$(pgrep -u "$user")"
 
 # 7. slirp4netns as the uplink instead.

@@ -413,11 +413,13 @@ fn start_uplink(uplink: Uplink, program: &Path, pid: u32, socket: &Path) -> anyh
     match uplink {
         // pasta(1): --config-net copies the host's addresses and routes onto
         // its interface and brings it (and lo) up; -t/-u auto forward the
-        // ports bound in the namespace from the host (published ports),
-        // -T/-U none keep the host's ports out of the namespace; the
-        // gateway address reaches the host's loopback (pasta NOTES).
+        // ports bound in the namespace from the host (published ports);
+        // -T/-U stay at their default, auto (the host's bound ports are
+        // bound in the namespace and forwarded to the host): the pasta of
+        // Debian 12 (2023-03-09) forwards nothing with `-t auto -T none`;
+        // the gateway address reaches the host's loopback (pasta NOTES).
         Uplink::Pasta => cmd
-            .args(["--config-net", "--quiet", "--foreground", "-t", "auto", "-u", "auto", "-T", "none", "-U", "none"])
+            .args(["--config-net", "--quiet", "--foreground", "-t", "auto", "-u", "auto"])
             .arg("--pid")
             .arg(&pid_file)
             .arg(pid.to_string()),
