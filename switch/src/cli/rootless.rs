@@ -120,16 +120,17 @@ pub fn daemon_start(uplink: Option<Uplink>, socket: &Path, socket_given: bool) -
         return Ok(Start::Child);
     }
     let (uid, _) = ns::ids();
-    if uid == 0 || super::euid() == Some(0) {
+    let plain = uid == 0 || super::euid() == Some(0) || in_user_namespace();
+    if plain {
         if uplink.is_some() {
-            tracing::info!("--rootless-uplink applies only to a daemon started by another user than root; ignored");
+            tracing::info!(
+                "--rootless-uplink applies only when the daemon makes its own namespaces (started by a user other \
+                 than root, outside any user namespace); ignored"
+            );
         }
-        return Ok(Start::Plain);
-    }
-    if in_user_namespace() {
-        tracing::info!(
-            "already in a user namespace: the daemon uses it as it is (no namespaces of its own, no uplink started)"
-        );
+        if uid != 0 || in_user_namespace() {
+            tracing::debug!("already in a user namespace: the daemon uses it as it is (no namespaces of its own)");
+        }
         return Ok(Start::Plain);
     }
     if !socket_given && std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| d.is_empty()) {
@@ -147,10 +148,11 @@ pub fn daemon_start(uplink: Option<Uplink>, socket: &Path, socket_given: bool) -
 /// Whether this process is in a user namespace other than the initial one:
 /// the initial namespace's uid map is the identity over all 2^32-1 ids.
 fn in_user_namespace() -> bool {
-    match fs::read_to_string("/proc/self/uid_map") {
-        Ok(map) => map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"],
-        Err(_) => false,
-    }
+    fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| !is_initial_uid_map(&map))
+}
+
+fn is_initial_uid_map(map: &str) -> bool {
+    map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
 }
 
 /// The directory named namespaces of a rootless daemon on `socket` live
@@ -324,7 +326,10 @@ fn wait_child(child: &mut Child, exited: &Mutex<bool>) -> io::Result<ExitStatus>
 /// A subordinate id range of this user from /etc/subuid or /etc/subgid
 /// (subuid(5): `NAME_OR_ID:START:COUNT`; the first matching line).
 fn sub_range(file: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
-    let text = fs::read_to_string(file).ok()?;
+    parse_sub_range(&fs::read_to_string(file).ok()?, name, id)
+}
+
+fn parse_sub_range(text: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
     text.lines().find_map(|l| {
         let mut f = l.trim().split(':');
         let (who, start, count) = (f.next()?, f.next()?, f.next()?);
@@ -394,7 +399,12 @@ fn write_maps(pid: u32) -> anyhow::Result<String> {
 /// Whether the network namespace of `pid` has an IPv4 default route, and
 /// on which interface (from /proc/PID/net/route, proc(5)).
 fn default_route_dev(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/net/route")).ok()?;
+    parse_default_route(&fs::read_to_string(format!("/proc/{pid}/net/route")).ok()?)
+}
+
+/// The interface of the first IPv4 default route (destination and mask 0)
+/// in the text of /proc/net/route.
+fn parse_default_route(text: &str) -> Option<String> {
     text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
@@ -688,4 +698,53 @@ pub fn exec(socket: &Path, spec: &str, argv: &[std::ffi::OsString]) -> anyhow::R
     let e = Command::new(prog).args(args).exec();
     eprintln!("tapyard: cannot run {}: {e}", prog.to_string_lossy());
     Ok(if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subordinate_ranges_match_the_name_or_the_id() {
+        let text = "alice:100000:65536\n1002:165536:65536\nbob:231072:0\n";
+        assert_eq!(parse_sub_range(text, Some("alice"), 1001), Some((100000, 65536)));
+        assert_eq!(parse_sub_range(text, Some("carol"), 1002), Some((165536, 65536)));
+        // An empty range is no range.
+        assert_eq!(parse_sub_range(text, Some("bob"), 1003), None);
+        assert_eq!(parse_sub_range(text, None, 1004), None);
+        assert_eq!(parse_sub_range("garbage\nalice:x:1\n", Some("alice"), 1), None);
+    }
+
+    #[test]
+    fn default_route_is_found_in_proc_net_route() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                    eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                    eth0\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(parse_default_route(text).as_deref(), Some("eth0"));
+        let no_default = text.lines().take(2).collect::<Vec<_>>().join("\n");
+        assert_eq!(parse_default_route(&no_default), None);
+    }
+
+    #[test]
+    fn only_the_identity_map_is_the_initial_user_namespace() {
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map("         0       1001          1\n"));
+        assert!(!is_initial_uid_map("0 1001 1\n1 100000 65536\n"));
+    }
+
+    #[test]
+    fn named_namespaces_live_beside_the_socket() {
+        assert_eq!(
+            named_dir(Path::new("/run/user/1000/tapyard/tapyard.sock")),
+            Path::new("/run/user/1000/tapyard/netns")
+        );
+    }
+
+    #[test]
+    fn namespace_names_are_file_names() {
+        assert!(check_name("c1").is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }
