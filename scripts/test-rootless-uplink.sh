@@ -127,6 +127,10 @@ check "daemon has its own user, network and mount namespaces" own_ns
 map=$(tr -s ' ' <"/proc/${daemon:-0}/uid_map" | paste -sd';')
 check "uid 0 in it is uid $uid (uid_map:$map)" test "$(awk 'NR == 1 { print $1, $2 }' "/proc/${daemon:-0}/uid_map")" = "0 $uid"
 
+refused "a second daemon on the same socket" "another tapyard daemon is already running" \
+  as_user "$work/bin/tapyard" daemon --workers 1
+check "the first daemon's pasta still runs" kill -0 "${pasta:-0}"
+
 # 2. pasta's interface in the daemon's namespace: an address and the default route.
 dev=$(nsenter -t "$daemon" -n ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1) }' | head -1)
 gw=$(nsenter -t "$daemon" -n ip -4 route show default | awk '{ print $3 }' | head -1)
@@ -228,6 +232,20 @@ if wait_for 20 test -S "$sock"; then
 else fail "slirp4netns daemon: no socket"; cat "$work/slirp.log"; fi
 stop_daemon
 check "slirp4netns stopped" gone "${slirp:-0}"
+
+# 8. A supervisor killed outright takes the daemon and pasta with it
+#    (PR_SET_PDEATHSIG: they get SIGTERM; the daemon stops cleanly).
+start_daemon "$work/kill.log"
+if wait_for 20 test -S "$sock"; then
+  daemon=$(child_named tapyard)
+  pasta=$(child_named pasta)
+  kill -KILL "$sup"
+  wait "$sup" 2>/dev/null || true
+  sup=""
+  check "after SIGKILL of the supervisor: the daemon (pid $daemon) stops" wait_for 10 gone "$daemon"
+  check "after SIGKILL of the supervisor: pasta (pid $pasta) stops" wait_for 10 gone "$pasta"
+  check "after SIGKILL of the supervisor: the socket is removed" wait_for 10 test ! -e "$sock"
+else fail "daemon for the SIGKILL check: no socket"; cat "$work/kill.log"; fi
 
 if [ "$fails" -gt 0 ]; then
   echo "rootless uplink: $fails check(s) failed; daemon log:"

@@ -230,6 +230,21 @@ fn supervise(uplink: Uplink, socket: &Path) -> anyhow::Result<i32> {
         format!("cannot create {} (for the socket and named namespaces of a rootless daemon)", dir.display())
     })?;
 
+    // A daemon already on this socket: refused here, before an uplink is
+    // started for nothing (the daemon checks again when it binds; see
+    // control::server for the lock).
+    let lock_path = PathBuf::from(format!("{}.lock", socket.display()));
+    if let Ok(f) = OpenOptions::new().write(true).open(&lock_path) {
+        if let Err(fs::TryLockError::WouldBlock) = f.try_lock() {
+            bail!(
+                "another tapyard daemon is already running on {} (it holds {}); stop it first, or start this one \
+                 with --socket elsewhere",
+                socket.display(),
+                lock_path.display()
+            );
+        }
+    }
+
     // Installed before the child exists, so that no signal in between can
     // end the supervisor without the child hearing of it.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
