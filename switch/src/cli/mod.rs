@@ -22,7 +22,8 @@ use client::ClientError;
 pub struct Cli {
     /// Control socket of the daemon [default: /run/tapyard/tapyard.sock as root;
     /// as another user $XDG_RUNTIME_DIR/tapyard/tapyard.sock, or
-    /// $TMPDIR/tapyard-UID/tapyard.sock when XDG_RUNTIME_DIR is unset]
+    /// $TMPDIR/tapyard-UID/tapyard.sock when XDG_RUNTIME_DIR is unset, except
+    /// for a rootless `daemon`, which then needs --socket]
     #[arg(long, global = true, env = "TAPYARD_SOCKET")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
