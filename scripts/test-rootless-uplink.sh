@@ -247,6 +247,23 @@ if wait_for 20 test -S "$sock"; then
   check "after SIGKILL of the supervisor: the socket is removed" wait_for 10 test ! -e "$sock"
 else fail "daemon for the SIGKILL check: no socket"; cat "$work/kill.log"; fi
 
+# 9. Without /etc/subuid and /etc/subgid ranges (the user's lines, made by
+#    useradd for it, removed): a single-uid map written by the supervisor
+#    itself; and --rootless-uplink none (no uplink, lo still up).
+sed -i "/^$user:/d" /etc/subuid /etc/subgid
+start_daemon "$work/single.log" --rootless-uplink none
+if wait_for 20 test -S "$sock"; then
+  daemon=$(child_named tapyard)
+  check "single-uid map: $(tr -s ' ' <"/proc/$daemon/uid_map")" \
+    test "$(awk '{ print $1, $2, $3 }' "/proc/$daemon/uid_map")" = "0 $uid 1"
+  check "--rootless-uplink none: no other child than the daemon" test "$(ps --ppid "$sup" -o pid= | wc -l)" -eq 1
+  check "--rootless-uplink none: lo up, no default route" \
+    test "$(nsenter -t "$daemon" -n ip -o link show up | grep -c .)$(nsenter -t "$daemon" -n ip -4 route show default)" = 1
+  check "netns add and exec with a single-uid map" ty netns add c2
+  check "exec c2 as uid 0" test "$(ty exec c2 -- id -u)" = 0
+else fail "daemon with a single-uid map: no socket"; cat "$work/single.log"; fi
+stop_daemon
+
 if [ "$fails" -gt 0 ]; then
   echo "rootless uplink: $fails check(s) failed; daemon log:"
   cat "$work/daemon.log"
