@@ -453,7 +453,7 @@ fn start_uplink(uplink: Uplink, program: &Path, pid: u32, socket: &Path) -> anyh
         Uplink::Slirp4netns => {
             cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback"]).arg(pid.to_string()).arg("tap0")
         }
-        Uplink::None => unreachable!("no program for --rootless-uplink none"),
+        Uplink::None => bail!("--rootless-uplink none starts no program"),
     };
     // Its own process group: a Ctrl-C meant for the daemon does not cut the
     // uplink before the daemon has stopped; the supervisor stops it after,
