@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod client;
 pub mod lab;
+pub mod rootless;
 mod table;
 
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +22,8 @@ use client::ClientError;
 pub struct Cli {
     /// Control socket of the daemon [default: /run/tapyard/tapyard.sock as root;
     /// as another user $XDG_RUNTIME_DIR/tapyard/tapyard.sock, or
-    /// $TMPDIR/tapyard-UID/tapyard.sock when XDG_RUNTIME_DIR is unset]
+    /// $TMPDIR/tapyard-UID/tapyard.sock when XDG_RUNTIME_DIR is unset, except
+    /// for a rootless `daemon`, which then needs --socket]
     #[arg(long, global = true, env = "TAPYARD_SOCKET")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -128,6 +130,21 @@ pub enum Cmd {
     /// The embedded default lab: two networks, four namespaces, a connectivity matrix.
     #[command(subcommand)]
     Lab(lab::LabCmd),
+    /// Named network namespaces for containers: `ip netns` as root; for a
+    /// rootless daemon, inside its user and mount namespaces (docs/ROOTLESS.md).
+    #[command(subcommand)]
+    Netns(NetnsCmd),
+    /// Run a command in a named network namespace (as `ip netns exec`); for
+    /// a rootless daemon, as uid 0 of its user namespace. Working directory
+    /// and environment are kept.
+    #[command(override_usage = "tapyard exec <NETNS> -- <CMD>...")]
+    Exec {
+        /// A name (`tapyard netns ls`), a path to a namespace file, or pid:N.
+        netns: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        cmd: Vec<std::ffi::OsString>,
+    },
     /// Benchmark tapyard against the Linux bridge, vde_switch and Open vSwitch: throughput,
     /// small-frame rate and loss, latency, CPU per GB (as root; see docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
@@ -168,12 +185,33 @@ pub struct DaemonArgs {
     /// The uplink's interface name in the daemon's namespace.
     #[arg(long, value_name = "NAME", default_value = crate::control::uplink::DEFAULT_IFNAME)]
     pub uplink_ifname: String,
+    /// Started by a user other than root, outside any user namespace, the
+    /// daemon makes its own user, network and mount namespaces and this
+    /// uplink to the host: `pasta` (egress and published ports), `slirp4netns`
+    /// (egress only), `none`. Ignored as root (see docs/ROOTLESS.md)
+    /// [default: pasta].
+    #[arg(long, value_enum)]
+    pub rootless_uplink: Option<rootless::Uplink>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UplinkMode {
     Tap,
     None,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetnsCmd {
+    /// Make a network namespace called NAME.
+    Add { name: String },
+    /// Delete the namespace called NAME (its processes keep it until they exit).
+    Del { name: String },
+    /// List named namespaces.
+    Ls {
+        /// Print JSON (a list of names).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,9 +439,15 @@ fn euid() -> Option<u32> {
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
+/// Whether the system-wide paths apply: root, but not a rootless daemon,
+/// which is uid 0 only inside the user namespace it made.
+fn system_paths() -> bool {
+    euid() == Some(0) && !rootless::is_child()
+}
+
 /// `/run/tapyard` as root; the user's runtime directory otherwise.
 pub fn default_runtime_dir() -> PathBuf {
-    if euid() == Some(0) {
+    if system_paths() {
         return PathBuf::from("/run/tapyard");
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
@@ -417,7 +461,7 @@ pub fn default_socket() -> PathBuf {
 }
 
 pub fn default_state_dir() -> PathBuf {
-    if euid() == Some(0) {
+    if system_paths() {
         return PathBuf::from("/var/lib/tapyard");
     }
     if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
@@ -526,6 +570,11 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
         |req: Request| -> anyhow::Result<serde_json::Value> { Ok(client::Client::connect(&socket)?.call_value(&req)?) };
     match cmd {
         Cmd::Daemon(a) => {
+            // First, while single-threaded: a rootless start makes its namespaces here.
+            match rootless::daemon_start(a.rootless_uplink, &socket, socket_given)? {
+                rootless::Start::Supervised(code) => return Ok(code),
+                rootless::Start::Plain | rootless::Start::Child => {}
+            }
             let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if workers == 0 || workers > 256 {
                 return Err(BadArgs("--workers must be between 1 and 256".into()).into());
@@ -713,6 +762,19 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
             let n = v["flushed"].as_u64().unwrap_or(0);
             println!("flushed {n} {}", if n == 1 { "entry" } else { "entries" });
         }
+        Cmd::Netns(NetnsCmd::Add { name }) => return rootless::netns_add(&socket, &name),
+        Cmd::Netns(NetnsCmd::Del { name }) => return rootless::netns_del(&socket, &name),
+        Cmd::Netns(NetnsCmd::Ls { json }) => {
+            let names = rootless::netns_ls(&socket)?;
+            if json {
+                print_json(&names);
+            } else {
+                for n in names {
+                    out(&n);
+                }
+            }
+        }
+        Cmd::Exec { netns, cmd } => return rootless::exec(&socket, &netns, &cmd),
         Cmd::Lab(cmd) => return lab::run(cmd, &socket),
         Cmd::Bench(args) => return bench::run(args),
     }

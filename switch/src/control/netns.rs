@@ -61,6 +61,21 @@ pub struct Netns {
 /// Directory where `ip netns add` keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
+/// Where named namespaces are looked up when not in [`NETNS_RUN_DIR`]: a
+/// rootless daemon's own directory (`cli::rootless`), set once at its start.
+static NAMED_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes names resolve under `dir` instead of [`NETNS_RUN_DIR`] for the
+/// rest of the process (a rootless daemon: see docs/ROOTLESS.md).
+pub fn set_named_dir(dir: PathBuf) {
+    let _ = NAMED_DIR.set(dir);
+}
+
+/// The directory named namespaces live in for this daemon.
+pub fn named_dir() -> &'static Path {
+    NAMED_DIR.get().map_or(Path::new(NETNS_RUN_DIR), |d| d.as_path())
+}
+
 /// Maps a namespace spec to the file that names it, without touching the file system.
 pub fn spec_path(spec: &str) -> Result<PathBuf, ApiError> {
     if let Some(pid) = spec.strip_prefix("pid:") {
@@ -74,10 +89,11 @@ pub fn spec_path(spec: &str) -> Result<PathBuf, ApiError> {
     }
     if spec.is_empty() || spec == "." || spec == ".." || spec.chars().any(|c| c.is_whitespace() || c == '\0') {
         return Err(ApiError::bad_request(format!(
-            "invalid namespace {spec:?}: give a name under {NETNS_RUN_DIR}, a path, or pid:N"
+            "invalid namespace {spec:?}: give a name under {}, a path, or pid:N",
+            named_dir().display()
         )));
     }
-    Ok(Path::new(NETNS_RUN_DIR).join(spec))
+    Ok(named_dir().join(spec))
 }
 
 /// Resolves `spec` to an existing namespace.
@@ -85,8 +101,9 @@ pub fn resolve(spec: &str) -> Result<Netns, ApiError> {
     let path = spec_path(spec)?;
     let md = std::fs::metadata(&path).map_err(|e| {
         ApiError::not_found(format!(
-            "network namespace {spec:?} not found ({}: {e}); create it first, e.g. `ip netns add NAME`",
-            path.display()
+            "network namespace {spec:?} not found ({}: {e}); create it first, e.g. `{} NAME`",
+            path.display(),
+            if NAMED_DIR.get().is_some() { "tapyard netns add" } else { "ip netns add" }
         ))
     })?;
     Ok(Netns { spec: spec.to_string(), path, dev: md.dev(), ino: md.ino() })

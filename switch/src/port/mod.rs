@@ -14,6 +14,7 @@
 #![allow(unsafe_code)]
 
 pub mod mem;
+pub mod ns;
 pub mod sys;
 pub mod tap;
 pub mod vhost;
