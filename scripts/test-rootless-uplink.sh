@@ -96,12 +96,13 @@ start_daemon() {
   local log=$1; shift
   "${user_env[@]}" "$work/bin/tapyard" daemon --workers 1 "$@" >"$log" 2>&1 &
   sup=$!
+  daemon_log=$log
 }
 # stop_daemon: SIGTERM to the supervisor; it must exit 0 within 10 s.
 stop_daemon() {
   kill -TERM "$sup"
   if wait_for 10 gone "$sup" && wait "$sup"; then ok "supervisor exited 0 after SIGTERM"; else
-    fail "supervisor did not stop cleanly"
+    fail "supervisor did not stop cleanly; its log ends:"; tail -n 20 "$daemon_log" >&2
   fi
   sup=""
 }
@@ -200,6 +201,56 @@ server=""
 check "tapyard network create n1" quiet ty network create n1 --subnet 198.18.77.0/24
 check "tapyard connect n1 c1 --ip 198.18.77.5/24" quiet ty connect n1 c1 --ip 198.18.77.5/24
 check "c1 has eth0 with 198.18.77.5" grep -q "198.18.77.5/24" <(ty exec c1 -- ip -4 -o addr show dev eth0)
+
+# 4d. Egress and a published port through the daemon's own uplink and pasta
+#     (docs/EGRESS.md, "Rootless"): c1 fetches from a server root runs on
+#     the host's 127.0.0.1 (c1 -> tapyard -> tapyard0 -> NAT -> pasta ->
+#     the host's loopback), and the host's 127.0.0.1 reaches a server in c1
+#     through a published port (pasta -t auto -> the held port -> DNAT).
+python3 -c "
+import socket, sys
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+s.settimeout(30)
+c, _ = s.accept(); c.sendall(sys.argv[1].encode() + b'\n'); c.close()" "$token-egress" >"$work/eport" &
+server=$!
+wait_for 10 test -s "$work/eport" || fail "the host's egress test server did not start"
+eport=$(cat "$work/eport")
+got=$(ty exec c1 -- python3 -c "
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(s.makefile().readline().strip())" "$gw" "$eport" 2>&1) || true
+check "c1 (a container on n1) reaches the host's 127.0.0.1:$eport through tapyard and pasta: got '$got'" \
+  test "$got" = "$token-egress"
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+server=""
+pport=$((nsport + 1))
+while ss -Htln "sport = :$pport" | grep -q .; do pport=$((pport + 1)); done
+check "tapyard port publish n1 c1 $pport:8080" quiet ty port publish n1 c1 "$pport:8080"
+"${user_env[@]}" "$work/bin/tapyard" exec c1 -- python3 -c "
+import socket, sys
+s = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen(4)
+print('listening', flush=True)
+s.settimeout(30)
+while True:
+    c, a = s.accept(); c.sendall((sys.argv[1] + ' ' + a[0]).encode() + b'\n'); c.close()" "$token-publish" >"$work/pserver" 2>&1 &
+server=$!
+wait_for 10 test -s "$work/pserver" || fail "c1's test server did not start: $(cat "$work/pserver")"
+pfetch() { python3 -c "
+import socket, sys
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)
+line = s.makefile().readline().strip()
+sys.exit(not line.startswith(sys.argv[2] + ' '))" "$pport" "$token-publish" 2>/dev/null; }
+check "c1's port 8080 published on the host's 127.0.0.1:$pport (pasta -t auto, then tapyard's DNAT)" wait_for 10 pfetch
+check "tapyard port unpublish n1 c1 $pport:8080" quiet ty port unpublish n1 c1 "$pport:8080"
+check "unpublished: 127.0.0.1:$pport no longer reaches c1" wait_for 10 sh -c "! python3 -c \"
+import socket, sys
+s = socket.create_connection(('127.0.0.1', $pport), timeout=2)
+sys.exit(0 if s.makefile().readline().startswith('$token-publish') else 1)\" 2>/dev/null"
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+server=""
 
 # 5. SIGTERM to the supervisor stops the daemon and pasta, and removes the socket.
 stop_daemon

@@ -25,7 +25,7 @@ if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
   fi
   cargo build --all-targets --quiet   # build outside: the user namespace has no network for crates.io
   env TAPYARD_IN_USERNS=1 unshare --user --map-root-user --net --mount -- "$0" "$@"
-  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody and vm-guest (they need root)"
+  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink and vm-guest (they need root)"
   exit 0
 fi
 if [ -n "${TAPYARD_IN_USERNS:-}" ]; then
@@ -50,6 +50,15 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
   skipped+=("rootless pass (TAPYARD_SKIP_ROOTLESS is set)")
 else
   scripts/test-rootless.sh
+fi
+# A rootless daemon started plainly by an unprivileged user: its own
+# namespaces, pasta as its uplink, egress and a published port through it
+# (scripts/test-rootless-uplink.sh: a throwaway user, removed afterwards;
+# /dev/net/tun set to 0666 for its duration where it is 0600, and restored).
+if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
+  skipped+=("rootless uplink (TAPYARD_SKIP_ROOTLESS is set)")
+else
+  scripts/test-rootless-uplink.sh
 fi
 # A real VM on a vhost-user port: QEMU (TCG) with Linux's virtio_net driver gets
 # a DHCP lease from tapyard and pings a container both ways (scripts/vm-guest.sh;

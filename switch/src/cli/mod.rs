@@ -592,8 +592,12 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                     d
                 }
             };
+            // A rootless daemon without a way out (`--rootless-uplink none`)
+            // has nothing for an uplink of its own to lead to.
+            let closed = rootless::is_child() && a.rootless_uplink == Some(rootless::Uplink::None);
             let uplink = match a.uplink {
                 UplinkMode::None => None,
+                UplinkMode::Tap if closed => None,
                 UplinkMode::Tap => {
                     let subnet = a.uplink_subnet.parse().map_err(|_| {
                         BadArgs(format!(

@@ -117,6 +117,12 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
 
 /// Runs the daemon until SIGINT, SIGTERM or a `shutdown` request.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // First of all: a SIGTERM that comes while the daemon starts (which
+    // makes the uplink, turns forwarding on and installs its rules) waits
+    // for the start to finish and then stops it cleanly, instead of killing
+    // it with all that left behind.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     if has_net_admin() == Some(false) {
         // Not fatal: networks, routers and vhost-user ports still work, but
         // every TAP `connect` will fail with EPERM.
@@ -134,9 +140,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let (stop_tx, stop_rx) = bounded::<&'static str>(4);
-
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     let sig_tx = stop_tx.clone();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
