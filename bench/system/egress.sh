@@ -32,9 +32,11 @@
 #   rootless  iperf3 TCP container -> outside, tapyard + pasta (the daemon's uplink
 #             through pasta) against pasta alone (the container's namespace with a
 #             pasta of its own, as podman runs it; its host side a namespace like
-#             the others); target >= 0.9 x. tapyard + pasta is skipped: not built
-#             yet. Both run as root here, for the harness's sake (namespaces made
-#             with `ip netns`), pasta with --runas 0
+#             the others); target >= 0.9 x. tapyard + pasta: a namespace with pasta
+#             attached (the same options) holds the tapyard daemon and its uplink;
+#             the container is on a network with egress. Both run as root here,
+#             for the harness's sake (namespaces made with `ip netns`), pasta with
+#             --runas 0
 #   cpu_s_per_gb  CPU seconds (utime+stime of /proc/PID/stat) of the tapyard daemon,
 #             or of pasta, during the 1-stream tests, per GB received; the bridge
 #             forwards in softirq context and has no process to account
@@ -304,12 +306,47 @@ setup_pasta() {
   echo "pasta ${ver:-(version unknown)} --config-net (MTU $(ip -n "$c" -o link show | awk '$2 != "lo:" {for (i = 1; i < NF; i++) if ($i == "mtu") print $(i + 1)}' | head -n 1)) into the container's namespace, its host side in namespace host; run as root" > "$W/desc.pasta"
 }
 
+# Rootless egress through tapyard: what a rootless daemon builds (docs/ROOTLESS.md),
+# made here by hand as root so the harness can name every namespace: the
+# daemon's namespace ${P}yd with pasta attached to it (the same pasta options as
+# the baseline), a tapyard daemon inside with its uplink TAP and NAT, and the
+# container ${P}yc on a network with egress. The container's traffic crosses
+# tapyard, the daemon namespace's kernel (NAT) and pasta.
+setup_tapyard-pasta() {
+  local h=${P}yh d=${P}yd c=${P}yc pid
+  command -v pasta > /dev/null || fail "pasta not found (Debian package passt)"
+  host_and_outside "${P}y"
+  ns_add "$d"
+  ip -n "$h" route add default via "$OUTSIDE_IP"
+  bg_ns "$h" "$LOGS/tapyard-pasta.pasta.log" pasta -f -q -4 --runas 0 --config-net --netns "/run/netns/$d" --no-map-gw \
+    -t none -u none -T none -U none
+  echo "$BG_PID" > "$W/cpu.tapyard-pasta"
+  until_ok 10 eval "ip -n $d -4 -o addr show | grep -qv ' lo '" || fail "pasta did not configure the daemon's namespace: $(tail -n 1 "$LOGS/tapyard-pasta.pasta.log")"
+  ip netns exec "$d" "$TAPYARD" --socket "$W/typ.sock" daemon --state-dir "$W/state-pasta" \
+    > /dev/null 2>> "$LOGS/tapyard-pasta.daemon.log" < /dev/null &
+  pid=$!
+  track "$pid"
+  echo "$pid" >> "$W/cpu.tapyard-pasta"
+  local end=$((SECONDS + 15))
+  until "$TAPYARD" --socket "$W/typ.sock" network ls > /dev/null 2>&1; do
+    alive "$pid" || fail "the tapyard daemon exited: $(tail -n 1 "$LOGS/tapyard-pasta.daemon.log")"
+    ((SECONDS < end)) || fail "the tapyard daemon did not answer on its socket within 15 s"
+    sleep 0.05
+  done
+  # The MTU pasta gives a namespace (65520), as the baseline's container has:
+  # at 1500, pasta's per-packet cost dominates (docs/PERFORMANCE.md).
+  "$TAPYARD" --socket "$W/typ.sock" network create eg --subnet "$TY_NET" --mtu 65520 > /dev/null || fail "network create eg failed"
+  "$TAPYARD" --socket "$W/typ.sock" connect eg "$c" --ip "$TY_CT/24" > /dev/null || fail "tapyard connect eg $c failed"
+  echo "tapyard daemon in namespace ${P}yd (uplink TAP, kernel masquerade) with pasta attached to that namespace (same options as the baseline), container on network eg $TY_NET, MTU 65520 (pasta's); run as root" > "$W/desc.tapyard-pasta"
+}
+
 declare -A PATH_OK
 prefix() {
   case $1 in
   tapyard) echo "${P}t" ;;
   bridge) echo "${P}b" ;;
   pasta) echo "${P}p" ;;
+  tapyard-pasta) echo "${P}y" ;;
   esac
 }
 
@@ -441,6 +478,7 @@ log "machine: $(nproc) CPUs, kernel $(uname -r); $RUNS x $DUR s"
 bring_up tapyard
 bring_up bridge
 bring_up pasta
+bring_up tapyard-pasta
 
 # scenario status: ok, or why not
 status() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$W/status.tsv"; }
@@ -469,16 +507,11 @@ if ((PATH_OK[pasta])); then
 else
   status rootless pasta failed "$(awk -F'\t' '$1 == "pasta" {print $3}' "$W/paths.tsv")"
 fi
-# tapyard + pasta, to wire once the rootless uplink is merged: a setup_tapyard-pasta
-# that makes namespaces ${P}yh (pasta's host side: host_and_outside "${P}y" and a
-# default route to the outside, as setup_pasta), ${P}yd (the daemon's namespace,
-# with pasta attached to it as in setup_pasta, --runas 0) and ${P}yc (the
-# container); runs `ip netns exec ${P}yd tapyard daemon` with the uplink through
-# pasta, a network with egress and the container on it; writes the daemon's pid
-# to $W/cpu.tapyard-pasta (and pasta's beside it: proc_ticks then sums both),
-# and prefix() maps tapyard-pasta to ${P}y. bring_up it beside pasta and set its
-# status here like pasta's: measure() then runs container -> outside on it.
-status rootless tapyard-pasta skipped "not built yet"
+if [[ ${PATH_OK[tapyard-pasta]:-0} == 1 ]]; then
+  status rootless tapyard-pasta ok ""
+else
+  status rootless tapyard-pasta failed "$(awk -F'\t' '$1 == "tapyard-pasta" {print $3}' "$W/paths.tsv")"
+fi
 
 scenario_ok() { awk -F'\t' -v s="$1" -v p="$2" '$1 == s && $2 == p && $3 == "ok" {f = 1} END {exit !f}' "$W/status.tsv"; }
 for ((r = 1; r <= RUNS; r++)); do

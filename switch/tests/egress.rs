@@ -475,13 +475,12 @@ fn published_tcp_and_udp_ports_are_reached_from_the_host_and_outside_with_the_so
     assert!(get(&w.host, "http://127.0.0.1:18080/hello").is_err());
 }
 
-/// A file under /etc/netns/NS/ (what `ip netns exec NS` puts over /etc for
-/// the daemon), removed on drop.
-struct EtcNetns(PathBuf);
+/// A file the test made, removed on drop.
+struct TempFile(PathBuf);
 
-impl Drop for EtcNetns {
+impl Drop for TempFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -492,13 +491,11 @@ fn dhcp_offers_the_hosts_resolvers_without_loopback_ones_on_networks_with_egress
     }
     need("udhcpc", "udhcpc");
     let host = Netns::new("dnsh");
-    // The daemon's /etc/resolv.conf: a loopback stub (which a container
-    // cannot reach) and a real resolver.
-    let etc = EtcNetns(PathBuf::from("/etc/netns").join(&host.name));
-    std::fs::create_dir_all(&etc.0).unwrap();
-    std::fs::write(etc.0.join("resolv.conf"), "nameserver 127.0.0.53\nnameserver 198.18.0.53\nsearch example.test\n")
-        .unwrap();
-    let d = Daemon::start_in("dns", &host.name, &[]);
+    // The host's resolv.conf as the daemon reads it: a loopback stub (which
+    // a container cannot reach) and a real resolver.
+    let conf = TempFile(std::env::temp_dir().join(format!("tapyard-it-{}-resolv.conf", common::name("dns"))));
+    std::fs::write(&conf.0, "nameserver 127.0.0.53\nnameserver 198.18.0.53\nsearch example.test\n").unwrap();
+    let d = Daemon::start_in("dns", &host.name, &["--resolv-conf", conf.0.to_str().unwrap()]);
     d.ok(&["network", "create", "out", "--subnet", "10.83.1.0/24"]);
     d.ok(&["network", "create", "own", "--subnet", "10.83.2.0/24", "--dns", "198.18.7.7"]);
     d.ok(&["network", "create", "shut", "--subnet", "10.83.3.0/24", "--egress", "none"]);

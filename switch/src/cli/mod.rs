@@ -185,6 +185,12 @@ pub struct DaemonArgs {
     /// The uplink's interface name in the daemon's namespace.
     #[arg(long, value_name = "NAME", default_value = crate::control::uplink::DEFAULT_IFNAME)]
     pub uplink_ifname: String,
+    /// Where to read the host's DNS resolvers, which DHCP offers on networks
+    /// with egress and no --dns [default: /etc/resolv.conf without its
+    /// loopback resolvers; if none is left, systemd-resolved's upstream
+    /// servers in /run/systemd/resolve/resolv.conf].
+    #[arg(long, value_name = "PATH")]
+    pub resolv_conf: Option<PathBuf>,
     /// Started by a user other than root, outside any user namespace, the
     /// daemon makes its own user, network and mount namespaces and this
     /// uplink to the host: `pasta` (egress and published ports), `slirp4netns`
@@ -606,7 +612,11 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                         ))
                     })?;
                     crate::control::netns::check_ifname(&a.uplink_ifname).map_err(|e| BadArgs(e.to_string()))?;
-                    let u = crate::control::uplink::UplinkConfig { ifname: a.uplink_ifname, subnet };
+                    let u = crate::control::uplink::UplinkConfig {
+                        ifname: a.uplink_ifname,
+                        subnet,
+                        resolv_conf: a.resolv_conf,
+                    };
                     u.ends().map_err(BadArgs)?;
                     Some(u)
                 }

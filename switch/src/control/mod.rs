@@ -320,8 +320,8 @@ impl Daemon {
     /// The resolvers DHCP offers on a network: its `--dns`; with none given
     /// and egress, the host's (`uplink::host_resolvers`).
     fn dhcp_dns(&self, spec: &NetworkSpec) -> Vec<std::net::Ipv4Addr> {
-        if spec.dns.is_empty() && spec.has_egress() && self.cfg.uplink.is_some() {
-            uplink::host_resolvers()
+        if let Some(u) = self.cfg.uplink.as_ref().filter(|_| spec.dns.is_empty() && spec.has_egress()) {
+            uplink::host_resolvers(u.resolv_conf.as_deref())
         } else {
             spec.dns.clone()
         }

@@ -45,6 +45,9 @@ pub const UPLINK_MTU: u32 = 65_520;
 pub struct UplinkConfig {
     pub ifname: String,
     pub subnet: Ipv4Net,
+    /// Where the host's resolvers are read from (`daemon --resolv-conf`);
+    /// none: /etc/resolv.conf, then systemd-resolved's upstream list.
+    pub resolv_conf: Option<std::path::PathBuf>,
 }
 
 impl UplinkConfig {
@@ -307,11 +310,15 @@ fn add(to: &mut EgressCount, c: &EgressCount) {
 /// ones (a container's loopback is its own), as Docker does; when that
 /// leaves none and systemd-resolved's stub is in use, the upstream servers
 /// it lists in /run/systemd/resolve/resolv.conf.
-pub fn host_resolvers() -> Vec<Ipv4Addr> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let found = nameservers(&read("/etc/resolv.conf"));
+/// With `path` (`daemon --resolv-conf`), that file alone.
+pub fn host_resolvers(path: Option<&std::path::Path>) -> Vec<Ipv4Addr> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    if let Some(p) = path {
+        return nameservers(&read(p));
+    }
+    let found = nameservers(&read("/etc/resolv.conf".as_ref()));
     if found.is_empty() {
-        return nameservers(&read("/run/systemd/resolve/resolv.conf"));
+        return nameservers(&read("/run/systemd/resolve/resolv.conf".as_ref()));
     }
     found
 }
@@ -342,7 +349,7 @@ mod tests {
 
     #[test]
     fn transit_ends() {
-        let cfg = |s: &str| UplinkConfig { ifname: "u".into(), subnet: s.parse().unwrap() };
+        let cfg = |s: &str| UplinkConfig { ifname: "u".into(), subnet: s.parse().unwrap(), resolv_conf: None };
         assert_eq!(
             cfg("100.127.255.0/30").ends(),
             Ok((Ipv4Addr::new(100, 127, 255, 1), Ipv4Addr::new(100, 127, 255, 2)))
