@@ -141,6 +141,14 @@ impl Daemon {
         })?;
         let guard = firewall::enable_forwarding(&self.cfg.state_dir, &cfg.ifname)
             .map_err(|e| anyhow::anyhow!("cannot turn on IPv4 forwarding for the uplink: {e}"))?;
+        // The table now, empty of networks: a kernel or nft that refuses our
+        // rules stops the start here, with forwarding set back, instead of
+        // leaving a daemon whose egress silently does not work.
+        let empty = FirewallSpec { uplink: cfg.ifname.clone(), guard, ..FirewallSpec::default() };
+        if let Err(e) = firewall.apply(&empty) {
+            let _ = firewall::restore_forwarding(&self.cfg.state_dir);
+            anyhow::bail!("cannot install the uplink's nftables rules: {e}");
+        }
         let addressing = Addressing::new(cfg.subnet.trunc(), Some(tapyard_ip))?;
         let spec = NetworkSpec {
             addressing: Some(addressing),
@@ -166,7 +174,7 @@ impl Daemon {
             tapyard_ip,
             routes: BTreeSet::new(),
             firewall,
-            applied: None,
+            applied: Some(empty),
             guard,
             carried: BTreeMap::new(),
         });
