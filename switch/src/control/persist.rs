@@ -104,6 +104,10 @@ pub struct PortSpec {
     /// chose for those that left it open: a restart reserves the same again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Publish>,
+    /// `connect`'s `owner` (the CNI plugin's container id); absent in state
+    /// files of ports made without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl PortSpec {
@@ -249,6 +253,7 @@ mod tests {
                 no_offload: false,
                 vhost: None,
                 publish: vec![],
+                owner: None,
             }],
             routers: vec![],
         };
