@@ -262,6 +262,7 @@ mod tests {
         // No publish: no key, so a state file reads the same to an older tapyard.
         let text = fs::read_to_string(state_path(&d)).unwrap();
         assert!(!text.contains("publish"), "{text}");
+        assert!(!text.contains("owner"), "no owner, no key: {text}");
         // With published ports: kept, address and protocol included.
         let mut with = st.clone();
         with.ports[0].publish = crate::control::publish::parse("127.0.0.1:8080-8081:80-81/udp").unwrap();
@@ -270,6 +271,10 @@ mod tests {
         let back = load(&d).unwrap();
         assert_eq!(back, with);
         assert_eq!(back.ports[0].publish.len(), 3);
+        // A CNI port's owner (the container id) survives a restart: DEL finds it by it.
+        with.ports[0].owner = Some("3f1c0ffee".into());
+        save(&d, &with).unwrap();
+        assert_eq!(load(&d).unwrap().ports[0].owner.as_deref(), Some("3f1c0ffee"));
         fs::remove_dir_all(&d).unwrap();
     }
 
