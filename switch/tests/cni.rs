@@ -73,6 +73,9 @@ fn call<'a>(cmd: &'a str, id: &'a str, ns: &'a Netns, ifname: &'a str) -> Call<'
     Call { cmd, id, netns: ns_path(ns), ifname, in_ns: None }
 }
 
+/// `/run/netns/NAME`, leaked (a few bytes per namespace of a test
+/// process) so that every field of `Call` is a `&str` and `Call { cmd:
+/// "DEL", ..add }` copies rather than moves.
 fn ns_path(ns: &Netns) -> &'static str {
     Box::leak(format!("/run/netns/{}", ns.name).into_boxed_str())
 }
