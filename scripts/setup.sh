@@ -11,7 +11,12 @@
 #             (scripts/test.sh) runs: python3 (raw-socket sender), udhcpc and
 #             isc-dhcp-client (real DHCP clients), iptables (iptables-nft and
 #             -legacy, which the firewall must coexist with), iperf3, jq, shellcheck (the
-#             shell lint) and DPDK testpmd (a vhost-user peer; Debian dpdk-dev).
+#             shell lint), DPDK testpmd (a vhost-user peer; Debian dpdk-dev) and
+#             the reference CNI plugins (containernetworking-plugins: bridge,
+#             host-local, portmap in /usr/lib/cni, which tests/cni.rs compares
+#             tapyard-cni with and chains it to), podman and busybox-static
+#             (tests/cni_podman.rs: a real runtime on tapyard-cni, its image made
+#             offline from busybox).
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
@@ -71,6 +76,9 @@ if [ $tests -eq 1 ]; then
   have dhclient || need+=(isc-dhcp-client)
   have shellcheck || need+=(shellcheck)
   have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  have podman || need+=(podman)
+  dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 fi
 
 bench_need=()

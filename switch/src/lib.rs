@@ -33,6 +33,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cni;
 pub mod control;
 pub mod datapath;
 pub mod packet;

@@ -269,6 +269,7 @@ fn build(socket: &Path, rec: &mut LabRecord) -> anyhow::Result<()> {
             ip: Some("auto".into()),
             offload: None,
             publish: vec![],
+            owner: None,
         })?;
         let cidr = p.ip.unwrap_or_default();
         rec.hosts[i].ip = cidr.split('/').next().unwrap_or_default().to_string();

@@ -724,7 +724,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
         Cmd::Connect { network, netns, ifname, mac, ip, offload, publish, json, .. } => {
             let netns = netns.unwrap_or_default();
             let offload = Some(offload == OnOff::On);
-            let req = Request::Connect { network, netns, ifname: Some(ifname), mac, ip, offload, publish };
+            let req = Request::Connect { network, netns, ifname: Some(ifname), mac, ip, offload, publish, owner: None };
             let p: PortInfo = client::call(&socket, &req)?;
             if json {
                 print_json(&p);

@@ -29,9 +29,9 @@ impl Daemon {
             Request::RouteDel { router, prefix } => self.route_change(&router, &prefix, None).map(Reply::from),
             Request::RouteLs { router } => self.route_ls(router.as_deref()).map(Reply::from),
             Request::LeaseLs { network } => self.lease_ls(network.as_deref()).map(Reply::from),
-            Request::Connect { network, netns, ifname, mac, ip, offload, publish } => {
+            Request::Connect { network, netns, ifname, mac, ip, offload, publish, owner } => {
                 self.check_order("connect", &network, &netns)?;
-                let port = self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true), publish);
+                let port = self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true), publish, owner);
                 port.map(Reply::from).map_err(with_privilege_hint)
             }
             Request::PortPublish { network, netns, ifname, spec } => {

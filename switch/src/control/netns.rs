@@ -377,6 +377,93 @@ fn configure_here(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offl
     Ok(tap)
 }
 
+/// An interface as seen inside a namespace: what CNI's CHECK compares
+/// with what ADD made (see `crate::cni`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub mac: Option<MacAddr>,
+    pub up: bool,
+    /// Its IPv4 addresses with their prefix lengths.
+    pub addrs: Vec<Ipv4Net>,
+    /// Gateways of the main table's IPv4 default routes through it.
+    pub default_gateways: Vec<Ipv4Addr>,
+}
+
+/// The interface `ifname` of the namespace file at `path` (a bind mount
+/// like /run/netns/NAME or /proc/PID/ns/net), or None if it has no such
+/// interface. Read with rtnetlink dumps from a thread inside it.
+pub fn link_state(path: &Path, ifname: &str) -> Result<Option<LinkState>, ApiError> {
+    let f = File::open(path)
+        .map_err(|e| ApiError::not_found(format!("network namespace {} cannot be opened: {e}", path.display())))?;
+    let sys = |what: &str, e: &dyn std::fmt::Display| {
+        ApiError::system(format!("cannot read the {what} of namespace {}: {e}", path.display()))
+    };
+    let read = || -> io::Result<Result<Option<LinkState>, ApiError>> {
+        let mut nl = Rtnl::open()?;
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(ifname.to_string()));
+        let link = match nl.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(r) => r.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            }),
+            Err(e) if e.errno() == Some(libc::ENODEV) => None,
+            Err(e) => return Ok(Err(sys("interfaces", &e))),
+        };
+        let Some(link) = link else { return Ok(Ok(None)) };
+        let index = link.header.index;
+        let mac = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr),
+            _ => None,
+        });
+        let up = link.header.flags.contains(LinkFlags::Up);
+        let mut addr = AddressMessage::default();
+        addr.header.family = AddressFamily::Inet;
+        let addrs = match nl.request(RouteNetlinkMessage::GetAddress(addr), NLM_F_DUMP) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(sys("addresses", &e))),
+        };
+        let addrs = addrs
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    let ip = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                        _ => None,
+                    })?;
+                    Ipv4Net::new(ip, a.header.prefix_len).ok()
+                }
+                _ => None,
+            })
+            .collect();
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        let routes = match nl.request(RouteNetlinkMessage::GetRoute(route), NLM_F_DUMP) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(sys("routes", &e))),
+        };
+        let default_gateways = routes
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.destination_prefix_length == 0
+                        && r.header.table == RouteHeader::RT_TABLE_MAIN
+                        && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index)) =>
+                {
+                    r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(Ok(Some(LinkState { index, mac, up, addrs, default_gateways })))
+    };
+    in_netns(&f, read).map_err(|e| sys("interfaces", &e))?
+}
+
 /// A prefix the daemon's own namespace already reaches: a route or an
 /// interface address, which a network's subnet must not overlap once the
 /// network's traffic reaches the host (Docker's `CheckRouteOverlaps`).

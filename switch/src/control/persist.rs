@@ -104,6 +104,10 @@ pub struct PortSpec {
     /// chose for those that left it open: a restart reserves the same again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Publish>,
+    /// `connect`'s `owner` (the CNI plugin's container id); absent in state
+    /// files of ports made without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl PortSpec {
@@ -249,6 +253,7 @@ mod tests {
                 no_offload: false,
                 vhost: None,
                 publish: vec![],
+                owner: None,
             }],
             routers: vec![],
         };
@@ -257,6 +262,7 @@ mod tests {
         // No publish: no key, so a state file reads the same to an older tapyard.
         let text = fs::read_to_string(state_path(&d)).unwrap();
         assert!(!text.contains("publish"), "{text}");
+        assert!(!text.contains("owner"), "no owner, no key: {text}");
         // With published ports: kept, address and protocol included.
         let mut with = st.clone();
         with.ports[0].publish = crate::control::publish::parse("127.0.0.1:8080-8081:80-81/udp").unwrap();
@@ -265,6 +271,10 @@ mod tests {
         let back = load(&d).unwrap();
         assert_eq!(back, with);
         assert_eq!(back.ports[0].publish.len(), 3);
+        // A CNI port's owner (the container id) survives a restart: DEL finds it by it.
+        with.ports[0].owner = Some("3f1c0ffee".into());
+        save(&d, &with).unwrap();
+        assert_eq!(load(&d).unwrap().ports[0].owner.as_deref(), Some("3f1c0ffee"));
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -61,6 +61,7 @@ impl Daemon {
         ip: Option<String>,
         offload: bool,
         publish: Vec<String>,
+        owner: Option<String>,
     ) -> Result<PortInfo, ApiError> {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         netns::check_ifname(&ifname)?;
@@ -152,6 +153,7 @@ impl Daemon {
             no_offload: !offload,
             vhost: None,
             publish: held.iter().map(Reservation::publish).collect(),
+            owner,
         };
         let id = self.attach(&mut inner, spec, ns).inspect_err(|_| {
             // Nothing was attached: give back the address taken above, or
@@ -508,6 +510,7 @@ impl Daemon {
             no_offload: false,
             vhost: Some(VhostSpec { socket: path, mode, queues, socket_mode: owner.mode, socket_gid: owner.gid }),
             publish: vec![],
+            owner: None,
         };
         let id = self.attach_vhost(&mut inner, spec)?;
         self.commit(&mut inner, Change::Added);
@@ -874,5 +877,6 @@ fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
                 PublishInfo { publish: *publish, state, error }
             })
             .collect(),
+        owner: p.spec.owner.clone(),
     }
 }

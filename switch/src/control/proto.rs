@@ -48,6 +48,10 @@ pub enum Request {
         /// Host ports to publish, Docker's `-p` syntax each (`--publish`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         publish: Vec<String>,
+        /// Who made the port, for programs that clean up by it (the CNI
+        /// plugin puts the container id here); kept and shown by `port_ls`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Publishes host ports to a TAP port's container (`port publish`).
     PortPublish {
@@ -503,6 +507,9 @@ pub struct PortInfo {
     /// Its published ports.
     #[serde(default)]
     pub publish: Vec<PublishInfo>,
+    /// The `owner` given to `connect` (the CNI plugin: the container id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A published port of a port (`port ls`): `host_ip` (absent: every
@@ -677,6 +684,7 @@ mod tests {
             counters: Default::default(),
             vhost: None,
             publish: vec![],
+            owner: None,
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["netns"], serde_json::Value::Null);

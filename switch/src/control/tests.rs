@@ -452,6 +452,7 @@ fn publishing_needs_a_network_with_egress_and_a_good_spec() {
         ip: None,
         offload: None,
         publish: vec!["8080:80".into(), "8080:0".into()],
+        owner: None,
     }));
     assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
     assert!(e.message.contains("\"8080:0\""), "the bad spec is named: {e}");
