@@ -23,6 +23,18 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])')
 [ ${#bins[@]} -gt 0 ] || { echo "test-rootless.sh: no test executables found" >&2; exit 1; }
+# Not in this pass (scripts/test.sh names it in its summary): podman, which
+# cannot run as root of a user namespace here (its locks in /dev/shm and its
+# CNI cache in /var/lib/cni belong to the host's root); the real rootless
+# engines are issue 13's.
+kept=()
+for b in "${bins[@]}"; do
+  case $(basename "$b") in
+  cni_podman-*) echo "rootless: not run in this pass: $(basename "$b") (podman as root of a user namespace cannot run here)" ;;
+  *) kept+=("$b") ;;
+  esac
+done
+bins=("${kept[@]}")
 
 cat > "$work/inner.sh" <<INNER
 set -euo pipefail

@@ -50,6 +50,7 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
   skipped+=("rootless pass (TAPYARD_SKIP_ROOTLESS is set)")
 else
   scripts/test-rootless.sh
+  skipped+=("tests/cni_podman.rs in the rootless pass (podman cannot run as root of a user namespace here; it runs in the root pass)")
 fi
 # A rootless daemon started plainly by an unprivileged user: its own
 # namespaces, pasta as its uplink, egress and a published port through it

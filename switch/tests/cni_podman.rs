@@ -23,10 +23,11 @@ impl Podman {
     fn new(d: &Daemon, net: &str, subnet: &str) -> Podman {
         let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name("podstore")));
         let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["plugins", "net.d", "root", "runroot", "rootfs/bin", "rootfs/etc", "rootfs/tmp"] {
+        for sub in ["plugins", "net.d", "root", "rootfs/bin", "rootfs/etc", "rootfs/tmp"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let p = Podman { dir };
+        std::fs::create_dir_all(p.runroot()).unwrap();
         std::fs::copy(env!("CARGO_BIN_EXE_tapyard-cni"), p.dir.join("plugins/tapyard-cni")).unwrap();
         // This VM lacks CAP_SYS_RESOURCE: podman's default rlimits would fail.
         std::fs::write(
@@ -58,13 +59,19 @@ impl Podman {
         p
     }
 
+    /// podman refuses a runroot longer than 50 characters (TMPDIR can be
+    /// long: the rootless pass's is): a short one of its own in /tmp.
+    fn runroot(&self) -> PathBuf {
+        PathBuf::from("/tmp").join(name("podrun"))
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new("podman")
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .arg("--root")
             .arg(self.dir.join("root"))
             .arg("--runroot")
-            .arg(self.dir.join("runroot"))
+            .arg(self.runroot())
             .args(["--storage-driver", "vfs"])
             .args(args)
             .output()
@@ -87,6 +94,7 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.run(&["rm", "-fa", "-t", "0"]);
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(self.runroot());
     }
 }
 
