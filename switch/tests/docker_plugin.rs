@@ -147,7 +147,7 @@ fn docker_plugin_protocol_over_the_socket() {
         let mac = ce["Interface"]["MacAddress"].as_str().unwrap().to_string();
         let j = c.post(
             "NetworkDriver.Join",
-            json!({ "NetworkID": NET, "EndpointID": e, "SandboxKey": "/var/run/docker/netns/notyet", "Options": {} }),
+            json!({ "NetworkID": NET, "EndpointID": e, "SandboxKey": format!("/run/netns/{}", ns.name), "Options": {} }),
         );
         assert_eq!(j["Gateway"], "10.91.0.1", "{j}");
         assert_eq!(j["InterfaceName"]["DstPrefix"], "eth");
@@ -163,6 +163,10 @@ fn docker_plugin_protocol_over_the_socket() {
             "NetworkDriver.ProgramExternalConnectivity",
             json!({ "NetworkID": NET, "EndpointID": e, "Options": {} }),
         );
+        // The port record followed the TAP into the container.
+        let port = d.port(&format!("/run/netns/{}", ns.name));
+        assert_eq!(port["ifname"], "eth0", "port ls shows the TAP where Docker put it: {port}");
+        assert_eq!(port["mac"], mac.as_str());
         let info = c.post("NetworkDriver.EndpointOperInfo", json!({ "NetworkID": NET, "EndpointID": e }));
         assert_eq!(info["Value"]["tapyard.network"], "dockernet");
         taps.push((e, src, addr));
@@ -172,6 +176,15 @@ fn docker_plugin_protocol_over_the_socket() {
     // The two containers talk through tapyard, over the TAPs Docker moved.
     assert!(c1.reaches("10.91.0.50"), "container 1 cannot reach container 2; log:\n{}", d.log());
     assert!(c2.reaches(taps[0].2.split('/').next().unwrap()), "container 2 cannot reach container 1");
+
+    // A tapyard restart: the ports come back in the containers, where Docker put them.
+    drop(c);
+    assert_eq!(d.signal("TERM"), Some(0));
+    d.spawn();
+    assert!(wait_for(5, || exists(&sock)), "plugin socket after restart; log:\n{}", d.log());
+    let mut c = Client::connect(&sock);
+    assert_eq!(d.port(&format!("/run/netns/{}", c1.name))["ifname"], "eth0", "{}", d.log());
+    assert!(c1.reaches("10.91.0.50"), "containers talk again after a restart; log:\n{}", d.log());
 
     // Malformed and unknown calls on the same connection: errors, and the connection still serves.
     let (st, v) = c.post_raw("NetworkDriver.Join", "{not json");

@@ -99,6 +99,10 @@ struct Endpoint {
     /// Whether the TAP exists (made at Join, removed at DeleteEndpoint).
     #[serde(default)]
     joined: bool,
+    /// The container's namespace as Join named it (`SandboxKey`): where
+    /// Docker moves the TAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sandbox: Option<String>,
     /// What ProgramExternalConnectivity published (`-p` specs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     publish: Vec<String>,
@@ -453,7 +457,16 @@ impl Plugin {
         let ifname = format!("ty{}", &r.endpoint_id[..r.endpoint_id.len().min(12)]);
         maps.endpoints.insert(
             r.endpoint_id.clone(),
-            Endpoint { network_id: r.network_id, network, address, mac, ifname, joined: false, publish: Vec::new() },
+            Endpoint {
+                network_id: r.network_id,
+                network,
+                address,
+                mac,
+                ifname,
+                joined: false,
+                sandbox: None,
+                publish: Vec::new(),
+            },
         );
         self.save(&maps)?;
         Ok(answer)
@@ -462,6 +475,7 @@ impl Plugin {
     fn endpoint_info(&self, r: EndpointRef) -> Result<Value, Failure> {
         let maps = self.lock();
         let e = endpoint(&maps, &r)?;
+        self.follow(e);
         Ok(json!({ "Value": {
             "tapyard.network": e.network,
             "tapyard.ifname": e.ifname,
@@ -476,6 +490,58 @@ impl Plugin {
         maps.endpoints.remove(&r.endpoint_id);
         self.save(&maps)?;
         Ok(json!({}))
+    }
+
+    /// Docker moved the endpoint's TAP into the container's namespace
+    /// (Join's SandboxKey) and renamed it: the port record follows, found
+    /// by network and MAC, the TAP in that namespace by its MAC (which
+    /// Docker sets to the endpoint's). Then `port ls` shows where the TAP
+    /// is, and a restarted daemon reattaches it there. Nothing changes
+    /// while the namespace does not exist yet (`docker run` calls Join
+    /// before making it) or holds no such interface; failures are logged.
+    fn follow(&self, e: &Endpoint) {
+        let Some(key) = &e.sandbox else {
+            return;
+        };
+        let Ok(ns) = netns::resolve(key) else {
+            return;
+        };
+        let name = match netns::link_by_mac(&ns, e.mac) {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(network = %e.network, sandbox = %key, error = %err, "docker: cannot find the endpoint's TAP");
+                return;
+            }
+        };
+        let mut inner = self.daemon.lock();
+        let Some(rec) = inner
+            .ports
+            .values_mut()
+            .find(|p| p.spec.network == e.network && p.spec.mac == e.mac && p.spec.vhost.is_none())
+        else {
+            return;
+        };
+        if rec.spec.netns == *key && rec.spec.ifname == name {
+            return;
+        }
+        tracing::info!(port = %rec.id, network = %e.network, netns = %key, ifname = %name, "docker: port follows its TAP into the container");
+        rec.spec.netns = key.clone();
+        rec.spec.ifname = name;
+        rec.spec.netns_dev = ns.dev;
+        rec.spec.netns_ino = ns.ino;
+        rec.netns = Some(ns);
+        self.daemon.persist(&inner);
+    }
+
+    /// The namespace spec and interface name the endpoint's port record has now.
+    fn port_where(&self, e: &Endpoint) -> Option<(String, String)> {
+        let inner = self.daemon.lock();
+        inner
+            .ports
+            .values()
+            .find(|p| p.spec.network == e.network && p.spec.mac == e.mac && p.spec.vhost.is_none())
+            .map(|p| (p.spec.netns.clone(), p.spec.ifname.clone()))
     }
 
     /// Removes the endpoint's port, wherever its TAP is now (found by network and MAC).
@@ -515,6 +581,7 @@ impl Plugin {
         };
         if let Some(ep) = maps.endpoints.get_mut(&r.endpoint_id) {
             ep.joined = true;
+            ep.sandbox = Some(r.sandbox_key).filter(|k| !k.is_empty());
         }
         if let Err(err) = self.save(&maps) {
             self.remove_port(&e);
@@ -549,12 +616,17 @@ impl Plugin {
         let mut maps = self.lock();
         let e = endpoint(&maps, &EndpointRef { network_id: r.network_id.clone(), endpoint_id: r.endpoint_id.clone() })?
             .clone();
+        // Called once Docker has moved the TAP into the container.
+        self.follow(&e);
+        let Some((ns, ifname)) = self.port_where(&e) else {
+            return if specs.is_empty() { Ok(json!({})) } else { fail("the endpoint has no port: not joined") };
+        };
         let mut done: Vec<String> = Vec::new();
         for s in &specs {
-            if let Err(err) = self.daemon.port_publish(&e.network, OWN_NETNS, Some(e.ifname.clone()), s) {
+            if let Err(err) = self.daemon.port_publish(&e.network, &ns, Some(ifname.clone()), s) {
                 // All or nothing.
                 for d in &done {
-                    let _ = self.daemon.port_unpublish(&e.network, OWN_NETNS, Some(e.ifname.clone()), d);
+                    let _ = self.daemon.port_unpublish(&e.network, &ns, Some(ifname.clone()), d);
                 }
                 return Err(err.into());
             }
@@ -570,8 +642,10 @@ impl Plugin {
     fn revoke(&self, r: EndpointRef) -> Result<Value, Failure> {
         let mut maps = self.lock();
         let e = endpoint(&maps, &r)?.clone();
+        let place = self.port_where(&e);
         for s in &e.publish {
-            if let Err(err) = self.daemon.port_unpublish(&e.network, OWN_NETNS, Some(e.ifname.clone()), s) {
+            let Some((ns, ifname)) = &place else { break };
+            if let Err(err) = self.daemon.port_unpublish(&e.network, ns, Some(ifname.clone()), s) {
                 tracing::warn!(endpoint = %r.endpoint_id, spec = %s, error = %err, "docker: cannot unpublish");
             }
         }
@@ -720,6 +794,8 @@ struct JoinRequest {
     network_id: String,
     #[serde(rename = "EndpointID")]
     endpoint_id: String,
+    #[serde(rename = "SandboxKey", default)]
+    sandbox_key: String,
 }
 
 #[derive(Debug, Deserialize)]
