@@ -159,14 +159,24 @@ fn docker_plugin_protocol_over_the_socket() {
         sh(&["ip", "-n", &ns.name, "link", "set", "dev", "eth0", "address", &mac]);
         sh(&["ip", "-n", &ns.name, "addr", "add", &addr, "dev", "eth0"]);
         sh(&["ip", "-n", &ns.name, "link", "set", "dev", "eth0", "up"]);
-        c.post(
-            "NetworkDriver.ProgramExternalConnectivity",
-            json!({ "NetworkID": NET, "EndpointID": e, "Options": {} }),
-        );
-        // The port record followed the TAP into the container.
-        let port = d.port(&format!("/run/netns/{}", ns.name));
-        assert_eq!(port["ifname"], "eth0", "port ls shows the TAP where Docker put it: {port}");
-        assert_eq!(port["mac"], mac.as_str());
+        // The port record follows the TAP into the container: found when
+        // ProgramExternalConnectivity comes after the move (`docker network
+        // connect`), or soon after with no call at all (`docker run` makes
+        // the namespace and moves the TAP after its last call).
+        let in_container = || d.port(&format!("/run/netns/{}", ns.name));
+        if i == 0 {
+            c.post(
+                "NetworkDriver.ProgramExternalConnectivity",
+                json!({ "NetworkID": NET, "EndpointID": e, "Options": {} }),
+            );
+            assert_eq!(in_container()["ifname"], "eth0", "ProgramExternalConnectivity finds the TAP");
+        } else {
+            assert!(
+                wait_for(5, || in_container()["ifname"] == "eth0"),
+                "port ls never showed the TAP in the container"
+            );
+        }
+        assert_eq!(in_container()["mac"], mac.as_str());
         let info = c.post("NetworkDriver.EndpointOperInfo", json!({ "NetworkID": NET, "EndpointID": e }));
         assert_eq!(info["Value"]["tapyard.network"], "dockernet");
         taps.push((e, src, addr));

@@ -534,6 +534,20 @@ impl Plugin {
         self.daemon.persist(&inner);
     }
 
+    /// Follows the TAPs of joined endpoints not yet found in their
+    /// containers. `docker run` calls Join, ProgramExternalConnectivity and
+    /// EndpointOperInfo before the container's namespace exists and moves
+    /// the TAP later, telling the plugin nothing: only looking finds it.
+    fn follow_pending(&self) {
+        let pending: Vec<Endpoint> =
+            self.lock().endpoints.values().filter(|e| e.joined && e.sandbox.is_some()).cloned().collect();
+        for e in pending {
+            if self.port_where(&e).is_some_and(|(ns, _)| Some(&ns) != e.sandbox.as_ref()) {
+                self.follow(&e);
+            }
+        }
+    }
+
     /// The namespace spec and interface name the endpoint's port record has now.
     fn port_where(&self, e: &Endpoint) -> Option<(String, String)> {
         let inner = self.daemon.lock();
@@ -1009,8 +1023,17 @@ fn serve_conn(plugin: &Plugin, stream: UnixStream) {
     }
 }
 
-/// Serves the plugin on `listener` from a thread of its own, a thread per connection.
+/// How often joined endpoints are looked for in their containers ([`Plugin::follow_pending`]).
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Serves the plugin on `listener` from a thread of its own, a thread per
+/// connection, and follows TAPs into containers from another.
 pub fn spawn(plugin: Arc<Plugin>, listener: UnixListener) -> std::io::Result<()> {
+    let p = plugin.clone();
+    std::thread::Builder::new().name("tapyard-docker-follow".into()).spawn(move || loop {
+        std::thread::sleep(FOLLOW_EVERY);
+        p.follow_pending();
+    })?;
     std::thread::Builder::new().name("tapyard-docker".into()).spawn(move || {
         let active = Arc::new(AtomicUsize::new(0));
         for conn in listener.incoming() {
