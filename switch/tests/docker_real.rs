@@ -1,0 +1,376 @@
+//! tapyard as the network and IPAM driver of a real `dockerd` (Debian's
+//! docker.io 20.10), with containers from an image imported offline from
+//! busybox-static (docs/docker.md, REAL-PEERS §3c).
+//!
+//! dockerd and the tapyard daemon share a network namespace made by the
+//! test (dockerd's "host"): dockerd is started with `nsenter --net` (not
+//! `ip netns exec`, whose private /sys hides the cgroup mounts dockerd
+//! needs), its own data root, exec root, pid file and API socket under a
+//! temporary directory, and `--bridge none --iptables=false
+//! --ip-forward=false`, so the machine's forwarding, FORWARD policy and
+//! bridge-netfilter settings are never touched (the test checks that). The
+//! plugin's socket is /run/docker/plugins/NAME.sock with a NAME unique to
+//! the test process, where every dockerd looks.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+const DOCKERD: &str = "/usr/sbin/dockerd";
+/// Debian's client: a newer one in /usr/local/bin may shadow it and negotiate another API.
+const DOCKER: &str = "/usr/bin/docker";
+
+/// A dockerd started by the test: its containers removed and it stopped on drop.
+struct Dockerd {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Dockerd {
+    fn start(dir: &Path, netns: &str) -> Dockerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(DOCKERD)
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .args(["--bridge", "none", "--iptables=false", "--ip-forward=false", "--ip-masq=false"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut d = Dockerd { dir: dir.to_path_buf(), child: Some(child) };
+        let ready = wait_for(60, || {
+            if let Some(st) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("dockerd exited ({st}); log:\n{}", d.log());
+            }
+            d.cli(&["info"]).status.success()
+        });
+        assert!(ready, "dockerd did not answer; log:\n{}", d.log());
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(DOCKER)
+            .arg("-H")
+            .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed: {}\ndockerd log (end):\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Whether `docker exec NAME ARGS...` succeeds.
+    fn exec(&self, name: &str, args: &[&str]) -> bool {
+        let mut a = vec!["exec", name];
+        a.extend_from_slice(args);
+        self.cli(&a).status.success()
+    }
+
+    fn ip_of(&self, name: &str, network: &str) -> String {
+        self.ok(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"), name])
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // Running containers make dockerd's stop slow (~13 s): remove them first.
+        let ids = self.cli(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.cli(&["rm", "-f", id]);
+        }
+        if let Some(c) = self.child.take() {
+            stop_child_within(c, 30);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, then up to `secs` for the child to exit, then SIGKILL.
+fn stop_child_within(mut c: Child, secs: u64) {
+    let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+    if !wait_for(secs, || c.try_wait().ok().flatten().is_some()) {
+        let _ = c.kill();
+    }
+    let _ = c.wait();
+}
+
+/// A tapyard daemon in dockerd's network namespace, entered with `nsenter
+/// --net` as dockerd is: the harness's `ip netns exec` would give it a
+/// mount namespace of its own, where the containers' namespace files
+/// (bind mounts dockerd makes later) never appear.
+struct Tapyard {
+    dir: PathBuf,
+    socket: PathBuf,
+    state: PathBuf,
+    child: Option<Child>,
+}
+
+impl Tapyard {
+    fn start(tag: &str, netns: &str, flags: &[&str]) -> Tapyard {
+        let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name(tag)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let (socket, state) = (dir.join("tapyard.sock"), dir.join("state"));
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(TAPYARD)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("daemon")
+            .args(flags)
+            .args(["--workers", "2", "--state-dir"])
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut t = Tapyard { dir, socket, state, child: Some(child) };
+        let up = wait_for(10, || {
+            if let Some(st) = t.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tapyard exited ({st}); log:\n{}", t.log());
+            }
+            t.cli(&["network", "ls"]).status.success()
+        });
+        assert!(up, "tapyard did not answer; log:\n{}", t.log());
+        t
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(TAPYARD).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a);
+        assert!(out.status.success(), "tapyard {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Tapyard {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            stop_child_within(c, 10);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes a file on drop.
+struct RmOnDrop(PathBuf);
+
+impl Drop for RmOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The host settings Docker is known to leave changed (REAL-PEERS §3c).
+fn host_settings() -> Vec<String> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|_| "absent".into());
+    let forward = Command::new("iptables").args(["-S", "FORWARD", "1"]).output().map(|o| o.stdout).unwrap_or_default();
+    vec![
+        read("/proc/sys/net/ipv4/ip_forward"),
+        read("/proc/sys/net/bridge/bridge-nf-call-iptables"),
+        String::from_utf8_lossy(&forward).into_owned(),
+    ]
+}
+
+/// A tiny root filesystem around busybox-static, imported as image `bb`.
+fn import_image(d: &Dockerd, dir: &Path) {
+    let ldd = Command::new("ldd").arg("/bin/busybox").output().unwrap();
+    let text = String::from_utf8_lossy(&ldd.stdout).into_owned() + &String::from_utf8_lossy(&ldd.stderr);
+    assert!(text.contains("not a dynamic"), "/bin/busybox is not static: install busybox-static ({text})");
+    let root = dir.join("rootfs");
+    for sub in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    let sock = format!("unix://{}", d.dir.join("docker.sock").display());
+    let import = format!(
+        "tar -C '{}' -c . | {DOCKER} -H '{sock}' import -c 'ENV PATH=/bin' -c 'CMD [\"/bin/sh\"]' - bb",
+        root.display()
+    );
+    sh(&["sh", "-c", &import]);
+}
+
+#[test]
+fn docker_networks_on_tapyard() {
+    if !net_admin() {
+        return;
+    }
+    assert!(
+        Path::new(DOCKERD).exists() && Path::new(DOCKER).exists(),
+        "run scripts/setup.sh (Debian package docker.io)"
+    );
+    need("nsenter", "util-linux");
+    need("nft", "nftables");
+    let before = host_settings();
+    let host = Netns::new("dkr");
+    let plugin = name("dkp");
+    std::fs::create_dir_all("/run/docker/plugins").unwrap();
+    let sock = RmOnDrop(PathBuf::from(format!("/run/docker/plugins/{plugin}.sock")));
+    let sock_s = sock.0.display().to_string();
+    let t = Tapyard::start("dkr", &host.name, &["--docker-plugin", "--docker-plugin-socket", &sock_s]);
+    let dir = std::env::temp_dir().join(format!("tapyard-dockerd-{}", name("d")));
+    let d = Dockerd::start(&dir, &host.name);
+    import_image(&d, &dir);
+
+    // Two networks: red with an --ip-range, blue --internal.
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        "10.94.0.0/24",
+        "--ip-range",
+        "10.94.0.128/25",
+        "-o",
+        "tapyard.name=red",
+        "red",
+    ]);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        "10.95.0.0/24",
+        "--internal",
+        "-o",
+        "tapyard.name=blue",
+        "blue",
+    ]);
+    let blue = t.json(&["network", "inspect", "blue"]);
+    assert_eq!(blue["egress"], "none", "--internal: no egress: {blue}");
+    let red = t.json(&["network", "inspect", "red"]);
+    assert_eq!(red["ip_range"], "10.94.0.128/25", "{red}");
+
+    // Three containers on red (one with --ip, one publishing a port), one on blue.
+    let run = |name: &str, extra: &[&str], cmd: &[&str]| {
+        let mut a = vec!["run", "-d", "--cap-add", "NET_RAW", "--name", name];
+        a.extend_from_slice(extra);
+        a.push("bb");
+        a.extend_from_slice(cmd);
+        d.ok(&a);
+    };
+    run("a1", &["--network", "red"], &["sleep", "600"]);
+    run("a2", &["--network", "red", "--ip", "10.94.0.50", "--mac-address", "02:42:0a:5e:00:32"], &["sleep", "600"]);
+    run("a3", &["--network", "red", "-p", "18080:80"], &["httpd", "-f", "-p", "80", "-h", "/etc"]);
+    run("b1", &["--network", "blue"], &["sleep", "600"]);
+    let red_ips: Vec<String> = ["a1", "a2", "a3"].iter().map(|c| d.ip_of(c, "red")).collect();
+    assert_eq!(red_ips[1], "10.94.0.50", "--ip is honoured");
+    assert!(
+        red_ips.iter().filter(|ip| *ip != "10.94.0.50").all(|ip| ip.starts_with("10.94.0.1")),
+        "{red_ips:?}: from the --ip-range"
+    );
+    let b1 = d.ip_of("b1", "blue");
+
+    // Every pair on red talks, and each reaches the gateway.
+    for (i, from) in ["a1", "a2", "a3"].iter().enumerate() {
+        for (j, ip) in red_ips.iter().enumerate() {
+            if i != j {
+                assert!(
+                    d.exec(from, &["ping", "-c", "1", "-W", "3", ip]),
+                    "{from} cannot reach {ip}; log:\n{}",
+                    t.log()
+                );
+            }
+        }
+        assert!(d.exec(from, &["ping", "-c", "1", "-W", "3", "10.94.0.1"]), "{from} cannot reach the gateway");
+    }
+    // The ports are tapyard's, shown where Docker put them.
+    assert!(
+        wait_for(5, || {
+            let ports = t.json(&["port", "ls", "red"]);
+            let ports = ports.as_array().cloned().unwrap_or_default();
+            ports.len() == 3
+                && ports
+                    .iter()
+                    .all(|p| p["ifname"] == "eth0" && p["netns"].as_str().is_some_and(|n| n.contains("/netns/")))
+        }),
+        "port ls: {}",
+        t.json(&["port", "ls", "red"])
+    );
+    let a2_port =
+        t.json(&["port", "ls", "red"]).as_array().unwrap().iter().find(|p| p["mac"] == "02:42:0a:5e:00:32").cloned();
+    assert!(a2_port.is_some(), "--mac-address is the port's MAC");
+    // Two networks stay apart.
+    assert!(!d.exec("a1", &["ping", "-c", "1", "-W", "1", &b1]), "red reached blue");
+    // -p 18080:80 through tapyard's published ports, from dockerd's host.
+    assert!(
+        wait_for(5, || host_cmd(&host, &["busybox", "wget", "-q", "-O-", "http://127.0.0.1:18080/passwd"])
+            .contains("root:")),
+        "the published port does not answer; log:\n{}",
+        t.log()
+    );
+    // docker network connect: a second interface, on blue.
+    d.ok(&["network", "connect", "blue", "a1"]);
+    assert!(d.exec("a1", &["ping", "-c", "1", "-W", "3", &b1]), "after network connect, a1 reaches b1");
+
+    // docker rm and docker network rm leave nothing behind.
+    for c in ["a1", "a2", "a3", "b1"] {
+        d.ok(&["rm", "-f", c]);
+    }
+    assert!(wait_for(5, || t.json(&["port", "ls"]) == Value::Array(vec![])), "ports left: {}", t.json(&["port", "ls"]));
+    d.ok(&["network", "rm", "red", "blue"]);
+    let nets = t.json(&["network", "ls"]);
+    assert_eq!(nets, Value::Array(vec![]), "tapyard networks left: {nets}");
+    let maps: Value = serde_json::from_slice(&std::fs::read(t.state.join("docker.json")).unwrap()).unwrap();
+    assert_eq!(maps, serde_json::json!({ "pools": {}, "networks": {}, "endpoints": {} }));
+    let links = host_cmd(&host, &["ip", "-br", "link"]);
+    assert!(!links.lines().any(|l| l.starts_with("ty")), "TAPs left in dockerd's namespace:\n{links}");
+    drop(d);
+    assert_eq!(host_settings(), before, "the machine's forwarding settings are unchanged");
+}
+
+/// Runs a command in `ns` and returns its stdout (empty on failure).
+fn host_cmd(ns: &Netns, args: &[&str]) -> String {
+    let out = Command::new("ip").args(["netns", "exec", &ns.name]).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
