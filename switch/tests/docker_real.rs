@@ -353,6 +353,23 @@ fn docker_networks_on_tapyard() {
     d.ok(&["network", "connect", "blue", "a1"]);
     assert!(d.exec("a1", &["ping", "-c", "1", "-W", "3", &b1]), "after network connect, a1 reaches b1");
 
+    // Docker's own IPAM with tapyard's network driver.
+    d.ok(&["network", "create", "-d", &plugin, "--subnet", "10.96.0.0/24", "-o", "tapyard.name=green", "green"]);
+    assert_eq!(t.json(&["network", "inspect", "green"])["subnet"], "10.96.0.0/24");
+    run("g1", &["--network", "green"], &["sleep", "600"]);
+    assert!(d.exec("g1", &["ping", "-c", "1", "-W", "3", "10.96.0.1"]), "Docker's IPAM: g1 cannot reach the gateway");
+    d.ok(&["rm", "-f", "g1"]);
+    d.ok(&["network", "rm", "green"]);
+
+    // docker run --rm cycles leak no address, port or TAP.
+    for _ in 0..20 {
+        d.ok(&["run", "--rm", "--network", "red", "bb", "true"]);
+    }
+    let maps: Value = serde_json::from_slice(&std::fs::read(t.state.join("docker.json")).unwrap()).unwrap();
+    let handed_out = maps["pools"]["10.94.0.0/24"]["addresses"].as_array().map(Vec::len);
+    assert_eq!(handed_out, Some(3), "only a1, a2 and a3 hold addresses: {maps}");
+    assert!(wait_for(5, || t.json(&["port", "ls", "red"]).as_array().map(Vec::len) == Some(3)), "ports leaked");
+
     // docker rm and docker network rm leave nothing behind.
     for c in ["a1", "a2", "a3", "b1"] {
         d.ok(&["rm", "-f", c]);
