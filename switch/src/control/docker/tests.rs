@@ -394,3 +394,24 @@ fn responses_carry_the_plugin_content_type() {
     assert!(text.contains("Content-Type: application/vnd.docker.plugins.v1.2+json\r\n"));
     assert!(text.ends_with("\r\n\r\n{\"Err\":\"no\"}"), "{text}");
 }
+
+#[test]
+fn port_bindings_become_publish_specs() {
+    let b = |v: Value| serde_json::from_value::<PortBinding>(v).expect("a binding").spec();
+    let spec = |v: Value| b(v).expect("supported");
+    assert_eq!(
+        spec(json!({ "Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080 })),
+        ":8080:80/tcp"
+    );
+    assert_eq!(
+        spec(json!({ "Proto": 17, "Port": 53, "HostIP": "127.0.0.1", "HostPort": 5353 })),
+        "127.0.0.1:5353:53/udp"
+    );
+    // -p 80: the kernel picks the host port.
+    assert_eq!(spec(json!({ "Proto": 6, "Port": 80, "HostPort": 0, "HostPortEnd": 0 })), ":0:80/tcp");
+    for s in [":8080:80/tcp", "127.0.0.1:5353:53/udp", ":0:80/tcp"] {
+        assert!(crate::control::publish::parse(s).is_ok(), "{s} parses as a -p spec");
+    }
+    assert!(b(json!({ "Proto": 132, "Port": 80, "HostPort": 80 })).is_err(), "SCTP");
+    assert!(b(json!({ "Proto": 6, "Port": 80, "HostPort": 8000, "HostPortEnd": 8010 })).is_err(), "a host range");
+}
