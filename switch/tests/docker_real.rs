@@ -128,6 +128,8 @@ fn stop_child_within(mut c: Child, secs: u64) {
 /// (bind mounts dockerd makes later) never appear.
 struct Tapyard {
     dir: PathBuf,
+    netns: String,
+    flags: Vec<String>,
     socket: PathBuf,
     state: PathBuf,
     child: Option<Child>,
@@ -138,23 +140,32 @@ impl Tapyard {
         let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name(tag)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
         let (socket, state) = (dir.join("tapyard.sock"), dir.join("state"));
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        let mut t = Tapyard { dir, netns: netns.to_string(), flags, socket, state, child: None };
+        t.spawn();
+        t
+    }
+
+    /// Starts the daemon process and waits until it answers.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(TAPYARD)
             .arg("--socket")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("daemon")
-            .args(flags)
+            .args(&self.flags)
             .args(["--workers", "2", "--state-dir"])
-            .arg(&state)
+            .arg(&self.state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut t = Tapyard { dir, socket, state, child: Some(child) };
+        self.child = Some(child);
+        let t = self;
         let up = wait_for(10, || {
             if let Some(st) = t.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("tapyard exited ({st}); log:\n{}", t.log());
@@ -162,7 +173,14 @@ impl Tapyard {
             t.cli(&["network", "ls"]).status.success()
         });
         assert!(up, "tapyard did not answer; log:\n{}", t.log());
-        t
+    }
+
+    /// Stops the daemon cleanly (SIGTERM) and starts it again on the same state.
+    fn restart(&mut self) {
+        if let Some(c) = self.child.take() {
+            stop_child_within(c, 10);
+        }
+        self.spawn();
     }
 
     fn log(&self) -> String {
@@ -252,7 +270,7 @@ fn docker_networks_on_tapyard() {
     std::fs::create_dir_all("/run/docker/plugins").unwrap();
     let sock = RmOnDrop(PathBuf::from(format!("/run/docker/plugins/{plugin}.sock")));
     let sock_s = sock.0.display().to_string();
-    let t = Tapyard::start("dkr", &host.name, &["--docker-plugin", "--docker-plugin-socket", &sock_s]);
+    let mut t = Tapyard::start("dkr", &host.name, &["--docker-plugin", "--docker-plugin-socket", &sock_s]);
     let dir = std::env::temp_dir().join(format!("tapyard-dockerd-{}", name("d")));
     let d = Dockerd::start(&dir, &host.name);
     import_image(&d, &dir);
@@ -331,6 +349,18 @@ fn docker_networks_on_tapyard() {
             }
             assert!(d.exec(from, &["ping", "-c", "1", "-W", "3", "10.94.0.1"]), "{from} cannot reach the gateway");
         }
+        // A tapyard restart: the containers keep their networking (their
+        // ports are re-created inside them, where Docker put the TAPs).
+        assert!(wait_for(5, || t
+            .json(&["port", "ls", "red"])
+            .as_array()
+            .is_some_and(|p| p.len() == 3 && p.iter().all(|p| p["ifname"] == "eth0"))));
+        t.restart();
+        assert!(
+            d.exec("a1", &["ping", "-c", "1", "-W", "3", &red_ips[1]]),
+            "after a tapyard restart; log:\n{}",
+            t.log()
+        );
         // The ports are tapyard's, shown where Docker put them.
         assert!(
             wait_for(5, || {
