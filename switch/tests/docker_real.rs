@@ -28,15 +28,24 @@ const DOCKER: &str = "/usr/bin/docker";
 /// A dockerd started by the test: its containers removed and it stopped on drop.
 struct Dockerd {
     dir: PathBuf,
+    netns: String,
     child: Option<Child>,
 }
 
 impl Dockerd {
     fn start(dir: &Path, netns: &str) -> Dockerd {
         std::fs::create_dir_all(dir).unwrap();
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let mut d = Dockerd { dir: dir.to_path_buf(), netns: netns.to_string(), child: None };
+        d.spawn();
+        d
+    }
+
+    /// Starts dockerd and waits until it answers.
+    fn spawn(&mut self) {
+        let dir = self.dir.clone();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).unwrap();
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(DOCKERD)
             .arg("--data-root")
             .arg(dir.join("data"))
@@ -52,7 +61,8 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut d = Dockerd { dir: dir.to_path_buf(), child: Some(child) };
+        self.child = Some(child);
+        let d = self;
         let ready = wait_for(60, || {
             if let Some(st) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("dockerd exited ({st}); log:\n{}", d.log());
@@ -60,7 +70,15 @@ impl Dockerd {
             d.cli(&["info"]).status.success()
         });
         assert!(ready, "dockerd did not answer; log:\n{}", d.log());
-        d
+    }
+
+    /// Stops dockerd (which stops its containers: Leave and DeleteEndpoint
+    /// for each) and starts it again.
+    fn restart(&mut self) {
+        if let Some(c) = self.child.take() {
+            stop_child_within(c, 30);
+        }
+        self.spawn();
     }
 
     fn log(&self) -> String {
@@ -272,7 +290,7 @@ fn docker_networks_on_tapyard() {
     let sock_s = sock.0.display().to_string();
     let mut t = Tapyard::start("dkr", &host.name, &["--docker-plugin", "--docker-plugin-socket", &sock_s]);
     let dir = std::env::temp_dir().join(format!("tapyard-dockerd-{}", name("d")));
-    let d = Dockerd::start(&dir, &host.name);
+    let mut d = Dockerd::start(&dir, &host.name);
     import_image(&d, &dir);
 
     // Two networks: red with an --ip-range, blue --internal.
@@ -317,17 +335,15 @@ fn docker_networks_on_tapyard() {
     // not set up.
     if initial_userns() {
         // Three containers on red (one with --ip, one publishing a port), one on blue.
-        let run = |name: &str, extra: &[&str], cmd: &[&str]| {
-            let mut a = vec!["run", "-d", "--cap-add", "NET_RAW", "--name", name];
-            a.extend_from_slice(extra);
-            a.push("bb");
-            a.extend_from_slice(cmd);
-            d.ok(&a);
-        };
-        run("a1", &["--network", "red"], &["sleep", "600"]);
-        run("a2", &["--network", "red", "--ip", "10.94.0.50", "--mac-address", "02:42:0a:5e:00:32"], &["sleep", "600"]);
-        run("a3", &["--network", "red", "-p", "18080:80"], &["httpd", "-f", "-p", "80", "-h", "/etc"]);
-        run("b1", &["--network", "blue"], &["sleep", "600"]);
+        run(&d, "a1", &["--network", "red"], &["sleep", "600"]);
+        run(
+            &d,
+            "a2",
+            &["--network", "red", "--ip", "10.94.0.50", "--mac-address", "02:42:0a:5e:00:32"],
+            &["sleep", "600"],
+        );
+        run(&d, "a3", &["--network", "red", "-p", "18080:80"], &["httpd", "-f", "-p", "80", "-h", "/etc"]);
+        run(&d, "b1", &["--network", "blue"], &["sleep", "600"]);
         let red_ips: Vec<String> = ["a1", "a2", "a3"].iter().map(|c| d.ip_of(c, "red")).collect();
         assert_eq!(red_ips[1], "10.94.0.50", "--ip is honoured");
         assert!(
@@ -351,14 +367,33 @@ fn docker_networks_on_tapyard() {
         }
         // A tapyard restart: the containers keep their networking (their
         // ports are re-created inside them, where Docker put the TAPs).
-        assert!(wait_for(5, || t
-            .json(&["port", "ls", "red"])
-            .as_array()
-            .is_some_and(|p| p.len() == 3 && p.iter().all(|p| p["ifname"] == "eth0"))));
+        assert!(
+            wait_for(5, || t
+                .json(&["port", "ls", "red"])
+                .as_array()
+                .is_some_and(|p| p.len() == 3 && p.iter().all(|p| p["ifname"] == "eth0"))),
+            "port ls: {}\nlog:\n{}",
+            t.json(&["port", "ls", "red"]),
+            t.log()
+        );
         t.restart();
         assert!(
             d.exec("a1", &["ping", "-c", "1", "-W", "3", &red_ips[1]]),
             "after a tapyard restart; log:\n{}",
+            t.log()
+        );
+        // A dockerd restart: it stops the containers (their ports go), keeps
+        // the networks (no new CreateNetwork: tapyard's maps hold them), and
+        // `docker start` brings them back on them with their addresses.
+        d.restart();
+        assert!(
+            wait_for(5, || t.json(&["port", "ls", "red"]) == Value::Array(vec![])),
+            "ports of stopped containers stay"
+        );
+        d.ok(&["start", "a1", "a2", "a3", "b1"]);
+        assert!(
+            d.exec("a1", &["ping", "-c", "1", "-W", "3", "10.94.0.50"]),
+            "after a dockerd restart; log:\n{}",
             t.log()
         );
         // The ports are tapyard's, shown where Docker put them.
@@ -398,7 +433,7 @@ fn docker_networks_on_tapyard() {
         // Docker's own IPAM with tapyard's network driver.
         d.ok(&["network", "create", "-d", &plugin, "--subnet", "10.96.0.0/24", "-o", "tapyard.name=green", "green"]);
         assert_eq!(t.json(&["network", "inspect", "green"])["subnet"], "10.96.0.0/24");
-        run("g1", &["--network", "green"], &["sleep", "600"]);
+        run(&d, "g1", &["--network", "green"], &["sleep", "600"]);
         assert!(
             d.exec("g1", &["ping", "-c", "1", "-W", "3", "10.96.0.1"]),
             "Docker's IPAM: g1 cannot reach the gateway"
@@ -435,6 +470,15 @@ fn docker_networks_on_tapyard() {
     assert!(!links.lines().any(|l| l.starts_with("ty")), "TAPs left in dockerd's namespace:\n{links}");
     drop(d);
     assert_eq!(host_settings(), before, "the machine's forwarding settings are unchanged");
+}
+
+/// `docker run -d --cap-add NET_RAW --name NAME EXTRA... bb CMD...`
+fn run(d: &Dockerd, name: &str, extra: &[&str], cmd: &[&str]) {
+    let mut a = vec!["run", "-d", "--cap-add", "NET_RAW", "--name", name];
+    a.extend_from_slice(extra);
+    a.push("bb");
+    a.extend_from_slice(cmd);
+    d.ok(&a);
 }
 
 /// Whether this process is in the initial user namespace (its uid map is the identity of all ids).

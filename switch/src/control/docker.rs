@@ -542,7 +542,11 @@ impl Plugin {
         let pending: Vec<Endpoint> =
             self.lock().endpoints.values().filter(|e| e.joined && e.sandbox.is_some()).cloned().collect();
         for e in pending {
-            if self.port_where(&e).is_some_and(|(ns, _)| Some(&ns) != e.sandbox.as_ref()) {
+            // Not there yet, or there but not yet renamed (Docker moves
+            // the TAP first, then renames it: a look in between finds it
+            // under its first name).
+            let pending = |(ns, name): (String, String)| Some(&ns) != e.sandbox.as_ref() || name == e.ifname;
+            if self.port_where(&e).is_some_and(pending) {
                 self.follow(&e);
             }
         }
