@@ -187,12 +187,44 @@ fn docker_plugin_protocol_over_the_socket() {
     assert!(c1.reaches("10.91.0.50"), "container 1 cannot reach container 2; log:\n{}", d.log());
     assert!(c2.reaches(taps[0].2.split('/').next().unwrap()), "container 2 cannot reach container 1");
 
-    // A tapyard restart: the ports come back in the containers, where Docker put them.
+    // A third container, removed while the daemon is down (below).
+    let c3 = Netns::new("dk3");
+    let e3 = ep(2);
+    c.post("IpamDriver.RequestAddress", json!({ "PoolID": pool_id, "Address": "10.91.0.77", "Options": {} }));
+    c.post(
+        "NetworkDriver.CreateEndpoint",
+        json!({ "NetworkID": NET, "EndpointID": e3, "Interface": { "Address": "10.91.0.77/24", "MacAddress": "" } }),
+    );
+    let j = c.post(
+        "NetworkDriver.Join",
+        json!({ "NetworkID": NET, "EndpointID": e3, "SandboxKey": format!("/run/netns/{}", c3.name) }),
+    );
+    let src3 = j["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
+    sh(&["ip", "-n", &host.name, "link", "set", "dev", &src3, "netns", &c3.name]);
+    let c3_ns = format!("/run/netns/{}", c3.name);
+    assert!(wait_for(5, || !d.port(&c3_ns).is_null()), "the third port never followed its TAP");
+
+    // A tapyard restart: the ports come back in the containers, where Docker
+    // put them; the removed container's endpoint and address are forgotten.
     drop(c);
     assert_eq!(d.signal("TERM"), Some(0));
+    c3.delete();
     d.spawn();
+    let maps: Value = serde_json::from_slice(&std::fs::read(d.state.join("docker.json")).unwrap()).unwrap();
+    assert!(
+        maps["endpoints"].get(&e3).is_none(),
+        "the removed container's endpoint is forgotten: {maps}\nlog:\n{}",
+        d.log()
+    );
+    let held = maps["pools"][&pool_id]["addresses"].as_array().cloned().unwrap_or_default();
+    assert!(!held.contains(&json!("10.91.0.77")), "its address is back in the pool: {maps}");
     assert!(wait_for(5, || exists(&sock)), "plugin socket after restart; log:\n{}", d.log());
     let mut c = Client::connect(&sock);
+    // The address can be handed out and used again.
+    let again =
+        c.post("IpamDriver.RequestAddress", json!({ "PoolID": pool_id, "Address": "10.91.0.77", "Options": {} }));
+    assert_eq!(again["Address"], "10.91.0.77/24");
+    c.post("IpamDriver.ReleaseAddress", json!({ "PoolID": pool_id, "Address": "10.91.0.77" }));
     assert_eq!(d.port(&format!("/run/netns/{}", c1.name))["ifname"], "eth0", "{}", d.log());
     assert!(c1.reaches("10.91.0.50"), "containers talk again after a restart; log:\n{}", d.log());
 

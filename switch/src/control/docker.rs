@@ -158,7 +158,46 @@ impl Plugin {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Maps::default(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        Ok(Plugin { daemon, maps: Mutex::new(maps), path })
+        let plugin = Plugin { daemon, maps: Mutex::new(maps), path };
+        plugin.forget_gone();
+        Ok(plugin)
+    }
+
+    /// At the start: forgets the endpoints of containers removed while the
+    /// daemon was down. Docker's DeleteEndpoint and ReleaseAddress failed
+    /// then and are not retried, so nobody else will: a joined endpoint
+    /// whose port the daemon did not restore because its container's
+    /// namespace is gone gives back its pool address and its lease.
+    fn forget_gone(&self) {
+        let own_dev = netns::resolve(OWN_NETNS).map(|n| n.dev).ok();
+        // A namespace file is on nsfs, the device of every namespace file;
+        // a removed container's is gone, or an empty file once unmounted.
+        let gone = |k: &str| netns::resolve(k).map_or(true, |n| Some(n.dev) != own_dev);
+        let mut maps = self.lock();
+        let ids: Vec<String> = maps
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.joined && e.sandbox.as_deref().is_some_and(gone) && self.port_where(e).is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            let Some(e) = maps.endpoints.remove(id) else { continue };
+            if let Some(a) = e.address {
+                for p in maps.pools.values_mut().filter(|p| p.subnet.contains(&a.addr())) {
+                    p.addresses.remove(&a.addr());
+                }
+            }
+            let mut store = self.daemon.ipam();
+            store.release_port(&e.network, e.mac.0);
+            let _ = self.daemon.commit_ipam(&mut store);
+            tracing::info!(endpoint = %id, network = %e.network, address = ?e.address,
+                "docker: forgot the endpoint of a container removed while the daemon was down");
+        }
+        if !ids.is_empty() {
+            if let Err(Failure(m)) = self.save(&maps) {
+                tracing::error!(error = %m, "docker: cannot save the maps");
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Maps> {
