@@ -21,9 +21,13 @@
 //! ordinary tapyard networks and ports, seen by `network ls` and `port ls`.
 //!
 //! Join makes the endpoint's TAP in the daemon's own namespace (dockerd's),
-//! named `SrcName`; dockerd moves it into the container and renames it. The
-//! port record is found again by network and MAC (which Docker keeps), not
-//! by namespace and name. The HTTP reader is hand-written: dockerd sends
+//! named `SrcName`; dockerd moves it into the container (Join's
+//! `SandboxKey`) and renames it, later and without telling the plugin, so a
+//! thread looks for it there ([`Plugin::follow_pending`]) and the port
+//! record follows it (namespace and name). The port is found again by
+//! network and MAC (which Docker keeps), never by namespace and name. At the
+//! start, endpoints of containers removed while the daemon was down are
+//! forgotten ([`Plugin::forget_gone`]). The HTTP reader is hand-written: dockerd sends
 //! only small POSTs with a Content-Length on a local socket, and no HTTP
 //! server crate that listens on a UNIX socket is in this workspace's
 //! dependency tree (tiny_http would pull in its own threads and URL parsing
