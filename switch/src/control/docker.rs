@@ -23,11 +23,11 @@
 //! Join makes the endpoint's TAP in the daemon's own namespace (dockerd's),
 //! named `SrcName`; dockerd moves it into the container (Join's
 //! `SandboxKey`) and renames it, later and without telling the plugin, so a
-//! thread looks for it there ([`Plugin::follow_pending`]) and the port
+//! thread looks for it there (`Plugin::follow_pending`) and the port
 //! record follows it (namespace and name). The port is found again by
 //! network and MAC (which Docker keeps), never by namespace and name. At the
 //! start, endpoints of containers removed while the daemon was down are
-//! forgotten ([`Plugin::forget_gone`]). The HTTP reader is hand-written: dockerd sends
+//! forgotten (`Plugin::forget_gone`). The HTTP reader is hand-written: dockerd sends
 //! only small POSTs with a Content-Length on a local socket, and no HTTP
 //! server crate that listens on a UNIX socket is in this workspace's
 //! dependency tree (tiny_http would pull in its own threads and URL parsing
@@ -1070,7 +1070,7 @@ fn serve_conn(plugin: &Plugin, stream: UnixStream) {
     }
 }
 
-/// How often joined endpoints are looked for in their containers ([`Plugin::follow_pending`]).
+/// How often joined endpoints are looked for in their containers (`Plugin::follow_pending`).
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Serves the plugin on `listener` from a thread of its own, a thread per
