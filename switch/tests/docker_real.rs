@@ -293,7 +293,7 @@ fn docker_networks_on_tapyard() {
     let mut d = Dockerd::start(&dir, &host.name);
     import_image(&d, &dir);
 
-    // Two networks: red with an --ip-range, blue --internal.
+    // Two networks: red with an --ip-range, a --gateway and an --aux-address, blue --internal.
     d.ok(&[
         "network",
         "create",
@@ -305,6 +305,10 @@ fn docker_networks_on_tapyard() {
         "10.94.0.0/24",
         "--ip-range",
         "10.94.0.128/25",
+        "--gateway",
+        "10.94.0.254",
+        "--aux-address",
+        "router=10.94.0.128",
         "-o",
         "tapyard.name=red",
         "red",
@@ -327,6 +331,8 @@ fn docker_networks_on_tapyard() {
     assert_eq!(blue["egress"], "none", "--internal: no egress: {blue}");
     let red = t.json(&["network", "inspect", "red"]);
     assert_eq!(red["ip_range"], "10.94.0.128/25", "{red}");
+    assert_eq!(red["gateway"], "10.94.0.254", "{red}");
+    assert_eq!(red["aux_addresses"]["router"], "10.94.0.128", "{red}");
 
     // Containers: only in the initial user namespace. In the rootless pass
     // of scripts/test.sh (a user namespace) a rootful dockerd makes networks
@@ -347,7 +353,10 @@ fn docker_networks_on_tapyard() {
         let red_ips: Vec<String> = ["a1", "a2", "a3"].iter().map(|c| d.ip_of(c, "red")).collect();
         assert_eq!(red_ips[1], "10.94.0.50", "--ip is honoured");
         assert!(
-            red_ips.iter().filter(|ip| *ip != "10.94.0.50").all(|ip| ip.starts_with("10.94.0.1")),
+            red_ips
+                .iter()
+                .filter(|ip| *ip != "10.94.0.50")
+                .all(|ip| ip.starts_with("10.94.0.1") && *ip != "10.94.0.128"),
             "{red_ips:?}: from the --ip-range"
         );
         let b1 = d.ip_of("b1", "blue");
@@ -363,7 +372,7 @@ fn docker_networks_on_tapyard() {
                     );
                 }
             }
-            assert!(d.exec(from, &["ping", "-c", "1", "-W", "3", "10.94.0.1"]), "{from} cannot reach the gateway");
+            assert!(d.exec(from, &["ping", "-c", "1", "-W", "3", "10.94.0.254"]), "{from} cannot reach the gateway");
         }
         // A tapyard restart: the containers keep their networking (their
         // ports are re-created inside them, where Docker put the TAPs).
@@ -446,8 +455,14 @@ fn docker_networks_on_tapyard() {
             d.ok(&["run", "--rm", "--network", "red", "bb", "true"]);
         }
         let maps: Value = serde_json::from_slice(&std::fs::read(t.state.join("docker.json")).unwrap()).unwrap();
-        let handed_out = maps["pools"]["10.94.0.0/24"]["addresses"].as_array().map(Vec::len);
-        assert_eq!(handed_out, Some(3), "only a1, a2 and a3 hold addresses: {maps}");
+        let mut handed_out: Vec<String> = maps["pools"]["10.94.0.0/24"]["addresses"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        handed_out.sort();
+        let mut expected: Vec<String> = red_ips.iter().cloned().chain(["10.94.0.128".to_string()]).collect();
+        expected.sort();
+        assert_eq!(handed_out, expected, "only a1, a2, a3 and the aux address hold addresses: {maps}");
         assert!(wait_for(5, || t.json(&["port", "ls", "red"]).as_array().map(Vec::len) == Some(3)), "ports leaked");
 
         // docker rm and docker network rm leave nothing behind.
