@@ -27,11 +27,16 @@
 //! record follows it (namespace and name). The port is found again by
 //! network and MAC (which Docker keeps), never by namespace and name. At the
 //! start, endpoints of containers removed while the daemon was down are
-//! forgotten (`Plugin::forget_gone`). The HTTP reader is hand-written: dockerd sends
-//! only small POSTs with a Content-Length on a local socket, and no HTTP
-//! server crate that listens on a UNIX socket is in this workspace's
-//! dependency tree (tiny_http would pull in its own threads and URL parsing
-//! for four header lines).
+//! forgotten (`Plugin::forget_gone`).
+//!
+//! The HTTP reader is hand-written (`read_request`, about a hundred lines,
+//! unit-tested): dockerd sends only small POSTs with a Content-Length (a
+//! chunked body is read too) on a local socket. tiny_http 0.12 could serve
+//! a UNIX socket (`Server::http_unix`), but it binds the path itself
+//! (tapyard's sockets are bound by `server::bind_socket`, which locks them
+//! and replaces stale ones), and it would bring four crates and a request
+//! queue of its own for what is four header lines here; no HTTP server is
+//! in the dependency tree already.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
