@@ -345,10 +345,15 @@ fn docker_networks_on_tapyard() {
         run(
             &d,
             "a2",
-            &["--network", "red", "--ip", "10.94.0.50", "--mac-address", "02:42:0a:5e:00:32"],
+            &["--network", "red", "--ip", "10.94.0.50", "--mac-address", "02:42:0a:5e:00:32", "--sysctl", BCAST],
             &["sleep", "600"],
         );
-        run(&d, "a3", &["--network", "red", "-p", "18080:80"], &["httpd", "-f", "-p", "80", "-h", "/etc"]);
+        run(
+            &d,
+            "a3",
+            &["--network", "red", "-p", "18080:80", "--sysctl", BCAST],
+            &["httpd", "-f", "-p", "80", "-h", "/etc"],
+        );
         run(&d, "b1", &["--network", "blue"], &["sleep", "600"]);
         let red_ips: Vec<String> = ["a1", "a2", "a3"].iter().map(|c| d.ip_of(c, "red")).collect();
         assert_eq!(red_ips[1], "10.94.0.50", "--ip is honoured");
@@ -426,6 +431,13 @@ fn docker_networks_on_tapyard() {
             .find(|p| p["mac"] == "02:42:0a:5e:00:32")
             .cloned();
         assert!(a2_port.is_some(), "--mac-address is the port's MAC");
+        // One to many: a ping to red's broadcast address is answered by both
+        // others (they answer broadcast echoes: BCAST).
+        let bcast = d.cli(&["exec", "a1", "ping", "-c", "3", "-W", "3", "10.94.0.255"]);
+        let text = String::from_utf8_lossy(&bcast.stdout).into_owned();
+        for ip in &red_ips[1..] {
+            assert!(text.contains(&format!("from {ip}:")), "no answer from {ip} to a broadcast ping:\n{text}");
+        }
         // Two networks stay apart.
         assert!(!d.exec("a1", &["ping", "-c", "1", "-W", "1", &b1]), "red reached blue");
         // -p 18080:80 through tapyard's published ports, from dockerd's host.
@@ -486,6 +498,9 @@ fn docker_networks_on_tapyard() {
     drop(d);
     assert_eq!(host_settings(), before, "the machine's forwarding settings are unchanged");
 }
+
+/// Containers answer echo requests sent to a broadcast address (Linux ignores them by default).
+const BCAST: &str = "net.ipv4.icmp_echo_ignore_broadcasts=0";
 
 /// `docker run -d --cap-add NET_RAW --name NAME EXTRA... bb CMD...`
 fn run(d: &Dockerd, name: &str, extra: &[&str], cmd: &[&str]) {
