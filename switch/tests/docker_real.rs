@@ -293,7 +293,8 @@ fn docker_networks_on_tapyard() {
     let mut d = Dockerd::start(&dir, &host.name);
     import_image(&d, &dir);
 
-    // Two networks: red with an --ip-range, a --gateway and an --aux-address, blue --internal.
+    // Two networks: red with an --ip-range, a --gateway and an --aux-address;
+    // blue --internal, its subnet chosen by tapyard.
     d.ok(&[
         "network",
         "create",
@@ -320,8 +321,6 @@ fn docker_networks_on_tapyard() {
         &plugin,
         "--ipam-driver",
         &plugin,
-        "--subnet",
-        "10.95.0.0/24",
         "--internal",
         "-o",
         "tapyard.name=blue",
@@ -329,6 +328,9 @@ fn docker_networks_on_tapyard() {
     ]);
     let blue = t.json(&["network", "inspect", "blue"]);
     assert_eq!(blue["egress"], "none", "--internal: no egress: {blue}");
+    // No --subnet: tapyard's IPAM took one of the daemon's default pools (172.16.0.0/12 first).
+    let blue_net: String = blue["subnet"].as_str().unwrap_or_default().to_string();
+    assert!(blue_net.starts_with("172.") && blue_net.ends_with("/16"), "{blue}");
     let red = t.json(&["network", "inspect", "red"]);
     assert_eq!(red["ip_range"], "10.94.0.128/25", "{red}");
     assert_eq!(red["gateway"], "10.94.0.254", "{red}");
