@@ -227,6 +227,14 @@ fn docker_plugin_protocol_over_the_socket() {
     c.post("IpamDriver.ReleaseAddress", json!({ "PoolID": pool_id, "Address": "10.91.0.77" }));
     assert_eq!(d.port(&format!("/run/netns/{}", c1.name))["ifname"], "eth0", "{}", d.log());
     assert!(c1.reaches("10.91.0.50"), "containers talk again after a restart; log:\n{}", d.log());
+    // A killed daemon: the TAPs stay in the containers and are taken back as they are.
+    drop(c);
+    assert_eq!(d.signal("KILL"), None);
+    d.spawn();
+    assert!(wait_for(5, || UnixStream::connect(&sock).is_ok()), "plugin socket after a kill; log:\n{}", d.log());
+    let mut c = Client::connect(&sock);
+    assert!(d.log().contains("port reattached to its surviving interface"), "{}", d.log());
+    assert!(c1.reaches("10.91.0.50"), "containers talk again after a kill; log:\n{}", d.log());
 
     // Malformed and unknown calls on the same connection: errors, and the connection still serves.
     let (st, v) = c.post_raw("NetworkDriver.Join", "{not json");
