@@ -11,12 +11,14 @@
 #             (scripts/test.sh) runs: python3 (raw-socket sender), udhcpc and
 #             isc-dhcp-client (real DHCP clients), iptables (iptables-nft and
 #             -legacy, which the firewall must coexist with), iperf3, jq, shellcheck (the
-#             shell lint), DPDK testpmd (a vhost-user peer; Debian dpdk-dev) and
+#             shell lint), DPDK testpmd (a vhost-user peer; Debian dpdk-dev),
 #             the reference CNI plugins (containernetworking-plugins: bridge,
 #             host-local, portmap in /usr/lib/cni, which tests/cni.rs compares
-#             tapyard-cni with and chains it to), podman and busybox-static
-#             (tests/cni_podman.rs: a real runtime on tapyard-cni, its image made
-#             offline from busybox).
+#             tapyard-cni with and chains it to), podman (tests/cni_podman.rs:
+#             a real runtime on tapyard-cni), docker.io (tests/docker_real.rs: a
+#             real dockerd with tapyard as its network driver; installed with
+#             service starts held back, as below, so that the install starts no
+#             system dockerd) and busybox-static (their images, made offline).
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
@@ -71,46 +73,47 @@ if [ $tests -eq 1 ] || [ $bench -eq 1 ]; then
   have slirp4netns || need+=(slirp4netns)
   have newuidmap || need+=(uidmap)
 fi
+held_need=()
 if [ $tests -eq 1 ]; then
+  [ -x /usr/sbin/dockerd ] || held_need+=(docker.io)
+  dpkg -s busybox-static >/dev/null 2>&1 || held_need+=(busybox-static)
   have udhcpc || need+=(udhcpc)
   have dhclient || need+=(isc-dhcp-client)
   have shellcheck || need+=(shellcheck)
   have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
-  have podman || need+=(podman)
-  dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+  have podman || held_need+=(podman)
 fi
 
-bench_need=()
 if [ $bench -eq 1 ]; then
-  have vde_switch || bench_need+=(vde2)
-  have ovs-vswitchd || bench_need+=(openvswitch-switch)
-  have sockperf || bench_need+=(sockperf)
-  have gnuplot || bench_need+=(gnuplot-nox)
-  have ethtool || bench_need+=(ethtool)
+  have vde_switch || held_need+=(vde2)
+  have ovs-vswitchd || held_need+=(openvswitch-switch)
+  have sockperf || held_need+=(sockperf)
+  have gnuplot || held_need+=(gnuplot-nox)
+  have ethtool || held_need+=(ethtool)
 fi
 
-if [ $((${#need[@]} + ${#bench_need[@]})) -gt 0 ]; then
+if [ $((${#need[@]} + ${#held_need[@]})) -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  echo "setup: installing ${need[*]} ${bench_need[*]}"
+  echo "setup: installing ${need[*]} ${held_need[*]}"
   "${sudo[@]}" apt-get update -qq
   if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
   fi
-  if [ ${#bench_need[@]} -gt 0 ]; then
+  if [ ${#held_need[@]} -gt 0 ]; then
     policy=/usr/sbin/policy-rc.d
     held=0
     if [ ! -e $policy ]; then
-      printf '#!/bin/sh\n# setup.sh --bench: no service starts during this install\nexit 101\n' |
+      printf '#!/bin/sh\n# setup.sh: no service starts during this install\nexit 101\n' |
         "${sudo[@]}" tee $policy >/dev/null
       "${sudo[@]}" chmod 755 $policy
       held=1
     fi
     rc=0
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${bench_need[@]}" >/dev/null || rc=$?
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${held_need[@]}" >/dev/null || rc=$?
     [ $held -eq 0 ] || "${sudo[@]}" rm -f $policy
-    [ $rc -eq 0 ] || { echo "setup: apt-get install ${bench_need[*]} failed" >&2; exit $rc; }
+    [ $rc -eq 0 ] || { echo "setup: apt-get install ${held_need[*]} failed" >&2; exit $rc; }
   fi
 fi
 cargo=cargo

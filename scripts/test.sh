@@ -51,6 +51,7 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
 else
   scripts/test-rootless.sh
   skipped+=("tests/cni_podman.rs in the rootless pass (podman cannot run as root of a user namespace here; it runs in the root pass)")
+  skipped+=("containers in tests/docker_real.rs in the rootless pass (dockerd makes tapyard networks there, but runc cannot start containers as root of a user namespace here: devpts gid 5; the root pass runs them)")
 fi
 # A rootless daemon started plainly by an unprivileged user: its own
 # namespaces, pasta as its uplink, egress and a published port through it

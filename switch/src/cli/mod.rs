@@ -198,6 +198,15 @@ pub struct DaemonArgs {
     /// [default: pasta].
     #[arg(long, value_enum)]
     pub rootless_uplink: Option<rootless::Uplink>,
+    /// Serve Docker's network-driver and IPAM plugin protocol, so that
+    /// `docker network create -d tapyard --ipam-driver tapyard` makes tapyard
+    /// networks (docs/docker.md).
+    #[arg(long)]
+    pub docker_plugin: bool,
+    /// The plugin's socket; dockerd finds the plugin by the file's name
+    /// [default: /run/docker/plugins/tapyard.sock].
+    #[arg(long, value_name = "PATH", requires = "docker_plugin")]
+    pub docker_plugin_socket: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -628,6 +637,9 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 busy: a.poll == PollMode::Busy,
                 default_pools,
                 uplink,
+                docker_plugin: a
+                    .docker_plugin
+                    .then(|| crate::control::docker::socket_path(a.docker_plugin_socket.as_deref())),
             };
             crate::control::server::run(cfg)?;
         }

@@ -26,10 +26,12 @@
 //! | `proto.rs`, `server.rs` | the control protocol's types and its socket |
 //! | `persist.rs`, `netns.rs` | `state.json`; namespaces and interfaces over netlink |
 //! | `uplink.rs` | the uplink: tapyard's TAP into the daemon's namespace for egress, the kernel's routes back to the networks, when the firewall is brought in line; the host's resolvers |
+//! | `docker.rs` | Docker's network-driver and IPAM plugin protocol (`daemon --docker-plugin`) and its Docker ↔ tapyard maps |
 //! | `firewall.rs` | the kernel's nftables table for egress and published ports, our accepts in iptables' `FORWARD`, and the host settings tapyard changes (`ip_forward`), recorded and restored |
 
 pub mod build;
 mod dispatch;
+pub mod docker;
 pub mod firewall;
 pub mod gateway;
 mod housekeeping;
@@ -90,6 +92,8 @@ pub struct Config {
     pub default_pools: Vec<DefaultPool>,
     /// The uplink for egress; none: no network reaches beyond tapyard (`--uplink none`).
     pub uplink: Option<uplink::UplinkConfig>,
+    /// Serve Docker's plugin protocol on this socket (`--docker-plugin`).
+    pub docker_plugin: Option<PathBuf>,
 }
 
 struct Network {

@@ -326,6 +326,28 @@ pub fn create_tap(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offl
     in_netns(&nsfile, || Ok(configure_here(ns, cfg, queues, offloads))).map_err(enter)?
 }
 
+/// The name of the interface whose MAC is `mac` in namespace `ns`, if
+/// any: where a TAP handed to another program (Docker moves and renames
+/// the TAP its plugin made) is now, found by the MAC it kept.
+pub fn link_by_mac(ns: &Netns, mac: MacAddr) -> Result<Option<String>, ApiError> {
+    let nsfile = ns.open()?;
+    let found = in_netns(&nsfile, || {
+        let mut nl = Rtnl::open()?;
+        let links = nl.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP).map_err(|e| e.err)?;
+        Ok(links.into_iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewLink(l) => {
+                let has = l.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(m) if m[..] == mac.0[..]));
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) if has => Some(n),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
+    });
+    found.map_err(|e| ApiError::system(format!("cannot list the interfaces of namespace {}: {e}", ns.spec)))
+}
+
 /// [`create_tap`]'s work, in the calling thread's namespace (which is `ns`).
 fn configure_here(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offloads) -> Result<TapPort, ApiError> {
     let LinkConfig { ifname, mac, mtu, ip, gateway } = cfg;

@@ -139,6 +139,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Docker's plugin socket, once the daemon is up: dockerd may call at once.
+    let docker = match docker_plugin(&cfg, &daemon) {
+        Ok(d) => d,
+        Err(e) => {
+            daemon.shutdown();
+            let _ = fs::remove_file(&cfg.socket);
+            let _ = fs::remove_file(&lock_path);
+            drop(socket_lock);
+            return Err(e);
+        }
+    };
     let (stop_tx, stop_rx) = bounded::<&'static str>(4);
     let sig_tx = stop_tx.clone();
     std::thread::spawn(move || {
@@ -180,12 +191,30 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let why = stop_rx.recv().unwrap_or("channel closed");
     tracing::info!(reason = why, "stopping");
     let _ = fs::remove_file(&cfg.socket);
+    if let Some((path, lock)) = docker {
+        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(socket_lock_path(&path));
+        drop(lock);
+    }
     daemon.shutdown();
     // Unlinked while still held: a daemon starting now either finds the
     // lock held or locks a new file (lock_file checks which).
     let _ = fs::remove_file(&lock_path);
     drop(socket_lock);
     Ok(())
+}
+
+/// Binds and serves Docker's plugin socket when asked (`--docker-plugin`):
+/// its path and lock, to remove at the stop.
+fn docker_plugin(cfg: &Config, daemon: &Arc<Daemon>) -> anyhow::Result<Option<(PathBuf, File)>> {
+    let Some(path) = &cfg.docker_plugin else {
+        return Ok(None);
+    };
+    let plugin = Arc::new(super::docker::Plugin::open(daemon.clone())?);
+    let (listener, lock) = bind_socket(path)?;
+    super::docker::spawn(plugin, listener).context("cannot start the docker plugin thread")?;
+    tracing::info!(socket = %path.display(), "serving Docker's network and IPAM plugin protocol");
+    Ok(Some((path.clone(), lock)))
 }
 
 fn socket_lock_path(socket: &Path) -> PathBuf {

@@ -98,6 +98,7 @@ fn config(dir: &std::path::Path) -> Config {
         busy: false,
         default_pools: tapyard_ipam::default_pools(),
         uplink: None,
+        docker_plugin: None,
     }
 }
 
