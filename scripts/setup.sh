@@ -4,9 +4,10 @@
 #
 #   --lab     what `tapyard lab up` (scripts/lab.sh, the main job) needs to build
 #             and run: iproute2 (ip), util-linux (nsenter), iputils-ping (the
-#             lab's reachability check), procps (kill), nftables (nft: the
-#             kernel's egress and published-port rules), a C compiler, and Rust
-#             (cargo) if missing.
+#             lab's reachability check), procps (kill), a C compiler, and Rust
+#             (cargo) if missing. (A lab's daemon runs with --uplink none; a
+#             daemon with egress also needs nftables: the --tests and --bench
+#             sets install it.)
 #   --tests   (the default) the lab set and every peer the test suite
 #             (scripts/test.sh) runs: python3 (raw-socket sender), udhcpc and
 #             isc-dhcp-client (real DHCP clients), iptables (iptables-nft and
@@ -51,8 +52,6 @@ have ip || need+=(iproute2)
 have nsenter || need+=(util-linux)
 have ping || need+=(iputils-ping)
 have kill || need+=(procps)
-# nft lives in /usr/sbin, which a user's PATH may lack.
-have nft || [ -x /usr/sbin/nft ] || need+=(nftables)
 have cc || need+=(gcc libc6-dev)
 if ! have cargo && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need+=(cargo rustc)
@@ -60,6 +59,9 @@ fi
 
 # Peers shared by the tests and the benchmark.
 if [ $tests -eq 1 ] || [ $bench -eq 1 ]; then
+  # The uplink's rules (egress, published ports); nft lives in /usr/sbin,
+  # which a user's PATH may lack.
+  have nft || [ -x /usr/sbin/nft ] || need+=(nftables)
   have python3 || need+=(python3)
   have iperf3 || need+=(iperf3)
   have jq || need+=(jq)
