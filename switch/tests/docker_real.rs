@@ -44,9 +44,17 @@ impl Dockerd {
     fn spawn(&mut self) {
         let dir = self.dir.clone();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).unwrap();
+        // Its own configuration: without one, dockerd keeps its trust key
+        // in /etc/docker/key.json, which a dockerd of an earlier test (as
+        // the machine's root) leaves unreadable to the rootless pass.
+        let config = dir.join("daemon.json");
+        let key = dir.join("key.json");
+        std::fs::write(&config, serde_json::json!({"deprecated-key-path": key}).to_string()).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(DOCKERD)
+            .arg("--config-file")
+            .arg(&config)
             .arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
