@@ -300,8 +300,7 @@ impl Daemon {
 
     /// Why network `s` asked for egress and has none: the daemon has no uplink.
     pub(super) fn egress_unavailable(&self, s: &NetworkSpec) -> Option<String> {
-        (s.egress == EgressMode::Nat && s.addressing.is_some() && !s.internal && self.cfg.uplink.is_none())
-            .then(|| "the daemon runs with --uplink none".to_string())
+        (s.has_egress() && self.cfg.uplink.is_none()).then(|| "the daemon runs with --uplink none".to_string())
     }
 }
 
