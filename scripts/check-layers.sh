@@ -18,6 +18,7 @@ check() { # check DIR-OR-FILE FORBIDDEN-MODULE...
 # Bottom up (switch/src/lib.rs): wire < packet < {table, stats, punt} < port
 # < snapshot < datapath < worker; control beside them all, never imported
 # by the data path.
+check impair.rs wire packet table stats punt port snapshot datapath worker control cli
 check wire packet table stats punt port snapshot datapath worker control cli
 check packet.rs table stats punt port snapshot datapath worker control cli
 check table stats punt port snapshot datapath worker control cli

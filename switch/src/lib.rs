@@ -36,6 +36,7 @@ pub mod clock;
 pub mod cni;
 pub mod control;
 pub mod datapath;
+pub mod impair;
 pub mod packet;
 pub mod port;
 pub mod punt;

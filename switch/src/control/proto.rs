@@ -19,7 +19,7 @@ use crate::stats::PortCounters;
 /// Protocol version, reported by `ping`; bumped on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Ping,
@@ -97,6 +97,8 @@ pub enum Request {
         network: String,
         socket: String,
     },
+    /// Changes a port's link state and impairments (`port set`).
+    PortSet(PortSet),
     Disconnect {
         network: String,
         netns: String,
@@ -510,6 +512,30 @@ pub struct PortInfo {
     /// The `owner` given to `connect` (the CNI plugin: the container id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+/// `port set`: the port is named as for `disconnect` (a TAP by `netns` and
+/// `ifname`, a vhost-user port by `vhost_user`). `clear` removes every
+/// impairment first; then `impair` changes the given fields in `direction`;
+/// `link_up` false cuts the link (the node sees carrier loss), true restores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSet {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_up: Option<bool>,
+    #[serde(default)]
+    pub clear: bool,
+    #[serde(default)]
+    pub direction: crate::impair::Direction,
+    #[serde(default, skip_serializing_if = "crate::impair::ImpairPatch::is_empty")]
+    pub impair: crate::impair::ImpairPatch,
 }
 
 /// A published port of a port (`port ls`): `host_ip` (absent: every
