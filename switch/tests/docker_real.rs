@@ -296,8 +296,13 @@ fn docker_networks_on_tapyard() {
     std::fs::create_dir_all("/run/docker/plugins").unwrap();
     let sock = RmOnDrop(PathBuf::from(format!("/run/docker/plugins/{plugin}.sock")));
     let sock_s = sock.0.display().to_string();
-    let mut t = Tapyard::start("dkr", &host.name, &["--docker-plugin", "--docker-plugin-socket", &sock_s]);
     let dir = std::env::temp_dir().join(format!("tapyard-dockerd-{}", name("d")));
+    let api = dir.join("docker.sock").display().to_string();
+    let mut t = Tapyard::start(
+        "dkr",
+        &host.name,
+        &["--docker-plugin", "--docker-plugin-socket", &sock_s, "--docker-host", &api],
+    );
     let mut d = Dockerd::start(&dir, &host.name);
     import_image(&d, &dir);
 
@@ -441,6 +446,21 @@ fn docker_networks_on_tapyard() {
             .find(|p| p["mac"] == "02:42:0a:5e:00:32")
             .cloned();
         assert!(a2_port.is_some(), "--mac-address is the port's MAC");
+        // port ls names each port's container, asked of dockerd's API.
+        let named = |p: &Value| p["container"].as_str().map(|c| c.split(' ').next().unwrap_or("").to_string());
+        assert!(
+            wait_for(10, || {
+                let mut names: Vec<_> =
+                    t.json(&["port", "ls", "red"]).as_array().unwrap_or(&vec![]).iter().filter_map(named).collect();
+                names.sort();
+                names == ["a1", "a2", "a3"]
+            }),
+            "port ls does not name the containers: {}\nlog:\n{}",
+            t.json(&["port", "ls", "red"]),
+            t.log()
+        );
+        let table = String::from_utf8_lossy(&t.cli(&["port", "ls", "red"]).stdout).into_owned();
+        assert!(table.contains("a1 ("), "the table shows the container:\n{table}");
         // One to many: a ping to red's broadcast address is answered by both
         // others (they answer broadcast echoes: BCAST).
         let bcast = d.cli(&["exec", "a1", "ping", "-c", "3", "-W", "3", "10.94.0.255"]);

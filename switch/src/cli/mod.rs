@@ -207,6 +207,11 @@ pub struct DaemonArgs {
     /// [default: /run/docker/plugins/tapyard.sock].
     #[arg(long, value_name = "PATH", requires = "docker_plugin")]
     pub docker_plugin_socket: Option<PathBuf>,
+    /// dockerd's API socket, which the plugin asks for the names of the
+    /// containers on its networks (shown by `port ls`) [default: DOCKER_HOST
+    /// when it is unix://PATH, else /var/run/docker.sock].
+    #[arg(long, value_name = "PATH", requires = "docker_plugin")]
+    pub docker_host: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,6 +645,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 docker_plugin: a
                     .docker_plugin
                     .then(|| crate::control::docker::socket_path(a.docker_plugin_socket.as_deref())),
+                docker_api: a.docker_plugin.then(|| crate::control::docker::api_path(a.docker_host.as_deref())),
             };
             crate::control::server::run(cfg)?;
         }

@@ -54,7 +54,10 @@ pub fn ports(ports: &[PortInfo]) {
                     v.socket.clone(),
                     if v.connected { format!("up:{}", v.features.join(",")) } else { "down".into() },
                 ),
-                None => (p.netns.clone(), p.ifname.clone(), p.offloads.join(",")),
+                // A container's port: its name says more than its sandbox's path.
+                None => {
+                    (p.container.clone().unwrap_or_else(|| p.netns.clone()), p.ifname.clone(), p.offloads.join(","))
+                }
             };
             vec![
                 p.id.to_string(),

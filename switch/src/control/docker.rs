@@ -27,7 +27,9 @@
 //! record follows it (namespace and name). The port is found again by
 //! network and MAC (which Docker keeps), never by namespace and name. At the
 //! start, endpoints of containers removed while the daemon was down are
-//! forgotten (`Plugin::forget_gone`).
+//! forgotten (`Plugin::forget_gone`). The protocol never names the
+//! container; the same thread asks dockerd's API for it (`api.rs`,
+//! `Plugin::name_containers`) so that `port ls` shows it.
 //!
 //! The HTTP reader is hand-written (`read_request`, about a hundred lines,
 //! unit-tested): dockerd sends only small POSTs with a Content-Length (a
@@ -115,6 +117,9 @@ struct Endpoint {
     /// What ProgramExternalConnectivity published (`-p` specs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     publish: Vec<String>,
+    /// The container, as dockerd's API names it (`NAME (ID12)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    container: Option<String>,
 }
 
 /// Everything persisted in `docker.json`.
@@ -148,6 +153,7 @@ pub struct Plugin {
     daemon: Arc<Daemon>,
     maps: Mutex<Maps>,
     path: PathBuf,
+    naming: Mutex<Naming>,
 }
 
 /// One plugin reply: HTTP status and JSON body.
@@ -167,7 +173,7 @@ impl Plugin {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Maps::default(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let plugin = Plugin { daemon, maps: Mutex::new(maps), path };
+        let plugin = Plugin { daemon, maps: Mutex::new(maps), path, naming: Mutex::new(Naming::default()) };
         plugin.forget_gone();
         Ok(plugin)
     }
@@ -514,6 +520,7 @@ impl Plugin {
                 joined: false,
                 sandbox: None,
                 publish: Vec::new(),
+                container: None,
             },
         );
         self.save(&maps)?;
@@ -582,6 +589,73 @@ impl Plugin {
         self.daemon.persist(&inner);
     }
 
+    /// Asks dockerd for the containers of joined endpoints that have no name
+    /// yet and writes it into their ports. Docker fills a container's
+    /// `EndpointID` only once its networking is set up, after Join, so an
+    /// endpoint may need a few looks; a look that names nothing doubles the
+    /// wait before the next (up to `NAME_BACKOFF_MAX`), and a Join resets it.
+    fn name_containers(&self) {
+        let Some(api) = self.daemon.cfg.docker_api.clone() else {
+            return;
+        };
+        {
+            let n = self.naming.lock().unwrap_or_else(|e| e.into_inner());
+            if n.next.is_some_and(|t| std::time::Instant::now() < t) {
+                return;
+            }
+        }
+        let unnamed: Vec<String> = self
+            .lock()
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.joined && e.container.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if unnamed.is_empty() {
+            return;
+        }
+        let found = match api::names(&api, &unnamed) {
+            Ok(f) => f,
+            Err(m) => {
+                tracing::debug!(error = %m, "docker: cannot ask dockerd for container names");
+                Vec::new()
+            }
+        };
+        {
+            let mut n = self.naming.lock().unwrap_or_else(|e| e.into_inner());
+            n.wait = if found.is_empty() { (n.wait * 2).clamp(FOLLOW_EVERY, NAME_BACKOFF_MAX) } else { FOLLOW_EVERY };
+            n.next = Some(std::time::Instant::now() + n.wait);
+        }
+        if found.is_empty() {
+            return;
+        }
+        let mut maps = self.lock();
+        let mut named = Vec::new();
+        for (id, name) in found {
+            if let Some(e) = maps.endpoints.get_mut(&id) {
+                e.container = Some(name);
+                named.push(e.clone());
+            }
+        }
+        if let Err(Failure(m)) = self.save(&maps) {
+            tracing::error!(error = %m, "docker: cannot save the maps");
+        }
+        drop(maps);
+        let mut inner = self.daemon.lock();
+        let mut changed = false;
+        for e in named {
+            for rec in inner.ports.values_mut().filter(|p| p.spec.network == e.network && p.spec.mac == e.mac) {
+                if rec.spec.container != e.container {
+                    rec.spec.container = e.container.clone();
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.daemon.persist(&inner);
+        }
+    }
+
     /// Follows the TAPs of joined endpoints not yet found in their
     /// containers. `docker run` calls Join, ProgramExternalConnectivity and
     /// EndpointOperInfo before the container's namespace exists and moves
@@ -644,9 +718,17 @@ impl Plugin {
             None,
         )?;
         let gateway = {
-            let inner = self.daemon.lock();
+            let mut inner = self.daemon.lock();
+            if e.container.is_some() {
+                // Joined again (docker start): the container is known.
+                for rec in inner.ports.values_mut().filter(|p| p.spec.network == e.network && p.spec.mac == e.mac) {
+                    rec.spec.container = e.container.clone();
+                }
+                self.daemon.persist(&inner);
+            }
             inner.networks.get(&e.network).and_then(|n| n.spec.addressing).map(|a| a.gateway)
         };
+        self.naming.lock().unwrap_or_else(|e| e.into_inner()).next = None;
         if let Some(ep) = maps.endpoints.get_mut(&r.endpoint_id) {
             ep.joined = true;
             ep.sandbox = Some(r.sandbox_key).filter(|k| !k.is_empty());
@@ -1079,6 +1161,27 @@ fn serve_conn(plugin: &Plugin, stream: UnixStream) {
 
 /// How often joined endpoints are looked for in their containers (`Plugin::follow_pending`).
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest wait between two questions to dockerd that named nothing.
+const NAME_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When to ask dockerd for container names next (`Plugin::name_containers`).
+#[derive(Debug, Default)]
+struct Naming {
+    next: Option<std::time::Instant>,
+    wait: std::time::Duration,
+}
+
+/// dockerd's API socket for `--docker-host`, else DOCKER_HOST when it names
+/// a UNIX socket, else Docker's default.
+pub fn api_path(given: Option<&Path>) -> PathBuf {
+    if let Some(p) = given {
+        return p.to_path_buf();
+    }
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
 
 /// Serves the plugin on `listener` from a thread of its own, a thread per
 /// connection, and follows TAPs into containers from another.
@@ -1087,6 +1190,7 @@ pub fn spawn(plugin: Arc<Plugin>, listener: UnixListener) -> std::io::Result<()>
     std::thread::Builder::new().name("tapyard-docker-follow".into()).spawn(move || loop {
         std::thread::sleep(FOLLOW_EVERY);
         p.follow_pending();
+        p.name_containers();
     })?;
     std::thread::Builder::new().name("tapyard-docker".into()).spawn(move || {
         let active = Arc::new(AtomicUsize::new(0));
@@ -1119,5 +1223,6 @@ pub fn socket_path(given: Option<&Path>) -> PathBuf {
     given.map_or_else(|| PathBuf::from(DEFAULT_SOCKET), Path::to_path_buf)
 }
 
+mod api;
 #[cfg(test)]
 mod tests;

@@ -94,6 +94,9 @@ pub struct Config {
     pub uplink: Option<uplink::UplinkConfig>,
     /// Serve Docker's plugin protocol on this socket (`--docker-plugin`).
     pub docker_plugin: Option<PathBuf>,
+    /// dockerd's API socket, asked for the names of containers on tapyard
+    /// networks (`--docker-host`); none: ports show the sandbox only.
+    pub docker_api: Option<PathBuf>,
 }
 
 struct Network {

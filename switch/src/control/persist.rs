@@ -108,6 +108,11 @@ pub struct PortSpec {
     /// files of ports made without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The container using the port as its engine names it (a Docker
+    /// endpoint's container: `NAME (ID12)`), found by the daemon after the
+    /// container starts; shown by `port ls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 impl PortSpec {
@@ -254,6 +259,7 @@ mod tests {
                 vhost: None,
                 publish: vec![],
                 owner: None,
+                container: None,
             }],
             routers: vec![],
         };

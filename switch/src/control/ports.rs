@@ -154,6 +154,7 @@ impl Daemon {
             vhost: None,
             publish: held.iter().map(Reservation::publish).collect(),
             owner,
+            container: None,
         };
         let id = self.attach(&mut inner, spec, ns).inspect_err(|_| {
             // Nothing was attached: give back the address taken above, or
@@ -511,6 +512,7 @@ impl Daemon {
             vhost: Some(VhostSpec { socket: path, mode, queues, socket_mode: owner.mode, socket_gid: owner.gid }),
             publish: vec![],
             owner: None,
+            container: None,
         };
         let id = self.attach_vhost(&mut inner, spec)?;
         self.commit(&mut inner, Change::Added);
@@ -878,5 +880,6 @@ fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
             })
             .collect(),
         owner: p.spec.owner.clone(),
+        container: p.spec.container.clone(),
     }
 }

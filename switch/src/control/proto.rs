@@ -512,6 +512,9 @@ pub struct PortInfo {
     /// The `owner` given to `connect` (the CNI plugin: the container id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The container using the port, as its engine names it (Docker: `NAME (ID12)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// `port set`: the port is named as for `disconnect` (a TAP by `netns` and
@@ -711,6 +714,7 @@ mod tests {
             vhost: None,
             publish: vec![],
             owner: None,
+            container: None,
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["netns"], serde_json::Value::Null);
