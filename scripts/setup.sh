@@ -19,7 +19,8 @@
 #             a real runtime on tapyard-cni), docker.io (tests/docker_real.rs: a
 #             real dockerd with tapyard as its network driver; installed with
 #             service starts held back, as below, so that the install starts no
-#             system dockerd) and busybox-static (their images, made offline).
+#             system dockerd), rootlesskit (Docker's rootless mode) and
+#             busybox-static (their images, made offline).
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
@@ -78,6 +79,8 @@ fi
 held_need=()
 if [ $tests -eq 1 ]; then
   [ -x /usr/sbin/dockerd ] || held_need+=(docker.io)
+  # Docker's rootless mode (scripts/test-docker-rootless.sh): rootlesskit and rootlessctl.
+  have rootlesskit || need+=(rootlesskit)
   dpkg -s busybox-static >/dev/null 2>&1 || held_need+=(busybox-static)
   have udhcpc || need+=(udhcpc)
   have dhclient || need+=(isc-dhcp-client)

@@ -25,7 +25,7 @@ if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
   fi
   cargo build --all-targets --quiet   # build outside: the user namespace has no network for crates.io
   env TAPYARD_IN_USERNS=1 unshare --user --map-root-user --net --mount -- "$0" "$@"
-  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink and vm-guest (they need root)"
+  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker and vm-guest (they need root)"
   exit 0
 fi
 if [ -n "${TAPYARD_IN_USERNS:-}" ]; then
@@ -51,7 +51,7 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
 else
   scripts/test-rootless.sh
   skipped+=("tests/cni_podman.rs in the rootless pass (podman cannot run as root of a user namespace here; it runs in the root pass)")
-  skipped+=("containers in tests/docker_real.rs in the rootless pass (dockerd makes tapyard networks there, but runc cannot start containers as root of a user namespace here: devpts gid 5; the root pass runs them)")
+  skipped+=("containers in tests/docker_real.rs in the rootless pass (a rootful dockerd started as root of a single-uid user namespace makes tapyard networks, but runc cannot start containers there: devpts gid 5 is unmapped; the root pass runs them, and scripts/test-docker-rootless.sh runs them under Docker's own rootless mode)")
 fi
 # A rootless daemon started plainly by an unprivileged user: its own
 # namespaces, pasta as its uplink, egress and a published port through it
@@ -61,6 +61,16 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
   skipped+=("rootless uplink (TAPYARD_SKIP_ROOTLESS is set)")
 else
   scripts/test-rootless-uplink.sh
+fi
+# Docker's own rootless mode (dockerd-rootless.sh, rootlesskit with
+# /etc/subuid ranges) with tapyard started in its namespaces as its network
+# and IPAM plugin: containers ping each other, egress, a published port
+# (scripts/test-docker-rootless.sh: a throwaway user, removed afterwards;
+# /dev/net/tun set to 0666 for its duration where it is 0600, and restored).
+if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
+  skipped+=("rootless Docker (TAPYARD_SKIP_ROOTLESS is set)")
+else
+  scripts/test-docker-rootless.sh
 fi
 # A real VM on a vhost-user port: QEMU (TCG) with Linux's virtio_net driver gets
 # a DHCP lease from tapyard and pings a container both ways (scripts/vm-guest.sh;

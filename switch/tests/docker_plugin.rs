@@ -101,6 +101,16 @@ fn docker_plugin_protocol_over_the_socket() {
     let dir = TempDir(std::env::temp_dir().join(format!("tapyard-docker-{}", name("dk"))));
     let sock = dir.0.join("plugins/tapyard.sock");
     let sock_s = sock.display().to_string();
+    // dockerd's namespace has a default route of its own (the host's, or
+    // rootlesskit's slirp4netns one): Join's TAPs, made there, must leave it.
+    sh(&["ip", "-n", &host.name, "link", "add", "up0", "up", "type", "veth", "peer", "name", "up1"]);
+    sh(&["ip", "-n", &host.name, "link", "set", "up1", "up"]);
+    sh(&["ip", "-n", &host.name, "addr", "add", "198.18.201.2/24", "dev", "up0"]);
+    sh(&["ip", "-n", &host.name, "route", "add", "default", "via", "198.18.201.1"]);
+    let default_route = || {
+        let out = std::process::Command::new("ip").args(["-n", &host.name, "-4", "route", "show", "default"]).output();
+        String::from_utf8_lossy(&out.expect("ip route").stdout).trim().to_string()
+    };
     let mut d =
         Daemon::start_in("dk", &host.name, &["--uplink", "none", "--docker-plugin", "--docker-plugin-socket", &sock_s]);
     assert!(wait_for(5, || exists(&sock)), "plugin socket never appeared; log:\n{}", d.log());
@@ -153,6 +163,11 @@ fn docker_plugin_protocol_over_the_socket() {
         assert_eq!(j["InterfaceName"]["DstPrefix"], "eth");
         let src = j["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
         assert!(host.has_link(&src), "Join's TAP {src} exists in the daemon's namespace when Join returns");
+        assert_eq!(
+            default_route(),
+            "default via 198.18.201.1 dev up0",
+            "Join must leave the daemon namespace's default route alone"
+        );
         // What dockerd does next: move, rename, address, bring up.
         sh(&["ip", "-n", &host.name, "link", "set", "dev", &src, "netns", &ns.name]);
         sh(&["ip", "-n", &ns.name, "link", "set", "dev", &src, "name", "eth0"]);
@@ -183,6 +198,7 @@ fn docker_plugin_protocol_over_the_socket() {
     }
     let ports = d.json(&["port", "ls", "dockernet"]);
     assert_eq!(ports.as_array().map(Vec::len), Some(2), "{ports}");
+    assert_eq!(default_route(), "default via 198.18.201.1 dev up0", "the TAPs moved out: the default route stays");
     // The two containers talk through tapyard, over the TAPs Docker moved.
     assert!(c1.reaches("10.91.0.50"), "container 1 cannot reach container 2; log:\n{}", d.log());
     assert!(c2.reaches(taps[0].2.split('/').next().unwrap()), "container 2 cannot reach container 1");

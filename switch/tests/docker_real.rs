@@ -352,8 +352,8 @@ fn docker_networks_on_tapyard() {
     // Containers: only in the initial user namespace. In the rootless pass
     // of scripts/test.sh (a user namespace) a rootful dockerd makes networks
     // but cannot start containers (runc mounts devpts with gid 5, unmapped
-    // there); Docker's rootless mode needs rootlesskit, which this test does
-    // not set up.
+    // there). Docker's own rootless mode (rootlesskit, subordinate ids) runs
+    // containers: scripts/test-docker-rootless.sh tests that.
     if initial_userns() {
         // Three containers on red (one with --ip, one publishing a port), one on blue.
         run(&d, "a1", &["--network", "red"], &["sleep", "600"]);

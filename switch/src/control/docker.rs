@@ -53,8 +53,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tapyard_ipam::{next_subnet, Ipv4Net};
 
+use super::netns::{self, OWN_NETNS};
 use super::proto::{ApiError, NetworkCreate};
-use super::{netns, persist, Daemon};
+use super::{persist, Daemon};
 use crate::wire::MacAddr;
 
 /// Where dockerd looks for plugin sockets (`/run/docker/plugins/NAME.sock`).
@@ -65,9 +66,6 @@ pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
 /// The maps' file under the state directory.
 pub const STATE_FILE: &str = "docker.json";
-
-/// Namespace spec of the daemon's own namespace (dockerd's), where Join makes TAPs.
-const OWN_NETNS: &str = "/proc/self/ns/net";
 
 /// RequestAddress option naming the gateway request (libnetwork netlabel).
 const GATEWAY_REQUEST: &str = "com.docker.network.gateway";

@@ -61,6 +61,10 @@ pub struct Netns {
 /// Directory where `ip netns add` keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
+/// Namespace spec of the daemon's own network namespace (the host's, or
+/// dockerd's when it serves Docker: Join makes its TAPs there).
+pub const OWN_NETNS: &str = "/proc/self/ns/net";
+
 /// Where named namespaces are looked up when not in [`NETNS_RUN_DIR`]: a
 /// rootless daemon's own directory (`cli::rootless`), set once at its start.
 static NAMED_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

@@ -718,16 +718,27 @@ pub(super) fn free_port_id(inner: &Inner) -> Result<PortId, ApiError> {
 #[derive(Debug, Clone, Copy)]
 struct TapLink {
     mtu: u32,
-    /// The default route, for a port with an address in the subnet.
+    /// The default route, for a port with an address in the subnet, in a
+    /// namespace other than the daemon's own.
     gateway: Option<Ipv4Addr>,
 }
 
 impl TapLink {
     fn of(inner: &Inner, spec: &PortSpec) -> Result<TapLink, ApiError> {
         let net = network(inner, &spec.network)?;
-        // A port with an address in the subnet routes through the gateway.
-        let gateway =
-            net.spec.addressing.filter(|a| spec.ip.is_some_and(|ip| a.subnet.contains(&ip.addr()))).map(|a| a.gateway);
+        // A port with an address in the subnet routes through the gateway;
+        // but never one in the daemon's own namespace (the TAPs of Docker's
+        // Join are made there): that is the host's, or dockerd's, whose
+        // default route `ip route replace default` would take over, and
+        // which then vanishes with the TAP when Docker moves it into the
+        // container, leaving that namespace without one (seen with rootless
+        // Docker: its slirp4netns route was gone after the first `docker run`).
+        let own = netns::resolve(netns::OWN_NETNS).is_ok_and(|n| n.dev == spec.netns_dev && n.ino == spec.netns_ino);
+        let gateway = net
+            .spec
+            .addressing
+            .filter(|a| !own && spec.ip.is_some_and(|ip| a.subnet.contains(&ip.addr())))
+            .map(|a| a.gateway);
         Ok(TapLink { mtu: net.spec.mtu, gateway })
     }
 
