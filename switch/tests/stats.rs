@@ -491,3 +491,35 @@ fn watch_repeats_until_interrupted_and_exits_zero() {
     sh(&["kill", "-INT", &child.id().to_string()]);
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn watch_on_a_terminal_redraws_in_place() {
+    if !net_admin() {
+        return;
+    }
+    need("script", "bsdutils");
+    let d = Daemon::start("tty");
+    // script(1) gives the CLI a pseudo-terminal; -e returns its exit status.
+    let cmd = format!("exec {TAPYARD} --socket {} stats --watch", d.socket.display());
+    let mut script = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = script.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("\x1b[H").count() < 2 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "stats --watch ended early: {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("\x1b[K") && seen.contains("\x1b[J"), "lines and the rest cleared: {seen:?}");
+    // The CLI is script's child (exec): interrupt it as Ctrl-C would.
+    let pid = Command::new("pgrep").args(["-P", &script.id().to_string()]).output().unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    assert!(!pid.is_empty(), "the CLI under script");
+    sh(&["kill", "-INT", &pid]);
+    assert_eq!(script.wait().unwrap().code(), Some(0), "Ctrl-C ends --watch with status 0");
+}

@@ -30,6 +30,7 @@ use anyhow::Context;
 
 use super::proto::StatsInfo;
 use super::Daemon;
+use crate::port::vhost::VhostCounters;
 use crate::stats::{GatewayStats, RouterStats};
 
 /// Longest request head (request line and headers) read.
@@ -319,6 +320,15 @@ pub fn render(s: &StatsInfo) -> String {
             );
         }
         e.gauge("tapyard_port_fdb_entries", "Forwarding-table entries learned on this port.", l, c.fdb_entries);
+        for (name, v) in &p.vhost_counters {
+            let help = VhostCounters::NAMES
+                .iter()
+                .position(|n| n == name)
+                .map(|i| VhostCounters::HELP[i].trim())
+                .filter(|h| !h.is_empty())
+                .map_or_else(|| format!("vhost-user port counter {name} (docs/stats.md)."), str::to_string);
+            e.counter(&format!("tapyard_vhost_{name}_total"), &help, l, *v);
+        }
     }
     for n in &s.networks {
         let l: &[(&str, &str)] = &[("network", &n.name)];

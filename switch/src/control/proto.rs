@@ -716,6 +716,11 @@ pub struct PortStatsInfo {
     pub workers: Vec<usize>,
     pub counters: PortCounters,
     pub rates: RatesInfo,
+    /// A vhost-user port's own counters (as `vhost.counters` in the port
+    /// object: rejected chains, `no_rx_buffers` when the guest's receive
+    /// ring was empty, kicks, calls); absent for a TAP.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vhost_counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// `stats`: one network, its ports' counters summed.

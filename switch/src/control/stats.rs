@@ -262,6 +262,7 @@ impl Daemon {
                     workers: if queues > 1 { (0..usize::from(queues)).collect() } else { vec![p.worker] },
                     counters: p.stats.snapshot(),
                     rates: sampler.port_rates(p.id, &p.stats),
+                    vhost_counters: p.vhost.as_deref().map(|v| v.counters().snapshot()).unwrap_or_default(),
                 }
             })
             .collect();
@@ -276,6 +277,7 @@ impl Daemon {
                 workers: (0..usize::from(u.port.caps().queues.max(1))).collect(),
                 counters: u.port_stats.snapshot(),
                 rates: sampler.port_rates(u.port_id, &u.port_stats),
+                vhost_counters: Default::default(),
             });
         }
         out.sort_by_key(|p| p.id);
