@@ -340,6 +340,69 @@ mod tests {
         assert_eq!(s.port_rates(PortId(1), &stats), RatesInfo::default());
     }
 
+    /// The request against a daemon without root: a network with a
+    /// vhost-user port (no TAP needed), a filter, a missing network.
+    #[test]
+    fn the_snapshot_lists_every_part_and_a_missing_network_is_not_found() {
+        let dir = std::env::temp_dir().join(format!("tapyard-stats-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = super::super::Config {
+            socket: dir.join("s.sock"),
+            state_dir: dir.clone(),
+            workers: 2,
+            busy: false,
+            default_pools: tapyard_ipam::default_pools(),
+            uplink: None,
+            docker_plugin: None,
+            metrics: None,
+        };
+        /// Stops the daemon and removes its directory, also when the test fails.
+        struct Guard(Arc<Daemon>, std::path::PathBuf);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.shutdown();
+                let _ = std::fs::remove_dir_all(&self.1);
+            }
+        }
+        let guard = Guard(Daemon::start(cfg).unwrap(), dir.clone());
+        let d = &guard.0;
+        for (name, subnet) in [("a", "10.231.0.0/24"), ("b", "10.232.0.0/24")] {
+            let args = NetworkCreate { name: name.into(), subnet: Some(subnet.into()), ..Default::default() };
+            d.handle(Request::NetworkCreate(args)).unwrap();
+        }
+        let sock = dir.join("vm.sock").display().to_string();
+        d.handle(Request::ConnectVhost {
+            network: "a".into(),
+            socket: sock.clone(),
+            client: false,
+            queues: None,
+            mac: None,
+            socket_mode: None,
+            socket_group: None,
+        })
+        .unwrap();
+        let all = d.stats(None).unwrap();
+        let names: Vec<&str> = all.networks.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!((all.workers.len(), all.punt_queue.capacity), (2, PUNT_DEPTH as u64));
+        let p = &all.ports[0];
+        assert_eq!((p.network.as_str(), p.netns.as_str(), p.vhost_socket.as_deref()), ("a", "", Some(sock.as_str())));
+        assert!(p.vhost_counters.contains_key("no_rx_buffers"), "{p:?}");
+        assert_eq!(p.counters.drops.len(), DropReason::ALL.len());
+        let a = &all.networks[0];
+        assert_eq!((a.ports, a.fdb_capacity, a.drops.len()), (1, 4096, DropReason::ALL.len()));
+        assert_eq!(a.leases, 0, "no lease yet: the VM has not asked");
+        let v = serde_json::to_value(&all).unwrap();
+        assert_eq!(v["ports"][0]["netns"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<StatsInfo>(v).unwrap(), all, "the CLI reads what the daemon writes");
+        let only_b = d.stats(Some("b")).unwrap();
+        assert!(only_b.ports.is_empty() && only_b.networks.len() == 1 && only_b.workers.len() == 2);
+        let e = d.stats(Some("nope")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(e.message.contains("no network named \"nope\""), "{e}");
+    }
+
     #[test]
     fn a_replaced_port_has_no_rate_rather_than_a_wrong_one() {
         let old = Arc::new(PortStats::default());
