@@ -108,7 +108,34 @@ fn serve(d: &Daemon, mut stream: TcpStream) {
         }
         Asked::Error(code, reason) => respond(&mut stream, code, reason, &format!("{code} {reason}\n"), false),
     };
+    linger(stream);
+}
+
+/// Most unread request bytes discarded before closing, and for how long.
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// Closes after the response has left: our side is shut for writing, then
+/// what the client still sends (a body, an overlong head) is read and thrown
+/// away, within bounds. Closing with unread data makes the kernel send a
+/// reset, and a client may then lose the response before reading it (the
+/// "lingering close" of HTTP servers; RFC 9112 §9.6).
+fn linger(mut stream: TcpStream) {
     let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    while read < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n,
+        }
+    }
 }
 
 /// Reads until the blank line that ends a request head; `None` if the
