@@ -523,3 +523,27 @@ fn watch_on_a_terminal_redraws_in_place() {
     sh(&["kill", "-INT", &pid]);
     assert_eq!(script.wait().unwrap().code(), Some(0), "Ctrl-C ends --watch with status 0");
 }
+
+#[test]
+fn a_metrics_address_in_use_stops_the_start_with_a_clear_error() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("tapyard-it-{}", name("inuse")));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(TAPYARD)
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .args(["daemon", "--uplink", "none", "--workers", "1", "--metrics", &addr, "--state-dir"])
+        .arg(dir.join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr} for --metrics")), "{err}");
+    // A malformed address is the caller's mistake: usage error, status 2.
+    let out = Command::new(TAPYARD).args(["daemon", "--metrics", "localhost"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
