@@ -103,6 +103,11 @@ impl PuntQueue {
         true
     }
 
+    /// Frames waiting for the gateway thread now (at most [`PUNT_DEPTH`]); for statistics.
+    pub fn depth(&self) -> usize {
+        self.ready.len()
+    }
+
     pub fn pop(&self) -> Option<Punted> {
         self.ready.pop()
     }

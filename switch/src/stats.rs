@@ -172,18 +172,22 @@ impl BurstCount {
 /// Declares a struct of named counters once: the field is the name, so a
 /// listing cannot forget one or spell it differently (as Firecracker's
 /// metrics structs do). Generates `snapshot()`, every counter by name, zeros
-/// included, for the control socket; `NAMES` for the docs' tables.
+/// included, for the control socket; `NAMES` for the docs' tables; `HELP`,
+/// each counter's doc comment (Prometheus' `# HELP`), so every field needs one.
 macro_rules! counters {
-    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident,)* }) => {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[doc = $doc:literal])* $field:ident,)* }) => {
         $(#[$m])*
         #[derive(Default, Debug)]
         pub struct $name {
-            $($(#[$fm])* pub $field: AtomicU64,)*
+            $($(#[doc = $doc])* pub $field: AtomicU64,)*
         }
 
         impl $name {
             /// Every counter's name, in declaration order.
             pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Every counter's doc comment, in declaration order (lines joined).
+            pub const HELP: &'static [&'static str] = &[$(concat!($($doc),*)),*];
 
             /// Every counter by name, zeros included.
             pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
@@ -222,18 +226,28 @@ counters! {
 counters! {
     /// Counters of one network's gateway responder (written by the gateway thread).
     pub struct GatewayStats {
-        /// DHCP replies sent, by message type.
+        /// DHCPOFFER replies sent.
         dhcp_offer,
+        /// DHCPACK replies sent.
         dhcp_ack,
+        /// DHCPNAK replies sent.
         dhcp_nak,
+        /// DHCP replies of other types sent.
         dhcp_other,
-        /// DHCP messages dropped by the server, by reason (ipam's `DhcpDrop`).
+        // DHCP messages dropped by the server, by reason (ipam's `DhcpDrop`):
+        /// DHCP messages dropped: shorter than the fixed header, or an option runs past the end.
         truncated,
+        /// DHCP messages dropped: without the DHCP magic cookie.
         bad_magic,
+        /// DHCP messages dropped: hardware type not Ethernet.
         not_ethernet,
+        /// DHCP messages dropped: a BOOTREPLY, or no or an invalid message type option.
         bad_message,
+        /// DHCP messages dropped: a message type a server does not handle (OFFER, ACK, NAK from a client).
         unexpected,
+        /// DHCP messages dropped: no address left to offer.
         exhausted,
+        /// DHCP messages dropped: a REQUEST for another server, or about a lease we do not know.
         not_for_us,
         /// IPv4/UDP to port 67 whose headers or checksums do not check out.
         dhcp_malformed,
@@ -247,6 +261,50 @@ counters! {
         icmp_error_sent,
         /// Batches whose DHCP replies were withheld because the lease journal could not be written.
         journal_error,
+    }
+}
+
+/// Counters of one worker thread, written only by that worker, once per
+/// turn of its loop (never per frame), read by the control plane.
+///
+/// Single writer: the worker adds with a plain load and store (no locked
+/// read-modify-write), so a turn costs a few stores to a cache line only
+/// its own core writes; the control plane's once-a-second read is the only
+/// time the line moves. `CachePadded` keeps two workers' counters off one line.
+#[derive(Default, Debug)]
+pub struct WorkerStats {
+    /// Turns of the loop: one `poll` and the bursts served after it.
+    pub turns: AtomicU64,
+    /// Turns that found at least one frame.
+    pub busy_turns: AtomicU64,
+    /// Bursts read (one per port served per turn, frames or not).
+    pub bursts: AtomicU64,
+    /// Frames read.
+    pub frames: AtomicU64,
+    /// Nanoseconds spent serving ports in turns that found frames (the
+    /// clock is read twice per such turn; a turn without frames counts as idle).
+    pub busy_ns: AtomicU64,
+    /// Ports on the pending list at the end of the last turn: ports whose
+    /// last burst filled up and are served again without waiting in `poll`
+    /// (a gauge).
+    pub pending: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Adds one turn's counts. Only the owning worker calls this (see the type's doc).
+    #[inline]
+    pub fn add_turn(&self, bursts: u64, frames: u64, busy_ns: u64, pending: usize) {
+        let add = |c: &AtomicU64, n: u64| c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+        add(&self.turns, 1);
+        if frames > 0 {
+            add(&self.busy_turns, 1);
+            add(&self.bursts, bursts);
+            add(&self.frames, frames);
+            add(&self.busy_ns, busy_ns);
+        } else if bursts > 0 {
+            add(&self.bursts, bursts);
+        }
+        self.pending.store(pending as u64, Relaxed);
     }
 }
 

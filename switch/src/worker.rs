@@ -16,16 +16,18 @@
 //!
 //! Nothing in steady state allocates, locks or logs: buffers, the pending
 //! list and the per-burst counters are sized at start. Counters are added to
-//! the shared per-port stats once per burst.
+//! the shared per-port stats once per burst; the worker's own counters
+//! ([`WorkerStats`]: turns, bursts, frames, busy time, pending ports) once per turn.
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
+use crossbeam::utils::CachePadded;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -35,6 +37,7 @@ use crate::datapath::egress::Egress;
 use crate::packet::{Batch, HEADROOM};
 use crate::port::{PortId, RecvState};
 use crate::snapshot::{PortView, Snapshot};
+use crate::stats::WorkerStats;
 use crate::wire::vnet::VnetHdr;
 
 const WAKER: Token = Token(usize::MAX);
@@ -56,6 +59,8 @@ pub struct WorkerHandle {
     pub waker: Arc<Waker>,
     /// The epoch of the snapshot this worker runs on.
     pub adopted: Arc<AtomicU64>,
+    /// Its loop's counters (written once per turn by the worker alone).
+    pub stats: Arc<CachePadded<WorkerStats>>,
     pub thread: std::thread::JoinHandle<()>,
 }
 
@@ -76,18 +81,20 @@ pub fn spawn(index: usize, core: Option<core_affinity::CoreId>, shared: Shared) 
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let adopted = Arc::new(AtomicU64::new(0));
     let adopted2 = adopted.clone();
+    let stats = Arc::new(CachePadded::new(WorkerStats::default()));
+    let stats2 = stats.clone();
     let thread = std::thread::Builder::new().name(format!("tapyard-w{index}")).spawn(move || {
         if let Some(core) = core {
             if !core_affinity::set_for_current(core) {
                 tracing::warn!(worker = index, core = core.id, "could not pin worker to its core");
             }
         }
-        let mut w = Worker::new(index, poll, shared, adopted2);
+        let mut w = Worker::new(index, poll, shared, adopted2, stats2);
         if let Err(e) = w.run() {
             tracing::error!(worker = index, error = %e, "worker stopped");
         }
     })?;
-    Ok(WorkerHandle { waker, adopted, thread })
+    Ok(WorkerHandle { waker, adopted, stats, thread })
 }
 
 struct Worker {
@@ -95,6 +102,7 @@ struct Worker {
     poll: Poll,
     shared: Shared,
     adopted: Arc<AtomicU64>,
+    stats: Arc<CachePadded<WorkerStats>>,
     snap: Arc<Snapshot>,
     /// Ports this worker has registered with its poller.
     owned: Vec<PortId>,
@@ -108,13 +116,20 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(index: usize, poll: Poll, shared: Shared, adopted: Arc<AtomicU64>) -> Worker {
+    fn new(
+        index: usize,
+        poll: Poll,
+        shared: Shared,
+        adopted: Arc<AtomicU64>,
+        stats: Arc<CachePadded<WorkerStats>>,
+    ) -> Worker {
         let n = usize::from(u16::MAX) + 1;
         Worker {
             index,
             poll,
             shared,
             adopted,
+            stats,
             snap: Arc::new(Snapshot::default()),
             owned: Vec::with_capacity(1024),
             pending: VecDeque::with_capacity(1024),
@@ -146,7 +161,12 @@ impl Worker {
             if reload {
                 self.adopt();
             }
-            self.serve_pending();
+            // Per-turn counters: two clock reads only in a turn with ports to serve.
+            let bursts = self.pending.len();
+            let start = (bursts > 0).then(Instant::now);
+            let frames = self.serve_pending();
+            let busy_ns = start.filter(|_| frames > 0).map_or(0, |t| t.elapsed().as_nanos() as u64);
+            self.stats.add_turn(bursts as u64, frames, busy_ns, self.pending.len());
         }
         Ok(())
     }
@@ -201,8 +221,10 @@ impl Worker {
         self.adopted.store(self.snap.epoch, Ordering::Release);
     }
 
-    fn serve_pending(&mut self) {
+    /// Serves every pending port one burst; returns the frames read.
+    fn serve_pending(&mut self) -> u64 {
         let now = self.shared.clock.now_secs();
+        let mut frames = 0;
         for _ in 0..self.pending.len() {
             let Some(id) = self.pending.pop_front() else {
                 break;
@@ -218,6 +240,7 @@ impl Worker {
             };
             let mut io = Io { batch: &mut self.batch, egress: &mut self.egress, queue };
             let state = burst(&mut io, &self.snap, view, now);
+            frames += self.batch.len() as u64;
             match state {
                 RecvState::More => self.mark_pending(id),
                 RecvState::Drained => {}
@@ -235,6 +258,7 @@ impl Worker {
                 }
             }
         }
+        frames
     }
 }
 

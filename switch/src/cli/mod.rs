@@ -7,6 +7,7 @@ pub mod bench;
 pub mod client;
 pub mod lab;
 pub mod rootless;
+mod stats;
 mod table;
 
 use std::os::unix::fs::MetadataExt;
@@ -127,6 +128,10 @@ pub enum Cmd {
     /// Show or flush the forwarding database (learned MAC addresses).
     #[command(subcommand)]
     Fdb(FdbCmd),
+    /// Statistics: per port, network, router and worker: packets, bytes,
+    /// drops by reason, rates over the last second, queue depths, FDB
+    /// occupancy (docs/stats.md).
+    Stats(stats::StatsArgs),
     /// The embedded default lab: two networks, four namespaces, a connectivity matrix.
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -212,6 +217,11 @@ pub struct DaemonArgs {
     /// when it is unix://PATH, else /var/run/docker.sock].
     #[arg(long, value_name = "PATH", requires = "docker_plugin")]
     pub docker_host: Option<PathBuf>,
+    /// Serve the counters in Prometheus' text format at http://ADDR:PORT/metrics,
+    /// like 127.0.0.1:9464 (opt-in; no authentication: keep it on loopback
+    /// or a management network; docs/stats.md).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -646,6 +656,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                     .docker_plugin
                     .then(|| crate::control::docker::socket_path(a.docker_plugin_socket.as_deref())),
                 docker_api: a.docker_plugin.then(|| crate::control::docker::api_path(a.docker_host.as_deref())),
+                metrics: a.metrics,
             };
             crate::control::server::run(cfg)?;
         }
@@ -808,6 +819,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
         }
         Cmd::Exec { netns, cmd } => return rootless::exec(&socket, &netns, &cmd),
         Cmd::Lab(cmd) => return lab::run(cmd, &socket),
+        Cmd::Stats(args) => return stats::run(args, &socket),
         Cmd::Bench(args) => return bench::run(args),
     }
     Ok(0)

@@ -6,20 +6,28 @@ use crate::control::proto::{FdbEntryInfo, LeaseInfo, NetworkInfo, PortInfo, Publ
 
 /// Prints rows with columns padded to their widest cell.
 fn print(header: &[&str], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    super::out(render(header, rows).trim_end_matches('\n'));
+}
+
+/// Rows with columns padded to their widest cell, a line each (`print`'s text).
+pub(super) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
+            w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
         let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<1$}", c, w[i])).collect();
-        super::out(s.join("  ").trim_end());
+        out.push_str(s.join("  ").trim_end());
+        out.push('\n');
     };
     line(header.to_vec());
     for r in rows {
         line(r.iter().map(String::as_str).collect());
     }
+    out
 }
 
 pub fn networks(nets: &[NetworkInfo]) {

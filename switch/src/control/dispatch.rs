@@ -56,6 +56,7 @@ impl Daemon {
             Request::PortLs { network } => self.port_ls(network.as_deref()).map(Reply::from),
             Request::FdbShow { network } => self.fdb_show(network.as_deref()).map(Reply::from),
             Request::FdbFlush { network } => self.fdb_flush(network.as_deref()).map(Reply::from),
+            Request::Stats { network } => self.stats(network.as_deref()).map(Reply::from),
             // The server stops the daemon once this reply is sent.
             Request::Shutdown => Ok(Stopping { stopping: true }.into()),
         }

@@ -1,7 +1,8 @@
 //! The housekeeping thread: ages the forwarding tables once a second,
 //! refreshes each port's share of its table, checks that each TAP port's
-//! namespace still exists, and acts on the workers' port events (a vanished
-//! interface, a vhost-user link going up or down).
+//! namespace still exists, acts on the workers' port events (a vanished
+//! interface, a vhost-user link going up or down), and samples the counters
+//! once a second for the rates of `stats` (stats.rs).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,8 @@ use crate::worker::PortEvent;
 const NETNS_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often the uplink's rules are checked for someone having removed them.
 const UPLINK_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the counters are sampled: rates are over this interval (docs/stats.md).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 impl Daemon {
     /// Ages forwarding tables once a second and removes ports whose device
@@ -25,8 +28,12 @@ impl Daemon {
     pub(super) fn housekeeping(&self) {
         let mut next_netns_check = Instant::now() + NETNS_CHECK_EVERY;
         let mut next_uplink_check = Instant::now() + UPLINK_CHECK_EVERY;
+        self.sample_stats();
+        let mut next_sample = Instant::now() + SAMPLE_EVERY;
         while !self.stop.load(Ordering::Relaxed) {
-            match self.events.recv_timeout(Duration::from_secs(1)) {
+            // Wake for the next sample at the latest, so that rates are over one second, not two.
+            let wait = next_sample.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            match self.events.recv_timeout(wait) {
                 Ok(PortEvent::Gone { port, errno }) => self.remove_vanished(port, None, &format!("errno {errno}")),
                 Ok(PortEvent::VhostLink { port, up }) => {
                     let inner = self.lock();
@@ -44,6 +51,14 @@ impl Daemon {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_sample {
+                self.sample_stats();
+                // From when it was due, not from now: samples stay about a second apart.
+                next_sample += SAMPLE_EVERY;
+                if next_sample < Instant::now() {
+                    next_sample = Instant::now() + SAMPLE_EVERY;
+                }
             }
             if Instant::now() >= next_netns_check {
                 self.check_namespaces();

@@ -20,7 +20,9 @@
 //! | `ports.rs` | port lifecycle: one allocator for TAP and vhost-user ports, new or restored; the worker each goes to; removal; which host ports each publishes, and where the firewall forwards them |
 //! | `publish.rs` | published ports: Docker's `-p` syntax, and the sockets that hold host ports |
 //! | `routers.rs` | routers, attachments and static routes |
-//! | `housekeeping.rs` | the once-a-second thread: FDB ageing, per-port FDB shares, the workers' port events |
+//! | `housekeeping.rs` | the once-a-second thread: FDB ageing, per-port FDB shares, the workers' port events, the statistics sample |
+//! | `stats.rs` | the `stats` request: every counter in one typed snapshot, and the once-a-second samples its rates come from |
+//! | `metrics.rs` | `daemon --metrics`: the counters in Prometheus' text format over a small HTTP server |
 //! | `build.rs` | configuration → [`Snapshot`], pure |
 //! | `gateway.rs` | the slow path for punted frames, behind [`gateway::Control`] |
 //! | `proto.rs`, `server.rs` | the control protocol's types and its socket |
@@ -35,6 +37,7 @@ pub mod docker;
 pub mod firewall;
 pub mod gateway;
 mod housekeeping;
+pub mod metrics;
 pub mod netns;
 mod networks;
 pub mod persist;
@@ -43,6 +46,7 @@ pub mod proto;
 pub mod publish;
 mod routers;
 pub mod server;
+mod stats;
 #[cfg(test)]
 mod tests;
 pub mod uplink;
@@ -97,6 +101,26 @@ pub struct Config {
     /// dockerd's API socket, asked for the names of containers on tapyard
     /// networks (`--docker-host`); none: ports show the sandbox only.
     pub docker_api: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Config {
+    /// A daemon on `socket` with `state_dir`: one worker, the default pools,
+    /// no uplink and nothing optional (tests start from it).
+    pub fn new(socket: PathBuf, state_dir: PathBuf) -> Config {
+        Config {
+            socket,
+            state_dir,
+            workers: 1,
+            busy: false,
+            default_pools: tapyard_ipam::default_pools(),
+            uplink: None,
+            docker_plugin: None,
+            docker_api: None,
+            metrics: None,
+        }
+    }
 }
 
 struct Network {
@@ -178,6 +202,8 @@ pub struct Daemon {
     /// For ports that report link changes (vhost-user).
     event_tx: Sender<PortEvent>,
     clock: Clock,
+    /// The two newest statistics samples, for rates (stats.rs).
+    sampler: Mutex<stats::Sampler>,
     /// How many times a change waited for the workers (tests check which do).
     #[cfg(test)]
     adoption_waits: std::sync::atomic::AtomicUsize,
@@ -241,6 +267,7 @@ impl Daemon {
             events: rx,
             event_tx: tx,
             clock,
+            sampler: Mutex::default(),
             #[cfg(test)]
             adoption_waits: Default::default(),
         });
@@ -253,6 +280,14 @@ impl Daemon {
             }
         }
         d.restore(state);
+        if let Some(addr) = d.cfg.metrics {
+            // Bound here, before anything depends on the daemon: a taken
+            // address stops the start with a clear error.
+            if let Err(e) = metrics::spawn(d.clone(), addr) {
+                d.stop_workers();
+                return Err(e);
+            }
+        }
         let hk = d.clone();
         std::thread::Builder::new().name("tapyard-hk".into()).spawn(move || hk.housekeeping())?;
         let gw = d.clone();

@@ -158,6 +158,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<String>,
     },
+    /// Counters, rates over the last second and queue depths of every port,
+    /// network, router and worker (`tapyard stats`; docs/stats.md); with
+    /// `network`, that network's ports, the network and its router only.
+    Stats {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+    },
     /// Stops the daemon as SIGTERM does: ports removed, socket removed.
     Shutdown,
 }
@@ -330,6 +337,8 @@ pub enum Reply {
     Fdb(Vec<FdbEntryInfo>),
     /// `fdb_flush`.
     Flushed(Flushed),
+    /// `stats`.
+    Stats(Box<StatsInfo>),
     /// `shutdown`.
     Stopping(Stopping),
 }
@@ -362,6 +371,7 @@ reply_from! {
     Leases(Vec<LeaseInfo>),
     Fdb(Vec<FdbEntryInfo>),
     Flushed(Flushed),
+    Stats(StatsInfo),
     Stopping(Stopping),
 }
 
@@ -648,6 +658,134 @@ pub struct FdbEntryInfo {
     #[serde(with = "empty_as_null", default)]
     pub ifname: String,
     pub age_secs: u32,
+}
+
+/// `stats`: one snapshot of the daemon's counters (docs/stats.md says what
+/// each field means). Counters count since the daemon started (a port's,
+/// since it was connected); rates are over the last full sample interval
+/// of the housekeeping thread (about one second), integers per second.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsInfo {
+    /// Length of the interval the rates are over, in milliseconds (about
+    /// 1000); 0 until the daemon has taken two samples, and then every rate is 0.
+    pub interval_ms: u64,
+    /// Milliseconds since the newest sample was taken (rates are that old).
+    pub sample_age_ms: u64,
+    pub ports: Vec<PortStatsInfo>,
+    pub networks: Vec<NetworkStatsInfo>,
+    pub routers: Vec<RouterStatsInfo>,
+    pub workers: Vec<WorkerStatsInfo>,
+    /// The queue of frames from the workers to the gateway thread (ARP,
+    /// DHCP, ICMP, routed packets needing the slow path).
+    pub punt_queue: QueueDepthInfo,
+}
+
+/// Packets, bits and drops per second over the last sample interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RatesInfo {
+    pub rx_pps: u64,
+    /// Bits per second of frames received (Ethernet header and payload, no FCS).
+    pub rx_bps: u64,
+    pub tx_pps: u64,
+    pub tx_bps: u64,
+    /// Frames dropped per second, every reason.
+    pub drops_ps: u64,
+}
+
+/// A bounded queue: what it holds now and the most it can.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepthInfo {
+    pub depth: u64,
+    pub capacity: u64,
+}
+
+/// `stats`: one port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatsInfo {
+    pub id: u16,
+    pub network: String,
+    /// Null for a vhost-user port (as in the port object).
+    #[serde(with = "empty_as_null", default)]
+    pub netns: String,
+    #[serde(with = "empty_as_null", default)]
+    pub ifname: String,
+    /// The socket of a vhost-user port; absent for a TAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<String>,
+    /// The uplink port (tapyard's TAP into the daemon's namespace).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uplink: bool,
+    /// The workers reading it, by queue.
+    pub workers: Vec<usize>,
+    pub counters: PortCounters,
+    pub rates: RatesInfo,
+    /// A vhost-user port's own counters (as `vhost.counters` in the port
+    /// object: rejected chains, `no_rx_buffers` when the guest's receive
+    /// ring was empty, kicks, calls); absent for a TAP.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vhost_counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// `stats`: one network, its ports' counters summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatsInfo {
+    pub name: String,
+    pub ports: usize,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason over its ports, every reason listed.
+    pub drops: std::collections::BTreeMap<String, u64>,
+    pub rates: RatesInfo,
+    /// Live entries of its forwarding table, and the most it holds (`--fdb-capacity`).
+    pub fdb_entries: u64,
+    pub fdb_capacity: u64,
+    /// Sum of its ports' `learn_full`: source MACs not learned because the table was full.
+    pub learn_full: u64,
+    /// Active DHCP leases and static addresses of ports (leases that have
+    /// not expired); 0 for a network without a subnet.
+    pub leases: u64,
+    /// The router it is attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+    /// What routing did with packets that entered from it (as in the network object).
+    pub route_counters: std::collections::BTreeMap<String, u64>,
+    /// The gateway's DHCP, ARP and ICMP counters (as in the network object).
+    pub gateway_counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// `stats`: one router.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStatsInfo {
+    pub name: String,
+    pub networks: Vec<String>,
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Packets routed per second over the last sample interval.
+    pub routed_pps: u64,
+}
+
+/// `stats`: one worker thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatsInfo {
+    pub index: usize,
+    /// Ports (or queues of multi-queue ports) it reads.
+    pub ports: usize,
+    /// Loop turns (one `poll` and the bursts after it), those that found
+    /// frames, bursts, frames, and nanoseconds spent on turns with frames.
+    pub turns: u64,
+    pub busy_turns: u64,
+    pub bursts: u64,
+    pub frames: u64,
+    pub busy_ns: u64,
+    /// Frames per second over the last sample interval.
+    pub frames_ps: u64,
+    /// Busy time per second over the last sample interval, in millionths
+    /// (1,000,000 = always busy). With `--poll busy` the idle spinning is not busy.
+    pub busy_ppm: u64,
+    /// Ports on its pending list after its last turn: ports with frames
+    /// left over from a full burst, served next turn without waiting.
+    pub pending: u64,
 }
 
 /// A string field that is absent for some ports (a vhost-user port has no

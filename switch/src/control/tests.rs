@@ -91,16 +91,7 @@ impl Drop for TestDaemon {
 }
 
 fn config(dir: &std::path::Path) -> Config {
-    Config {
-        socket: dir.join("tapyard.sock"),
-        state_dir: dir.to_path_buf(),
-        workers: 2,
-        busy: false,
-        default_pools: tapyard_ipam::default_pools(),
-        uplink: None,
-        docker_plugin: None,
-        docker_api: None,
-    }
+    Config { workers: 2, ..Config::new(dir.join("tapyard.sock"), dir.to_path_buf()) }
 }
 
 fn create_req(name: &str, f: impl FnOnce(&mut NetworkCreate)) -> Request {

@@ -21,17 +21,11 @@ struct T {
 
 fn config(dir: &Path) -> Config {
     Config {
-        socket: dir.join("tapyard.sock"),
-        state_dir: dir.to_path_buf(),
-        workers: 1,
-        busy: false,
         default_pools: vec!["10.213.0.0/16"
             .parse::<Ipv4Net>()
             .map(|base| tapyard_ipam::DefaultPool { base, size: 24 })
             .expect("valid")],
-        uplink: None,
-        docker_plugin: None,
-        docker_api: None,
+        ..Config::new(dir.join("tapyard.sock"), dir.to_path_buf())
     }
 }
 
