@@ -25,7 +25,7 @@ if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
   fi
   cargo build --all-targets --quiet   # build outside: the user namespace has no network for crates.io
   env TAPYARD_IN_USERNS=1 unshare --user --map-root-user --net --mount -- "$0" "$@"
-  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker and vm-guest (they need root)"
+  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker, rootless podman and vm-guest (they need root)"
   exit 0
 fi
 if [ -n "${TAPYARD_IN_USERNS:-}" ]; then
@@ -50,7 +50,7 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
   skipped+=("rootless pass (TAPYARD_SKIP_ROOTLESS is set)")
 else
   scripts/test-rootless.sh
-  skipped+=("tests/cni_podman.rs in the rootless pass (podman cannot run as root of a user namespace here; it runs in the root pass)")
+  skipped+=("tests/cni_podman.rs in the rootless pass (rootful podman cannot run as root of a single-uid user namespace here; it runs in the root pass; rootless podman itself is scripts/test-rootless-podman.sh)")
   skipped+=("containers in tests/docker_real.rs in the rootless pass (a rootful dockerd started as root of a single-uid user namespace makes tapyard networks, but runc cannot start containers there: devpts gid 5 is unmapped; the root pass runs them, and scripts/test-docker-rootless.sh runs them under Docker's own rootless mode)")
 fi
 # A rootless daemon started plainly by an unprivileged user: its own
@@ -71,6 +71,16 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
   skipped+=("rootless Docker (TAPYARD_SKIP_ROOTLESS is set)")
 else
   scripts/test-docker-rootless.sh
+fi
+# Rootless podman (CNI backend) with tapyard-cni, as a throwaway user with
+# subordinate ids: the daemon as root of podman's user namespace, pasta its
+# uplink; containers ping each other and the gateway, egress and a published
+# port (scripts/test-rootless-podman.sh; the user, its subuid/subgid lines
+# and /dev/net/tun's mode are restored afterwards).
+if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
+  skipped+=("rootless podman (TAPYARD_SKIP_ROOTLESS is set)")
+else
+  scripts/test-rootless-podman.sh
 fi
 # A real VM on a vhost-user port: QEMU (TCG) with Linux's virtio_net driver gets
 # a DHCP lease from tapyard and pings a container both ways (scripts/vm-guest.sh;
