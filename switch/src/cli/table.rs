@@ -63,9 +63,11 @@ pub fn ports(ports: &[PortInfo]) {
                     if v.connected { format!("up:{}", v.features.join(",")) } else { "down".into() },
                 ),
                 // A container's port: its name says more than its sandbox's path.
-                None => {
-                    (p.container.clone().unwrap_or_else(|| p.netns.clone()), p.ifname.clone(), p.offloads.join(","))
-                }
+                None => (
+                    p.container.as_ref().map_or_else(|| p.netns.clone(), |c| c.name.clone()),
+                    p.ifname.clone(),
+                    p.offloads.join(","),
+                ),
             };
             vec![
                 p.id.to_string(),

@@ -115,9 +115,9 @@ struct Endpoint {
     /// What ProgramExternalConnectivity published (`-p` specs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     publish: Vec<String>,
-    /// The container, as dockerd's API names it (`NAME (ID12)`).
+    /// The container, as dockerd's API names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    container: Option<String>,
+    container: Option<super::proto::Container>,
 }
 
 /// Everything persisted in `docker.json`.

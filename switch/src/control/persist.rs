@@ -109,10 +109,10 @@ pub struct PortSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// The container using the port as its engine names it (a Docker
-    /// endpoint's container: `NAME (ID12)`), found by the daemon after the
-    /// container starts; shown by `port ls`.
+    /// endpoint's container), found by the daemon after the container
+    /// starts; shown by `port ls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
+    pub container: Option<super::proto::Container>,
 }
 
 impl PortSpec {

@@ -522,9 +522,16 @@ pub struct PortInfo {
     /// The `owner` given to `connect` (the CNI plugin: the container id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// The container using the port, as its engine names it (Docker: `NAME (ID12)`).
+    /// The container using the port, as its engine names it (Docker ports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
+    pub container: Option<Container>,
+}
+
+/// A container as its engine shows it: `docker ps`'s name and the full id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub name: String,
+    pub id: String,
 }
 
 /// `port set`: the port is named as for `disconnect` (a TAP by `netns` and

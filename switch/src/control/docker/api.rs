@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::control::proto::Container;
+
 /// The most of an answer read: a few hundred bytes per container.
 const MAX_REPLY: u64 = 32 << 20;
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,12 +44,12 @@ struct Net {
 }
 
 /// Every container dockerd knows (running or not) whose networks name one
-/// of `endpoints`: endpoint id → `NAME (ID12)`.
-pub fn names(api: &Path, endpoints: &[String]) -> Result<Vec<(String, String)>, String> {
+/// of `endpoints`: endpoint id → the container.
+pub fn names(api: &Path, endpoints: &[String]) -> Result<Vec<(String, Container)>, String> {
     from_body(&get(api, "/containers/json?all=1")?, endpoints)
 }
 
-fn from_body(body: &[u8], endpoints: &[String]) -> Result<Vec<(String, String)>, String> {
+fn from_body(body: &[u8], endpoints: &[String]) -> Result<Vec<(String, Container)>, String> {
     let listed: Vec<Listed> =
         serde_json::from_slice(body).map_err(|e| format!("unexpected answer from dockerd: {e}"))?;
     Ok(listed
@@ -65,13 +67,13 @@ fn from_body(body: &[u8], endpoints: &[String]) -> Result<Vec<(String, String)>,
         .collect())
 }
 
-/// `web (3f2a1b9c0d4e)`: the name `docker ps` shows and the short id.
-fn shown(c: &Listed) -> String {
-    let id: String = c.id.chars().take(12).collect();
-    match c.names.first().map(|n| n.trim_start_matches('/')) {
-        Some(name) if !name.is_empty() => format!("{name} ({id})"),
-        _ => id,
-    }
+/// The name `docker ps` shows (its short id when it has none) and the id.
+fn shown(c: &Listed) -> Container {
+    let name = match c.names.first().map(|n| n.trim_start_matches('/')) {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => c.id.chars().take(12).collect(),
+    };
+    Container { name, id: c.id.clone() }
 }
 
 fn get(api: &Path, path: &str) -> Result<Vec<u8>, String> {
@@ -110,10 +112,14 @@ mod tests {
         let reply = [b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n".as_slice(), body].concat();
         let wanted = ["ep2".to_string(), "ep3".to_string(), "ep9".to_string()];
         let mut found = from_body(&split(&reply).unwrap(), &wanted).unwrap();
-        found.sort();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let c = |name: &str, id: &str| Container { name: name.into(), id: id.into() };
         assert_eq!(
             found,
-            [("ep2".to_string(), "web (3f2a1b9c0d4e)".to_string()), ("ep3".to_string(), "aaaaaaaaaaaa".to_string())]
+            [
+                ("ep2".to_string(), c("web", "3f2a1b9c0d4e5f60718293a4b5c6d7e8")),
+                ("ep3".to_string(), c("aaaaaaaaaaaa", "aaaaaaaaaaaaaaaa"))
+            ]
         );
         assert!(from_body(b"{\"message\":\"x\"}", &wanted).is_err());
         assert!(split(b"HTTP/1.0 404 Not Found\r\n\r\n{}").unwrap_err().contains("404"));
