@@ -127,7 +127,8 @@ pub enum Cmd {
     /// Show or flush the forwarding database (learned MAC addresses).
     #[command(subcommand)]
     Fdb(FdbCmd),
-    /// The embedded default lab: two networks, four namespaces, a connectivity matrix.
+    /// Network labs from topology files (docs/labs.md), or the embedded
+    /// default lab: two networks, four namespaces, a connectivity matrix.
     #[command(subcommand)]
     Lab(lab::LabCmd),
     /// Named network namespaces for containers: `ip netns` as root; for a
