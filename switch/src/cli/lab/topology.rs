@@ -431,6 +431,8 @@ fn check_ifname(s: &str) -> Result<(), String> {
     crate::control::netns::check_ifname(s).map_err(|e| format!("{e} (IFNAMSIZ is 16 with the final NUL)"))
 }
 
+type LinkEnd = (Spanned<String>, usize, Option<(Ipv4Addr, u8)>);
+
 fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topology {
     // The lab's name: --prefix, else `name`, else the file's stem.
     let name = match (rename, &raw.name) {
@@ -629,8 +631,9 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
     }
 
     // Links: each a network of its own, without IPAM.
-    let mut link_ends: Vec<(Spanned<String>, usize, usize, Option<(Ipv4Addr, u8)>)> = vec![];
-    for (li, l) in raw.links.iter().enumerate() {
+    // Each endpoint: its text (for positions), its network's index, its address.
+    let mut link_ends: Vec<LinkEnd> = vec![];
+    for l in &raw.links {
         let lr = l.get_ref();
         let eps = lr.endpoints.get_ref();
         if eps.len() != 2 {
@@ -724,7 +727,7 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
             link: Some([eps[0].get_ref().clone(), eps[1].get_ref().clone()]),
         });
         for (k, e) in eps.iter().enumerate() {
-            link_ends.push((e.clone(), ni, li, addrs[k]));
+            link_ends.push((e.clone(), ni, addrs[k]));
         }
     }
 
@@ -829,7 +832,7 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
             ifaces.push(Interface { network: ir.network.get_ref().clone(), ifname, mac, address, impair });
         }
         // Link endpoints on this node.
-        for (e, ni, _li, addr) in
+        for (e, ni, addr) in
             link_ends.iter().filter(|(e, ..)| e.get_ref().split_once(':').is_some_and(|(n, _)| n == node_name))
         {
             let ifname = e.get_ref().split_once(':').map(|(_, i)| i.to_string()).unwrap_or_default();
@@ -1127,7 +1130,7 @@ interfaces = [{ network = "front", address = "dhcp" }]
             has(&p, "4:42", words);
         }
         // A gateway of one's own moves the reserved address.
-        ok(&format!("[networks.n]\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.254\"\n[nodes.a]\ninterfaces = [{{ network = \"n\", address = \"10.0.0.1/24\" }}]\n"));
+        ok("[networks.n]\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.254\"\n[nodes.a]\ninterfaces = [{ network = \"n\", address = \"10.0.0.1/24\" }]\n");
         has(&bad("[networks.n]\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.9.0.1\"\n"), "3:11", "outside the subnet");
         has(&bad("[networks.n]\nsubnet = \"10.0.0.1/24\"\n"), "2:10", "host bits set");
         has(
