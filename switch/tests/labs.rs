@@ -244,11 +244,16 @@ fn the_minimal_file_works_dhcp_node_gets_an_address_and_routes_through_the_route
     let db2 = st2[0]["interfaces"].as_array().unwrap().iter().find(|i| i["node"] == "db").cloned().unwrap();
     assert!(db2["rx_packets"].as_u64() >= db["rx_packets"].as_u64(), "counters come from port ls");
     assert!(db2["rx_packets"].as_u64().unwrap() >= 2, "db answered two pings: {db2}");
+    let record = d.dir.join(format!("run/lab-{prefix}.json"));
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let udhcpc = rec["processes"][0]["pid"].as_u64().unwrap();
+    assert!(std::fs::read_to_string(format!("/proc/{udhcpc}/cmdline")).unwrap().contains("udhcpc"));
     lab_ok(&d.socket, &["lab", "down", &prefix]);
     assert!(namespaces(&prefix).is_empty());
     assert_eq!(d.json(&["network", "ls"]).as_array().unwrap().len(), 0, "the lab's networks are gone");
     assert_eq!(d.json(&["router", "ls"]).as_array().unwrap().len(), 0, "the lab's router is gone");
-    assert!(processes(&format!("hostname:client")).iter().all(|p| !p.contains(&prefix)));
+    let alive = std::fs::read_to_string(format!("/proc/{udhcpc}/stat")).is_ok_and(|s| !s.contains(") Z"));
+    assert!(!alive, "the DHCP client is stopped");
 }
 
 #[test]
