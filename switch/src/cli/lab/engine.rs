@@ -240,7 +240,7 @@ pub fn tool_exists(tool: &str) -> bool {
 /// daemon it started and the files to remove when it stops.
 fn ensure_daemon(socket: &Path, name: &str) -> anyhow::Result<(Option<u32>, Vec<PathBuf>)> {
     if client::call::<PingInfo>(socket, &Request::Ping).is_ok() {
-        println!("using the tapyard daemon at {}", socket.display());
+        say!("using the tapyard daemon at {}", socket.display());
         return Ok((None, vec![]));
     }
     let dir = runtime_dir(socket);
@@ -284,7 +284,7 @@ fn ensure_daemon(socket: &Path, name: &str) -> anyhow::Result<(Option<u32>, Vec<
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("started a tapyard daemon (pid {}) at {}; log: {}", child.id(), socket.display(), log.display());
+    say!("started a tapyard daemon (pid {}) at {}; log: {}", child.id(), socket.display(), log.display());
     Ok((Some(child.id()), vec![state_dir, log]))
 }
 
@@ -318,7 +318,7 @@ impl Progress {
             b.set_message(what.to_string());
             b.inc(1);
         } else if self.plain && (n * 10 / self.total != (n - 1) * 10 / self.total || n == self.total) {
-            println!("  {n}/{} nodes", self.total);
+            say!("  {n}/{} nodes", self.total);
         }
     }
 
@@ -347,7 +347,7 @@ pub fn up(socket: &Path, topo: Topology, opts: UpOptions) -> anyhow::Result<Reco
     match read_record(socket, &name) {
         Ok(Some(old)) => match old.foreground_pid {
             Some(pid) if !process_alive(pid) => {
-                println!("cleaning up what an earlier lab {name:?} left behind");
+                say!("cleaning up what an earlier lab {name:?} left behind");
                 teardown(socket, &old);
             }
             Some(pid) => bail!("lab {name:?} is already up (pid {pid}); run `tapyard lab down {name}` first"),
@@ -397,7 +397,7 @@ pub fn up(socket: &Path, topo: Topology, opts: UpOptions) -> anyhow::Result<Reco
         Ok(()) => {
             save(socket, &rec)?;
             let t = t0.elapsed();
-            println!(
+            say!(
                 "lab {name:?} is up: {} nodes, {} networks, {} routers in {:.1} s",
                 rec.topology.nodes.len(),
                 rec.topology.networks.len(),
@@ -866,7 +866,7 @@ fn stop_daemon(socket: &Path, rec: &Record) {
                 o.daemon_pid = Some(pid);
                 o.daemon_files.clone_from(&rec.daemon_files);
                 if save(socket, &o).is_ok() {
-                    println!("the daemon (pid {pid}) keeps running for lab {other:?}");
+                    say!("the daemon (pid {pid}) keeps running for lab {other:?}");
                     return;
                 }
             }
@@ -994,33 +994,42 @@ pub fn status(socket: &Path, rec: &Record) -> LabStatus {
 pub fn print_status(s: &LabStatus) {
     use crate::cli::out;
     out(&format!("lab {}{}", s.name, s.file.as_ref().map(|f| format!(" ({f})")).unwrap_or_default()));
+    let w = |col: &[&str], head: &str| col.iter().map(|c| c.len()).chain([head.len()]).max().unwrap_or(0);
+    let nodes: Vec<&str> = s.interfaces.iter().map(|i| i.node.as_str()).collect();
+    let ifs: Vec<&str> = s.interfaces.iter().map(|i| i.ifname.as_str()).collect();
+    let nets: Vec<&str> = s.interfaces.iter().map(|i| i.network.as_str()).collect();
+    let addrs: Vec<&str> = s.interfaces.iter().map(|i| i.address.as_deref().unwrap_or("-")).collect();
+    let (wn, wi, we, wa) = (w(&nodes, "NODE"), w(&ifs, "IFNAME"), w(&nets, "NETWORK"), w(&addrs, "ADDRESS"));
     out(&format!(
-        "  {:<12} {:<8} {:<14} {:<18} {:<17} {:>8} {:>8} {:>6}",
+        "  {:<wn$} {:<wi$} {:<we$} {:<wa$} {:<17} {:>8} {:>8} {:>6}",
         "NODE", "IFNAME", "NETWORK", "ADDRESS", "MAC", "RX", "TX", "DROPS"
     ));
-    for i in &s.interfaces {
+    for (k, i) in s.interfaces.iter().enumerate() {
         out(&format!(
-            "  {:<12} {:<8} {:<14} {:<18} {:<17} {:>8} {:>8} {:>6}",
+            "  {:<wn$} {:<wi$} {:<we$} {:<wa$} {:<17} {:>8} {:>8} {:>6}",
             i.node,
             i.ifname,
             i.network,
-            i.address.as_deref().unwrap_or("-"),
+            addrs[k],
             i.mac.as_deref().unwrap_or("(no port)"),
             i.rx_packets,
             i.tx_packets,
             i.drops
         ));
     }
-    out(&format!("  {:<14} {:<18} {:<16} {}", "NETWORK", "SUBNET", "GATEWAY", "LINK"));
-    for n in &s.networks {
+    let names: Vec<&str> = s.networks.iter().map(|n| n["name"].as_str().unwrap_or("")).collect();
+    let wn = w(&names, "NETWORK");
+    out(&format!("  {:<wn$} {:<18} {:<16} LINK", "NETWORK", "SUBNET", "GATEWAY"));
+    for (k, n) in s.networks.iter().enumerate() {
         let link = n["link"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" <-> "));
         out(&format!(
-            "  {:<14} {:<18} {:<16} {}",
-            n["name"].as_str().unwrap_or(""),
+            "  {:<wn$} {:<18} {:<16} {}",
+            names[k],
             n["subnet"].as_str().unwrap_or("-"),
             n["gateway"].as_str().unwrap_or("-"),
             link.unwrap_or_default()
-        ));
+        )
+        .trim_end());
     }
     for r in &s.routers {
         let list = |k: &str| {

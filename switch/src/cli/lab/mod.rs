@@ -12,6 +12,24 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` for the lab's progress and results, except that a reader who
+/// went away (`lab up | head`) does not abort a half-built lab: output is
+/// a report, the lab is the job.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` as [`say!`] (no newline).
+macro_rules! say_nb {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 pub mod engine;
 pub mod topology;
 
@@ -151,9 +169,9 @@ pub fn run(cmd: LabCmd, socket: &Path) -> anyhow::Result<i32> {
         LabCmd::Down { target, prefix } => {
             let name = resolve(socket, target.as_deref(), prefix.as_deref())?;
             if engine::down(socket, &name)? {
-                println!("lab {name:?} removed");
+                say!("lab {name:?} removed");
             } else {
-                println!("no lab {name:?} is up (no {})", engine::record_path(socket, &name).display());
+                say!("no lab {name:?} is up (no {})", engine::record_path(socket, &name).display());
             }
             Ok(0)
         }
@@ -193,13 +211,13 @@ pub fn run(cmd: LabCmd, socket: &Path) -> anyhow::Result<i32> {
         LabCmd::Graph { name, output } => {
             let name = resolve(socket, name.as_deref(), None)?;
             let rec = need_record(socket, &name)?;
-            println!("{}", engine::write_graph(&rec, &output)?);
+            say!("{}", engine::write_graph(&rec, &output)?);
             Ok(0)
         }
         LabCmd::Validate { file, prefix } => {
             let t = load(Some(&file), prefix.as_deref())?;
             let s = topology::summary(&t);
-            println!(
+            say!(
                 "{}: lab {:?}: {} networks, {} links, {} routers, {} nodes; OK",
                 file.display(),
                 t.name,
@@ -226,7 +244,7 @@ fn up(socket: &Path, topo: Topology, file: Option<String>, check: bool, foregrou
     let st = engine::status(socket, &rec);
     if st.interfaces.len() <= 24 {
         for i in &st.interfaces {
-            println!(
+            say!(
                 "  {:<14} {:<10} {} {} {}",
                 i.netns,
                 rec.host(&i.network),
@@ -236,42 +254,42 @@ fn up(socket: &Path, topo: Topology, file: Option<String>, check: bool, foregrou
             );
         }
     } else {
-        println!("  {} interfaces: `tapyard lab status {name}` lists them", st.interfaces.len());
+        say!("  {} interfaces: `tapyard lab status {name}` lists them", st.interfaces.len());
     }
     if check {
         let ok = matrix(socket, &rec);
         engine::teardown(socket, &rec);
-        println!("{}", if ok { "lab check passed" } else { "lab check FAILED" });
+        say!("{}", if ok { "lab check passed" } else { "lab check FAILED" });
         return Ok(if ok { 0 } else { 1 });
     }
-    println!();
+    say!();
     if file.is_none() {
-        println!("The lab is up. Try:");
+        say!("The lab is up. Try:");
         let first = rec.topology.nodes.first().map(|n| rec.host(&n.name)).unwrap_or_default();
         let peer =
             st.interfaces.get(1).and_then(|i| i.address.as_deref()).unwrap_or("").split('/').next().unwrap_or("");
-        println!("  ip netns exec {first} ping -c 3 {peer}");
+        say!("  ip netns exec {first} ping -c 3 {peer}");
         let gw = rec.gateways.values().next().cloned().unwrap_or_default();
-        println!("  ip netns exec {first} ping -c 3 {gw}      # the gateway");
-        println!("  tapyard port ls        tapyard fdb show        tapyard network ls");
+        say!("  ip netns exec {first} ping -c 3 {gw}      # the gateway");
+        say!("  tapyard port ls        tapyard fdb show        tapyard network ls");
     } else {
-        println!("The lab is up. Try:");
-        println!("  tapyard lab status {name}");
+        say!("The lab is up. Try:");
+        say!("  tapyard lab status {name}");
         if let Some(n) = rec.topology.nodes.first() {
-            println!("  tapyard lab exec {name} {} -- ip -br addr", n.name);
+            say!("  tapyard lab exec {name} {} -- ip -br addr", n.name);
         }
-        println!("  tapyard lab graph {name} -o {name}.svg");
+        say!("  tapyard lab graph {name} -o {name}.svg");
     }
     if !foreground {
-        println!("`tapyard lab down {name}` removes it.");
+        say!("`tapyard lab down {name}` removes it.");
         return Ok(0);
     }
-    println!("Ctrl-C here, or `tapyard lab down` elsewhere, removes it.");
+    say!("Ctrl-C here, or `tapyard lab down` elsewhere, removes it.");
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     signals.forever().next();
     if engine::record_path(socket, &name).exists() {
         engine::teardown(socket, &rec);
-        println!("lab {name:?} removed");
+        say!("lab {name:?} removed");
     }
     Ok(0)
 }
@@ -346,19 +364,19 @@ fn matrix(socket: &Path, rec: &Record) -> bool {
         .max()
         .unwrap_or(4)
         .max(6);
-    println!();
-    println!("Connectivity (row pings column; ok = reached, -- = blocked, as expected; FAIL = not as expected):");
-    print!("{:w$}", "", w = w + 2);
+    say!();
+    say!("Connectivity (row pings column; ok = reached, -- = blocked, as expected; FAIL = not as expected):");
+    say_nb!("{:w$}", "", w = w + 2);
     for (_, tg) in &targets {
-        print!("{:>w$}", tg.label, w = w + 2);
+        say_nb!("{:>w$}", tg.label, w = w + 2);
     }
-    println!("{:>9}", "gateway");
+    say!("{:>9}", "gateway");
     let mut all_ok = true;
     let mut failures = vec![];
     let mut isolated = 0;
     for (r, n) in t.nodes.iter().enumerate() {
         let ns = rec.host(&n.name);
-        print!("{:<w$}", ns, w = w + 2);
+        say_nb!("{:<w$}", ns, w = w + 2);
         for (c, (_, tg)) in targets.iter().enumerate() {
             let cell = match reach[r][c] {
                 None => "·".to_string(),
@@ -388,7 +406,7 @@ fn matrix(socket: &Path, rec: &Record) -> bool {
                     }
                 }
             };
-            print!("{:>w$}", cell, w = w + 2);
+            say_nb!("{:>w$}", cell, w = w + 2);
         }
         let gw = match gw_reach[r] {
             Some(true) => "ok".to_string(),
@@ -399,12 +417,12 @@ fn matrix(socket: &Path, rec: &Record) -> bool {
                 "FAIL".to_string()
             }
         };
-        println!("{gw:>9}");
+        say!("{gw:>9}");
     }
     for f in &failures {
-        println!("  FAIL {f}");
+        say!("  FAIL {f}");
     }
-    println!(
+    say!(
         "{} pairs on the same network reach each other and their gateway; {isolated} cross-network pairs stay isolated.",
         if all_ok { "All" } else { "Not all" },
     );
