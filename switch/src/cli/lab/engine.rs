@@ -1022,7 +1022,7 @@ pub fn print_status(s: &LabStatus) {
     out(&format!("  {:<wn$} {:<18} {:<16} LINK", "NETWORK", "SUBNET", "GATEWAY"));
     for (k, n) in s.networks.iter().enumerate() {
         let link = n["link"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" <-> "));
-        out(&format!(
+        out(format!(
             "  {:<wn$} {:<18} {:<16} {}",
             names[k],
             n["subnet"].as_str().unwrap_or("-"),
