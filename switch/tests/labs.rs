@@ -412,3 +412,30 @@ fn graph_writes_dot_and_svg_with_nodes_networks_routers_and_addresses() {
     let s = std::fs::read_to_string(&svg).unwrap();
     assert!(s.contains("<svg") && s.contains("web1") && s.contains("10.31.2.10/24"), "{s}");
 }
+
+#[test]
+fn the_daemon_a_lab_started_stays_while_another_lab_uses_it() {
+    if !common::net_admin() {
+        return;
+    }
+    let files = Files::new("hand");
+    let sock = files.dir.join("run/tapyard.sock");
+    let (a, b) = (name("ha"), name("hb"));
+    let _ga = LabGuard { socket: sock.clone(), name: a.clone() };
+    let _gb = LabGuard { socket: sock.clone(), name: b.clone() };
+    let f =
+        files.write("one.toml", "[networks.n]\n[nodes.x]\ninterfaces = [{ network = \"n\", address = \"auto\" }]\n");
+    let out = lab_ok(&sock, &["lab", "up", f.to_str().unwrap(), "--prefix", &a]);
+    assert!(out.contains("started a tapyard daemon"), "{out}");
+    let out = lab_ok(&sock, &["lab", "up", f.to_str().unwrap(), "--prefix", &b]);
+    assert!(out.contains("using the tapyard daemon"), "{out}");
+    let out = lab_ok(&sock, &["lab", "down", &a]);
+    assert!(out.contains(&format!("keeps running for lab \"{b}\"")), "{out}");
+    assert!(sock.exists());
+    let out = lab(&sock, &["lab", "exec", &b, "x", "--", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(out.status.success() && text(&out.stdout).contains("inet "), "{}", text(&out.stderr));
+    lab_ok(&sock, &["lab", "down", &b]);
+    assert!(wait_for(5, || !sock.exists()), "the last lab down stops the daemon");
+    let left: Vec<_> = std::fs::read_dir(files.dir.join("run")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "files left: {left:?}");
+}

@@ -598,12 +598,11 @@ fn spawn_bg(
         .with_context(|| format!("cannot start {what}"))?;
     let pid = child.id();
     let start_time = proc_stat(pid).map_or(0, |s| s.1);
-    rec.lock().map_err(|_| anyhow!("poisoned"))?.processes.push(Proc {
-        node: node.into(),
-        what: what.into(),
-        pid,
-        start_time,
-    });
+    let mut r = rec.lock().map_err(|_| anyhow!("poisoned"))?;
+    r.processes.push(Proc { node: node.into(), what: what.into(), pid, start_time });
+    // Saved at once: a `lab up` killed from now on still leaves a record
+    // through which `lab down` stops this process.
+    save(&host.socket, &r)?;
     Ok(child)
 }
 
