@@ -172,7 +172,7 @@ fn up_and_down_leave_nothing_behind_and_the_daemon_it_started_stops() {
     let f = files.write(
         "clean.toml",
         &format!(
-            "{MINIMAL}[nodes.srv]\ninterfaces = [{{ network = \"back\", address = \"auto\" }}]\ncommands = [\"sleep {marker}\"]\nexec = [\"ip link set lo mtu 1500\"]\n"
+            "{MINIMAL}[nodes.srv]\ninterfaces = [{{ network = \"back\", address = \"auto\" }}]\ncommands = [\"sleep {marker}\"]\nexec = [\"test -f clean.toml\"]\n"
         ),
     );
     let sock = files.dir.join("run/tapyard.sock");

@@ -565,6 +565,12 @@ exit 0
     Ok(path)
 }
 
+/// Where a node's commands run: the topology file's directory (so that
+/// `python3 server.py` finds the file beside it), else the lab's own.
+fn workdir(r: &Record) -> PathBuf {
+    r.file.as_deref().and_then(|f| Path::new(f).parent()).map_or_else(|| r.state_dir.clone(), Path::to_path_buf)
+}
+
 /// Starts `argv` in `ns` in its own process group, output appended to
 /// `log`; records it. Returns the child, for the start-window check.
 fn spawn_bg(
@@ -578,7 +584,7 @@ fn spawn_bg(
 ) -> anyhow::Result<std::process::Child> {
     let (log, state) = {
         let r = rec.lock().map_err(|_| anyhow!("poisoned"))?;
-        (r.state_dir.join(format!("{node}.log")), r.state_dir.clone())
+        (r.state_dir.join(format!("{node}.log")), workdir(&r))
     };
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let err = out.try_clone()?;
@@ -735,9 +741,11 @@ fn build_node(
             .collect();
         run(&mut host.in_ns(&ns, &["sh", "-ec", &lines.join("\n")])).context("adding the node's routes")?;
     }
+    let dir = workdir(&*rec.lock().map_err(|_| anyhow!("poisoned"))?);
     for cmd in &node.exec {
         let out = host
             .in_ns(&ns, &["sh", "-c", cmd])
+            .current_dir(&dir)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("cannot run {cmd:?}"))?;
