@@ -889,6 +889,10 @@ fn stop_daemon(socket: &Path, rec: &Record) {
     for f in &rec.daemon_files {
         let _ = std::fs::remove_dir_all(f).or_else(|_| std::fs::remove_file(f));
     }
+    // A rootless daemon keeps its named namespaces beside its socket
+    // (docs/ROOTLESS.md); the lab removed them, so the directory is empty
+    // (remove_dir leaves a directory that is not).
+    let _ = std::fs::remove_dir(super::super::rootless::named_dir(socket));
 }
 
 /// `lab down`: removes the lab; tells a foreground `lab up` that it is gone.
