@@ -788,11 +788,6 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
             let address = match &ir.address {
                 None => Address::None,
                 Some(a) => match a.get_ref().as_str() {
-                    "auto" | "dhcp"
-                        if net.as_ref().is_some_and(|n| n.internal && n.subnet.is_none() && n.link.is_some()) =>
-                    {
-                        Address::None
-                    }
                     "auto" => Address::Auto,
                     "dhcp" => Address::Dhcp,
                     s => match parse_cidr(s) {
@@ -932,10 +927,6 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
         };
         let exec = cmds(&n.exec);
         let commands = cmds(&n.commands);
-        if ifaces.is_empty() {
-            // Legal (an isolated namespace), but most likely a mistake worth a word.
-            tracing::debug!("node {node_name} has no interfaces");
-        }
         topo.nodes.push(Node { name: node_name, interfaces: ifaces, routes, sysctls, exec, commands });
     }
     // Link endpoints naming nodes that do not exist.
