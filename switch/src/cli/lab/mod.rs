@@ -422,10 +422,12 @@ fn matrix(socket: &Path, rec: &Record) -> bool {
     for f in &failures {
         say!("  FAIL {f}");
     }
-    say!(
-        "{} pairs on the same network reach each other and their gateway; {isolated} cross-network pairs stay isolated.",
-        if all_ok { "All" } else { "Not all" },
-    );
+    let all = if all_ok { "All" } else { "Not all" };
+    if t.routers.is_empty() {
+        say!("{all} pairs on the same network reach each other and their gateway; {isolated} cross-network pairs stay isolated.");
+    } else {
+        say!("{all} pairs on one network or joined by a router reach each other and their gateway; {isolated} other pairs stay isolated.");
+    }
     all_ok
 }
 
