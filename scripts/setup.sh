@@ -5,12 +5,13 @@
 #   --lab     what `tapyard lab up` (scripts/lab.sh, the main job) needs to build
 #             and run: iproute2 (ip), util-linux (nsenter), iputils-ping (the
 #             lab's reachability check), procps (kill), a C compiler, and Rust
-#             (cargo) if missing. (A lab's daemon runs with --uplink none; a
-#             daemon with egress also needs nftables: the --tests and --bench
-#             sets install it.)
+#             (cargo) if missing, and udhcpc (the DHCP client `lab up` runs
+#             for an interface with address = "dhcp"). (A lab's daemon runs
+#             with --uplink none; a daemon with egress also needs nftables:
+#             the --tests and --bench sets install it.)
 #   --tests   (the default) the lab set and every peer the test suite
 #             (scripts/test.sh) runs: python3 (raw-socket sender), udhcpc and
-#             isc-dhcp-client (real DHCP clients), iptables (iptables-nft and
+#             isc-dhcp-client (real DHCP clients), graphviz (`lab graph` to SVG), iptables (iptables-nft and
 #             -legacy, which the firewall must coexist with), iperf3, jq, shellcheck (the
 #             shell lint), DPDK testpmd (a vhost-user peer; Debian dpdk-dev),
 #             the reference CNI plugins (containernetworking-plugins: bridge,
@@ -53,6 +54,7 @@ have ip || need+=(iproute2)
 have nsenter || need+=(util-linux)
 have ping || need+=(iputils-ping)
 have kill || need+=(procps)
+have udhcpc || need+=(udhcpc)
 have cc || need+=(gcc libc6-dev)
 if ! have cargo && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need+=(cargo rustc)
@@ -82,7 +84,7 @@ if [ $tests -eq 1 ]; then
   # Docker's rootless mode (scripts/test-docker-rootless.sh): rootlesskit and rootlessctl.
   have rootlesskit || need+=(rootlesskit)
   dpkg -s busybox-static >/dev/null 2>&1 || held_need+=(busybox-static)
-  have udhcpc || need+=(udhcpc)
+  have dot || need+=(graphviz)
   have dhclient || need+=(isc-dhcp-client)
   have shellcheck || need+=(shellcheck)
   have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)

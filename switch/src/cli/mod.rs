@@ -132,7 +132,8 @@ pub enum Cmd {
     /// drops by reason, rates over the last second, queue depths, FDB
     /// occupancy (docs/stats.md).
     Stats(stats::StatsArgs),
-    /// The embedded default lab: two networks, four namespaces, a connectivity matrix.
+    /// Network labs from topology files (docs/labs.md), or the embedded
+    /// default lab: two networks, four namespaces, a connectivity matrix.
     #[command(subcommand)]
     Lab(lab::LabCmd),
     /// Named network namespaces for containers: `ip netns` as root; for a
