@@ -741,10 +741,17 @@ fn build_node(
             .collect();
         run(&mut host.in_ns(&ns, &["sh", "-ec", &lines.join("\n")])).context("adding the node's routes")?;
     }
-    let dir = workdir(&*rec.lock().map_err(|_| anyhow!("poisoned"))?);
+    let (dir, lab_dir) = {
+        let r = rec.lock().map_err(|_| anyhow!("poisoned"))?;
+        (workdir(&r), r.state_dir.clone())
+    };
+    // What a node's commands may use: their lab, their node (the file's
+    // names) and a directory of the lab's for sockets and files.
+    let env = [("LAB", Path::new(&topo.name)), ("NODE", Path::new(&node.name)), ("LAB_DIR", lab_dir.as_path())];
     for cmd in &node.exec {
         let out = host
             .in_ns(&ns, &["sh", "-c", cmd])
+            .envs(env)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .output()
@@ -765,7 +772,7 @@ fn build_node(
     }
     let mut started = vec![];
     for cmd in &node.commands {
-        let child = spawn_bg(host, rec, &node.name, &ns, cmd, &["sh", "-c", cmd], &[])?;
+        let child = spawn_bg(host, rec, &node.name, &ns, cmd, &["sh", "-c", cmd], &env)?;
         started.push((cmd, child, Instant::now()));
     }
     // A command that fails to start (missing program, bad option) exits at
