@@ -520,6 +520,10 @@ impl Run<'_> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A Ctrl-C from the terminal ends the tool too: its output is not a measurement.
+        if labkit::interrupted() {
+            return Err(SetupError::Interrupted);
+        }
         Ok(fs::read_to_string(out).unwrap_or_default())
     }
 
