@@ -146,7 +146,7 @@ fn bench_cleans_up_when_terminated() {
         return;
     }
     common::need("iperf3", "iperf3");
-    let mut child = Command::new(TAPYARD)
+    let child = Command::new(TAPYARD)
         .args(["bench", "--against", "none", "--paths", "switched", "--tests", "tcp1", "--duration", "30"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
