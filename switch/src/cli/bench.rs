@@ -48,6 +48,7 @@ mod measure;
 mod report;
 mod runner;
 pub mod schema;
+mod vhost;
 
 /// Where the sources were at build time: the report names their git revision
 /// when they are still there.
@@ -267,9 +268,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if !args.vhost && !args.egress {
         return runner::run(&args, &Files);
     }
+    if args.vhost {
+        return vhost::run(&args, &Files);
+    }
     let exe = std::env::current_exe().context("cannot find the tapyard executable")?;
     let dir = work_dir()?;
-    let script = dir.join(if args.vhost { "vhost.sh" } else { "egress.sh" });
+    let script = dir.join("egress.sh");
     let result = Files.write(&dir).and_then(|()| run_script(&script, &args.script_args(), &exe));
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -733,13 +733,14 @@ pub struct Tapyard {
 }
 
 impl Tapyard {
-    fn socket(lab: &Lab) -> PathBuf {
+    /// The daemon's control socket.
+    pub fn socket(lab: &Lab) -> PathBuf {
         lab.dir().join("ty.sock")
     }
 
     /// Starts the daemon and waits until it answers (10 s); a daemon that
     /// refuses one of `extra` flags is a skip (an older tapyard).
-    fn daemon(&self, lab: &mut Lab, extra: &[&str]) -> Res<u32> {
+    pub fn start(&self, lab: &mut Lab, extra: &[&str]) -> Res<u32> {
         let mut c = lab.niced(&self.exe.to_string_lossy());
         c.arg("--socket").arg(Self::socket(lab)).args(["daemon", "--uplink", "none", "--state-dir"]);
         c.arg(lab.dir().join("state"));
@@ -782,7 +783,8 @@ impl Tapyard {
         }
     }
 
-    fn call(&self, lab: &Lab, req: &Request) -> Res<serde_json::Value> {
+    /// One request to the daemon (logged in the lab's log).
+    pub fn call(&self, lab: &Lab, req: &Request) -> Res<serde_json::Value> {
         lab.note(&format!("> {}", serde_json::to_string(req).unwrap_or_default()));
         let r = Client::connect(&Self::socket(lab)).and_then(|mut c| c.call_value(req));
         r.map_err(|e| fail(format!("tapyard: {e}")))
@@ -823,7 +825,7 @@ impl Backend for Tapyard {
     }
     fn up(&mut self, lab: &mut Lab, ends: &[Endpoint]) -> Res<Segment> {
         let extra: &[&str] = if self.mode == TapyardMode::Busy { &["--poll", "busy"] } else { &[] };
-        let pid = self.daemon(lab, extra)?;
+        let pid = self.start(lab, extra)?;
         let workers = self.workers.map(|w| format!(", --workers {w}")).unwrap_or_default();
         let mut addrs = vec![];
         let setup = if self.mode == TapyardMode::Routed {

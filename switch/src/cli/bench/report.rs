@@ -262,7 +262,7 @@ pub fn write(dir: &Path, results: &mut Results, view: &View<'_>, work: &Path, lo
     Ok(())
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::create_dir_all(to)?;
     for e in fs::read_dir(from)?.flatten() {
         let p = e.path();

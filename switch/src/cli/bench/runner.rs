@@ -42,8 +42,13 @@ const IP_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 /// `[bench HH:MM:SS] msg` on stderr.
 pub fn log(msg: &str) {
+    log_as("bench", msg);
+}
+
+/// `[TAG HH:MM:SS] msg` on stderr (UTC).
+pub fn log_as(tag: &str, msg: &str) {
     let s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    eprintln!("[bench {:02}:{:02}:{:02}] {msg}", s / 3600 % 24, s / 60 % 60, s % 60);
+    eprintln!("[{tag} {:02}:{:02}:{:02}] {msg}", s / 3600 % 24, s / 60 % 60, s % 60);
 }
 
 /// The UTC date and time of `secs` since the epoch, ISO 8601 (Howard
@@ -193,7 +198,7 @@ fn pp_label(pp: Option<PingPong>) -> String {
     }
 }
 
-fn work_dir() -> std::io::Result<PathBuf> {
+pub fn work_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
     let pid = std::process::id();
