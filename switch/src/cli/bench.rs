@@ -1,49 +1,38 @@
 //! `tapyard bench`: the system benchmark users run to compare tapyard with the
 //! data paths it competes with, on their own machine, in one run.
 //!
-//! The main benchmark is Rust: the data paths are [`labkit`] backends (the
-//! Linux bridge, vde_switch, Open vSwitch, tapyard), `runner` measures
-//! across each with iperf3, ping and sockperf (or the python3 ping-pong
-//! `bench/system/pingpong.py`, a thin external tool), `measure` reads their
-//! output, `schema` holds the results' serde types and computes medians and
-//! ratios, and `report` writes the tables, results.json, results.md and the
-//! chart (gnuplot with `bench/system/chart.gp`). The two files it runs are
-//! embedded so that an installed `tapyard` needs no source tree.
+//! All of it is Rust: the data paths are [`labkit`] backends (the Linux
+//! bridge, vde_switch, Open vSwitch, tapyard) in `Lab` guards; `runner`
+//! measures across each with iperf3, ping and sockperf (or the python3
+//! ping-pong `bench/system/pingpong.py`, a thin external tool); `measure`
+//! reads the tools' output; `schema` holds the results' serde types and
+//! computes medians and ratios; `report` writes the tables, results.json,
+//! results.md and the chart (gnuplot with `bench/system/chart.gp`). `--vhost`
+//! (`vhost`: DPDK testpmd as the VMs) and `--egress` (`egress`: NAT,
+//! published ports, pasta) are modules of their own. The files they run are
+//! embedded so that an installed `tapyard` needs no source tree. What
+//! everything measures, and how, is in each module's doc and in
+//! docs/PERFORMANCE.md.
 //!
-//! `--vhost` and `--egress` still run bash harnesses, `vhost.sh` and
-//! `egress.sh` (embedded the same way, written to a private temporary
-//! directory and run with the path of this executable in `TAPYARD`). What
-//! everything measures, and how, is in `runner`'s module doc, at the
-//! scripts' tops and in docs/PERFORMANCE.md.
-//!
-//! Signals: the Rust benchmark turns SIGINT and SIGTERM into a flag
-//! ([`labkit::install_interrupt_flag`]); the guards remove what was made and
-//! the exit status is 130. For the scripts, Ctrl-C reaches the script and its
-//! children through the terminal (they share the foreground process group);
-//! this process then waits for the script's cleanup instead of dying first. A
-//! SIGTERM sent to this process is passed on to the script, which cleans up
-//! the same way.
+//! Signals: SIGINT and SIGTERM set a flag
+//! ([`labkit::install_interrupt_flag`]); the run unwinds through the guards,
+//! which remove what was made, and the exit status is 130.
 //!
 //! [`labkit`]: super::labkit
 //! [`labkit::install_interrupt_flag`]: super::labkit::install_interrupt_flag
 
 #![forbid(unsafe_code)]
 
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 const PINGPONG: &str = include_str!("../../../bench/system/pingpong.py");
 const CHART: &str = include_str!("../../../bench/system/chart.gp");
-const VHOST: &str = include_str!("../../../bench/system/vhost.sh");
-const EGRESS: &str = include_str!("../../../bench/system/egress.sh");
 const TESTPMD: &str = include_str!("../../../scripts/testpmd.sh");
 
+mod egress;
 mod measure;
 mod report;
 mod runner;
@@ -105,14 +94,14 @@ pub struct BenchArgs {
     /// Keep the work directory (logs, raw iperf3, ping and sockperf output) and say where it is.
     #[arg(long)]
     pub keep: bool,
-    /// Run the vhost-user benchmark instead (bench/system/vhost.sh): 64-byte
+    /// Run the vhost-user benchmark instead (docs/PERFORMANCE.md): 64-byte
     /// frames per second from DPDK testpmd through tapyard's vhost-user ports
     /// against DPDK's own vhost <-> virtio-user loop and against a TAP port, and
     /// TCP between a virtio-user VM and a container. Takes --duration, --runs,
     /// --json, --report and --keep.
     #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice"])]
     pub vhost: bool,
-    /// Run the egress benchmark instead (bench/system/egress.sh): TCP from a
+    /// Run the egress benchmark instead (docs/PERFORMANCE.md): TCP from a
     /// container to an outside namespace through tapyard's uplink and the
     /// kernel's NAT against a Linux bridge with the same NAT (Docker's
     /// layout), and to a published port against Docker-style DNAT. Takes
@@ -201,51 +190,14 @@ impl BenchArgs {
         }
         Ok(())
     }
-
-    /// The arguments of vhost.sh and egress.sh.
-    fn script_args(&self) -> Vec<String> {
-        // vhost.sh needs 2 s at least (it skips the first two samples).
-        let duration = if self.vhost { self.duration.max(2) } else { self.duration };
-        let mut a = vec!["--duration".to_string(), duration.to_string(), "--runs".into(), self.runs.to_string()];
-        if self.json {
-            a.push("--json".into());
-        }
-        if let Some(dir) = &self.report {
-            a.extend(["--report".to_string(), dir.to_string_lossy().into_owned()]);
-        }
-        if self.keep {
-            a.push("--keep".into());
-        }
-        a
-    }
-}
-
-/// A fresh directory only this user can enter, for the embedded files.
-fn work_dir() -> anyhow::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    let pid = std::process::id();
-    for n in 0..100u32 {
-        let dir = base.join(format!("tapyard-bench-files-{pid}-{n}"));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
-        }
-    }
-    anyhow::bail!("cannot create a work directory in {}", base.display())
 }
 
 /// The embedded files.
 pub(crate) struct Files;
 
 impl Files {
-    const ALL: [(&'static str, &'static str); 5] = [
-        ("pingpong.py", PINGPONG),
-        ("chart.gp", CHART),
-        ("vhost.sh", VHOST),
-        ("egress.sh", EGRESS),
-        ("testpmd.sh", TESTPMD),
-    ];
+    const ALL: [(&'static str, &'static str); 3] =
+        [("pingpong.py", PINGPONG), ("chart.gp", CHART), ("testpmd.sh", TESTPMD)];
 
     fn write(&self, dir: &Path) -> anyhow::Result<()> {
         for (name, text) in Self::ALL {
@@ -271,40 +223,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if args.vhost {
         return vhost::run(&args, &Files);
     }
-    let exe = std::env::current_exe().context("cannot find the tapyard executable")?;
-    let dir = work_dir()?;
-    let script = dir.join("egress.sh");
-    let result = Files.write(&dir).and_then(|()| run_script(&script, &args.script_args(), &exe));
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn run_script(script: &Path, script_args: &[String], exe: &Path) -> anyhow::Result<i32> {
-    // Installed before the script starts, so that a Ctrl-C does not end this
-    // process while the script is still cleaning up.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("cannot install signal handlers")?;
-    let mut child = Command::new("bash")
-        .arg(script)
-        .args(script_args)
-        .env("TAPYARD", exe)
-        .env("TAPYARD_SRC", SOURCE_TREE)
-        .spawn()
-        .context("cannot run bash (tapyard bench --vhost and --egress need bash)")?;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for the benchmark script")? {
-            break status;
-        }
-        for sig in signals.pending() {
-            // SIGINT from a terminal has reached the script too; a SIGTERM was for us alone.
-            if sig == signal_hook::consts::SIGTERM {
-                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    signals.handle().close();
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    egress::run(&args, &Files)
 }
 
 #[cfg(test)]
@@ -338,15 +257,16 @@ mod tests {
         assert!(a.json);
         assert_eq!(parse(&["--nice", "-5"]).unwrap().nice, Some(-5));
         let v = parse(&["--vhost", "--duration", "4", "--runs", "1", "--json"]).unwrap();
-        assert_eq!(v.script_args(), ["--duration", "4", "--runs", "1", "--json"]);
+        assert!(v.vhost && v.json && v.duration == 4 && v.runs == 1);
     }
 
     #[test]
     fn egress_arguments() {
         let e = parse(&["--egress", "--duration", "1", "--runs", "2", "--report", "out/dir", "--keep"]).unwrap();
-        assert_eq!(e.script_args(), ["--duration", "1", "--runs", "2", "--report", "out/dir", "--keep"]);
+        assert!(e.egress && e.keep && e.duration == 1 && e.runs == 2);
+        assert_eq!(e.report.as_deref(), Some(Path::new("out/dir")));
         let e = parse(&["--egress", "--json"]).unwrap();
-        assert_eq!(e.script_args(), ["--duration", "5", "--runs", "3", "--json"]);
+        assert!(e.json && e.duration == 5 && e.runs == 3);
         for bad in [
             &["--egress", "--vhost"][..],
             &["--egress", "--against", "bridge"],
@@ -382,7 +302,6 @@ mod tests {
     fn embedded_files_are_the_harness() {
         assert!(PINGPONG.contains("def client"));
         assert!(CHART.contains("multiplot"));
-        assert!(VHOST.contains("run_ceiling") && TESTPMD.contains("testpmd_start()"));
-        assert!(EGRESS.starts_with("#!/usr/bin/env bash") && EGRESS.contains("setup_bridge()"));
+        assert!(TESTPMD.contains("testpmd_available()"));
     }
 }

@@ -128,13 +128,13 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A lab whose names start with `prefix` (at most 10 characters: link
-    /// names get two more), with `dir` as its private directory (made now,
+    /// A lab whose names start with `prefix` (at most 13 characters: link
+    /// names get two more, and the kernel takes 15), with `dir` as its private directory (made now,
     /// removed on drop), commands and their output appended to `log`, and
     /// every switch process at nice level `nice`.
     pub fn new(prefix: &str, dir: &Path, log: &Path, nice: Option<i32>) -> Res<Lab> {
-        if prefix.is_empty() || prefix.len() > 10 {
-            return Err(fail(format!("lab prefix {prefix:?}: 1 to 10 characters")));
+        if prefix.is_empty() || prefix.len() > 13 {
+            return Err(fail(format!("lab prefix {prefix:?}: 1 to 13 characters")));
         }
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         Ok(Lab {
@@ -730,6 +730,17 @@ pub struct Tapyard {
     pub workers: Option<u32>,
     /// Where the daemon's stderr goes.
     pub daemon_log: PathBuf,
+    /// Run the daemon in this namespace (its uplink is that namespace's) rather than this one.
+    pub netns: Option<String>,
+    /// Let the daemon have its uplink (egress NAT); false: `--uplink none`.
+    pub uplink: bool,
+}
+
+impl Tapyard {
+    /// A daemon of this executable in this namespace, `--uplink none`.
+    pub fn new(mode: TapyardMode, workers: Option<u32>, daemon_log: PathBuf) -> std::io::Result<Tapyard> {
+        Ok(Tapyard { exe: std::env::current_exe()?, mode, workers, daemon_log, netns: None, uplink: false })
+    }
 }
 
 impl Tapyard {
@@ -741,9 +752,16 @@ impl Tapyard {
     /// Starts the daemon and waits until it answers (10 s); a daemon that
     /// refuses one of `extra` flags is a skip (an older tapyard).
     pub fn start(&self, lab: &mut Lab, extra: &[&str]) -> Res<u32> {
-        let mut c = lab.niced(&self.exe.to_string_lossy());
-        c.arg("--socket").arg(Self::socket(lab)).args(["daemon", "--uplink", "none", "--state-dir"]);
-        c.arg(lab.dir().join("state"));
+        let exe = self.exe.to_string_lossy();
+        let mut c = match &self.netns {
+            Some(ns) => lab.in_ns(ns, &exe, true),
+            None => lab.niced(&exe),
+        };
+        c.arg("--socket").arg(Self::socket(lab)).arg("daemon");
+        if !self.uplink {
+            c.args(["--uplink", "none"]);
+        }
+        c.arg("--state-dir").arg(lab.dir().join("state"));
         if let Some(w) = self.workers {
             c.args(["--workers", &w.to_string()]);
         }

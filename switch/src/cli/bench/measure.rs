@@ -10,10 +10,18 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Iperf {
     #[serde(default)]
+    pub intervals: Vec<IperfInterval>,
+    #[serde(default)]
     pub end: IperfEnd,
     /// Set when iperf3 failed (it still writes JSON).
     #[serde(default)]
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IperfInterval {
+    #[serde(default)]
+    pub sum: IperfSum,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,10 +49,12 @@ pub struct IperfSum {
 }
 
 /// What one iperf3 run measured, or why it did not.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IperfResult {
     pub sent: IperfSum,
     pub received: IperfSum,
+    /// bits per second of each interval (one a second).
+    pub interval_bps: Vec<f64>,
 }
 
 /// Parses iperf3's JSON; a result only if the receiver got bytes (as
@@ -55,7 +65,11 @@ pub fn iperf(text: &str) -> Result<IperfResult, String> {
         last.trim().to_string()
     })?;
     match (v.end.sum_sent, v.end.sum_received) {
-        (Some(sent), Some(received)) if received.bytes > 0.0 => Ok(IperfResult { sent, received }),
+        (Some(sent), Some(received)) if received.bytes > 0.0 => Ok(IperfResult {
+            sent,
+            received,
+            interval_bps: v.intervals.iter().map(|i| i.sum.bits_per_second).collect(),
+        }),
         _ => Err(v.error.unwrap_or_else(|| "no bytes received".into())),
     }
 }
@@ -63,6 +77,12 @@ pub fn iperf(text: &str) -> Result<IperfResult, String> {
 impl IperfResult {
     pub fn gbps(&self) -> f64 {
         self.received.bits_per_second / 1e9
+    }
+    /// Seconds in which the transfer stalled: intervals under 5 % of the
+    /// best one (a median hides them; they say more about a data path than the rate).
+    pub fn stalled_seconds(&self) -> usize {
+        let best = self.interval_bps.iter().copied().fold(0.0, f64::max);
+        self.interval_bps.iter().filter(|&&b| best > 0.0 && b < 0.05 * best).count()
     }
     pub fn retransmits(&self) -> f64 {
         self.sent.retransmits.unwrap_or(0.0)
@@ -161,6 +181,12 @@ mod tests {
     fn iperf3_tcp_and_udp() {
         let t = iperf(TCP).unwrap();
         assert_eq!(t.gbps(), 10.0);
+        assert_eq!(t.stalled_seconds(), 0);
+        let stalls = TCP.replace(
+            r#""intervals":[]"#,
+            r#""intervals":[{"sum":{"bits_per_second":1e10}},{"sum":{"bits_per_second":1e8}},{"sum":{"bits_per_second":9e9}}]"#,
+        );
+        assert_eq!(iperf(&stalls).unwrap().stalled_seconds(), 1);
         assert_eq!(t.retransmits(), 3.0);
         let u = iperf(UDP).unwrap();
         assert_eq!(u.received_kpps(), Some(90.0)); // (190000 - 10000) / 2 s

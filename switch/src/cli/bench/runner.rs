@@ -139,14 +139,14 @@ fn bail_early(msg: &str) -> i32 {
     1
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
 
-fn first_line(prog: &str, args: &[&str]) -> String {
+pub fn first_line(prog: &str, args: &[&str]) -> String {
     Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -196,6 +196,76 @@ fn pp_label(pp: Option<PingPong>) -> String {
         }
         None => format!("none: neither sockperf nor python3 found, {INSTALL_HINT}"),
     }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if it does not answer).
+pub fn clk_tck() -> f64 {
+    first_line("getconf", &["CLK_TCK"]).trim().parse::<f64>().unwrap_or(100.0)
+}
+
+/// The machine, and the tapyard measured (its revision and version only
+/// when a tapyard path runs, as bench.sh wrote them).
+pub fn machine(exe: &Path, need_ty: bool) -> Machine {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().into())
+        })
+        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Machine {
+        nproc: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        cpu,
+        date: iso_utc(now),
+        tapyard_rev: if need_ty { git_rev(super::SOURCE_TREE) } else { "unknown".into() },
+        tapyard_version: if need_ty { format!("tapyard {}", env!("CARGO_PKG_VERSION")) } else { String::new() },
+        tapyard_binary: exe.to_string_lossy().into_owned(),
+    }
+}
+
+/// Runs `prog args` in `ns` (niced as the lab says), output into `out`,
+/// killed after `limit` (as `timeout(1)` did) or on a signal; returns the output.
+pub fn fg_in(
+    lab: &Lab,
+    ns: &str,
+    out: &Path,
+    limit: Duration,
+    prog: &str,
+    args: &[&str],
+) -> Result<String, SetupError> {
+    let f = fs::File::create(out).map_err(|e| SetupError::Fail(format!("cannot create {}: {e}", out.display())))?;
+    let ferr = f.try_clone().map_err(|e| SetupError::Fail(e.to_string()))?;
+    let mut child = lab
+        .in_ns(ns, prog, true)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(ferr)
+        .spawn()
+        .map_err(|e| SetupError::Fail(format!("cannot run {prog}: {e}")))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => return Err(SetupError::Fail(format!("waiting for {prog}: {e}"))),
+        }
+        if labkit::interrupted() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A Ctrl-C from the terminal ends the tool too: its output is not a measurement.
+    if labkit::interrupted() {
+        return Err(SetupError::Interrupted);
+    }
+    Ok(fs::read_to_string(out).unwrap_or_default())
 }
 
 pub fn work_dir() -> std::io::Result<PathBuf> {
@@ -269,28 +339,9 @@ pub fn run(args: &BenchArgs, files: &super::Files) -> anyhow::Result<i32> {
     let logs = work.join("logs");
     fs::create_dir_all(&logs)?;
     files.write(&work)?;
-    let clk_tck = first_line("getconf", &["CLK_TCK"]).trim().parse::<f64>().unwrap_or(100.0);
-    let nproc = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().into())
-        })
-        .unwrap_or_default();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let machine = Machine {
-        nproc,
-        kernel: kernel.clone(),
-        cpu,
-        date: iso_utc(now),
-        tapyard_rev: if need_ty { git_rev(super::SOURCE_TREE) } else { "unknown".into() },
-        tapyard_version: if need_ty { format!("tapyard {}", env!("CARGO_PKG_VERSION")) } else { String::new() },
-        tapyard_binary: exe.to_string_lossy().into_owned(),
-    };
+    let clk_tck = clk_tck();
+    let machine = machine(&exe, need_ty);
+    let (nproc, kernel) = (machine.nproc, machine.kernel.clone());
     let config = Config {
         against: against.iter().map(super::value_name).collect(),
         paths: ty.iter().map(super::value_name).collect(),
@@ -379,6 +430,8 @@ impl Run<'_> {
                 mode,
                 workers: self.plan.workers,
                 daemon_log: self.logs.join(format!("{name}.daemon.log")),
+                netns: None,
+                uplink: false,
             }) as Box<dyn Backend>
         };
         match name {
@@ -487,8 +540,6 @@ impl Run<'_> {
         self.note(raw, format!("error: {msg}"));
     }
 
-    /// Runs `prog args` in `ns` (niced), output into `out`, killed after
-    /// `limit` (as `timeout(1)` did) or on a signal; returns the output.
     fn fg(
         &self,
         lab: &Lab,
@@ -498,38 +549,7 @@ impl Run<'_> {
         prog: &str,
         args: &[&str],
     ) -> Result<String, SetupError> {
-        let f = fs::File::create(out).map_err(|e| SetupError::Fail(format!("cannot create {}: {e}", out.display())))?;
-        let ferr = f.try_clone().map_err(|e| SetupError::Fail(e.to_string()))?;
-        let mut child = lab
-            .in_ns(ns, prog, true)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(f)
-            .stderr(ferr)
-            .spawn()
-            .map_err(|e| SetupError::Fail(format!("cannot run {prog}: {e}")))?;
-        let deadline = Instant::now() + limit;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) => {}
-                Err(e) => return Err(SetupError::Fail(format!("waiting for {prog}: {e}"))),
-            }
-            if labkit::interrupted() || Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                if labkit::interrupted() {
-                    return Err(SetupError::Interrupted);
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // A Ctrl-C from the terminal ends the tool too: its output is not a measurement.
-        if labkit::interrupted() {
-            return Err(SetupError::Interrupted);
-        }
-        Ok(fs::read_to_string(out).unwrap_or_default())
+        fg_in(lab, ns, out, limit, prog, args)
     }
 
     fn sw_ticks(pids: &[u32]) -> u64 {

@@ -483,4 +483,45 @@ mod tests {
         assert_eq!(r.paths[1].status, Status::Skipped);
         assert_eq!(r.chart.as_deref(), Some("chart.png"));
     }
+
+    /// The figures, extras and ratios bench.sh computed with jq (a real
+    /// results.json of 2026-12-07: bridge and tapyard, every test, 3 runs),
+    /// recomputed here from its own samples, are the same to the last bit.
+    #[test]
+    fn recomputes_what_bench_sh_computed() {
+        let old: Results = serde_json::from_str(include_str!("testdata/bench-sh-results.json")).unwrap();
+        let raw: Vec<RawPath> = old
+            .paths
+            .iter()
+            .map(|p| {
+                let mut r = RawPath::new(&p.name);
+                r.status = p.status;
+                r.reason = p.reason.clone();
+                r.setup = p.setup.clone();
+                r.notes = p.notes.clone();
+                for (k, v) in p.runs.clone().unwrap_or_default() {
+                    for x in v {
+                        r.record(&k, x);
+                    }
+                }
+                r
+            })
+            .collect();
+        assert_eq!(compute(&raw), old.paths);
+        // and it writes back the same fields and values (jq wrote whole
+        // numbers as 0, serde writes 0.0: the same number to a JSON reader)
+        let again: serde_json::Value = serde_json::to_value(&old).unwrap();
+        let orig: serde_json::Value = serde_json::from_str(include_str!("testdata/bench-sh-results.json")).unwrap();
+        assert!(same(&again, &orig), "{again}\n{orig}");
+    }
+
+    fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+        use serde_json::Value::*;
+        match (a, b) {
+            (Number(x), Number(y)) => x.as_f64() == y.as_f64(),
+            (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+            (Object(x), Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+            _ => a == b,
+        }
+    }
 }

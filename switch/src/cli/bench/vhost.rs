@@ -294,6 +294,8 @@ impl Vh {
             mode: TapyardMode::Switched,
             workers: Some(1),
             daemon_log: self.logs.join("daemon.log"),
+            netns: None,
+            uplink: false,
         }
     }
     fn rec(&mut self, key: &str, v: f64) {
