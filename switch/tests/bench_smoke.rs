@@ -181,3 +181,57 @@ fn bench_cleans_up_when_terminated() {
     assert_eq!(processes_naming(&work), Vec::<String>::new(), "processes left behind");
     assert_eq!(work_dirs(), Vec::<std::path::PathBuf>::new(), "work directory left behind");
 }
+
+/// Every other data path (vde_switch, both Open vSwitch rows, tapyard routed
+/// and busy-polling) comes up, carries pings, and goes away with everything
+/// it made. A peer that is not installed is skipped, and says which package
+/// it needs; one that is installed must work.
+#[test]
+fn bench_builds_every_backend_and_cleans_up() {
+    if !common::net_admin() {
+        return;
+    }
+    common::need("iperf3", "iperf3");
+    let before = bench_namespaces();
+    let child = Command::new(TAPYARD)
+        .args(["bench", "--against", "vde,ovs", "--paths", "routed,busy", "--tests", "ping"])
+        .args(["--duration", "1", "--runs", "1", "--pings", "20", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tapyard bench");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for tapyard bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tapyard bench failed ({}):\n{stderr}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let names: Vec<&str> = v["paths"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["vde", "ovs", "ovs-tso", "tapyard-routed", "tapyard-busy"], "{v:#}");
+    for p in v["paths"].as_array().unwrap() {
+        let installed = match p["name"].as_str() {
+            Some("vde") => installed_tool("vde_switch"),
+            Some("ovs" | "ovs-tso") => installed_tool("ovs-vswitchd") && installed_tool("ovsdb-server"),
+            _ => true,
+        };
+        if installed {
+            assert_eq!(p["status"], "ok", "{p:#}\n{stderr}");
+            assert!(figure(p, "ping_p50_us") > 0.0, "{p:#}");
+        } else {
+            assert_eq!(p["status"], "skipped", "{p:#}");
+            assert!(p["reason"].as_str().is_some_and(|r| r.contains("Debian package")), "{p:#}");
+        }
+    }
+    let ours = |n: &String| n.starts_with(&format!("tyb{pid}"));
+    assert!(!bench_namespaces().difference(&before).any(ours), "namespaces left behind");
+    let links = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!(": tyb{pid}")), "links left behind");
+    assert_eq!(processes_naming(&format!("tapyard-bench.{pid}.")), Vec::<String>::new(), "processes left behind");
+}
+
+fn installed_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
