@@ -12,9 +12,9 @@
 //! same backends for its networks.
 //!
 //! Everything a backend makes is registered in a [`Lab`] as it is made:
-//! namespaces (and every link in them), links in the current namespace,
-//! processes (by pid and start time, so a recycled pid is never signalled),
-//! and directories. Dropping the `Lab` removes them, the last made first, on
+//! namespaces (and every link in them: backends make links only inside the
+//! lab's namespaces), processes (by pid and start time, so a recycled pid is
+//! never signalled), and the lab's directory. Dropping the `Lab` removes them, the last made first, on
 //! success, on error and after Ctrl-C (see [`install_interrupt_flag`]: the
 //! signal sets a flag the waits here check, and the stack unwinds through the
 //! guards).
@@ -223,12 +223,12 @@ impl Lab {
         self.run(Command::new("ip").args(args))
     }
 
-    /// Makes namespace `name` (registered before it exists, so a half-made
-    /// one goes too), loopback up, IPv6 off (no DAD, router or multicast
-    /// listener messages in the measurements).
+    /// Makes namespace `name` (registered once made: a name that exists
+    /// already is refused and never removed), loopback up, IPv6 off (no DAD,
+    /// router or multicast listener messages in the measurements).
     pub fn add_netns(&mut self, name: &str) -> Res<()> {
-        self.netns.push(name.to_string());
         self.ip(&["netns", "add", name])?;
+        self.netns.push(name.to_string());
         self.ip(&["-n", name, "link", "set", "lo", "up"])?;
         let _ = self.run(self.in_ns(name, "sysctl", false).args([
             "-qw",
@@ -367,9 +367,10 @@ impl Lab {
     }
 
     /// Stops every process (the last started first), removes every link in
-    /// the lab's namespaces and the namespaces, any link of the lab's prefix
-    /// left in this namespace, and the directory. Idempotent; errors are
-    /// ignored (what is already gone is fine).
+    /// the lab's namespaces and the namespaces, and the directory. No backend
+    /// makes a link in this namespace (veth pairs are made with both ends in
+    /// place), so nothing here is removed by a name pattern that could match
+    /// another run's. Idempotent; errors are ignored (what is already gone is fine).
     pub fn teardown(&mut self) {
         if self.torn_down {
             return;
@@ -394,13 +395,6 @@ impl Lab {
                 }
             }
             quiet(&["netns", "del", ns]);
-        }
-        if let Some(out) = quiet(&["-o", "link", "show"]) {
-            for l in link_names(&String::from_utf8_lossy(&out.stdout)) {
-                if l.starts_with(&self.prefix) {
-                    quiet(&["link", "del", &l]);
-                }
-            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
