@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""UDP request/response ping-pong: the fallback of bench.sh when sockperf is
+"""UDP request/response ping-pong: the fallback of `tapyard bench` when sockperf is
 not installed. Results are labelled "python3 fallback": the interpreter adds
 its own per-message cost (some microseconds), so compare these figures only
 with figures from the same tool.
@@ -25,7 +25,7 @@ def server(ip, port):
 
 
 def percentile(sorted_values, p):
-    # nearest rank, as bench.sh does for ping
+    # nearest rank, as tapyard bench does for ping (cli/bench/schema.rs)
     if not sorted_values:
         return float("nan")
     k = max(1, min(len(sorted_values), int(-(-p * len(sorted_values) // 1))))

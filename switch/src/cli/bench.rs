@@ -1,39 +1,43 @@
 //! `tapyard bench`: the system benchmark users run to compare tapyard with the
 //! data paths it competes with, on their own machine, in one run.
 //!
-//! The harness is a bash script (`bench/system/bench.sh`, with a gnuplot
-//! script for the chart and a python3 UDP ping-pong used when sockperf is
-//! missing), embedded in the binary so that an installed `tapyard` needs no
-//! source tree. This module validates the arguments, writes the files to a
-//! private temporary directory, runs `bash bench.sh` with the path of this
-//! executable in `TAPYARD` (the daemons it starts are this very binary), and
-//! removes the directory afterwards. `--vhost` and `--egress` run the
-//! vhost-user and the egress (NAT, published ports) benchmarks instead,
-//! `vhost.sh` and `egress.sh`, embedded the same way. What the scripts
-//! measure, and how, is documented at their tops and in docs/PERFORMANCE.md.
+//! All of it is Rust: the data paths are [`labkit`] backends (the Linux
+//! bridge, vde_switch, Open vSwitch, tapyard) in `Lab` guards; `runner`
+//! measures across each with iperf3, ping and sockperf (or the python3
+//! ping-pong `bench/system/pingpong.py`, a thin external tool); `measure`
+//! reads the tools' output; `schema` holds the results' serde types and
+//! computes medians and ratios; `report` writes the tables, results.json,
+//! results.md and the chart (gnuplot with `bench/system/chart.gp`). `--vhost`
+//! (`vhost`: DPDK testpmd as the VMs) and `--egress` (`egress`: NAT,
+//! published ports, pasta) are modules of their own. The files they run are
+//! embedded so that an installed `tapyard` needs no source tree. What
+//! everything measures, and how, is in each module's doc and in
+//! docs/PERFORMANCE.md.
 //!
-//! Signals: Ctrl-C reaches the script and its children through the terminal
-//! (they share the foreground process group); this process then waits for the
-//! script's cleanup instead of dying first. A SIGTERM sent to this process is
-//! passed on to the script, which cleans up the same way.
+//! Signals: SIGINT and SIGTERM set a flag
+//! ([`labkit::install_interrupt_flag`]); the run unwinds through the guards,
+//! which remove what was made, and the exit status is 130.
+//!
+//! [`labkit`]: super::labkit
+//! [`labkit::install_interrupt_flag`]: super::labkit::install_interrupt_flag
 
 #![forbid(unsafe_code)]
 
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-const SCRIPT: &str = include_str!("../../../bench/system/bench.sh");
 const PINGPONG: &str = include_str!("../../../bench/system/pingpong.py");
 const CHART: &str = include_str!("../../../bench/system/chart.gp");
-const VHOST: &str = include_str!("../../../bench/system/vhost.sh");
-const EGRESS: &str = include_str!("../../../bench/system/egress.sh");
 const TESTPMD: &str = include_str!("../../../scripts/testpmd.sh");
+
+mod egress;
+mod measure;
+mod report;
+mod runner;
+pub mod schema;
+mod vhost;
 
 /// Where the sources were at build time: the report names their git revision
 /// when they are still there.
@@ -90,14 +94,14 @@ pub struct BenchArgs {
     /// Keep the work directory (logs, raw iperf3, ping and sockperf output) and say where it is.
     #[arg(long)]
     pub keep: bool,
-    /// Run the vhost-user benchmark instead (bench/system/vhost.sh): 64-byte
+    /// Run the vhost-user benchmark instead (docs/PERFORMANCE.md): 64-byte
     /// frames per second from DPDK testpmd through tapyard's vhost-user ports
     /// against DPDK's own vhost <-> virtio-user loop and against a TAP port, and
     /// TCP between a virtio-user VM and a container. Takes --duration, --runs,
     /// --json, --report and --keep.
     #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice"])]
     pub vhost: bool,
-    /// Run the egress benchmark instead (bench/system/egress.sh): TCP from a
+    /// Run the egress benchmark instead (docs/PERFORMANCE.md): TCP from a
     /// container to an outside namespace through tapyard's uplink and the
     /// kernel's NAT against a Linux bridge with the same NAT (Docker's
     /// layout), and to a published port against Docker-style DNAT. Takes
@@ -142,170 +146,84 @@ fn parse_ping_interval(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// The comma list the script takes: values in the order given, without repeats;
-/// `none` only on its own.
-fn list<T: ValueEnum + PartialEq + Copy>(flag: &str, items: &[T], none: Option<T>) -> Result<String, clap::Error> {
+/// The values in the order given, without repeats.
+fn dedup<T: PartialEq + Copy>(items: &[T]) -> Vec<T> {
     let mut out: Vec<T> = Vec::new();
     for &i in items {
         if !out.contains(&i) {
             out.push(i);
         }
     }
-    if out.len() > 1 && none.is_some_and(|n| out.contains(&n)) {
+    out
+}
+
+/// The name a value has on the command line (and in results.json's config).
+fn value_name<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
+/// Refuses `none` combined with other values in a list.
+fn check_list<T: ValueEnum + PartialEq + Copy>(flag: &str, items: &[T], none: T) -> Result<(), clap::Error> {
+    let out = dedup(items);
+    if out.len() > 1 && out.contains(&none) {
         return Err(clap::Error::raw(
             clap::error::ErrorKind::ArgumentConflict,
             format!("{flag}: 'none' cannot be combined with other values"),
         ));
     }
-    let names: Vec<String> =
-        out.iter().filter_map(|v| v.to_possible_value()).map(|p| p.get_name().to_string()).collect();
-    Ok(names.join(","))
+    Ok(())
 }
 
 impl BenchArgs {
-    /// The arguments of bench.sh.
-    fn script_args(&self) -> Result<Vec<String>, clap::Error> {
+    /// Checks what clap cannot: `none` alone, and something to measure.
+    fn validate(&self) -> Result<(), clap::Error> {
         if self.vhost || self.egress {
-            // vhost.sh needs 2 s at least (it skips the first two samples).
-            let duration = if self.vhost { self.duration.max(2) } else { self.duration };
-            let mut a = vec!["--duration".to_string(), duration.to_string(), "--runs".into(), self.runs.to_string()];
-            if self.json {
-                a.push("--json".into());
-            }
-            if let Some(dir) = &self.report {
-                a.extend(["--report".to_string(), dir.to_string_lossy().into_owned()]);
-            }
-            if self.keep {
-                a.push("--keep".into());
-            }
-            return Ok(a);
+            return Ok(());
         }
-        let mut a = vec![
-            "--against".to_string(),
-            list("--against", &self.against, Some(Baseline::Nothing))?,
-            "--paths".to_string(),
-            list("--paths", &self.paths, Some(TapyardPath::Nothing))?,
-            "--tests".to_string(),
-            list("--tests", &self.tests, None)?,
-            "--duration".to_string(),
-            self.duration.to_string(),
-            "--runs".to_string(),
-            self.runs.to_string(),
-            "--pings".to_string(),
-            self.pings.to_string(),
-            "--ping-interval".to_string(),
-            self.ping_interval.to_string(),
-        ];
-        if self.against == [Baseline::Nothing] && self.paths == [TapyardPath::Nothing] {
+        check_list("--against", &self.against, Baseline::Nothing)?;
+        check_list("--paths", &self.paths, TapyardPath::Nothing)?;
+        if dedup(&self.against) == [Baseline::Nothing] && dedup(&self.paths) == [TapyardPath::Nothing] {
             return Err(clap::Error::raw(
                 clap::error::ErrorKind::ArgumentConflict,
                 "nothing to measure: --against none and --paths none",
             ));
         }
-        if let Some(w) = self.workers {
-            a.extend(["--workers".to_string(), w.to_string()]);
-        }
-        if let Some(n) = self.nice {
-            a.extend(["--nice".to_string(), n.to_string()]);
-        }
-        if self.json {
-            a.push("--json".to_string());
-        }
-        if let Some(dir) = &self.report {
-            a.push("--report".to_string());
-            a.push(dir.to_string_lossy().into_owned());
-        }
-        if self.keep {
-            a.push("--keep".to_string());
-        }
-        Ok(a)
+        Ok(())
     }
 }
 
-/// A fresh directory only this user can enter, for the embedded files.
-fn work_dir() -> anyhow::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    let pid = std::process::id();
-    for n in 0..100u32 {
-        let dir = base.join(format!("tapyard-bench-files-{pid}-{n}"));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+/// The embedded files.
+pub(crate) struct Files;
+
+impl Files {
+    const ALL: [(&'static str, &'static str); 3] =
+        [("pingpong.py", PINGPONG), ("chart.gp", CHART), ("testpmd.sh", TESTPMD)];
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        for (name, text) in Self::ALL {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         }
+        Ok(())
     }
-    anyhow::bail!("cannot create a work directory in {}", base.display())
 }
 
-fn write_files(dir: &Path) -> anyhow::Result<PathBuf> {
-    for (name, text) in [
-        ("bench.sh", SCRIPT),
-        ("pingpong.py", PINGPONG),
-        ("chart.gp", CHART),
-        ("vhost.sh", VHOST),
-        ("egress.sh", EGRESS),
-        ("testpmd.sh", TESTPMD),
-    ] {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(dir.join("bench.sh"))
-}
-
-/// Runs the benchmark; returns the script's exit status (0: every path that
-/// was not skipped measured without errors).
+/// Runs the benchmark; returns its exit status (0: every path that was not
+/// skipped measured without errors; 1: errors; 2: bad arguments; 130: interrupted).
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
-    let script_args = match args.script_args() {
-        Ok(a) => a,
-        Err(e) => {
-            use clap::CommandFactory;
-            let mut cli = super::Cli::command();
-            let mut cmd = cli.find_subcommand_mut("bench").cloned().unwrap_or_default().bin_name("tapyard bench");
-            e.format(&mut cmd).exit();
-        }
-    };
-    let exe = std::env::current_exe().context("cannot find the tapyard executable")?;
-    let dir = work_dir()?;
-    let result = write_files(&dir).and_then(|script| {
-        let script = if args.vhost {
-            dir.join("vhost.sh")
-        } else if args.egress {
-            dir.join("egress.sh")
-        } else {
-            script
-        };
-        run_script(&script, &script_args, &exe)
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn run_script(script: &Path, script_args: &[String], exe: &Path) -> anyhow::Result<i32> {
-    // Installed before the script starts, so that a Ctrl-C does not end this
-    // process while the script is still cleaning up.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("cannot install signal handlers")?;
-    let mut child = Command::new("bash")
-        .arg(script)
-        .args(script_args)
-        .env("TAPYARD", exe)
-        .env("TAPYARD_SRC", SOURCE_TREE)
-        .spawn()
-        .context("cannot run bash (tapyard bench needs bash)")?;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for the benchmark script")? {
-            break status;
-        }
-        for sig in signals.pending() {
-            // SIGINT from a terminal has reached the script too; a SIGTERM was for us alone.
-            if sig == signal_hook::consts::SIGTERM {
-                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    signals.handle().close();
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    if let Err(e) = args.validate() {
+        use clap::CommandFactory;
+        let mut cli = super::Cli::command();
+        let mut cmd = cli.find_subcommand_mut("bench").cloned().unwrap_or_default().bin_name("tapyard bench");
+        e.format(&mut cmd).exit();
+    }
+    if !args.vhost && !args.egress {
+        return runner::run(&args, &Files);
+    }
+    if args.vhost {
+        return vhost::run(&args, &Files);
+    }
+    egress::run(&args, &Files)
 }
 
 #[cfg(test)]
@@ -319,40 +237,36 @@ mod tests {
         a: BenchArgs,
     }
 
-    fn parse(args: &[&str]) -> Result<Vec<String>, clap::Error> {
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
         let t = T::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?;
-        t.a.script_args()
+        t.a.validate()?;
+        Ok(t.a)
     }
 
     #[test]
     fn defaults_and_lists() {
         let a = parse(&[]).unwrap();
         assert_eq!(
-            a[..6],
-            [
-                "--against",
-                "bridge,vde,ovs",
-                "--paths",
-                "switched,routed,busy",
-                "--tests",
-                "tcp1,tcp4,udp,loss,ping,pingpong"
-            ]
+            runner::paths(&a.against, &a.paths),
+            ["bridge", "vde", "ovs", "ovs-tso", "tapyard", "tapyard-routed", "tapyard-busy"]
         );
+        assert_eq!(dedup(&a.tests).len(), 6);
         let a = parse(&["--against", "ovs,bridge,ovs", "--paths", "none", "--duration", "1", "--json"]).unwrap();
-        assert_eq!(a[1], "ovs,bridge");
-        assert_eq!(a[3], "none");
-        assert!(a.contains(&"--json".to_string()));
-        assert!(parse(&["--nice", "-5"]).unwrap().contains(&"-5".to_string()));
+        assert_eq!(dedup(&a.against).iter().map(value_name).collect::<Vec<_>>(), ["ovs", "bridge"]);
+        assert_eq!(value_name(&a.paths[0]), "none");
+        assert!(a.json);
+        assert_eq!(parse(&["--nice", "-5"]).unwrap().nice, Some(-5));
         let v = parse(&["--vhost", "--duration", "4", "--runs", "1", "--json"]).unwrap();
-        assert_eq!(v, ["--duration", "4", "--runs", "1", "--json"]);
+        assert!(v.vhost && v.json && v.duration == 4 && v.runs == 1);
     }
 
     #[test]
     fn egress_arguments() {
         let e = parse(&["--egress", "--duration", "1", "--runs", "2", "--report", "out/dir", "--keep"]).unwrap();
-        assert_eq!(e, ["--duration", "1", "--runs", "2", "--report", "out/dir", "--keep"]);
+        assert!(e.egress && e.keep && e.duration == 1 && e.runs == 2);
+        assert_eq!(e.report.as_deref(), Some(Path::new("out/dir")));
         let e = parse(&["--egress", "--json"]).unwrap();
-        assert_eq!(e, ["--duration", "5", "--runs", "3", "--json"]);
+        assert!(e.json && e.duration == 5 && e.runs == 3);
         for bad in [
             &["--egress", "--vhost"][..],
             &["--egress", "--against", "bridge"],
@@ -386,11 +300,8 @@ mod tests {
 
     #[test]
     fn embedded_files_are_the_harness() {
-        assert!(SCRIPT.starts_with("#!/usr/bin/env bash"));
-        assert!(SCRIPT.contains("setup_tapyard-routed"));
         assert!(PINGPONG.contains("def client"));
         assert!(CHART.contains("multiplot"));
-        assert!(VHOST.contains("run_ceiling") && TESTPMD.contains("testpmd_start()"));
-        assert!(EGRESS.starts_with("#!/usr/bin/env bash") && EGRESS.contains("setup_bridge()"));
+        assert!(TESTPMD.contains("testpmd_available()"));
     }
 }

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod client;
 pub mod lab;
+pub mod labkit;
 pub mod rootless;
 mod stats;
 mod table;
