@@ -20,8 +20,9 @@
 #             a real runtime on tapyard-cni), docker.io (tests/docker_real.rs: a
 #             real dockerd with tapyard as its network driver; installed with
 #             service starts held back, as below, so that the install starts no
-#             system dockerd), rootlesskit (Docker's rootless mode) and
-#             busybox-static (their images, made offline).
+#             system dockerd), rootlesskit (Docker's rootless mode),
+#             busybox-static (their images, made offline) and bird2 (the OSPF lab's
+#             routing daemon, also installed with service starts held back).
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
@@ -90,6 +91,8 @@ if [ $tests -eq 1 ]; then
   have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
   have podman || held_need+=(podman)
+  # examples/ospf.toml's routers (tests/labs_ospf.rs); its package would start a system bird.
+  have bird || held_need+=(bird2)
 fi
 
 if [ $bench -eq 1 ]; then
