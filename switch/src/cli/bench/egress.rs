@@ -815,9 +815,7 @@ pub fn run(args: &BenchArgs, files: &super::Files) -> anyhow::Result<i32> {
         paths,
         scenarios: SCENARIOS.iter().map(|s| scenario(&eg.samples, &status, *s)).collect(),
     };
-    if let Some(dir) = &args.report {
-        fs::create_dir_all(dir)?;
-        fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)? + "\n")?;
+    let md = || {
         let m = &results.machine;
         let mut md = format!("# tapyard bench --egress, {}\n\n", m.date);
         let _ = writeln!(md, "{} CPUs ({}), kernel {}, tapyard {};", m.nproc, m.cpu, m.kernel, m.tapyard_rev);
@@ -843,17 +841,9 @@ pub fn run(args: &BenchArgs, files: &super::Files) -> anyhow::Result<i32> {
             md.push('\n');
         }
         let _ = writeln!(md, "Errors: {}. Raw iperf3 JSON and setup logs: logs/.", eg.errors);
-        fs::write(dir.join("results.md"), md)?;
-        let dest = dir.join("logs");
-        let _ = fs::remove_dir_all(&dest);
-        super::report::copy_dir(&logs, &dest)?;
-        log(&format!("report written to {}", dir.display()));
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        print!("{}", table(&results));
-    }
+        md
+    };
+    super::report::write_and_print(args, &results, &logs, "bench egress", md, table)?;
     finish(if eg.errors == 0 { 0 } else { 1 })
 }
 
