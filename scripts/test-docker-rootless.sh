@@ -32,24 +32,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
-user="tyrd$$"
-work=$(mktemp -d /tmp/tapyard-docker-rootless.XXXXXX)
+# shellcheck source=scripts/lib/rootless-user.sh
+. scripts/lib/rootless-user.sh
+rootless_init "tyrd$$" /tmp/tapyard-docker-rootless.XXXXXX
 run="$work/run"
-tun_mode=$(stat -c %a /dev/net/tun)
 rk=""      # rootlesskit (the parent), started through dockerd-rootless.sh
 ty=""      # the tapyard daemon in rootlesskit's namespaces
-fails=0
 
-# gone PID: the process has exited (a zombie not yet reaped counts).
-gone() { [ -n "$1" ] && { ! kill -0 "$1" 2>/dev/null || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }; }
-# wait_for SECONDS CMD...: polls CMD until it succeeds or the deadline passes.
-wait_for() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.05
-  done
-}
 # stop PID SECONDS: SIGTERM, then SIGKILL if it has not exited by the deadline.
 stop() {
   [ -n "$1" ] || return 0
@@ -68,56 +57,28 @@ cleanup() {
   fi
   stop "$ty" 10
   stop "$rk" 30
-  # Whatever the throwaway user still runs was started by this script.
-  if id "$user" >/dev/null 2>&1; then
-    for p in $(pgrep -u "$user"); do kill -KILL "$p" 2>/dev/null; done
-    for _ in $(seq 100); do pgrep -u "$user" >/dev/null || break; sleep 0.05; done
-    userdel "$user" 2>/dev/null
-  fi
-  # useradd/userdel leave the user in the shadow-utils backup files.
-  for f in /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow- /etc/subuid- /etc/subgid- /etc/subuid /etc/subgid; do
-    [ -f "$f" ] && sed -i "/^$user:/d" "$f"
-  done
-  [ "$(stat -c %a /dev/net/tun)" = "$tun_mode" ] || chmod "$tun_mode" /dev/net/tun
+  rootless_cleanup
   # Image layers belong to the user's subordinate ids: root removes them.
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() { echo "ok    $*"; }
-fail() { echo "FAIL  $*"; fails=$((fails + 1)); }
-# check DESCRIPTION CMD...: ok if CMD succeeds, a failure otherwise.
-check() {
-  local what=$1; shift
-  if "$@"; then ok "$what"; else fail "$what"; fi
-}
 quiet() { "$@" >/dev/null 2>&1; }
 # fatal WHAT LOG: a step everything after depends on failed.
 fatal() { fail "$1"; [ -z "${2:-}" ] || tail -n 30 "$2" >&2; exit 1; }
 
 cargo build -q -p tapyard-switch --bin tapyard
-# useradd gives the user /etc/subuid and /etc/subgid ranges (login.defs
-# SUB_UID_COUNT), which rootlesskit maps through newuidmap/newgidmap.
-useradd -M -d "$work/home" -s /bin/sh "$user"
-uid=$(id -u "$user"); gid=$(id -g "$user")
+# The user's /etc/subuid and /etc/subgid ranges are what rootlesskit maps
+# through newuidmap/newgidmap.
+rootless_add_user
 if ! grep -q "^$user:" /etc/subuid || ! grep -q "^$user:" /etc/subgid; then
   fatal "useradd gave $user no /etc/subuid and /etc/subgid ranges (login.defs SUB_UID_COUNT)"
 fi
-mkdir -p "$work/bin" "$work/home" "$run" "$work/rootfs"
-install -m 755 target/debug/tapyard "$work/bin/tapyard"
-chown "$uid:$gid" "$work/home" "$run"
-chmod 755 "$work"
-chmod 700 "$run"
-[ "$tun_mode" = 666 ] || chmod 0666 /dev/net/tun
+mkdir -p "$work/rootfs"
 
-# "${user_env[@]}" CMD...: CMD as the throwaway user with its own runtime
-# directory and Docker's rootless socket (setpriv and env exec: CMD keeps
-# their pid).
-user_env=(setpriv --reuid="$uid" --regid="$gid" --init-groups --
-  env -i PATH="/usr/sbin:/usr/bin:/sbin:/bin" HOME="$work/home" XDG_RUNTIME_DIR="$run"
-  DOCKER_HOST="unix://$run/docker.sock")
-as_user() { "${user_env[@]}" "$@"; }
+# The user's commands see Docker's rootless socket.
+rootless_user_env DOCKER_HOST="unix://$run/docker.sock"
 # Debian's client: on some images a newer one in /usr/local/bin shadows it.
 dk() { as_user /usr/bin/docker "$@"; }
 tysock="$run/tapyard/tapyard.sock"
@@ -136,7 +97,6 @@ check "rootless dockerd: $(dk info --format '{{.ServerVersion}}, {{.Driver}}, cg
   grep -q rootless <(dk info --format '{{.SecurityOptions}}')
 dockerd=$(cat "$run/docker.pid")
 child=$(cat "$run/dockerd-rootless/child_pid")
-ns_of() { readlink "/proc/$1/ns/$2"; }
 same_ns() { [ "$(ns_of "$1" user)$(ns_of "$1" net)$(ns_of "$1" mnt)" = "$(ns_of "$2" user)$(ns_of "$2" net)$(ns_of "$2" mnt)" ]; }
 check "dockerd (pid $dockerd) is in rootlesskit's user, network and mount namespaces (child pid $child)" same_ns "$dockerd" "$child"
 check "and they are not the host's" test "$(ns_of "$dockerd" user)" != "$(ns_of self user)"

@@ -26,14 +26,13 @@ for t in podman pasta slirp4netns newuidmap newgidmap python3 setpriv useradd un
 done
 [ -x /bin/busybox ] || { echo "$me: /bin/busybox is needed (busybox-static; scripts/setup.sh --tests)" >&2; exit 1; }
 
-user="tyrp$$"
+# shellcheck source=scripts/lib/rootless-user.sh
+. scripts/lib/rootless-user.sh
+rootless_init "tyrp$$" /tmp/tapyard-rpodman.XXXXXX
 veth="tyrp$$h"
-work=$(mktemp -d /tmp/tapyard-rpodman.XXXXXX)
-tun_mode=$(stat -c %a /dev/net/tun)
 sup=""
 pasta=""
 server=""
-fails=0
 
 cleanup() {
   set +e
@@ -43,58 +42,27 @@ cleanup() {
     [ -n "${daemon:-}" ] && kill -TERM "$daemon" 2>/dev/null
     for _ in $(seq 100); do gone "$sup" && break; sleep 0.05; done
   fi
-  # Whatever the throwaway user still runs (podman's pause process, conmon,
-  # containers, pasta, slirp4netns) was started by this script.
-  if id "$user" >/dev/null 2>&1; then
-    for p in $(pgrep -u "$user"); do kill -KILL "$p" 2>/dev/null; done
-    for _ in $(seq 100); do pgrep -u "$user" >/dev/null || break; sleep 0.05; done
-    userdel "$user" 2>/dev/null
-  fi
-  # useradd/userdel leave the user in the shadow-utils backup files, and
-  # userdel keeps its subordinate ranges.
-  for f in /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow- /etc/subuid- /etc/subgid- /etc/subuid /etc/subgid; do
-    [ -f "$f" ] && sed -i "/^$user:/d" "$f"
-  done
+  # What the user still runs: podman's pause process, conmon, containers,
+  # pasta, slirp4netns.
+  rootless_cleanup
   ip link del "$veth" 2>/dev/null
-  [ "$(stat -c %a /dev/net/tun)" = "$tun_mode" ] || chmod "$tun_mode" /dev/net/tun
   # Container storage holds files of the user's subordinate uids: root removes it.
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() { echo "ok    $*"; }
-fail() { echo "FAIL  $*"; fails=$((fails + 1)); }
-# check DESCRIPTION CMD...: ok if CMD succeeds, a failure otherwise.
-check() {
-  local what=$1; shift
-  if "$@"; then ok "$what"; else fail "$what"; fi
-}
 quiet() { "$@" >/dev/null; }
-# gone PID: the process has exited (a zombie not yet reaped counts).
-gone() { [ -n "$1" ] && { ! kill -0 "$1" 2>/dev/null || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }; }
-# wait_for SECONDS CMD...: polls CMD until it succeeds or the deadline passes.
-wait_for() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.05
-  done
-}
 
 cargo build -q -p tapyard-switch --bin tapyard --bin tapyard-cni
-# useradd gives the user subordinate ranges (SUB_UID_COUNT in login.defs).
-useradd -M -d "$work/home" -s /bin/sh "$user"
-uid=$(id -u "$user"); gid=$(id -g "$user")
+rootless_add_user
+# Ranges of its own where useradd gave the user none (SUB_UID_COUNT 0).
 grep -q "^$user:" /etc/subuid || echo "$user:$((200000 + uid * 65536)):65536" >>/etc/subuid
 grep -q "^$user:" /etc/subgid || echo "$user:$((200000 + gid * 65536)):65536" >>/etc/subgid
 # podman refuses a runroot longer than 50 characters: $work is short.
 run="$work/run"
-mkdir -p "$work/bin" "$work/home" "$run" "$work/plugins" "$work/net.d" "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp"
-install -m 755 target/debug/tapyard "$work/bin/tapyard"
+mkdir -p "$work/plugins" "$work/net.d" "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp"
 install -m 755 target/debug/tapyard-cni "$work/plugins/tapyard-cni"
-chmod 755 "$work"
-[ "$tun_mode" = 666 ] || chmod 0666 /dev/net/tun
 
 net="rp$$"
 subnet=198.18.63.0/24
@@ -122,15 +90,9 @@ echo 'root:x:0:0:root:/root:/bin/sh' >"$work/rootfs/etc/passwd"
 echo 'root:x:0:' >"$work/rootfs/etc/group"
 tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
 # podman locks files in the conflist directory.
-chown "$uid:$gid" "$work/home" "$run" "$work/net.d"
-chmod 700 "$run"
+chown "$uid:$gid" "$work/net.d"
 
-# "${user_env[@]}" CMD...: CMD as the throwaway user, with its own runtime
-# directory (setpriv and env exec: CMD keeps their pid).
-user_env=(setpriv --reuid="$uid" --regid="$gid" --init-groups --
-  env -i PATH="/usr/sbin:/usr/bin:/sbin:/bin" HOME="$work/home" XDG_RUNTIME_DIR="$run"
-  CONTAINERS_CONF="$work/containers.conf")
-as_user() { "${user_env[@]}" "$@"; }
+rootless_user_env CONTAINERS_CONF="$work/containers.conf"
 pm_args=(podman --root "$work/home/storage" --runroot "$run/containers" --storage-driver vfs)
 pm() { as_user "${pm_args[@]}" "$@"; }
 ty() { as_user "$work/bin/tapyard" --socket "$sock" "$@"; }
@@ -156,7 +118,6 @@ if wait_for 30 test -S "$sock"; then ok "daemon socket under \$XDG_RUNTIME_DIR: 
   fail "no socket at $sock"; cat "$work/daemon.log"; exit 1
 fi
 daemon=$(ps --ppid "$sup" -o pid= | tr -d ' ' | head -1)
-ns_of() { readlink "/proc/$1/ns/$2"; }
 check "daemon (pid $daemon) is uid 0 of podman's user namespace" \
   test "$(pm unshare readlink /proc/self/ns/user)" = "$(ns_of "$daemon" user)"
 check "daemon has a network namespace of its own" test "$(ns_of "$daemon" net)" != "$(ns_of self net)"

@@ -16,12 +16,11 @@ for t in pasta slirp4netns python3 setpriv useradd nsenter; do
   command -v "$t" >/dev/null || { echo "test-rootless-uplink.sh: $t is needed" >&2; exit 1; }
 done
 
-user="tyrl$$"
-work=$(mktemp -d /tmp/tapyard-rootless-uplink.XXXXXX)
-tun_mode=$(stat -c %a /dev/net/tun)
+# shellcheck source=scripts/lib/rootless-user.sh
+. scripts/lib/rootless-user.sh
+rootless_init "tyrl$$" /tmp/tapyard-rootless-uplink.XXXXXX
 sup=""
 server=""
-fails=0
 
 cleanup() {
   set +e
@@ -30,41 +29,14 @@ cleanup() {
     kill -TERM "$sup"
     for _ in $(seq 100); do gone "$sup" && break; sleep 0.05; done
   fi
-  # Whatever the throwaway user still runs was started by this script.
-  if id "$user" >/dev/null 2>&1; then
-    for p in $(pgrep -u "$user"); do kill -KILL "$p" 2>/dev/null; done
-    for _ in $(seq 100); do pgrep -u "$user" >/dev/null || break; sleep 0.05; done
-    userdel "$user" 2>/dev/null
-  fi
-  # useradd/userdel leave the user in the shadow-utils backup files.
-  for f in /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow- /etc/subuid- /etc/subgid- /etc/subuid /etc/subgid; do
-    [ -f "$f" ] && sed -i "/^$user:/d" "$f"
-  done
-  [ "$(stat -c %a /dev/net/tun)" = "$tun_mode" ] || chmod "$tun_mode" /dev/net/tun
+  rootless_cleanup
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 trap 'exit 130' INT TERM
 
-ok() { echo "ok    $*"; }
-fail() { echo "FAIL  $*"; fails=$((fails + 1)); }
-# check DESCRIPTION CMD...: ok if CMD succeeds, a failure otherwise.
-check() {
-  local what=$1; shift
-  if "$@"; then ok "$what"; else fail "$what"; fi
-}
 quiet() { "$@" >/dev/null; }
-# gone PID: the process has exited (a zombie not yet reaped counts).
-gone() { [ -n "$1" ] && { ! kill -0 "$1" 2>/dev/null || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }; }
-# wait_for SECONDS CMD...: polls CMD until it succeeds or the deadline passes.
-wait_for() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.05
-  done
-}
 # refused DESCRIPTION PATTERN CMD...: CMD must fail with PATTERN in its output.
 refused() {
   local what=$1 pattern=$2 out; shift 2
@@ -73,22 +45,14 @@ refused() {
 }
 
 cargo build -q -p tapyard-switch --bin tapyard
-useradd -M -d "$work/home" -s /bin/sh "$user"
-uid=$(id -u "$user"); gid=$(id -g "$user")
-mkdir -p "$work/bin" "$work/home" "$work/run" "$work/empty" "$work/cwd"
-install -m 755 target/debug/tapyard "$work/bin/tapyard"
-chown "$uid:$gid" "$work/home" "$work/run" "$work/cwd"
-chmod 755 "$work"
-chmod 700 "$work/run"
-[ "$tun_mode" = 666 ] || chmod 0666 /dev/net/tun
+rootless_add_user
+mkdir -p "$work/empty" "$work/cwd"
+chown "$uid:$gid" "$work/cwd"
 
 export XDG_RUNTIME_DIR="$work/run"
 sock="$work/run/tapyard/tapyard.sock"
-# "${user_env[@]}" CMD...: CMD as the throwaway user, with its own runtime
-# directory (setpriv and env exec: CMD keeps their pid).
-user_env=(setpriv --reuid="$uid" --regid="$gid" --init-groups --
-  env -i PATH="/usr/sbin:/usr/bin:/sbin:/bin" HOME="$work/home" XDG_RUNTIME_DIR="$work/run")
-as_user() { "${user_env[@]}" "$@"; }
+# shellcheck disable=SC2119 # no variables beyond the common ones
+rootless_user_env
 ty() { as_user "$work/bin/tapyard" "$@"; }
 # start_daemon LOG ARGS...: `tapyard daemon ARGS` as the user in the
 # background; setpriv and env exec, so $sup is the supervisor itself.
@@ -109,7 +73,6 @@ stop_daemon() {
 # child_named NAME: the supervisor's child started as NAME (by its
 # argv[0]: Debian's pasta re-executes itself as passt.avx2 where it can).
 child_named() { ps --ppid "$sup" -o pid=,args= | awk -v c="$1" '{ n = $2; sub(".*/", "", n) } n == c { print $1 }'; }
-ns_of() { readlink "/proc/$1/ns/$2"; }
 
 echo "rootless uplink: user $user (uid $uid), XDG_RUNTIME_DIR=$work/run"
 

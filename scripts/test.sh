@@ -39,7 +39,7 @@ cargo fmt --all -- --check
 scripts/check-layers.sh
 # Every shell script, linted (Debian shellcheck; -x follows `. file` sources).
 command -v shellcheck >/dev/null || { echo "test.sh: shellcheck is not installed (scripts/setup.sh --tests installs it)" >&2; exit 1; }
-shellcheck -x scripts/*.sh .ci/run switch/tests/fixtures/*.sh
+shellcheck -x scripts/*.sh scripts/lib/*.sh .ci/run switch/tests/fixtures/*.sh
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --workspace "$@"
 # Inside the user namespace only the part above runs; the outer run prints the summary.

@@ -418,20 +418,21 @@ impl Eg {
         Ok((ty, pid))
     }
 
-    fn setup_tapyard(&self) -> Res<(PathRig, String)> {
-        let (mut lab, p) = self.lab("tapyard", "t")?;
-        Self::host_and_outside(&mut lab, &p)?;
-        let (ty, pid) = self.daemon(&mut lab, &format!("{p}h"), "tapyard")?;
+    /// Network eg ({TY_NET}, `mtu` or the daemon's default) on the daemon
+    /// `ty`, and the container's namespace connected to it at {TY_CT} with
+    /// the ports `publish`.
+    fn container_on_eg(ty: &Tapyard, lab: &Lab, p: &str, mtu: Option<u32>, publish: Vec<String>) -> Res<()> {
         ty.call(
-            &lab,
+            lab,
             &Request::NetworkCreate(NetworkCreate {
                 name: "eg".into(),
                 subnet: Some(TY_NET.into()),
+                mtu,
                 ..Default::default()
             }),
         )?;
         ty.call(
-            &lab,
+            lab,
             &Request::Connect {
                 network: "eg".into(),
                 netns: format!("{p}c"),
@@ -439,10 +440,18 @@ impl Eg {
                 mac: None,
                 ip: Some(format!("{TY_CT}/24")),
                 offload: None,
-                publish: vec![format!("{PUB_PORT}:{IPERF_PORT}")],
+                publish,
                 owner: None,
             },
         )?;
+        Ok(())
+    }
+
+    fn setup_tapyard(&self) -> Res<(PathRig, String)> {
+        let (mut lab, p) = self.lab("tapyard", "t")?;
+        Self::host_and_outside(&mut lab, &p)?;
+        let (ty, pid) = self.daemon(&mut lab, &format!("{p}h"), "tapyard")?;
+        Self::container_on_eg(&ty, &lab, &p, None, vec![format!("{PUB_PORT}:{IPERF_PORT}")])?;
         let desc = format!(
             "tapyard daemon in namespace host (uplink TAP, kernel masquerade), container on network eg {TY_NET}, --publish {PUB_PORT}:{IPERF_PORT}"
         );
@@ -552,28 +561,7 @@ impl Eg {
         let (ty, pid) = self.daemon(&mut lab, &d, "tapyard-pasta")?;
         // The MTU pasta gives a namespace (65520), as the baseline's container
         // has: at 1500, pasta's per-packet cost dominates (docs/PERFORMANCE.md).
-        ty.call(
-            &lab,
-            &Request::NetworkCreate(NetworkCreate {
-                name: "eg".into(),
-                subnet: Some(TY_NET.into()),
-                mtu: Some(65520),
-                ..Default::default()
-            }),
-        )?;
-        ty.call(
-            &lab,
-            &Request::Connect {
-                network: "eg".into(),
-                netns: format!("{p}c"),
-                ifname: None,
-                mac: None,
-                ip: Some(format!("{TY_CT}/24")),
-                offload: None,
-                publish: vec![],
-                owner: None,
-            },
-        )?;
+        Self::container_on_eg(&ty, &lab, &p, Some(65520), vec![])?;
         let desc = format!(
             "tapyard daemon in namespace {d} (uplink TAP, kernel masquerade) with pasta attached to that namespace (same options as the baseline), container on network eg {TY_NET}, MTU 65520 (pasta's); run as root"
         );
@@ -827,9 +815,7 @@ pub fn run(args: &BenchArgs, files: &super::Files) -> anyhow::Result<i32> {
         paths,
         scenarios: SCENARIOS.iter().map(|s| scenario(&eg.samples, &status, *s)).collect(),
     };
-    if let Some(dir) = &args.report {
-        fs::create_dir_all(dir)?;
-        fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)? + "\n")?;
+    let md = || {
         let m = &results.machine;
         let mut md = format!("# tapyard bench --egress, {}\n\n", m.date);
         let _ = writeln!(md, "{} CPUs ({}), kernel {}, tapyard {};", m.nproc, m.cpu, m.kernel, m.tapyard_rev);
@@ -855,17 +841,9 @@ pub fn run(args: &BenchArgs, files: &super::Files) -> anyhow::Result<i32> {
             md.push('\n');
         }
         let _ = writeln!(md, "Errors: {}. Raw iperf3 JSON and setup logs: logs/.", eg.errors);
-        fs::write(dir.join("results.md"), md)?;
-        let dest = dir.join("logs");
-        let _ = fs::remove_dir_all(&dest);
-        super::report::copy_dir(&logs, &dest)?;
-        log(&format!("report written to {}", dir.display()));
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        print!("{}", table(&results));
-    }
+        md
+    };
+    super::report::write_and_print(args, &results, &logs, "bench egress", md, table)?;
     finish(if eg.errors == 0 { 0 } else { 1 })
 }
 

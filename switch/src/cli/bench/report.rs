@@ -3,15 +3,18 @@
 //! switched), and with `--report DIR` DIR/results.json, DIR/results.md,
 //! DIR/chart.png (gnuplot with the embedded chart.gp) and DIR/logs/. The
 //! text is what bench.sh printed, so earlier reports compare line by line.
+//! Also what `--vhost` and `--egress` write and print ([`write_and_print`]).
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use serde::Serialize;
+
 use super::runner::{self, Plan};
 use super::schema::{fixed, FigureDef, Results, Status, FIGURES};
-use super::Test;
+use super::{BenchArgs, Test};
 
 /// What the text needs beyond the results.
 pub struct View<'a> {
@@ -259,6 +262,35 @@ pub fn write(dir: &Path, results: &mut Results, view: &View<'_>, work: &Path, lo
         dir.join("results.md").display(),
         if chart == "chart.png" { "chart.png".to_string() } else { format!("no chart ({chart})") }
     ));
+    Ok(())
+}
+
+/// What --vhost and --egress leave: with --report DIR, DIR/results.json,
+/// DIR/results.md (`md`, made once results.json is written) and DIR/logs/
+/// (a copy of `logs`), said in the log under `tag`; then the results on
+/// stdout, as JSON with --json, else as `table`.
+pub fn write_and_print<T: Serialize>(
+    args: &BenchArgs,
+    results: &T,
+    logs: &Path,
+    tag: &str,
+    md: impl FnOnce() -> String,
+    table: fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if let Some(dir) = &args.report {
+        fs::create_dir_all(dir)?;
+        fs::write(dir.join("results.json"), serde_json::to_string_pretty(results)? + "\n")?;
+        fs::write(dir.join("results.md"), md())?;
+        let dest = dir.join("logs");
+        let _ = fs::remove_dir_all(&dest);
+        copy_dir(logs, &dest)?;
+        runner::log_as(tag, &format!("report written to {}", dir.display()));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(results)?);
+    } else {
+        print!("{}", table(results));
+    }
     Ok(())
 }
 

@@ -131,6 +131,22 @@ struct Run<'a> {
     raw: Vec<RawPath>,
 }
 
+/// A UDP measurement of 60-byte frames (18-byte payloads): udp, at no rate
+/// limit, and loss, at the rate the Linux bridge reached.
+struct UdpTest<'a> {
+    /// In the names of the raw iperf3 files and in error messages.
+    name: &'a str,
+    /// iperf3's -b (0: unlimited).
+    rate: &'a str,
+    /// The run's figure; None when iperf3 reported no packet counts.
+    figure: fn(&measure::IperfResult) -> Option<f64>,
+    /// The figure's key, and the key of the rate iperf3 offered.
+    key: &'a str,
+    offered_key: &'a str,
+    /// The progress line of run i with figure v.
+    line: &'a dyn Fn(u32, f64) -> String,
+}
+
 /// Exit: the run was interrupted (130), after cleaning up.
 pub struct Interrupted;
 
@@ -759,26 +775,15 @@ impl Run<'_> {
     }
 
     fn test_udp(&mut self, lab: &Lab, raw: &mut RawPath, ns_a: &str, target: &str) -> Result<(), SetupError> {
-        for i in 1..=self.plan.runs {
-            let js = self.logs.join(format!("{}.udp.{i}.json", raw.name));
-            let r = match self.iperf(lab, ns_a, target, &js, &["-u", "-l", "18", "-b", "0"])? {
-                Ok(r) => r,
-                Err(e) => {
-                    self.err(raw, format!("udp run {i}: iperf3 failed: {e}"));
-                    continue;
-                }
-            };
-            let Some(v) = r.received_kpps() else {
-                self.err(raw, format!("udp run {i}: iperf3 reported no packet counts"));
-                continue;
-            };
-            raw.record("udp64_kpps", v);
-            if let Some(o) = r.offered_kpps() {
-                raw.record("udp64_offered_kpps", o);
-            }
-            log(&format!("  udp64 run {i}: {v:.1} kpps received"));
-        }
-        Ok(())
+        let udp = UdpTest {
+            name: "udp",
+            rate: "0",
+            figure: measure::IperfResult::received_kpps,
+            key: "udp64_kpps",
+            offered_key: "udp64_offered_kpps",
+            line: &|i, v| format!("  udp64 run {i}: {v:.1} kpps received"),
+        };
+        self.udp_runs(lab, raw, ns_a, target, &udp)
     }
 
     fn test_loss(&mut self, lab: &Lab, raw: &mut RawPath, ns_a: &str, target: &str) -> Result<(), SetupError> {
@@ -791,24 +796,46 @@ impl Run<'_> {
             return Ok(());
         };
         let bits = format!("{:.0}", kpps * 1000.0 * 18.0 * 8.0);
+        let loss = UdpTest {
+            name: "loss",
+            rate: &bits,
+            figure: measure::IperfResult::loss_pct,
+            key: "loss_pct",
+            offered_key: "loss_offered_kpps",
+            line: &|i, v| format!("  loss run {i}: {v:.3} % of 60-byte frames offered at {kpps:.1} kpps"),
+        };
+        self.udp_runs(lab, raw, ns_a, target, &loss)
+    }
+
+    /// The runs of a [`UdpTest`]: a run iperf3 fails, or reports no packet
+    /// counts for, is an error of the path and records nothing.
+    fn udp_runs(
+        &mut self,
+        lab: &Lab,
+        raw: &mut RawPath,
+        ns_a: &str,
+        target: &str,
+        t: &UdpTest<'_>,
+    ) -> Result<(), SetupError> {
+        let name = t.name;
         for i in 1..=self.plan.runs {
-            let js = self.logs.join(format!("{}.loss.{i}.json", raw.name));
-            let r = match self.iperf(lab, ns_a, target, &js, &["-u", "-l", "18", "-b", &bits])? {
+            let js = self.logs.join(format!("{}.{name}.{i}.json", raw.name));
+            let r = match self.iperf(lab, ns_a, target, &js, &["-u", "-l", "18", "-b", t.rate])? {
                 Ok(r) => r,
                 Err(e) => {
-                    self.err(raw, format!("loss run {i}: iperf3 failed: {e}"));
+                    self.err(raw, format!("{name} run {i}: iperf3 failed: {e}"));
                     continue;
                 }
             };
-            let Some(v) = r.loss_pct() else {
-                self.err(raw, format!("loss run {i}: iperf3 reported no packet counts"));
+            let Some(v) = (t.figure)(&r) else {
+                self.err(raw, format!("{name} run {i}: iperf3 reported no packet counts"));
                 continue;
             };
-            raw.record("loss_pct", v);
+            raw.record(t.key, v);
             if let Some(o) = r.offered_kpps() {
-                raw.record("loss_offered_kpps", o);
+                raw.record(t.offered_key, o);
             }
-            log(&format!("  loss run {i}: {v:.3} % of 60-byte frames offered at {kpps:.1} kpps"));
+            log(&(t.line)(i, v));
         }
         Ok(())
     }

@@ -650,26 +650,15 @@ pub fn run(args: &BenchArgs, files: &super::Files) -> anyhow::Result<i32> {
         ratios,
         runs,
     };
-    if let Some(dir) = &args.report {
-        fs::create_dir_all(dir)?;
-        fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)? + "\n")?;
-        let md = format!(
+    let md = || {
+        format!(
             "# tapyard bench --vhost, {}\n\n{nproc} CPUs, kernel {kernel}, {n} run{} x {dur} s, medians; 64-byte frames; daemon --workers 1.\n\n```\n{}```\n",
             results.machine.date,
             if n == 1 { "" } else { "s" },
             table(&results)
-        );
-        fs::write(dir.join("results.md"), md)?;
-        let dest = dir.join("logs");
-        let _ = fs::remove_dir_all(&dest);
-        super::report::copy_dir(&logs, &dest)?;
-        log(&format!("report written to {}", dir.display()));
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        print!("{}", table(&results));
-    }
+        )
+    };
+    super::report::write_and_print(args, &results, &logs, "bench vhost", md, table)?;
     finish(0)
 }
 
