@@ -129,7 +129,13 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         self.adopt();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let timeout = if self.pending.is_empty() && !self.shared.busy { None } else { Some(Duration::ZERO) };
+            let mut timeout = if self.pending.is_empty() && !self.shared.busy { None } else { Some(Duration::ZERO) };
+            if timeout.is_none() {
+                // Frames held by impairments leave when due: sleep no longer than that.
+                if let Some(due) = self.egress.impair.next_due() {
+                    timeout = Some(Duration::from_nanos(due.saturating_sub(self.shared.clock.now_nanos())));
+                }
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -146,7 +152,11 @@ impl Worker {
             if reload {
                 self.adopt();
             }
+            self.egress.impair.now = self.shared.clock.now_nanos();
             self.serve_pending();
+            if !self.egress.impair.ports().is_empty() {
+                self.release_impaired();
+            }
         }
         Ok(())
     }
@@ -198,6 +208,7 @@ impl Worker {
             self.mark_pending(id);
         }
         self.snap = new;
+        self.egress.impair.adopt(&self.snap);
         self.adopted.store(self.snap.epoch, Ordering::Release);
     }
 
@@ -238,6 +249,24 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Runs the frames impairments held that are due now: direction in
+    /// through the pipeline as bursts of their port, direction out to their
+    /// port (`datapath::impair`).
+    fn release_impaired(&mut self) {
+        let now = self.shared.clock.now_secs();
+        for k in 0..self.egress.impair.ports().len() {
+            let id = self.egress.impair.ports()[k];
+            let Some(view) = self.snap.port(id) else { continue };
+            let queue = view.queue_for(self.index).unwrap_or(0);
+            while self.egress.impair.due_in(id, &mut self.batch) > 0 {
+                pipeline(&mut self.batch, &mut self.egress, &self.snap, view, queue, now);
+            }
+        }
+        self.egress.release_impaired(&self.snap);
+    }
+}
+
 /// A worker's buffers, borrowed for one burst.
 pub struct Io<'a> {
     pub batch: &'a mut Batch,
@@ -255,6 +284,17 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
     if report.frames == 0 {
         return report.state;
     }
+    if let Some(imp) = &view.impair {
+        if egress.impair.ingress(view, imp, batch) {
+            return report.state;
+        }
+    }
+    pipeline(batch, egress, snap, view, *queue, now);
+    report.state
+}
+
+/// Runs the frames of `batch`, read from `queue` of `view`, through classify and egress.
+fn pipeline(batch: &mut Batch, egress: &mut Egress, snap: &Snapshot, view: &PortView, queue: usize, now: u32) {
     let table = view.network.fdb.table();
     for i in 0..batch.len() {
         let wire = batch.wire_mut(i);
@@ -264,6 +304,5 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
         egress.apply(c.verdict, i, wire, view, snap);
     }
     drop(table);
-    egress.finish(batch, view, *queue, snap);
-    report.state
+    egress.finish(batch, view, queue, snap);
 }

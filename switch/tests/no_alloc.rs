@@ -186,6 +186,7 @@ fn steady_state_forwarding_does_not_allocate() {
                 port: p.clone() as Arc<dyn Port>,
                 stats: Arc::default(),
                 worker: 0,
+                impair: None,
             })
             .collect(),
         neighbors: [(
@@ -350,6 +351,7 @@ fn steady_state_vhost_user_forwarding_does_not_allocate() {
                 port: p.clone(),
                 stats: s.clone(),
                 worker: 0,
+                impair: None,
             })
             .collect(),
         neighbors: Default::default(),

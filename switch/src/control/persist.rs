@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tapyard_ipam::{Addressing, Ipv4Net};
 
 use super::publish::Publish;
+use crate::impair::LinkSettings;
 use crate::port::Offloads;
 use crate::wire::MacAddr;
 
@@ -108,6 +109,9 @@ pub struct PortSpec {
     /// files of ports made without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Impairments and link state (`port set`); absent: a plain, connected link.
+    #[serde(default, skip_serializing_if = "LinkSettings::is_plain")]
+    pub link: LinkSettings,
 }
 
 impl PortSpec {
@@ -254,6 +258,7 @@ mod tests {
                 vhost: None,
                 publish: vec![],
                 owner: None,
+                link: LinkSettings::default(),
             }],
             routers: vec![],
         };

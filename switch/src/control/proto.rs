@@ -512,6 +512,19 @@ pub struct PortInfo {
     /// The `owner` given to `connect` (the CNI plugin: the container id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Impairments of the frames the node sends (`port set --direction in`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impair_in: Option<crate::impair::Impairment>,
+    /// Impairments of the frames sent to the node (`--direction out`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impair_out: Option<crate::impair::Impairment>,
+    /// False while the link is cut (`port set --down`): the node sees no carrier.
+    #[serde(default = "yes")]
+    pub link_up: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `port set`: the port is named as for `disconnect` (a TAP by `netns` and
@@ -711,6 +724,9 @@ mod tests {
             vhost: None,
             publish: vec![],
             owner: None,
+            impair_in: None,
+            impair_out: None,
+            link_up: true,
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["netns"], serde_json::Value::Null);
