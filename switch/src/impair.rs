@@ -107,6 +107,81 @@ impl Impairment {
     }
 }
 
+/// Written as `port set`'s flags take it: `delay 20ms jitter 5ms loss 1%
+/// rate 10mbit` (only what is set; `none` for a plain direction).
+impl std::fmt::Display for Impairment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if self.delay_us > 0 {
+            parts.push(format!("delay {}", show_duration(self.delay_us)));
+        }
+        if self.jitter_us > 0 {
+            parts.push(format!("jitter {}", show_duration(self.jitter_us)));
+            if self.distribution != Distribution::Uniform {
+                let d = if self.distribution == Distribution::Normal { "normal" } else { "pareto" };
+                parts.push(format!("distribution {d}"));
+            }
+        }
+        for (name, ppm) in [("loss", self.loss_ppm)] {
+            if ppm > 0 {
+                parts.push(format!("{name} {}", show_percent(ppm)));
+            }
+        }
+        if self.loss_burst > 1.0 {
+            parts.push(format!("loss-burst {}", self.loss_burst));
+        }
+        for (name, ppm) in
+            [("duplicate", self.duplicate_ppm), ("reorder", self.reorder_ppm), ("corrupt", self.corrupt_ppm)]
+        {
+            if ppm > 0 {
+                parts.push(format!("{name} {}", show_percent(ppm)));
+            }
+        }
+        if self.rate_bps > 0 {
+            parts.push(format!("rate {}", show_rate(self.rate_bps)));
+        }
+        if self.burst_bytes > 0 {
+            parts.push(format!("burst {}b", self.burst_bytes));
+        }
+        if self.limit > 0 {
+            parts.push(format!("limit {}", self.limit));
+        }
+        if parts.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Microseconds as `port set` takes them: `20ms`, `1.5s`, `250us`.
+pub fn show_duration(us: u64) -> String {
+    if us >= 1_000_000 && us % 1000 == 0 {
+        format!("{}s", us as f64 / 1e6)
+    } else if us >= 1000 && us % 1000 == 0 {
+        format!("{}ms", us / 1000)
+    } else if us >= 1000 {
+        format!("{}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// Parts per million as a percentage: `1%`, `0.5%`.
+pub fn show_percent(ppm: u32) -> String {
+    format!("{}%", f64::from(ppm) / 10_000.0)
+}
+
+/// Bits per second in tc(8) units: `10mbit`, `1.5gbit`, `800kbit`.
+pub fn show_rate(bps: u64) -> String {
+    let (v, u) = match bps {
+        b if b >= 1_000_000_000 => (b as f64 / 1e9, "gbit"),
+        b if b >= 1_000_000 => (b as f64 / 1e6, "mbit"),
+        b if b >= 1_000 => (b as f64 / 1e3, "kbit"),
+        b => (b as f64, "bit"),
+    };
+    format!("{v}{u}")
+}
+
 /// A change to a port's impairments (`port set`): only the fields given
 /// change; the others keep their values.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -410,6 +485,44 @@ mod tests {
         assert_eq!(parse_size("1500"), Ok(1500));
         assert_eq!(parse_size("1500b"), Ok(1500));
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn settings_are_shown_as_they_are_typed() {
+        let i = Impairment {
+            delay_us: 20_000,
+            jitter_us: 5_000,
+            distribution: Distribution::Normal,
+            loss_ppm: 10_000,
+            rate_bps: 10_000_000,
+            ..Default::default()
+        };
+        assert_eq!(i.to_string(), "delay 20ms jitter 5ms distribution normal loss 1% rate 10mbit");
+        assert_eq!(Impairment::default().to_string(), "none");
+        assert_eq!(show_duration(1_500_000), "1.5s");
+        assert_eq!(show_duration(250), "250us");
+        assert_eq!(show_percent(5_000), "0.5%");
+    }
+
+    #[test]
+    fn port_set_applies_clear_direction_and_link_as_one() {
+        let mut l = LinkSettings::default();
+        let delay = ImpairPatch { delay_us: Some(20_000), ..Default::default() };
+        l.set(false, Direction::Both, &delay, None).unwrap();
+        assert_eq!((l.impair_in.delay_us, l.impair_out.delay_us), (20_000, 20_000));
+        let loss = ImpairPatch { loss_ppm: Some(50_000), ..Default::default() };
+        l.set(false, Direction::In, &loss, Some(false)).unwrap();
+        assert_eq!((l.impair_in.loss_ppm, l.impair_out.loss_ppm, l.link_up), (50_000, 0, false));
+        let bad = ImpairPatch { reorder_ppm: Some(1), ..Default::default() };
+        let before = l;
+        assert!(l.set(true, Direction::Both, &bad, Some(true)).is_err());
+        assert_eq!(l, before, "a rejected set changes nothing");
+        l.set(true, Direction::Both, &ImpairPatch::default(), Some(true)).unwrap();
+        assert!(l.is_plain());
+        // What a state file keeps: nothing for a plain direction.
+        let s = serde_json::to_string(&LinkSettings { link_up: false, ..Default::default() }).unwrap();
+        assert_eq!(s, r#"{"link_up":false}"#);
+        assert_eq!(serde_json::from_str::<LinkSettings>("{}").unwrap(), LinkSettings::default());
     }
 
     #[test]

@@ -619,7 +619,8 @@ impl Daemon {
             drop(inner);
             self.wait_adopted(epoch);
             inner = self.lock();
-            tracing::info!(port = %id, network = %req.network, settings = ?link, "port link settings changed");
+            tracing::info!(port = %id, network = %req.network, link_up = link.link_up, impair_in = %link.impair_in,
+                impair_out = %link.impair_out, "port link settings changed");
         }
         let rec = inner.ports.get(&id).ok_or_else(|| ApiError::not_found(format!("port {id} is gone")))?;
         Ok(self.port_reply(&inner, rec))
