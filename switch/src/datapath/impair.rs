@@ -43,6 +43,7 @@ use crate::impair::{Distribution, Impairment, PortImpair, IN, OUT};
 use crate::packet::{Batch, PortId, BATCH, HEADROOM};
 use crate::snapshot::{PortView, Snapshot};
 use crate::stats::{DropReason, PortStats};
+use crate::wire::vnet::VnetHdr;
 
 /// A small, fast pseudo-random generator (wyrand): one per worker, seeded
 /// once; no syscall per frame. Statistical quality is ample for link models.
@@ -95,6 +96,29 @@ pub fn reserve(tat: &AtomicU64, arrival: u64, bytes: usize, rate_bps: u64, burst
             Err(now) => t = now,
         }
     }
+}
+
+/// The bytes a frame (`wire`: vnet header and frame) puts on the link for
+/// the rate limit: its length, and for a GSO super-frame the headers of
+/// every segment it becomes, as if it had been segmented before the limit
+/// (a TCP stream through a 10 Mbit/s limit then carries what it would over
+/// a real 10 Mbit/s link).
+pub fn rate_bytes(wire: &[u8]) -> usize {
+    let frame = &wire[HEADROOM..];
+    let h = VnetHdr::of(wire);
+    if !h.is_gso() || h.gso_size == 0 {
+        return frame.len();
+    }
+    // The L4 header starts at csum_start (GSO frames always need the checksum).
+    let l4 = usize::from(h.csum_start);
+    let l4_len =
+        if h.gso() == VnetHdr::GSO_UDP_L4 { 8 } else { frame.get(l4 + 12).map_or(20, |b| usize::from(b >> 4) * 4) };
+    let headers = l4 + l4_len;
+    if headers >= frame.len() {
+        return frame.len();
+    }
+    let segs = (frame.len() - headers).div_ceil(usize::from(h.gso_size));
+    frame.len() + (segs - 1) * headers
 }
 
 /// One frame's place in a line's memory, in arrival order.
@@ -260,7 +284,7 @@ impl Line {
         }
         let mut due = if rng.chance(self.cfg.reorder_ppm) { now } else { now + self.delay(rng) };
         if self.cfg.rate_bps > 0 {
-            due = reserve(&shared.rate_tat[dir], due, wire.len() - HEADROOM, self.cfg.rate_bps, self.cfg.burst());
+            due = reserve(&shared.rate_tat[dir], due, rate_bytes(wire), self.cfg.rate_bps, self.cfg.burst());
         }
         let seq = self.base + self.slots.len() as u64;
         self.slots.push_back(Slot { off: off as u32, len: wire.len() as u32, done: false });
@@ -636,6 +660,24 @@ mod tests {
         let (mut l, sh) = line(Impairment { delay_us: 10_000, reorder_ppm: 1_000_000, ..Default::default() });
         l.admit(5, &wire(100, 1), &sh, OUT, &mut rng);
         assert_eq!(l.next_due(), Some(5), "a reordered frame skips the delay");
+    }
+
+    #[test]
+    fn a_super_frame_counts_the_headers_of_its_segments() {
+        let mut w = wire(54 + 3 * 1448, 0);
+        let h = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type: VnetHdr::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        h.write_to(&mut w);
+        w[HEADROOM + 34 + 12] = 5 << 4;
+        assert_eq!(rate_bytes(&w), 54 + 3 * 1448 + 2 * 54);
+        assert_eq!(rate_bytes(&wire(1000, 0)), 1000);
     }
 
     #[test]
