@@ -155,9 +155,9 @@ impl std::fmt::Display for Impairment {
 
 /// Microseconds as `port set` takes them: `20ms`, `1.5s`, `250us`.
 pub fn show_duration(us: u64) -> String {
-    if us >= 1_000_000 && us % 1000 == 0 {
+    if us >= 1_000_000 && us.is_multiple_of(1000) {
         format!("{}s", us as f64 / 1e6)
-    } else if us >= 1000 && us % 1000 == 0 {
+    } else if us >= 1000 && us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else if us >= 1000 {
         format!("{}ms", us as f64 / 1e3)
@@ -322,6 +322,9 @@ impl LinkSettings {
     }
 }
 
+/// One worker's frame memory for one direction, until the worker takes it.
+pub type Arena = Mutex<Option<Box<[u8]>>>;
+
 /// What one port's settings carry into the data path, built by control when
 /// a setting is applied and shared by every worker through the snapshot.
 pub struct PortImpair {
@@ -335,7 +338,7 @@ pub struct PortImpair {
     /// Per worker, per direction: the frame memory it holds frames in,
     /// allocated here (in control) and taken by the worker once when it
     /// adopts the snapshot, so no worker allocates it.
-    pub arenas: Vec<[Mutex<Option<Box<[u8]>>>; 2]>,
+    pub arenas: Vec<[Arena; 2]>,
 }
 
 impl PortImpair {
