@@ -255,16 +255,23 @@ impl Worker {
     /// port (`datapath::impair`).
     fn release_impaired(&mut self) {
         let now = self.shared.clock.now_secs();
-        for k in 0..self.egress.impair.ports().len() {
-            let id = self.egress.impair.ports()[k];
-            let Some(view) = self.snap.port(id) else { continue };
-            let queue = view.queue_for(self.index).unwrap_or(0);
-            while self.egress.impair.due_in(id, &mut self.batch) > 0 {
-                pipeline(&mut self.batch, &mut self.egress, &self.snap, view, queue, now);
-            }
-        }
-        self.egress.release_impaired(&self.snap);
+        release_impaired(&mut self.batch, &mut self.egress, &self.snap, self.index, now);
     }
+}
+
+/// Runs what worker `worker`'s impairment lines hold that is due at
+/// `egress.impair.now`: direction-in frames through the pipeline as bursts
+/// of their port, direction-out frames to their port.
+pub fn release_impaired(batch: &mut Batch, egress: &mut Egress, snap: &Snapshot, worker: usize, now: u32) {
+    for k in 0..egress.impair.ports().len() {
+        let id = egress.impair.ports()[k];
+        let Some(view) = snap.port(id) else { continue };
+        let queue = view.queue_for(worker).unwrap_or(0);
+        while egress.impair.due_in(id, batch) > 0 {
+            pipeline(batch, egress, snap, view, queue, now);
+        }
+    }
+    egress.release_impaired(snap);
 }
 
 /// A worker's buffers, borrowed for one burst.
