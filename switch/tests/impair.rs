@@ -80,8 +80,10 @@ fn a_delay_adds_to_the_round_trip_and_clear_removes_it() {
     port_set(&s, &s.a, &["--clear", "--delay", "20ms", "--jitter", "5ms", "--direction", "out"]);
     let j = rtts(&s.a, &s.b_ip, 50, "0.02");
     let (lo, hi) = j.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    println!("RTT with 20 ms ± 5 ms out: {lo:.2}..{hi:.2} ms");
-    assert!(lo >= 14.0 && hi <= 30.0 && hi - lo > 3.0, "jittered RTTs {lo}..{hi}");
+    let mid = median(j.clone());
+    println!("RTT with 20 ms ± 5 ms out: {lo:.2}..{hi:.2} ms, median {mid:.2}");
+    // Never below delay − jitter; the top is left to the machine's load.
+    assert!(lo >= 14.9 && hi - lo > 3.0 && (18.0..30.0).contains(&mid), "jittered RTTs {lo}..{hi}, median {mid}");
     port_set(&s, &s.a, &["--clear"]);
     let plain = median(rtts(&s.a, &s.b_ip, 20, "0.02"));
     println!("median RTT after --clear: {plain:.2} ms");
@@ -164,12 +166,33 @@ fn a_loss_rate_loses_that_share_of_pings() {
 }
 
 #[test]
-fn duplication_shows_in_ping() {
+fn duplication_and_corruption_show_in_ping() {
     let Some(s) = setup("dup", 94) else { return };
     port_set(&s, &s.a, &["--duplicate", "100%", "--direction", "out"]);
     let out = run_in(&s.a, &["ping", "-n", "-c", "3", "-i", "0.1", &s.b_ip]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("DUP!"), "{text}");
+    // Every reply to a with one bit flipped past the Ethernet header: the
+    // IP or ICMP checksum no longer matches, and a's kernel counts a
+    // checksum error for each (ping's raw socket still sees them, with
+    // "wrong data byte" or a bad sequence, so its exit status says nothing).
+    port_set(&s, &s.a, &["--clear", "--corrupt", "100%", "--direction", "out"]);
+    let before = csum_errors(&s.a);
+    let out = run_in(&s.a, &["ping", "-n", "-c", "4", "-i", "0.2", "-W", "1", &s.b_ip]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = csum_errors(&s.a) - before;
+    println!("corrupt 100%: {errors} checksum errors in a for 4 pings");
+    assert!(errors >= 3, "{errors} checksum errors in a for 4 corrupted replies; ping said:\n{text}");
+    port_set(&s, &s.a, &["--clear"]);
+    let before = csum_errors(&s.a);
+    assert!(s.a.ping_quick(&s.b_ip));
+    assert_eq!(csum_errors(&s.a), before, "checksum errors after --clear");
+}
+
+/// Packets `ns`'s kernel dropped for a bad IP or ICMP checksum (nstat).
+fn csum_errors(ns: &Netns) -> u64 {
+    let out = run_in(ns, &["nstat", "-asz", "IcmpInCsumErrors", "IpExtInCsumErrors"]);
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum()
 }
 
 fn carrier(ns: &Netns) -> String {
@@ -247,5 +270,5 @@ fn settings_survive_a_restart() {
     assert!(wait_for(10, || s.a.ping_quick(&s.b_ip)), "no connectivity after the restart");
     let rtt = median(rtts(&s.a, &s.b_ip, 20, "0.02"));
     println!("median RTT after the restart with 20 ms in: {rtt:.2} ms");
-    assert!((18.0..32.0).contains(&rtt), "median RTT {rtt} ms, want 20 ms");
+    assert!((18.0..40.0).contains(&rtt), "median RTT {rtt} ms, want 20 ms");
 }

@@ -39,6 +39,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use super::offload::complete_csum;
 use crate::impair::{Distribution, Impairment, PortImpair, IN, OUT};
 use crate::packet::{Batch, PortId, BATCH, HEADROOM};
 use crate::snapshot::{PortView, Snapshot};
@@ -119,6 +120,22 @@ pub fn rate_bytes(wire: &[u8]) -> usize {
     }
     let segs = (frame.len() - headers).div_ceil(usize::from(h.gso_size));
     frame.len() + (segs - 1) * headers
+}
+
+/// Flips one random bit past the Ethernet header of `wire` (tc-netem(8)
+/// corrupt). As netem does (skb_checksum_help), a partial checksum is
+/// completed first and the header made plain, so the receiver verifies the
+/// checksums and sees the damage instead of trusting them; a GSO
+/// super-frame (netem segments it first) is left whole.
+fn corrupt(wire: &mut [u8], rng: &mut Rng) {
+    let (hb, frame) = wire.split_at_mut(HEADROOM);
+    let mut h = VnetHdr::of(hb);
+    if h.is_gso() || complete_csum(&mut h, frame).is_err() {
+        return;
+    }
+    VnetHdr::NONE.write_to(hb);
+    let r = rng.next_u64();
+    frame[14 + (r % (frame.len() - 14) as u64) as usize] ^= 1 << ((r >> 32) % 8);
 }
 
 /// One frame's place in a line's memory, in arrival order.
@@ -277,10 +294,7 @@ impl Line {
         let copy = &mut self.arena[off..off + wire.len()];
         copy.copy_from_slice(wire);
         if rng.chance(self.cfg.corrupt_ppm) && wire.len() > HEADROOM + 14 {
-            // One bit past the Ethernet header (tc-netem(8) corrupt).
-            let span = (wire.len() - HEADROOM - 14) as u64;
-            let r = rng.next_u64();
-            copy[HEADROOM + 14 + (r % span) as usize] ^= 1 << ((r >> 32) % 8);
+            corrupt(copy, rng);
         }
         let mut due = if rng.chance(self.cfg.reorder_ppm) { now } else { now + self.delay(rng) };
         if self.cfg.rate_bps > 0 {
