@@ -272,3 +272,26 @@ fn settings_survive_a_restart() {
     println!("median RTT after the restart with 20 ms in: {rtt:.2} ms");
     assert!((18.0..40.0).contains(&rtt), "median RTT {rtt} ms, want 20 ms");
 }
+
+#[test]
+fn a_vhost_user_port_shows_its_cut_link_in_the_config_status() {
+    use common::vhost_frontend::{NetConfig, TestVm, ALL_FEATURES};
+    let Some(s) = setup("vhl", 98) else { return };
+    let sock = s.d.dir.join("vm.sock");
+    let sock = sock.to_str().unwrap();
+    s.d.ok(&["connect", &s.net, "--vhost-user", sock]);
+    let mut vm = TestVm::connect(std::path::Path::new(sock), ALL_FEATURES, 1, 256).unwrap();
+    let connected = || {
+        let ports = s.d.json(&["port", "ls"]);
+        ports.as_array().unwrap().iter().any(|p| p["vhost"]["socket"] == sock && p["vhost"]["connected"] == true)
+    };
+    assert!(wait_for(5, connected), "the VM did not connect");
+    // VIRTIO_NET_S_LINK_UP, bit 0 of the config's status (virtio 1.2 §5.1.4).
+    let mut link_up = || NetConfig::parse(&vm.get_config().expect("CONFIG protocol feature")).unwrap().status & 1 == 1;
+    assert!(link_up());
+    let shown = s.d.ok(&["port", "set", &s.net, "--vhost-user", sock, "--down"]);
+    assert!(shown.contains("link down"), "{shown}");
+    assert!(!link_up(), "LINK_UP still set after --down");
+    s.d.ok(&["port", "set", &s.net, "--vhost-user", sock, "--up"]);
+    assert!(link_up(), "LINK_UP not set after --up");
+}
