@@ -70,8 +70,8 @@ pub fn ports(ports: &[PortInfo]) {
                 format!("{}/{}", c.rx_errors, c.tx_errors),
                 p.queues.to_string(),
                 if features.is_empty() { "-".into() } else { features },
-                publish(p),
                 link(p),
+                publish(p),
             ]
         })
         .collect();
@@ -90,8 +90,8 @@ pub fn ports(ports: &[PortInfo]) {
             "ERR RX/TX",
             "QUEUES",
             "OFFLOADS/FEATURES",
-            "PUBLISH",
             "LINK",
+            "PUBLISH",
         ],
         &rows,
     );
