@@ -152,9 +152,13 @@ impl Worker {
             if reload {
                 self.adopt();
             }
-            self.egress.impair.now = self.shared.clock.now_nanos();
+            // Only a worker with impaired ports reads the clock each turn.
+            let impaired = !self.egress.impair.ports().is_empty();
+            if impaired {
+                self.egress.impair.now = self.shared.clock.now_nanos();
+            }
             self.serve_pending();
-            if !self.egress.impair.ports().is_empty() {
+            if impaired {
                 self.release_impaired();
             }
         }
