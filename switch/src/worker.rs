@@ -305,6 +305,10 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
 }
 
 /// Runs the frames of `batch`, read from `queue` of `view`, through classify and egress.
+// Inlined into `burst`, so the unimpaired path compiles as it did before the
+// split (measured: left to itself, LLVM inlined the table's `learn` here
+// instead, +15 instructions per frame).
+#[inline(always)]
 fn pipeline(batch: &mut Batch, egress: &mut Egress, snap: &Snapshot, view: &PortView, queue: usize, now: u32) {
     let table = view.network.fdb.table();
     for i in 0..batch.len() {

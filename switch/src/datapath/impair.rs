@@ -439,7 +439,9 @@ impl Lines {
     /// Direction in, for a burst just read from `view` (impaired: `imp`):
     /// true when the burst was taken (held or dropped), false when it goes
     /// through the pipeline as usual (the link is up and direction in is plain).
-    #[inline]
+    // Out of line and cold: an unimpaired port's path stays as tight as before.
+    #[cold]
+    #[inline(never)]
     pub fn ingress(&mut self, view: &PortView, imp: &PortImpair, batch: &Batch) -> bool {
         if !imp.settings.link_up {
             view.stats.drop_n(DropReason::LinkDownAdmin, batch.len() as u64);
@@ -460,7 +462,8 @@ impl Lines {
 
     /// Direction out, for a frame (`wire`) about to be sent to `view`: true
     /// when it was taken (held or dropped), false when it is sent as usual.
-    #[inline]
+    #[cold]
+    #[inline(never)]
     pub fn egress(&mut self, view: &PortView, imp: &PortImpair, wire: &[u8]) -> bool {
         if !imp.settings.link_up {
             view.stats.drop_n(DropReason::LinkDownAdmin, 1);
