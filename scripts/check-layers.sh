@@ -17,7 +17,8 @@ check() { # check DIR-OR-FILE FORBIDDEN-MODULE...
 }
 # Bottom up (switch/src/lib.rs): wire < packet < {table, stats, punt} < port
 # < snapshot < datapath < worker; control beside them all, never imported
-# by the data path.
+# by the data path. `impair` (the link settings and their shared state)
+# imports nothing: everything above may use it.
 check impair.rs wire packet table stats punt port snapshot datapath worker control cli
 check wire packet table stats punt port snapshot datapath worker control cli
 check packet.rs table stats punt port snapshot datapath worker control cli
@@ -34,6 +35,7 @@ check datapath/classify.rs port
 check datapath/route.rs port
 check datapath/offload.rs port
 check datapath/mod.rs port
+check datapath/impair.rs port
 if grep -nE "(crate|super)::port::" datapath/egress.rs | grep -v "port::SendReport;" >/dev/null; then
   echo "layer violation: datapath/egress.rs may name only port::SendReport"; fail=1
 fi

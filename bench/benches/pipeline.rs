@@ -61,6 +61,7 @@ fn lab() -> (Snapshot, Vec<Arc<Repeat>>) {
                 port: p.clone() as Arc<dyn Port>,
                 stats: Arc::default(),
                 worker: 0,
+                impair: None,
             })
             .collect(),
         neighbors: [("m".to_string(), [("10.1.0.4".parse().unwrap(), MacAddr(c))].into())].into(),

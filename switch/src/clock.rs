@@ -1,5 +1,5 @@
-//! The switch's notion of time for ageing: whole seconds since the daemon
-//! started, monotonic. Passed into the forwarding code as a plain number so
+//! The switch's notion of time: whole seconds since the daemon started for
+//! ageing, nanoseconds for impairments (delays, rate limits), monotonic. Passed into the forwarding code as a plain number so
 //! tests can use any time they like (STYLE §9).
 
 #![forbid(unsafe_code)]
@@ -26,5 +26,12 @@ impl Clock {
     #[inline]
     pub fn now_secs(&self) -> u32 {
         self.start.elapsed().as_secs() as u32
+    }
+
+    /// Nanoseconds since start (every worker shares the start, so these
+    /// compare across workers); wraps after 584 years.
+    #[inline]
+    pub fn now_nanos(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
     }
 }

@@ -3,13 +3,20 @@
 //! and the human syntax they are written in (`20ms`, `1%`, `10mbit`), shared
 //! by `tapyard port set`, the control protocol and lab topology files.
 //!
-//! This module owns the settings only; imports nothing of the crate. The
+//! This module owns the settings, and [`PortImpair`]: what a port's
+//! settings carry into the data path (the rate buckets and frame counts
+//! shared by every worker, and the frame memory control allocates for
+//! each worker when a setting is applied); the engine that uses them is
+//! `datapath::impair`. It imports nothing of the crate. The
 //! units follow tc(8) and tc-netem(8), which lab users already type: rates
 //! in `bit`, `kbit`, `mbit`, `gbit` (bits per second) or `bps`, `kbps`,
 //! `mbps`, `gbps` (bytes per second); sizes in `b`, `kb`, `mb` (or `k`, `m`;
 //! powers of 1024); times in `us`, `ms`, `s`.
 
 #![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,11 +77,109 @@ pub struct Impairment {
     pub limit: u32,
 }
 
+// `loss_burst` is the one float, and `validate` keeps it finite (never NaN),
+// so equality is an equivalence: port specs holding settings compare with `==`.
+impl Eq for Impairment {}
+
 impl Impairment {
+    /// The frame limit in force (`limit`, or tc-netem's default of 1000).
+    pub fn frame_limit(&self) -> u32 {
+        if self.limit == 0 {
+            DEFAULT_LIMIT
+        } else {
+            self.limit
+        }
+    }
+
+    /// The token-bucket depth in force: `burst_bytes`, or max(2 × 1514
+    /// bytes, what the rate sends in 1 ms).
+    pub fn burst(&self) -> u64 {
+        if self.burst_bytes > 0 {
+            self.burst_bytes
+        } else {
+            (2 * 1514).max(self.rate_bps / 8 / 1000)
+        }
+    }
+
     /// True when this direction changes nothing.
     pub fn is_none(&self) -> bool {
         *self == Impairment::default()
     }
+}
+
+/// Written as `port set`'s flags take it: `delay 20ms jitter 5ms loss 1%
+/// rate 10mbit` (only what is set; `none` for a plain direction).
+impl std::fmt::Display for Impairment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if self.delay_us > 0 {
+            parts.push(format!("delay {}", show_duration(self.delay_us)));
+        }
+        if self.jitter_us > 0 {
+            parts.push(format!("jitter {}", show_duration(self.jitter_us)));
+            if self.distribution != Distribution::Uniform {
+                let d = if self.distribution == Distribution::Normal { "normal" } else { "pareto" };
+                parts.push(format!("distribution {d}"));
+            }
+        }
+        for (name, ppm) in [("loss", self.loss_ppm)] {
+            if ppm > 0 {
+                parts.push(format!("{name} {}", show_percent(ppm)));
+            }
+        }
+        if self.loss_burst > 1.0 {
+            parts.push(format!("loss-burst {}", self.loss_burst));
+        }
+        for (name, ppm) in
+            [("duplicate", self.duplicate_ppm), ("reorder", self.reorder_ppm), ("corrupt", self.corrupt_ppm)]
+        {
+            if ppm > 0 {
+                parts.push(format!("{name} {}", show_percent(ppm)));
+            }
+        }
+        if self.rate_bps > 0 {
+            parts.push(format!("rate {}", show_rate(self.rate_bps)));
+        }
+        if self.burst_bytes > 0 {
+            parts.push(format!("burst {}b", self.burst_bytes));
+        }
+        if self.limit > 0 {
+            parts.push(format!("limit {}", self.limit));
+        }
+        if parts.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Microseconds as `port set` takes them: `20ms`, `1.5s`, `250us`.
+pub fn show_duration(us: u64) -> String {
+    if us >= 1_000_000 && us.is_multiple_of(1000) {
+        format!("{}s", us as f64 / 1e6)
+    } else if us >= 1000 && us.is_multiple_of(1000) {
+        format!("{}ms", us / 1000)
+    } else if us >= 1000 {
+        format!("{}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// Parts per million as a percentage: `1%`, `0.5%`.
+pub fn show_percent(ppm: u32) -> String {
+    format!("{}%", f64::from(ppm) / 10_000.0)
+}
+
+/// Bits per second in tc(8) units: `10mbit`, `1.5gbit`, `800kbit`.
+pub fn show_rate(bps: u64) -> String {
+    let (v, u) = match bps {
+        b if b >= 1_000_000_000 => (b as f64 / 1e9, "gbit"),
+        b if b >= 1_000_000 => (b as f64 / 1e6, "mbit"),
+        b if b >= 1_000 => (b as f64 / 1e3, "kbit"),
+        b => (b as f64, "bit"),
+    };
+    format!("{v}{u}")
 }
 
 /// A change to a port's impairments (`port set`): only the fields given
@@ -140,6 +245,127 @@ impl ImpairPatch {
 /// The largest delay or jitter accepted: a minute (a lab link, not a time machine;
 /// it also bounds how long a worker holds a frame).
 pub const MAX_DELAY_US: u64 = 60_000_000;
+/// Frames held per port and direction when `limit` is 0 (tc-netem's default).
+pub const DEFAULT_LIMIT: u32 = 1000;
+/// Bytes of frame memory per frame of `limit`, for each worker: room for
+/// `limit` full-size Ethernet frames, or fewer larger (GSO) ones. The memory
+/// bounds what is held as much as the frame count does.
+pub const BYTES_PER_FRAME: usize = 2048;
+/// The least frame memory of a direction: four 64 KiB GSO super-frames.
+pub const MIN_ARENA: usize = 4 * (65_536 + 128);
+
+/// One direction's index in [`PortImpair`]'s arrays.
+pub const IN: usize = 0;
+/// See [`IN`].
+pub const OUT: usize = 1;
+
+/// A port's link settings: both directions and whether the link is up.
+/// Serialized without what is plain (a state file of a plain port has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkSettings {
+    /// Frames the node sends (`Direction::In`).
+    #[serde(skip_serializing_if = "Impairment::is_none")]
+    pub impair_in: Impairment,
+    /// Frames sent to the node (`Direction::Out`).
+    #[serde(skip_serializing_if = "Impairment::is_none")]
+    pub impair_out: Impairment,
+    pub link_up: bool,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        LinkSettings { impair_in: Impairment::default(), impair_out: Impairment::default(), link_up: true }
+    }
+}
+
+impl LinkSettings {
+    /// True for a plain, connected link: the data path needs nothing of it.
+    pub fn is_plain(&self) -> bool {
+        self.link_up && self.impair_in.is_none() && self.impair_out.is_none()
+    }
+
+    /// The settings of direction `d` ([`IN`] or [`OUT`]).
+    pub fn dir(&self, d: usize) -> &Impairment {
+        if d == IN {
+            &self.impair_in
+        } else {
+            &self.impair_out
+        }
+    }
+
+    /// Applies a `port set`: `clear` first, then `patch` to `direction`,
+    /// then the link state. Checked as a whole: an error changes nothing.
+    pub fn set(
+        &mut self,
+        clear: bool,
+        direction: Direction,
+        patch: &ImpairPatch,
+        link_up: Option<bool>,
+    ) -> Result<(), String> {
+        let mut next = *self;
+        if clear {
+            next.impair_in = Impairment::default();
+            next.impair_out = Impairment::default();
+        }
+        if matches!(direction, Direction::In | Direction::Both) {
+            patch.apply(&mut next.impair_in)?;
+        }
+        if matches!(direction, Direction::Out | Direction::Both) {
+            patch.apply(&mut next.impair_out)?;
+        }
+        if let Some(up) = link_up {
+            next.link_up = up;
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+/// One worker's frame memory for one direction, until the worker takes it.
+pub type Arena = Mutex<Option<Box<[u8]>>>;
+
+/// What one port's settings carry into the data path, built by control when
+/// a setting is applied and shared by every worker through the snapshot.
+pub struct PortImpair {
+    pub settings: LinkSettings,
+    /// Per direction: the token bucket's theoretical arrival time (GCRA,
+    /// ITU-T I.371) in nanoseconds of the workers' clock, shared so that a
+    /// port's rate is one limit however many workers send to it.
+    pub rate_tat: [AtomicU64; 2],
+    /// Per direction: frames held by all workers together, against `limit`.
+    pub held: [AtomicU32; 2],
+    /// Per worker, per direction: the frame memory it holds frames in,
+    /// allocated here (in control) and taken by the worker once when it
+    /// adopts the snapshot, so no worker allocates it.
+    pub arenas: Vec<[Arena; 2]>,
+}
+
+impl PortImpair {
+    /// The shared state of `settings` for `workers` workers, with frame
+    /// memory for each impaired direction.
+    pub fn new(settings: LinkSettings, workers: usize) -> PortImpair {
+        let arena = |d: usize| {
+            let i = settings.dir(d);
+            (!i.is_none()).then(|| {
+                let bytes = (i.frame_limit() as usize * BYTES_PER_FRAME).max(MIN_ARENA);
+                vec![0u8; bytes].into_boxed_slice()
+            })
+        };
+        PortImpair {
+            settings,
+            rate_tat: Default::default(),
+            held: Default::default(),
+            arenas: (0..workers.max(1)).map(|_| [Mutex::new(arena(IN)), Mutex::new(arena(OUT))]).collect(),
+        }
+    }
+
+    /// Takes worker `w`'s frame memory for direction `d` (once).
+    pub fn take_arena(&self, w: usize, d: usize) -> Option<Box<[u8]>> {
+        self.arenas.get(w)?[d].lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// The largest `limit`: bounds the memory one port may hold in frames.
 pub const MAX_LIMIT: u32 = 100_000;
 
@@ -262,6 +488,44 @@ mod tests {
         assert_eq!(parse_size("1500"), Ok(1500));
         assert_eq!(parse_size("1500b"), Ok(1500));
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn settings_are_shown_as_they_are_typed() {
+        let i = Impairment {
+            delay_us: 20_000,
+            jitter_us: 5_000,
+            distribution: Distribution::Normal,
+            loss_ppm: 10_000,
+            rate_bps: 10_000_000,
+            ..Default::default()
+        };
+        assert_eq!(i.to_string(), "delay 20ms jitter 5ms distribution normal loss 1% rate 10mbit");
+        assert_eq!(Impairment::default().to_string(), "none");
+        assert_eq!(show_duration(1_500_000), "1.5s");
+        assert_eq!(show_duration(250), "250us");
+        assert_eq!(show_percent(5_000), "0.5%");
+    }
+
+    #[test]
+    fn port_set_applies_clear_direction_and_link_as_one() {
+        let mut l = LinkSettings::default();
+        let delay = ImpairPatch { delay_us: Some(20_000), ..Default::default() };
+        l.set(false, Direction::Both, &delay, None).unwrap();
+        assert_eq!((l.impair_in.delay_us, l.impair_out.delay_us), (20_000, 20_000));
+        let loss = ImpairPatch { loss_ppm: Some(50_000), ..Default::default() };
+        l.set(false, Direction::In, &loss, Some(false)).unwrap();
+        assert_eq!((l.impair_in.loss_ppm, l.impair_out.loss_ppm, l.link_up), (50_000, 0, false));
+        let bad = ImpairPatch { reorder_ppm: Some(1), ..Default::default() };
+        let before = l;
+        assert!(l.set(true, Direction::Both, &bad, Some(true)).is_err());
+        assert_eq!(l, before, "a rejected set changes nothing");
+        l.set(true, Direction::Both, &ImpairPatch::default(), Some(true)).unwrap();
+        assert!(l.is_plain());
+        // What a state file keeps: nothing for a plain direction.
+        let s = serde_json::to_string(&LinkSettings { link_up: false, ..Default::default() }).unwrap();
+        assert_eq!(s, r#"{"link_up":false}"#);
+        assert_eq!(serde_json::from_str::<LinkSettings>("{}").unwrap(), LinkSettings::default());
     }
 
     #[test]

@@ -13,14 +13,17 @@
 //!
 //! # Layers (imports point down; `scripts/check-layers.sh` enforces them)
 //! - [`wire`]: bytes to named fields; imports nothing of the crate.
+//! - [`impair`]: a port's link settings (`port set`, lab files) and the state
+//!   they share with the workers; imports nothing of the crate.
 //! - [`packet`]: buffers and ids; imports `wire`.
 //! - [`table`] (forwarding and route tables), [`stats`], [`punt`] (the
 //!   bounded queue to the gateway): import `wire` and `packet` only.
 //! - [`port`]: fds and guest memory, the only place `unsafe` is allowed.
 //! - [`snapshot`]: the immutable configuration workers forward with; names
 //!   tables, ports and the punt queue, never the forwarding code.
-//! - [`datapath`]: classify, route, egress; reads the snapshot; only the
-//!   egress stage sends through a port.
+//! - [`datapath`]: classify, route, egress, and the impairment stages
+//!   (`datapath/impair.rs`: per-worker delay lines, shared rate buckets);
+//!   reads the snapshot; only the egress stage sends through a port.
 //! - [`worker`]: joins ports and the data path.
 //! - [`control`] owns the mutable state and is never called from the data
 //!   path; it reaches workers only through snapshots and the punt queue.

@@ -8,7 +8,7 @@
 //! network's [`Fdb`] is shared, written by workers, and carried over from one
 //! snapshot to the next.
 //!
-//! Imports: `table`, `punt`, `port`, `stats`, `packet` — never `datapath`,
+//! Imports: `table`, `punt`, `port`, `stats`, `packet`, `impair` — never `datapath`,
 //! which reads the snapshot (scripts/check-layers.sh).
 
 #![forbid(unsafe_code)]
@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use std::net::Ipv4Addr;
 
+use crate::impair::PortImpair;
 use crate::packet::NetId;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
@@ -83,6 +84,9 @@ pub struct PortView {
     pub network: Arc<NetworkView>,
     /// The worker that reads this port.
     pub worker: usize,
+    /// Its link settings (`port set`) when they are not a plain, connected
+    /// link: the one branch an unimpaired port costs (`datapath::impair`).
+    pub impair: Option<Arc<PortImpair>>,
 }
 
 impl PortView {

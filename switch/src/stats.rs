@@ -40,10 +40,17 @@ pub enum DropReason {
     /// Routed, larger than the egress MTU, without Don't Fragment: tapyard
     /// does not fragment (also counted as the router's `too_big`).
     TooBig,
+    /// Lost on purpose by a port's `loss` impairment (`port set --loss`).
+    ImpairLoss,
+    /// A port's impairment held `limit` frames (or its frame memory was
+    /// full) and could hold no more (`port set --limit`).
+    ImpairLimit,
+    /// The port's link is cut (`port set --down`): frames to and from it are dropped.
+    LinkDownAdmin,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Runt,
         DropReason::BadSrcMac,
         DropReason::Hairpin,
@@ -54,6 +61,9 @@ impl DropReason {
         DropReason::BadOffload,
         DropReason::VlanTagged,
         DropReason::TooBig,
+        DropReason::ImpairLoss,
+        DropReason::ImpairLimit,
+        DropReason::LinkDownAdmin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +78,9 @@ impl DropReason {
             DropReason::BadOffload => "bad_offload",
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::TooBig => "too_big",
+            DropReason::ImpairLoss => "impair_loss",
+            DropReason::ImpairLimit => "impair_limit",
+            DropReason::LinkDownAdmin => "link_down_admin",
         }
     }
 }

@@ -35,7 +35,7 @@ use tapyard_switch::punt::PuntQueue;
 use tapyard_switch::stats::{PortStats, RouterStats};
 use tapyard_switch::wire::vnet::VnetHdr;
 use tapyard_switch::wire::MacAddr;
-use tapyard_switch::worker::{burst, Io};
+use tapyard_switch::worker::{burst, release_impaired, Io};
 
 struct Counting;
 
@@ -186,6 +186,7 @@ fn steady_state_forwarding_does_not_allocate() {
                 port: p.clone() as Arc<dyn Port>,
                 stats: Arc::default(),
                 worker: 0,
+                impair: None,
             })
             .collect(),
         neighbors: [(
@@ -233,6 +234,81 @@ fn steady_state_forwarding_does_not_allocate() {
     // Every packet of port 8 was routed to port 7, and only there.
     assert_eq!(router_stats.routed.load(Relaxed), 1001 * per_round);
     assert_eq!(ports[6].sent(), 1001 * per_round);
+}
+
+#[test]
+fn steady_state_impaired_forwarding_does_not_allocate() {
+    // Port 1 sends to port 2 and port 2 to port 1, on network n; port 1's
+    // frames are delayed, jittered, lost, duplicated, corrupted and
+    // rate-limited on their way in, port 2's on their way out of port 1.
+    // A fake clock moves 1 ms a round: frames are held and released every
+    // round. Adopting the snapshot (taking the frame memory, sizing the
+    // lines) is outside the window, as a worker does it at adoption.
+    use tapyard_switch::impair::{Impairment, LinkSettings, PortImpair};
+    let ports = [repeat([2, 0, 0, 0, 0, 2], 1), repeat([2, 0, 0, 0, 0, 1], 2)];
+    let busy = Impairment {
+        delay_us: 2_000,
+        jitter_us: 500,
+        loss_ppm: 10_000,
+        loss_burst: 2.0,
+        duplicate_ppm: 10_000,
+        corrupt_ppm: 10_000,
+        reorder_ppm: 10_000,
+        rate_bps: 1_000_000_000,
+        ..Default::default()
+    };
+    let settings = LinkSettings { impair_in: busy, impair_out: busy, link_up: true };
+    let impair = Arc::new(PortImpair::new(settings, 1));
+    let n = network_spec("n", Some("10.0.0.0/24"));
+    let snap = build(Plan {
+        epoch: 1,
+        networks: vec![NetworkIn::new(NetId(1), &n)],
+        routers: vec![],
+        ports: ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PortIn {
+                id: PortId(i as u16 + 1),
+                network: "n",
+                port: p.clone() as Arc<dyn Port>,
+                stats: Arc::default(),
+                worker: 0,
+                impair: (i == 0).then(|| impair.clone()),
+            })
+            .collect(),
+        neighbors: Default::default(),
+        punt: Arc::new(PuntQueue::new()),
+        uplink: None,
+    });
+    let mut batch = Batch::new();
+    let mut egress = Egress::new(0);
+    egress.impair.adopt(&snap);
+    let mut ms = 0u64;
+    let mut step = |batch: &mut Batch, egress: &mut Egress| {
+        ms += 1;
+        egress.impair.now = ms * 1_000_000;
+        for id in 1..=2u16 {
+            burst(&mut Io { batch, egress, queue: 0 }, &snap, snap.port(PortId(id)).unwrap(), 0);
+        }
+        release_impaired(batch, egress, &snap, 0, 0);
+    };
+    for _ in 0..20 {
+        step(&mut batch, &mut egress);
+    }
+    let window = start_window();
+    for _ in 0..2000 {
+        step(&mut batch, &mut egress);
+    }
+    let (allocs, traces) = end_window();
+    drop(window);
+    assert_eq!(allocs, 0, "allocations on the impaired per-frame path; the first ones:\n{traces}");
+    // And it forwarded through the impairments: most frames, not all.
+    let (to1, to2) = (ports[0].sent(), ports[1].sent());
+    let offered = 2020 * BATCH as u64;
+    assert!(to2 > offered * 9 / 10 && to2 < offered * 11 / 10, "port 2 got {to2} of {offered}");
+    assert!(to1 > offered * 9 / 10 && to1 < offered * 11 / 10, "port 1 got {to1} of {offered}");
+    let drops = snap.port(PortId(1)).unwrap().stats.snapshot().drops;
+    assert!(drops["impair_loss"] > 0, "{drops:?}");
 }
 
 /// Frames VM1 sends in the threaded phase; every eighth is a broadcast.
@@ -350,6 +426,7 @@ fn steady_state_vhost_user_forwarding_does_not_allocate() {
                 port: p.clone(),
                 stats: s.clone(),
                 worker: 0,
+                impair: None,
             })
             .collect(),
         neighbors: Default::default(),

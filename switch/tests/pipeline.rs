@@ -44,6 +44,7 @@ fn l2_snapshot(nets: &[&str], ports: &[(u16, &str, Arc<dyn Port>)]) -> Snapshot 
                 port: port.clone(),
                 stats: Arc::default(),
                 worker: 0,
+                impair: None,
             })
             .collect(),
         neighbors: Default::default(),
@@ -275,6 +276,7 @@ fn routed_lab() -> Routed {
                 port: mems[i as usize].clone() as Arc<dyn Port>,
                 stats: Arc::default(),
                 worker: 0,
+                impair: None,
             })
             .collect(),
         neighbors: [("m".to_string(), [(Ipv4Addr::new(10, 2, 0, 7), tapyard_switch::wire::MacAddr(HOST3))].into())]

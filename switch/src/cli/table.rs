@@ -83,6 +83,7 @@ pub fn ports(ports: &[PortInfo]) {
                 format!("{}/{}", c.rx_errors, c.tx_errors),
                 p.queues.to_string(),
                 if features.is_empty() { "-".into() } else { features },
+                link(p),
                 publish(p),
             ]
         })
@@ -102,6 +103,7 @@ pub fn ports(ports: &[PortInfo]) {
             "ERR RX/TX",
             "QUEUES",
             "OFFLOADS/FEATURES",
+            "LINK",
             "PUBLISH",
         ],
         &rows,
@@ -192,4 +194,32 @@ pub fn routes(routes: &[RouteInfo]) {
         })
         .collect();
     print(&["ROUTER", "PREFIX", "NEXT HOP", "NETWORK"], &rows);
+}
+
+/// The LINK column of `port ls`: `up`, `down`, and `impaired` when `port
+/// set` changed what the link does (the settings: `port ls --json`).
+fn link(p: &PortInfo) -> String {
+    let state = if p.link_up { "up" } else { "down" };
+    if p.impair_in.is_some() || p.impair_out.is_some() {
+        format!("{state},impaired")
+    } else {
+        state.to_string()
+    }
+}
+
+/// What `port set` prints: the port and its link settings, a line per direction.
+pub fn link_settings(p: &PortInfo) -> String {
+    let name = match &p.vhost {
+        Some(v) => v.socket.clone(),
+        None => format!("{}/{}", p.netns, p.ifname),
+    };
+    let show = |i: &Option<crate::impair::Impairment>| i.map_or_else(|| "none".to_string(), |i| i.to_string());
+    format!(
+        "port {} ({name}) on {}: link {}\n  in:  {}\n  out: {}\n",
+        p.id,
+        p.network,
+        if p.link_up { "up" } else { "down" },
+        show(&p.impair_in),
+        show(&p.impair_out)
+    )
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::persist::{NetworkSpec, RouterSpec};
 use crate::datapath::max_frame_len;
+use crate::impair::PortImpair;
 use crate::packet::NetId;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
@@ -64,6 +65,8 @@ pub struct PortIn<'a> {
     pub port: Arc<dyn Port>,
     pub stats: Arc<PortStats>,
     pub worker: usize,
+    /// Its impairments and link state (`port set`); none: a plain link.
+    pub impair: Option<Arc<PortImpair>>,
 }
 
 /// Everything a snapshot is built from.
@@ -190,6 +193,7 @@ pub fn build(plan: Plan) -> Snapshot {
             stats: p.stats.clone(),
             network: (*network).clone(),
             worker: p.worker,
+            impair: p.impair.clone(),
         }));
     }
     Snapshot { epoch: plan.epoch, networks, ports }
@@ -290,8 +294,15 @@ mod tests {
             networks: vec![net(9, &b), net(3, &a), net(4, &c)],
             routers: vec![RouterIn { spec: &r, stats: Arc::default() }],
             ports: vec![
-                PortIn { id: PortId(5), network: "a", port: port.clone(), stats: Arc::default(), worker: 1 },
-                PortIn { id: PortId(6), network: "nowhere", port, stats: Arc::default(), worker: 0 },
+                PortIn {
+                    id: PortId(5),
+                    network: "a",
+                    port: port.clone(),
+                    stats: Arc::default(),
+                    worker: 1,
+                    impair: None,
+                },
+                PortIn { id: PortId(6), network: "nowhere", port, stats: Arc::default(), worker: 0, impair: None },
             ],
             neighbors: BTreeMap::from([(
                 "b".to_string(),
@@ -344,7 +355,14 @@ mod tests {
             punt: Arc::new(PuntQueue::new()),
             uplink: Some(UplinkIn {
                 net: net(9, &transit),
-                port: PortIn { id: PortId(7), network: UPLINK_NETWORK, port, stats: Arc::default(), worker: 0 },
+                port: PortIn {
+                    id: PortId(7),
+                    network: UPLINK_NETWORK,
+                    port,
+                    stats: Arc::default(),
+                    worker: 0,
+                    impair: None,
+                },
                 kernel_ip: kernel,
                 kernel_mac: MacAddr([4; 6]),
                 stats: Arc::default(),

@@ -51,8 +51,12 @@ impl Daemon {
                 self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac, owner).map(Reply::from)
             }
             Request::DisconnectVhost { network, socket } => self.disconnect_vhost(&network, &socket).map(Reply::from),
-            // Impairments and link state: being built (issue 14); refused until then.
-            Request::PortSet(_) => Err(ApiError::bad_request("port set is not available in this build yet")),
+            Request::PortSet(req) => {
+                if let Some(ns) = &req.netns {
+                    self.check_order("port set", &req.network, ns)?;
+                }
+                self.port_set(req).map(Reply::from)
+            }
             Request::PortLs { network } => self.port_ls(network.as_deref()).map(Reply::from),
             Request::FdbShow { network } => self.fdb_show(network.as_deref()).map(Reply::from),
             Request::FdbFlush { network } => self.fdb_flush(network.as_deref()).map(Reply::from),

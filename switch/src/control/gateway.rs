@@ -241,6 +241,13 @@ fn send(snap: &Snapshot, net: &NetworkView, frame: &[u8]) {
     let mut wire = vec![0u8; VNET_HDR_LEN + frame.len()];
     wire[VNET_HDR_LEN..].copy_from_slice(frame);
     for v in targets(snap, net, dst_or_broadcast(frame), None) {
+        // A cut link (`port set --down`) carries nothing, the gateway's frames
+        // included; its other impairments apply to forwarded frames only
+        // (docs/impairments.md).
+        if v.impair.as_ref().is_some_and(|i| !i.settings.link_up) {
+            v.stats.drop_n(crate::stats::DropReason::LinkDownAdmin, 1);
+            continue;
+        }
         let r = v.port.send_batch(0, &[&wire]);
         crate::datapath::egress::apply_tx(v, &r);
     }

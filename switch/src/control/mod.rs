@@ -147,6 +147,9 @@ struct PortRec {
     /// why it could not be held again at a restart (then the publish is
     /// inactive: kept, but forwarded by no rule). Dropping one releases its port.
     reservations: BTreeMap<publish::Publish, Result<publish::Reservation, String>>,
+    /// What `spec.link` carries into the data path (frame memory, shared
+    /// rate buckets), made when the setting is applied; none for a plain link.
+    impair: Option<Arc<crate::impair::PortImpair>>,
 }
 
 impl PortRec {
@@ -407,6 +410,7 @@ impl Daemon {
                     port: p.port.clone(),
                     stats: p.stats.clone(),
                     worker: p.worker,
+                    impair: p.impair.clone(),
                 })
                 .collect(),
             neighbors: self.neighbors(inner),
@@ -419,6 +423,7 @@ impl Daemon {
                     port: u.port.clone(),
                     stats: u.port_stats.clone(),
                     worker: 0,
+                    impair: None,
                 },
                 kernel_ip: u.kernel_ip,
                 kernel_mac: u.kernel_mac,

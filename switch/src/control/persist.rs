@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tapyard_ipam::{Addressing, Ipv4Net};
 
 use super::publish::Publish;
+use crate::impair::LinkSettings;
 use crate::port::Offloads;
 use crate::wire::MacAddr;
 
@@ -113,6 +114,9 @@ pub struct PortSpec {
     /// starts; shown by `port ls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<super::proto::Container>,
+    /// Impairments and link state (`port set`); absent: a plain, connected link.
+    #[serde(default, skip_serializing_if = "LinkSettings::is_plain")]
+    pub link: LinkSettings,
 }
 
 impl PortSpec {
@@ -260,6 +264,7 @@ mod tests {
                 publish: vec![],
                 owner: None,
                 container: None,
+                link: LinkSettings::default(),
             }],
             routers: vec![],
         };

@@ -2,7 +2,9 @@
 //! reads each, restoring them after a restart, and removing them (publish,
 //! wait for the workers, flush, close). Also which host ports each port
 //! publishes (`--publish`, `port publish|unpublish`): their reservations
-//! and the DNAT targets the firewall forwards them to.
+//! and the DNAT targets the firewall forwards them to. And each port's link
+//! settings (`port set`: impairments, link down/up), kept in its spec,
+//! carried into the data path as a `PortImpair`, and the carrier the node sees.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -19,6 +21,7 @@ use super::persist::{NetworkSpec, PortSpec, VhostSpec};
 use super::proto::*;
 use super::publish::{self, Publish, Reservation, ReserveError};
 use super::{server, unix_now, Change, Daemon, Inner, PortRec, DEFAULT_IFNAME, VHOST_DIR};
+use crate::impair::{LinkSettings, PortImpair};
 use crate::port::tap::TapPort;
 use crate::port::vhost::{self, VhostConfig, VhostPort};
 use crate::port::{Port, PortId};
@@ -155,6 +158,7 @@ impl Daemon {
             publish: held.iter().map(Reservation::publish).collect(),
             owner,
             container: None,
+            link: Default::default(),
         };
         let id = self.attach(&mut inner, spec, ns).inspect_err(|_| {
             // Nothing was attached: give back the address taken above, or
@@ -330,7 +334,15 @@ impl Daemon {
         };
         let worker = self.pick_worker(inner, &spec.network);
         let reservations = BTreeMap::new();
-        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats: Arc::default(), worker, reservations });
+        if !spec.link.link_up {
+            // Restored with its link cut (`port set --down` before a restart).
+            if let Err(e) = port.set_carrier(false) {
+                tracing::warn!(port = %port.name(), error = %e, "cannot cut the carrier");
+            }
+        }
+        let impair = self.impair_of(&spec.link);
+        let stats = Arc::default();
+        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats, worker, reservations, impair });
         Ok(id)
     }
 
@@ -513,6 +525,7 @@ impl Daemon {
             publish: vec![],
             owner: None,
             container: None,
+            link: Default::default(),
         };
         let id = self.attach_vhost(&mut inner, spec)?;
         self.commit(&mut inner, Change::Added);
@@ -557,6 +570,68 @@ impl Daemon {
             })?;
             Ok(Device::Vhost(Arc::new(port)))
         })
+    }
+
+    /// `port set`: changes a port's impairments and link state, keeps
+    /// them in its spec (persisted), and publishes them to the workers.
+    /// The port is named as for `disconnect` (TAP) or `disconnect-vhost`.
+    pub(super) fn port_set(&self, req: PortSet) -> Result<PortInfo, ApiError> {
+        let mut inner = self.lock();
+        network(&inner, &req.network)?;
+        let id = match (&req.vhost_user, &req.netns) {
+            (Some(socket), None) => {
+                let path = PathBuf::from(socket);
+                inner
+                    .ports
+                    .values()
+                    .find(|p| p.spec.network == req.network && p.spec.vhost.as_ref().is_some_and(|v| v.socket == path))
+                    .map(|p| p.id)
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!(
+                            "no vhost-user port on {socket} in network {:?}; see `tapyard port ls`",
+                            req.network
+                        ))
+                    })?
+            }
+            (None, Some(ns_spec)) => {
+                let ifname = req.ifname.clone().unwrap_or_else(|| DEFAULT_IFNAME.to_string());
+                let ns = netns::resolve(ns_spec).ok();
+                find_tap(&inner, &req.network, ns_spec, ns.as_ref(), &ifname)?
+            }
+            _ => return Err(ApiError::bad_request("port set names a port by NETNS (a TAP) or by --vhost-user SOCKET")),
+        };
+        let Some(rec) = inner.ports.get(&id) else {
+            return Err(ApiError::not_found(format!("port {id} is gone")));
+        };
+        let mut link = rec.spec.link;
+        link.set(req.clear, req.direction, &req.impair, req.link_up).map_err(ApiError::bad_request)?;
+        if link != rec.spec.link {
+            if link.link_up != rec.spec.link.link_up {
+                rec.port
+                    .set_carrier(link.link_up)
+                    .map_err(|e| ApiError::system(format!("cannot set the carrier of {}: {e}", rec.port.name())))?;
+            }
+            let impair = self.impair_of(&link);
+            if let Some(rec) = inner.ports.get_mut(&id) {
+                rec.spec.link = link;
+                rec.impair = impair;
+            }
+            let epoch = self.publish(&mut inner);
+            self.persist(&inner);
+            drop(inner);
+            self.wait_adopted(epoch);
+            inner = self.lock();
+            tracing::info!(port = %id, network = %req.network, link_up = link.link_up, impair_in = %link.impair_in,
+                impair_out = %link.impair_out, "port link settings changed");
+        }
+        let rec = inner.ports.get(&id).ok_or_else(|| ApiError::not_found(format!("port {id} is gone")))?;
+        Ok(self.port_reply(&inner, rec))
+    }
+
+    /// The data path's share of `link`: none for a plain link, else its
+    /// frame memory and shared buckets, allocated here.
+    pub(super) fn impair_of(&self, link: &LinkSettings) -> Option<Arc<PortImpair>> {
+        (!link.is_plain()).then(|| Arc::new(PortImpair::new(*link, self.workers.len())))
     }
 
     pub(super) fn disconnect_vhost(&self, network_name: &str, socket: &str) -> Result<Disconnected, ApiError> {
@@ -892,5 +967,8 @@ fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
             .collect(),
         owner: p.spec.owner.clone(),
         container: p.spec.container.clone(),
+        impair_in: (!p.spec.link.impair_in.is_none()).then_some(p.spec.link.impair_in),
+        impair_out: (!p.spec.link.impair_out.is_none()).then_some(p.spec.link.impair_out),
+        link_up: p.spec.link.link_up,
     }
 }

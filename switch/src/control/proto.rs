@@ -525,6 +525,19 @@ pub struct PortInfo {
     /// The container using the port, as its engine names it (Docker ports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
+    /// Impairments of the frames the node sends (`port set --direction in`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impair_in: Option<crate::impair::Impairment>,
+    /// Impairments of the frames sent to the node (`--direction out`); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impair_out: Option<crate::impair::Impairment>,
+    /// False while the link is cut (`port set --down`): the node sees no carrier.
+    #[serde(default = "yes")]
+    pub link_up: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A container as its engine shows it: `docker ps`'s name and the full id.
@@ -860,6 +873,9 @@ mod tests {
             publish: vec![],
             owner: None,
             container: None,
+            impair_in: None,
+            impair_out: None,
+            link_up: true,
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["netns"], serde_json::Value::Null);

@@ -16,6 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::classify::Verdict;
+use super::impair::Lines;
 use super::offload::{complete_csum, segment, OffloadError};
 use super::route;
 use crate::packet::{Batch, PortId, BATCH, HEADROOM, MAX_FRAME};
@@ -169,6 +170,10 @@ pub struct Egress {
     /// Where GSO super-frames are segmented: a vnet header and a maximal frame.
     scratch: Box<[u8]>,
     tally: Tally,
+    /// Frames held by impaired ports' settings (`port set`; [`super::impair`]).
+    pub impair: Lines,
+    /// Sending frames released by `impair`, which are not in the burst: not gathered.
+    releasing: bool,
 }
 
 impl Egress {
@@ -184,6 +189,8 @@ impl Egress {
             cur: 0,
             scratch: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(),
             tally: Tally::default(),
+            impair: Lines::new(queue),
+            releasing: false,
         }
     }
 
@@ -254,13 +261,34 @@ impl Egress {
     /// applies the send reports, and adds the burst's counts to the stats.
     pub fn finish(&mut self, batch: &Batch, ingress: &PortView, queue: usize, snap: &Snapshot) {
         self.send_gathered(snap, batch);
+        self.apply_reports(snap);
+        self.tally.flush(ingress, queue);
+    }
+
+    fn apply_reports(&mut self, snap: &Snapshot) {
         for i in 0..self.n {
             if let Some(view) = snap.port(self.ids[i]) {
                 apply_tx(view, &self.reps[i]);
             }
         }
         self.n = 0;
-        self.tally.flush(ingress, queue);
+    }
+
+    /// Sends the direction-out frames of impaired ports that are due now
+    /// ([`super::impair`]), finishing offloads as for any frame.
+    pub fn release_impaired(&mut self, snap: &Snapshot) {
+        let mut lines = std::mem::take(&mut self.impair);
+        self.releasing = true;
+        lines.due_out(|id, wire| {
+            if let Some(view) = snap.port(id) {
+                if self.finish_and_send(view, wire).is_err() {
+                    view.stats.drop_n(DropReason::BadOffload, 1);
+                }
+            }
+        });
+        self.releasing = false;
+        self.impair = lines;
+        self.apply_reports(snap);
     }
 
     /// Sends one frame (`wire`: vnet header + frame) to `egress`. When the
@@ -270,6 +298,11 @@ impl Egress {
     /// super-frame is segmented into the scratch space, one segment at a time.
     #[inline]
     fn transmit(&mut self, egress: &PortView, wire: &mut [u8]) {
+        if let Some(imp) = &egress.impair {
+            if self.impair.egress(egress, imp, wire) {
+                return;
+            }
+        }
         if self.finish_and_send(egress, wire).is_err() {
             self.tally.drop(DropReason::BadOffload);
         }
@@ -338,7 +371,7 @@ impl Egress {
     /// Holds the current frame back for `port`; false when full (send now).
     #[inline]
     fn gather(&mut self, port: PortId) -> bool {
-        if self.ng == GATHER {
+        if self.ng == GATHER || self.releasing {
             return false;
         }
         self.gathered[self.ng] = (port, self.cur);

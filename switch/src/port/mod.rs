@@ -116,6 +116,13 @@ pub trait Port: Send + Sync {
     /// Kernel interface name, for logs and `port ls`.
     fn name(&self) -> &str;
 
+    /// Tells the node the link is up or cut (`port set --up|--down`): the
+    /// carrier it sees. A port with no such notion does nothing (the switch
+    /// drops its frames while the link is cut either way).
+    fn set_carrier(&self, _up: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Called once before the port is dropped for good (not when the daemon
     /// is killed): a port that outlives its fd (a persistent TAP) lets go.
     fn release(&self) {}

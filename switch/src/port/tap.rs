@@ -181,6 +181,13 @@ impl TapPort {
         Ok(TapPort { queues: fds, name, offloads })
     }
 
+    /// Sets the carrier the kernel shows for the interface (TUNSETCARRIER,
+    /// Linux 5.0+): off, the node sees NO-CARRIER and its stack stops
+    /// sending on the interface, as when a cable is pulled.
+    pub fn carrier(&self, up: bool) -> io::Result<()> {
+        ioctl_int_ptr(&self.queues[0], libc::TUNSETCARRIER, libc::c_int::from(up))
+    }
+
     /// Turns persistence on or off (see the module doc).
     pub fn set_persist(&self, on: bool) -> io::Result<()> {
         ioctl_val(&self.queues[0], libc::TUNSETPERSIST, libc::c_ulong::from(on))
@@ -308,6 +315,10 @@ impl Port for TapPort {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn set_carrier(&self, up: bool) -> io::Result<()> {
+        self.carrier(up)
     }
 
     fn release(&self) {

@@ -261,6 +261,9 @@ struct Shared {
     /// Features the frontend acknowledged on the current connection (0 when down).
     acked: AtomicU64,
     connected: AtomicBool,
+    /// The link is cut on purpose (`port set --down`): the config space's
+    /// status says so (VIRTIO_NET_S_LINK_UP clear, virtio 1.2 §5.1.4).
+    admin_down: AtomicBool,
     /// Per queue pair: kicks on the receive ring are switched off.
     rx_quiet: Vec<AtomicBool>,
     stop: AtomicBool,
@@ -303,7 +306,8 @@ impl Device {
         let c = &self.0.cfg;
         let mut b = [0u8; CONFIG_LEN];
         b[..6].copy_from_slice(&c.mac.0);
-        let status = if self.0.connected.load(Relaxed) { S_LINK_UP } else { 0 };
+        let up = self.0.connected.load(Relaxed) && !self.0.admin_down.load(Relaxed);
+        let status = if up { S_LINK_UP } else { 0 };
         b[6..8].copy_from_slice(&status.to_le_bytes());
         b[8..10].copy_from_slice(&c.pairs.to_le_bytes());
         b[10..12].copy_from_slice(&c.mtu.to_le_bytes());
@@ -462,6 +466,7 @@ impl VhostPort {
             wake,
             acked: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            admin_down: AtomicBool::new(false),
             rx_quiet: (0..cfg.pairs).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
             counters: VhostCounters::default(),
@@ -1005,6 +1010,16 @@ impl Port for VhostPort {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Clears VIRTIO_NET_S_LINK_UP in the config space while the link is
+    /// cut. A driver that negotiated VIRTIO_NET_F_STATUS reads it at its
+    /// next config read: we offer no backend request channel
+    /// (VHOST_USER_PROTOCOL_F_BACKEND_REQ), so we cannot raise the config
+    /// change interrupt ourselves; the switch drops the port's frames either way.
+    fn set_carrier(&self, up: bool) -> io::Result<()> {
+        self.shared.admin_down.store(!up, Relaxed);
+        Ok(())
     }
 
     fn release(&self) {
