@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::classify::Verdict;
 use super::offload::{complete_csum, segment, OffloadError};
 use super::route;
+use crate::capture::{now_ns, Dir, PortTaps};
 use crate::packet::{Batch, PortId, BATCH, HEADROOM, MAX_FRAME};
 use crate::port::SendReport;
 use crate::punt::PuntReason;
@@ -169,6 +170,8 @@ pub struct Egress {
     /// Where GSO super-frames are segmented: a vnet header and a maximal frame.
     scratch: Box<[u8]>,
     tally: Tally,
+    /// When this burst was read ([`now_ns`]), for captures and the flight recorder.
+    ts: u64,
 }
 
 impl Egress {
@@ -184,6 +187,7 @@ impl Egress {
             cur: 0,
             scratch: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(),
             tally: Tally::default(),
+            ts: 0,
         }
     }
 
@@ -204,7 +208,7 @@ impl Egress {
         match verdict {
             Verdict::Forward(out) => {
                 if let Some(egress) = snap.port(out) {
-                    self.transmit(egress, wire);
+                    self.transmit(egress, wire, snap);
                 }
             }
             Verdict::Flood { local } => {
@@ -214,7 +218,7 @@ impl Egress {
                 for &out in &net.ports {
                     if out != ingress.id {
                         if let Some(egress) = snap.port(out) {
-                            self.transmit(egress, wire);
+                            self.transmit(egress, wire, snap);
                         }
                     }
                 }
@@ -231,7 +235,7 @@ impl Egress {
                 }
                 self.tally.route(RouteCount::Routed);
                 for egress in targets(snap, out, hop.dst, None) {
-                    self.transmit(egress, wire);
+                    self.transmit(egress, wire, snap);
                 }
             }
             Verdict::Local => self.punt(net, ingress.id, PuntReason::Local, wire),
@@ -269,19 +273,22 @@ impl Egress {
     /// egress ports of a flood get the finished frame too), a GSO
     /// super-frame is segmented into the scratch space, one segment at a time.
     #[inline]
-    fn transmit(&mut self, egress: &PortView, wire: &mut [u8]) {
-        if self.finish_and_send(egress, wire).is_err() {
+    fn transmit(&mut self, egress: &PortView, wire: &mut [u8], snap: &Snapshot) {
+        if let Some(t) = snap.taps(egress.id) {
+            self.tap(t, egress.id, Dir::Out, wire, snap);
+        }
+        if self.finish_and_send(egress, wire, true).is_err() {
             self.tally.drop(DropReason::BadOffload);
         }
     }
 
     #[inline]
-    fn finish_and_send(&mut self, egress: &PortView, wire: &mut [u8]) -> Result<(), OffloadError> {
+    fn finish_and_send(&mut self, egress: &PortView, wire: &mut [u8], gather: bool) -> Result<(), OffloadError> {
         let (hb, frame) = wire.split_at_mut(HEADROOM);
         let mut h = VnetHdr::of(hb);
         let caps = egress.port.caps();
         if caps.offloads.accepts(&h) {
-            if !(caps.gather && self.gather(egress.id)) {
+            if !(gather && caps.gather && self.gather(egress.id)) {
                 let r = egress.port.send_batch(self.queue, &[&*wire]);
                 self.add(egress, r);
             }
@@ -299,6 +306,32 @@ impl Egress {
         let r = egress.port.send_batch(self.queue, &[&*wire]);
         self.add(egress, r);
         Ok(())
+    }
+
+    /// Starts a burst: the time its frames are recorded and captured with
+    /// (one clock read per burst, and none when no port has taps).
+    #[inline]
+    pub fn begin(&mut self, snap: &Snapshot) {
+        if !snap.taps.is_empty() {
+            self.ts = now_ns();
+        }
+    }
+
+    /// The taps of a frame crossing `port` in direction `dir`: its flight
+    /// recorder, the captures that include it, and a copy to its mirror
+    /// port (sent at once, never gathered: a routed frame is rewritten
+    /// after its ingress copy). The copy's send is counted on the mirror
+    /// port only, and its failures are not the source's.
+    #[inline]
+    pub fn tap(&mut self, taps: &PortTaps, port: PortId, dir: Dir, wire: &mut [u8], snap: &Snapshot) {
+        taps.observe(self.queue, dir, self.ts, &wire[HEADROOM..]);
+        let Some(m) = taps.mirror.filter(|&m| m != port).and_then(|m| snap.port(m)) else { return };
+        taps.mirrored.fetch_add(1, Ordering::Relaxed);
+        if let Some(mt) = snap.taps(m.id) {
+            // The mirror port's own recorder and captures see the copy; its mirror does not (no chains).
+            mt.observe(self.queue, Dir::Out, self.ts, &wire[HEADROOM..]);
+        }
+        let _ = self.finish_and_send(m, wire, false);
     }
 
     /// Hands a frame to the gateway of `net`, finishing a partial checksum
