@@ -19,7 +19,8 @@
 #             a real runtime on tapyard-cni), docker.io (tests/docker_real.rs: a
 #             real dockerd with tapyard as its network driver; installed with
 #             service starts held back, as below, so that the install starts no
-#             system dockerd) and busybox-static (their images, made offline).
+#             system dockerd), busybox-static (their images, made offline),
+#             and tshark and tcpdump (read tapyard's pcapng captures).
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
@@ -85,6 +86,10 @@ if [ $tests -eq 1 ]; then
   have iptables || [ -x /usr/sbin/iptables ] || need+=(iptables)
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
   have podman || held_need+=(podman)
+  # Readers of tapyard's pcapng captures (tests/capture.rs); tshark's
+  # install asks a debconf question, answered by DEBIAN_FRONTEND below.
+  have tshark || need+=(tshark)
+  have tcpdump || need+=(tcpdump)
 fi
 
 if [ $bench -eq 1 ]; then

@@ -53,6 +53,9 @@ impl Daemon {
             Request::DisconnectVhost { network, socket } => self.disconnect_vhost(&network, &socket).map(Reply::from),
             // Impairments and link state: being built (issue 14); refused until then.
             Request::PortSet(_) => Err(ApiError::bad_request("port set is not available in this build yet")),
+            Request::PortMirror { port, to } => self.port_mirror(&port, to.as_deref()).map(Reply::from),
+            // The server streams captures itself (control/capture.rs): they need the connection.
+            Request::Capture(_) => Err(ApiError::bad_request("capture is served on a control connection only")),
             Request::PortLs { network } => self.port_ls(network.as_deref()).map(Reply::from),
             Request::FdbShow { network } => self.fdb_show(network.as_deref()).map(Reply::from),
             Request::FdbFlush { network } => self.fdb_flush(network.as_deref()).map(Reply::from),

@@ -30,6 +30,7 @@
 //! | `firewall.rs` | the kernel's nftables table for egress and published ports, our accepts in iptables' `FORWARD`, and the host settings tapyard changes (`ip_forward`), recorded and restored |
 
 pub mod build;
+pub mod capture;
 mod dispatch;
 pub mod docker;
 pub mod firewall;
@@ -94,6 +95,9 @@ pub struct Config {
     pub uplink: Option<uplink::UplinkConfig>,
     /// Serve Docker's plugin protocol on this socket (`--docker-plugin`).
     pub docker_plugin: Option<PathBuf>,
+    /// Frames each (port, worker) flight-recorder ring keeps; 0: none
+    /// (`daemon --flight-recorder`, docs/capture.md).
+    pub flight_recorder: usize,
 }
 
 struct Network {
@@ -175,6 +179,8 @@ pub struct Daemon {
     /// For ports that report link changes (vhost-user).
     event_tx: Sender<PortEvent>,
     clock: Clock,
+    /// Captures, flight recorders and mirrors: the snapshot's taps. Lock order: `inner`, then this.
+    captures: capture::Registry,
     /// How many times a change waited for the workers (tests check which do).
     #[cfg(test)]
     adoption_waits: std::sync::atomic::AtomicUsize,
@@ -226,7 +232,9 @@ impl Daemon {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker::spawn(i, core, shared.clone())?);
         }
+        let captures = capture::Registry::new(cfg.workers.max(1), cfg.flight_recorder);
         let d = Arc::new(Daemon {
+            captures,
             cfg,
             inner: Mutex::new(Inner::default()),
             ipam: Mutex::new(ipam),
@@ -387,7 +395,9 @@ impl Daemon {
                 stats: u.stats.clone(),
             }),
         };
-        self.snapshot.store(Arc::new(build::build(plan)));
+        let mut snap = build::build(plan);
+        self.captures.attach(&mut snap);
+        self.snapshot.store(Arc::new(snap));
         for w in &self.workers {
             if let Err(e) = w.waker.wake() {
                 tracing::error!(error = %e, "cannot wake worker");

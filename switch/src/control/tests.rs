@@ -99,6 +99,7 @@ fn config(dir: &std::path::Path) -> Config {
         default_pools: tapyard_ipam::default_pools(),
         uplink: None,
         docker_plugin: None,
+        flight_recorder: crate::capture::DEFAULT_RECORDER_DEPTH,
     }
 }
 

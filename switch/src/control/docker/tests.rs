@@ -31,6 +31,7 @@ fn config(dir: &Path) -> Config {
             .expect("valid")],
         uplink: None,
         docker_plugin: None,
+        flight_recorder: crate::capture::DEFAULT_RECORDER_DEPTH,
     }
 }
 
