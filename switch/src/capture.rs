@@ -117,7 +117,13 @@ impl CaptureRing {
             let r = Record { iface: 0, dir: Dir::In, ts_ns: 0, orig_len: 0, data: Vec::with_capacity(snaplen) };
             let _ = free.push(r);
         }
-        CaptureRing { free, full: ArrayQueue::new(slots), snaplen, captured: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+        CaptureRing {
+            free,
+            full: ArrayQueue::new(slots),
+            snaplen,
+            captured: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
     }
 
     /// Copies the first `snaplen` bytes of `frame` into a free record and

@@ -54,20 +54,21 @@ enum Sink {
 
 /// Runs `tapyard capture`; returns the process's exit code.
 pub fn run(socket: &Path, a: CaptureArgs) -> anyhow::Result<i32> {
+    let to_stdout = a.write.as_deref() == Some(Path::new("-"));
+    // The file first: a path that cannot be written is an error before anything starts.
+    let out: Option<Box<dyn Write>> = match &a.write {
+        Some(_) if to_stdout => Some(Box::new(std::io::stdout())),
+        Some(path) => {
+            Some(Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?))
+        }
+        None => None,
+    };
     let req = CaptureRequest { target: a.target.clone(), snaplen: a.snaplen, count: a.count, recent: a.recent };
     let mut client = Client::connect(socket)?;
     let started: CaptureStarted = client.call(&Request::Capture(req)).map_err(anyhow::Error::from)?;
     let (mut reader, mut writer) = client.into_stream();
-    // Frames may be minutes apart: no read timeout on the stream.
-    let _ = reader.get_ref().set_read_timeout(None);
-    let to_stdout = a.write.as_deref() == Some(Path::new("-"));
-    let mut sink = match &a.write {
-        Some(path) => {
-            let out: Box<dyn Write> = if to_stdout {
-                Box::new(std::io::stdout())
-            } else {
-                Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
-            };
+    let mut sink = match out {
+        Some(out) => {
             let mut w = PcapNgWriter::new(BufWriter::new(out)).context("cannot write the pcapng header")?;
             for i in &started.interfaces {
                 let idb = InterfaceDescriptionBlock {
@@ -90,7 +91,7 @@ pub fn run(socket: &Path, a: CaptureArgs) -> anyhow::Result<i32> {
         }
         None => Sink::Lines,
     };
-    if !to_stdout && !a.recent {
+    if !a.recent {
         let names: Vec<&str> = started.interfaces.iter().map(|i| i.name.as_str()).collect();
         eprintln!("tapyard: capturing on {} (Ctrl-C to stop)", names.join(", "));
     }
@@ -180,7 +181,9 @@ pub fn run(socket: &Path, a: CaptureArgs) -> anyhow::Result<i32> {
         let _ = w.get_mut().flush();
     }
     let what = if a.recent { "recorded" } else { "captured" };
-    eprintln!("tapyard: {frames} frames {what} ({captured} sent by the daemon), {dropped} dropped (the reader was behind)");
+    eprintln!(
+        "tapyard: {frames} frames {what} ({captured} sent by the daemon), {dropped} dropped (the reader was behind)"
+    );
     Ok(0)
 }
 

@@ -191,7 +191,10 @@ fn resolve<'a>(inner: &'a Inner, target: &str, whole_network: bool) -> Result<Ve
 
 /// What a capture streams from.
 enum Source {
-    Live { id: u64, ring: Arc<CaptureRing> },
+    Live {
+        id: u64,
+        ring: Arc<CaptureRing>,
+    },
     /// The flight recorders' frames, oldest first: (interface, frame).
     Recent(Vec<(u32, crate::capture::Recorded)>),
 }
@@ -274,7 +277,9 @@ impl Daemon {
             st.captures.insert(id, (idents, ring.clone()));
             id
         };
-        self.publish(&mut inner);
+        // Every frame a worker handles after this reply is captured.
+        let epoch = self.publish(&mut inner);
+        self.wait_adopted(epoch);
         Ok((started, Source::Live { id, ring }))
     }
 
