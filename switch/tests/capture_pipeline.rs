@@ -101,7 +101,7 @@ fn taps_record_capture_and_mirror_each_frame_once_per_direction_without_allocati
     };
     snap.taps = vec![None, Some(taps), None, None];
     let (mut batch, mut egress) = (Batch::new(), Egress::new(0));
-    let mut step = |batch: &mut Batch, egress: &mut Egress| {
+    let step = |batch: &mut Batch, egress: &mut Egress| {
         for id in [1u16, 2] {
             let mut io = Io { batch, egress, queue: 0 };
             burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), 0);
