@@ -162,17 +162,22 @@ fn a_ping_captured_on_a_network_reads_back_in_tshark_with_addresses_and_port_nam
     assert!(a.run(&["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", &ipb]), "{ipa} cannot ping {ipb}");
     let report = cap.interrupt();
     assert_eq!(number_before(&report, "dropped"), 0, "{report}");
-    let rows = tshark_fields(&file, &["frame.interface_name", "ip.src", "ip.dst", "icmp.type", "frame.p2p_dir"]);
+    let rows = tshark_fields(
+        &file,
+        &["frame.interface_name", "ip.src", "ip.dst", "icmp.type", "frame.packet_flags_direction"],
+    );
     let name_a = format!("{net}/{}/eth0", a.name);
     let name_b = format!("{net}/{}/eth0", b.name);
-    let has = |iface: &str, src: &str, dst: &str, ty: &str| {
-        rows.iter().filter(|r| r[0] == iface && r[1] == src && r[2] == dst && r[3] == ty).count()
+    // pcapng epb_flags direction: 1 inbound (received by the port), 2 outbound (sent to it).
+    let has = |iface: &str, src: &str, dst: &str, ty: &str, dir: u32| {
+        let d = |r: &Vec<String>| u32::from_str_radix(r[4].trim_start_matches("0x"), 16).ok();
+        rows.iter().filter(|r| r[0] == iface && r[1] == src && r[2] == dst && r[3] == ty && d(r) == Some(dir)).count()
     };
     // Each echo crosses two ports: received by the sender's, sent to the receiver's.
-    assert_eq!(has(&name_a, &ipa, &ipb, "8"), 2, "requests received on {name_a}: {rows:?}");
-    assert_eq!(has(&name_b, &ipa, &ipb, "8"), 2, "requests sent to {name_b}: {rows:?}");
-    assert_eq!(has(&name_b, &ipb, &ipa, "0"), 2, "replies received on {name_b}: {rows:?}");
-    assert_eq!(has(&name_a, &ipb, &ipa, "0"), 2, "replies sent to {name_a}: {rows:?}");
+    assert_eq!(has(&name_a, &ipa, &ipb, "8", 1), 2, "requests received on {name_a}: {rows:?}");
+    assert_eq!(has(&name_b, &ipa, &ipb, "8", 2), 2, "requests sent to {name_b}: {rows:?}");
+    assert_eq!(has(&name_b, &ipb, &ipa, "0", 1), 2, "replies received on {name_b}: {rows:?}");
+    assert_eq!(has(&name_a, &ipb, &ipa, "0", 2), 2, "replies sent to {name_a}: {rows:?}");
     // tcpdump reads the same file.
     need("tcpdump", "tcpdump");
     let out = Command::new("tcpdump").args(["-n", "-r", &file, "icmp"]).output().unwrap();
