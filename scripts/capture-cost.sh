@@ -36,10 +36,7 @@ one() {
   ty connect n "${tag}b" --ip 10.94.0.3/24 --offload "$offload" >/dev/null
   ip netns exec "${tag}b" iperf3 -s -1 >/dev/null 2>&1 &
   local srv=$!
-  for _ in $(seq 100); do ip netns exec "${tag}a" iperf3 -c 10.94.0.3 -t 0.1 >/dev/null 2>&1 && break; sleep 0.05; done
-  wait "$srv" 2>/dev/null || true
-  ip netns exec "${tag}b" iperf3 -s -1 >/dev/null 2>&1 &
-  srv=$!
+  for _ in $(seq 100); do ip netns exec "${tag}b" ss -ltn | grep -q ':5201 ' && break; sleep 0.05; done
   ip netns exec "${tag}a" iperf3 -c 10.94.0.3 -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9'
   wait "$srv" 2>/dev/null || true
   kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -178,6 +178,8 @@ pub struct Tap {
     pub iface: u32,
 }
 
+/// Cache-line aligned: a record touches three lines, never four.
+#[repr(align(64))]
 struct Slot {
     /// Even: stable; odd: being written. Bumped twice per write.
     seq: AtomicU64,
@@ -200,6 +202,7 @@ impl Slot {
 
 /// One worker's ring of a port's flight recorder.
 struct RecorderRing {
+    /// A power of two of them, so a slot is found with a mask, not a division.
     slots: Box<[Slot]>,
     /// Next slot to write; written by the ring's worker only.
     next: AtomicU64,
@@ -222,9 +225,10 @@ pub struct Recorded {
 }
 
 impl Recorder {
-    /// A recorder with `depth` frames for each of `workers` workers.
+    /// A recorder with `depth` frames (rounded up to a power of two) for each of `workers` workers.
     pub fn new(workers: usize, depth: usize) -> Recorder {
-        let ring = || RecorderRing { slots: (0..depth.max(1)).map(|_| Slot::new()).collect(), next: AtomicU64::new(0) };
+        let depth = depth.max(1).next_power_of_two();
+        let ring = || RecorderRing { slots: (0..depth).map(|_| Slot::new()).collect(), next: AtomicU64::new(0) };
         Recorder { rings: (0..workers.max(1)).map(|_| ring()).collect() }
     }
 
@@ -235,7 +239,7 @@ impl Recorder {
         let Some(ring) = self.rings.get(worker) else { return };
         let n = ring.next.load(Ordering::Relaxed);
         ring.next.store(n.wrapping_add(1), Ordering::Relaxed);
-        let slot = &ring.slots[(n % ring.slots.len() as u64) as usize];
+        let slot = &ring.slots[n as usize & (ring.slots.len() - 1)];
         let seq = slot.seq.load(Ordering::Relaxed);
         slot.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         // Readers that see the data below must see the odd sequence first.
@@ -243,12 +247,18 @@ impl Recorder {
         slot.ts_ns.store(ts_ns, Ordering::Relaxed);
         slot.len_dir.store((frame.len() as u64) << 8 | dir as u64, Ordering::Relaxed);
         let head = &frame[..frame.len().min(HEAD)];
-        for (i, w) in slot.words.iter().enumerate() {
+        let mut chunks = head.chunks_exact(8);
+        let mut words = slot.words.iter();
+        for (w, c) in words.by_ref().zip(chunks.by_ref()) {
             let mut b = [0u8; 8];
-            if let Some(chunk) = head.get(i * 8..) {
-                let k = chunk.len().min(8);
-                b[..k].copy_from_slice(&chunk[..k]);
-            }
+            b.copy_from_slice(c);
+            w.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+        }
+        // A frame shorter than HEAD: its last bytes, then zeros (read back only up to its length).
+        let rest = chunks.remainder();
+        if let Some(w) = words.next().filter(|_| !rest.is_empty()) {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
             w.store(u64::from_ne_bytes(b), Ordering::Relaxed);
         }
         slot.seq.store(seq.wrapping_add(2), Ordering::Release);
@@ -344,17 +354,19 @@ mod tests {
 
     #[test]
     fn recorder_keeps_the_last_frames_per_worker() {
+        // 3 rounds up to 4 slots per worker.
         let rec = Recorder::new(2, 3);
-        for i in 0..5u8 {
+        for i in 0..6u8 {
             rec.record(0, Dir::In, u64::from(i), &[i; 200]);
         }
         rec.record(1, Dir::Out, 100, &[9; 20]);
         let got = rec.read();
         let ts: Vec<u64> = got.iter().map(|r| r.ts_ns).collect();
-        assert_eq!(ts, vec![2, 3, 4, 100]);
+        assert_eq!(ts, vec![2, 3, 4, 5, 100]);
         assert_eq!(got[0].head, vec![2; HEAD]);
         assert_eq!(got[0].orig_len, 200);
-        assert_eq!((got[3].dir, &got[3].head[..]), (Dir::Out, &[9u8; 20][..]));
+        // A short frame comes back whole, its last partial word included.
+        assert_eq!((got[4].dir, &got[4].head[..]), (Dir::Out, &[9u8; 20][..]));
     }
 
     #[test]

@@ -146,3 +146,37 @@ fn taps_record_capture_and_mirror_each_frame_once_per_direction_without_allocati
     assert_eq!(ring.captured(), 2 * BATCH as u64 + 4 * BATCH as u64 + 2 * BATCH as u64);
     assert_eq!(ring.dropped(), 200 * 2 * BATCH as u64 - 4 * BATCH as u64);
 }
+
+/// The flight recorder's cost per frame on the pipeline alone (in-memory
+/// ports: no syscalls, so this is the worst case, relative to real ports).
+/// Timing, not a check: `cargo test --release --test capture_pipeline -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn recorder_cost_per_frame() {
+    let ports = [repeat(2, 1), repeat(1, 2), repeat(9, 3)];
+    let plain = snapshot(&ports);
+    let mut recorded = snapshot(&ports);
+    let tap = |_| Some(PortTaps { recorder: Some(Arc::new(Recorder::new(1, 256))), ..Default::default() });
+    recorded.taps = vec![None, tap(1), tap(2), None];
+    let (mut batch, mut egress) = (Batch::new(), Egress::new(0));
+    let rounds = 50_000u32;
+    let mut time = |snap: &Snapshot| {
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            for id in [1u16, 2] {
+                let mut io = Io { batch: &mut batch, egress: &mut egress, queue: 0 };
+                burst(&mut io, snap, snap.port(PortId(id)).unwrap(), 0);
+            }
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(rounds * 2 * BATCH as u32)
+    };
+    time(&plain);
+    let mut ratios = Vec::new();
+    for run in 1..=7 {
+        let (on, off) = (time(&recorded), time(&plain));
+        ratios.push(on / off);
+        eprintln!("run {run}: recorder on {on:.1} ns/frame, off {off:.1} ns/frame, on/off {:.3}", on / off);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!("median on/off {:.3} (min {:.3}, max {:.3})", ratios[3], ratios[0], ratios[6]);
+}
