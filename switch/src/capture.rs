@@ -249,7 +249,8 @@ impl Recorder {
         let head = &frame[..frame.len().min(HEAD)];
         let mut chunks = head.chunks_exact(8);
         let mut words = slot.words.iter();
-        for (w, c) in words.by_ref().zip(chunks.by_ref()) {
+        // Chunks first: zip stops on them without taking another word.
+        for (c, w) in chunks.by_ref().zip(words.by_ref()) {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
             w.store(u64::from_ne_bytes(b), Ordering::Relaxed);
