@@ -15,7 +15,7 @@ check() { # check DIR-OR-FILE FORBIDDEN-MODULE...
     fi
   done
 }
-# Bottom up (switch/src/lib.rs): wire < packet < {table, stats, punt} < port
+# Bottom up (switch/src/lib.rs): wire < packet < {table, stats, punt, capture} < port
 # < snapshot < datapath < worker; control beside them all, never imported
 # by the data path. `impair` (the link settings and their shared state)
 # imports nothing: everything above may use it.
@@ -25,6 +25,7 @@ check packet.rs table stats punt port snapshot datapath worker control cli
 check table stats punt port snapshot datapath worker control cli
 check stats.rs table punt port snapshot datapath worker control cli
 check punt.rs table stats port snapshot datapath worker control cli
+check capture.rs wire table stats punt port snapshot datapath worker control cli
 check port table punt snapshot datapath worker control cli
 check snapshot.rs datapath worker control cli
 check datapath worker control cli
@@ -39,7 +40,7 @@ check datapath/impair.rs port
 if grep -nE "(crate|super)::port::" datapath/egress.rs | grep -v "port::SendReport;" >/dev/null; then
   echo "layer violation: datapath/egress.rs may name only port::SendReport"; fail=1
 fi
-if grep -rn "tapyard_ipam" datapath worker.rs port packet.rs wire table punt.rs snapshot.rs stats.rs >/dev/null; then
+if grep -rn "tapyard_ipam" datapath worker.rs port packet.rs wire table punt.rs capture.rs snapshot.rs stats.rs >/dev/null; then
   echo "layer violation: the data path must not name the ipam crate"; fail=1
 fi
 # unsafe is allowed only under port/ (STYLE §12).

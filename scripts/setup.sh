@@ -23,6 +23,8 @@
 #             system dockerd), rootlesskit (Docker's rootless mode),
 #             busybox-static (their images, made offline) and bird2 (the OSPF lab's
 #             routing daemon, also installed with service starts held back).
+#             system dockerd), busybox-static (their images, made offline),
+#             and tshark and tcpdump (read tapyard's pcapng captures).
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
@@ -93,6 +95,10 @@ if [ $tests -eq 1 ]; then
   have podman || held_need+=(podman)
   # examples/ospf.toml's routers (tests/labs_ospf.rs); its package would start a system bird.
   have bird || held_need+=(bird2)
+  # Readers of tapyard's pcapng captures (tests/capture.rs); tshark's
+  # install asks a debconf question, answered by DEBIAN_FRONTEND below.
+  have tshark || need+=(tshark)
+  have tcpdump || need+=(tcpdump)
 fi
 
 if [ $bench -eq 1 ]; then

@@ -18,6 +18,8 @@
 //! - [`packet`]: buffers and ids; imports `wire`.
 //! - [`table`] (forwarding and route tables), [`stats`], [`punt`] (the
 //!   bounded queue to the gateway): import `wire` and `packet` only.
+//! - [`capture`]: the capture rings and flight recorders workers write
+//!   (and the control plane drains); imports `packet` only.
 //! - [`port`]: fds and guest memory, the only place `unsafe` is allowed.
 //! - [`snapshot`]: the immutable configuration workers forward with; names
 //!   tables, ports and the punt queue, never the forwarding code.
@@ -34,6 +36,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod cni;

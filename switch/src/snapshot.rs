@@ -8,7 +8,7 @@
 //! network's [`Fdb`] is shared, written by workers, and carried over from one
 //! snapshot to the next.
 //!
-//! Imports: `table`, `punt`, `port`, `stats`, `packet`, `impair` — never `datapath`,
+//! Imports: `table`, `punt`, `port`, `stats`, `capture`, `packet`, `impair` — never `datapath`,
 //! which reads the snapshot (scripts/check-layers.sh).
 
 #![forbid(unsafe_code)]
@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use std::net::Ipv4Addr;
 
+use crate::capture::PortTaps;
 use crate::impair::PortImpair;
 use crate::packet::NetId;
 use crate::port::{Port, PortId};
@@ -119,12 +120,22 @@ pub struct Snapshot {
     pub networks: Vec<Option<Arc<NetworkView>>>,
     /// Indexed by [`PortId`]; `None` for ids not in use.
     pub ports: Vec<Option<Arc<PortView>>>,
+    /// Indexed by [`PortId`]: what the data path does with a port's frames
+    /// besides forwarding them (flight recorder, captures, mirror); `None`
+    /// when nothing. Set by `control::capture` after `control::build`.
+    pub taps: Vec<Option<PortTaps>>,
 }
 
 impl Snapshot {
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&Arc<PortView>> {
         self.ports.get(id.index()).and_then(Option::as_ref)
+    }
+
+    /// The taps of port `id`, if it has any (docs/capture.md).
+    #[inline]
+    pub fn taps(&self, id: PortId) -> Option<&PortTaps> {
+        self.taps.get(id.index()).and_then(Option::as_ref)
     }
 
     /// Network `id` (a route target, a punted frame's network).

@@ -31,6 +31,7 @@ use crossbeam::utils::CachePadded;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::capture::Dir;
 use crate::clock::Clock;
 use crate::datapath::classify;
 use crate::datapath::egress::Egress;
@@ -335,8 +336,13 @@ pub fn burst(io: &mut Io, snap: &Snapshot, view: &PortView, now: u32) -> RecvSta
 #[inline(always)]
 fn pipeline(batch: &mut Batch, egress: &mut Egress, snap: &Snapshot, view: &PortView, queue: usize, now: u32) {
     let table = view.network.fdb.table();
+    let taps = snap.taps(view.id);
+    egress.begin(snap);
     for i in 0..batch.len() {
         let wire = batch.wire_mut(i);
+        if let Some(t) = taps {
+            egress.tap(t, view.id, Dir::In, wire, snap);
+        }
         let hdr = VnetHdr::of(wire);
         let c = classify(&wire[HEADROOM..], &hdr, view, snap, &table, now);
         egress.received(wire.len() - HEADROOM, c.learn_full);

@@ -61,6 +61,13 @@ impl Client {
         }
     }
 
+    /// The connection's two halves, for a request that turns it into a
+    /// stream (`capture`, docs/PROTOCOL.md): the reader keeps what it has
+    /// already read past the reply.
+    pub fn into_stream(self) -> (BufReader<UnixStream>, UnixStream) {
+        (self.reader, self.writer)
+    }
+
     pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
         let v = self.call_value(req)?;
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))

@@ -4,6 +4,7 @@
 //! never rename.
 
 pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod lab;
 pub mod labkit;
@@ -155,6 +156,10 @@ pub enum Cmd {
     /// Benchmark tapyard against the Linux bridge, vde_switch and Open vSwitch: throughput,
     /// small-frame rate and loss, latency, CPU per GB (as root; see docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
+    /// Capture a network's or a port's frames as pcapng (-w FILE, -w - for
+    /// stdout) or as one line per frame; --recent writes what the ports saw
+    /// before now (the flight recorder). See docs/capture.md.
+    Capture(capture::CaptureArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -178,6 +183,11 @@ pub struct DaemonArgs {
     /// lower latency, but each worker keeps a core 100 % busy. See docs/PERFORMANCE.md.
     #[arg(long, value_enum, default_value_t = PollMode::Event)]
     pub poll: PollMode,
+    /// Frames the flight recorder keeps per port and worker (headers only,
+    /// always on; `capture --recent` reads them); 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = crate::capture::DEFAULT_RECORDER_DEPTH as u64,
+          value_parser = clap::value_parser!(u64).range(0..=16384))]
+    pub flight_recorder: u64,
     /// `tap`: a TAP port into the daemon's own namespace (the host's, as
     /// root) through which networks with egress reach the world, NATed by
     /// the kernel (docs/EGRESS.md); `none`: no network reaches beyond
@@ -315,6 +325,19 @@ pub enum PortCmd {
         /// Print JSON (the port) instead of what was published.
         #[arg(long)]
         json: bool,
+    },
+    /// Copy every frame SRC_PORT receives or is sent to another port (a SPAN
+    /// port): --to names it; --off stops. Ports are named
+    /// NETWORK/NETNS[/IFNAME], NETNS/IFNAME or by id (`port ls`).
+    #[command(group(clap::ArgGroup::new("mirror_to").required(true).args(["to", "off"])))]
+    Mirror {
+        src_port: String,
+        /// The port that gets the copies: NETNS/IFNAME, NETWORK/NETNS[/IFNAME] or an id.
+        #[arg(long, value_name = "PORT")]
+        to: Option<String>,
+        /// Stop mirroring SRC_PORT.
+        #[arg(long)]
+        off: bool,
     },
     /// Stop publishing (SPEC as given to publish, or as `port ls` shows it:
     /// 0.0.0.0:8080->80/tcp; a spec without a host port stops all of that
@@ -786,6 +809,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 state_dir,
                 workers,
                 busy: a.poll == PollMode::Busy,
+                flight_recorder: a.flight_recorder as usize,
                 default_pools,
                 uplink,
                 docker_plugin: a
@@ -939,6 +963,14 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 print!("{}", table::link_settings(&p));
             }
         }
+        Cmd::Port(PortCmd::Mirror { src_port, to, off: _ }) => {
+            let info: MirrorInfo = client::call(&socket, &Request::PortMirror { port: src_port, to })?;
+            match info.to {
+                Some(to) => out(&format!("{} mirrored to {to}", info.name)),
+                None => out(&format!("{} no longer mirrored", info.name)),
+            }
+        }
+        Cmd::Capture(a) => return capture::run(&socket, a),
         Cmd::Port(PortCmd::Ls { network, json }) => {
             list::<PortInfo>(&socket, &Request::PortLs { network }, json, table::ports)?;
         }

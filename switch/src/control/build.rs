@@ -196,7 +196,7 @@ pub fn build(plan: Plan) -> Snapshot {
             impair: p.impair.clone(),
         }));
     }
-    Snapshot { epoch: plan.epoch, networks, ports }
+    Snapshot { epoch: plan.epoch, networks, ports, taps: Vec::new() }
 }
 
 /// The route table of network `n`, which has egress: `attached`'s routes

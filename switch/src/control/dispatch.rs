@@ -57,6 +57,9 @@ impl Daemon {
                 }
                 self.port_set(req).map(Reply::from)
             }
+            Request::PortMirror { port, to } => self.port_mirror(&port, to.as_deref()).map(Reply::from),
+            // The server streams captures itself (control/capture.rs): they need the connection.
+            Request::Capture(_) => Err(ApiError::bad_request("capture is served on a control connection only")),
             Request::PortLs { network } => self.port_ls(network.as_deref()).map(Reply::from),
             Request::FdbShow { network } => self.fdb_show(network.as_deref()).map(Reply::from),
             Request::FdbFlush { network } => self.fdb_flush(network.as_deref()).map(Reply::from),

@@ -32,6 +32,7 @@
 //! | `firewall.rs` | the kernel's nftables table for egress and published ports, our accepts in iptables' `FORWARD`, and the host settings tapyard changes (`ip_forward`), recorded and restored |
 
 pub mod build;
+pub mod capture;
 mod dispatch;
 pub mod docker;
 pub mod firewall;
@@ -103,6 +104,9 @@ pub struct Config {
     pub docker_api: Option<PathBuf>,
     /// Serve Prometheus metrics over HTTP on this address (`--metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Frames each (port, worker) flight-recorder ring keeps; 0: none
+    /// (`daemon --flight-recorder`, docs/capture.md).
+    pub flight_recorder: usize,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl Config {
             docker_plugin: None,
             docker_api: None,
             metrics: None,
+            flight_recorder: crate::capture::DEFAULT_RECORDER_DEPTH,
         }
     }
 }
@@ -207,6 +212,8 @@ pub struct Daemon {
     clock: Clock,
     /// The two newest statistics samples, for rates (stats.rs).
     sampler: Mutex<stats::Sampler>,
+    /// Captures, flight recorders and mirrors: the snapshot's taps. Lock order: `inner`, then this.
+    captures: capture::Registry,
     /// How many times a change waited for the workers (tests check which do).
     #[cfg(test)]
     adoption_waits: std::sync::atomic::AtomicUsize,
@@ -258,7 +265,9 @@ impl Daemon {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             workers.push(worker::spawn(i, core, shared.clone())?);
         }
+        let captures = capture::Registry::new(cfg.workers.max(1), cfg.flight_recorder);
         let d = Arc::new(Daemon {
+            captures,
             cfg,
             inner: Mutex::new(Inner::default()),
             ipam: Mutex::new(ipam),
@@ -430,7 +439,9 @@ impl Daemon {
                 stats: u.stats.clone(),
             }),
         };
-        self.snapshot.store(Arc::new(build::build(plan)));
+        let mut snap = build::build(plan);
+        self.captures.attach(&mut snap);
+        self.snapshot.store(Arc::new(snap));
         for w in &self.workers {
             if let Err(e) = w.waker.wake() {
                 tracing::error!(error = %e, "cannot wake worker");

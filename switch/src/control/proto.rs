@@ -99,6 +99,17 @@ pub enum Request {
     },
     /// Changes a port's link state and impairments (`port set`).
     PortSet(PortSet),
+    /// Starts a capture (or reads the flight recorders, `recent`): after
+    /// its JSON reply the connection carries binary capture records
+    /// ([`CaptureRecord`]) until an end record (docs/PROTOCOL.md).
+    Capture(CaptureRequest),
+    /// Copies every frame `port` receives or is sent to the port `to`
+    /// (`port mirror`); `to` absent: stops mirroring `port`.
+    PortMirror {
+        port: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
     Disconnect {
         network: String,
         netns: String,
@@ -341,6 +352,10 @@ pub enum Reply {
     Stats(Box<StatsInfo>),
     /// `shutdown`.
     Stopping(Stopping),
+    /// `capture` (then the connection carries capture records).
+    Capture(CaptureStarted),
+    /// `port_mirror`.
+    Mirror(MirrorInfo),
 }
 
 /// `Reply::from(x)` for each result type, so a method returns its own type
@@ -356,6 +371,8 @@ macro_rules! reply_from {
 }
 
 reply_from! {
+    Capture(CaptureStarted),
+    Mirror(MirrorInfo),
     Ping(PingInfo),
     Network(NetworkInfo),
     Networks(Vec<NetworkInfo>),
@@ -982,5 +999,113 @@ mod tests {
         // And a client reads it back as plain JSON.
         let r: Response = serde_json::from_str(&s).unwrap();
         assert_eq!((r.ok, r.result, r.error.map(|e| e.kind)), (false, None, Some(ErrorKind::NotFound)));
+    }
+}
+
+/// `capture`: what to capture, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// `NETWORK`, `NETWORK/NETNS`, `NETWORK/NETNS/IFNAME`, `NETNS/IFNAME` or
+    /// a port id (docs/capture.md).
+    pub target: String,
+    /// Bytes kept of each frame (default [`DEFAULT_SNAPLEN`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snaplen: Option<u32>,
+    /// Stop after this many frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Send the flight recorders' frames (those already seen) instead of new ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recent: bool,
+}
+
+/// tcpdump's default snapshot length.
+pub const DEFAULT_SNAPLEN: u32 = 262_144;
+
+/// The reply to `capture`, before the records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStarted {
+    /// The ports captured; a record's `interface` indexes this list (and is
+    /// its pcapng interface id).
+    pub interfaces: Vec<CaptureInterface>,
+    pub snaplen: u32,
+    pub recent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureInterface {
+    /// The port id (`port ls`).
+    pub port: u16,
+    /// `NETWORK/NETNS/IFNAME`, or `NETWORK/vhost:SOCKET` for a vhost-user port.
+    pub name: String,
+    pub network: String,
+    pub mac: String,
+}
+
+/// The reply to `port_mirror`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorInfo {
+    pub port: u16,
+    pub name: String,
+    /// The port that gets the copies (its name); none when mirroring was turned off.
+    pub to: Option<String>,
+}
+
+/// One binary record of a capture stream (docs/PROTOCOL.md): a 24-byte
+/// little-endian header, then `cap_len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureRecord {
+    pub kind: RecordKind,
+    /// 1: received by the port, 2: sent to it (pcapng `epb_flags` direction).
+    pub dir: u8,
+    pub interface: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    pub orig_len: u32,
+    pub cap_len: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A frame: `cap_len` bytes of it follow.
+    Frame = 1,
+    /// The last record: 16 bytes follow, frames captured and frames dropped
+    /// (the reader was behind), each a little-endian u64.
+    End = 2,
+}
+
+impl CaptureRecord {
+    pub const LEN: usize = 24;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0] = self.kind as u8;
+        b[1] = self.dir;
+        b[4..8].copy_from_slice(&self.interface.to_le_bytes());
+        b[8..16].copy_from_slice(&self.ts_ns.to_le_bytes());
+        b[16..20].copy_from_slice(&self.orig_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.cap_len.to_le_bytes());
+        b
+    }
+
+    /// None for an unknown kind.
+    pub fn decode(b: &[u8; Self::LEN]) -> Option<CaptureRecord> {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let kind = match b[0] {
+            1 => RecordKind::Frame,
+            2 => RecordKind::End,
+            _ => return None,
+        };
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&b[8..16]);
+        Some(CaptureRecord {
+            kind,
+            dir: b[1],
+            interface: u32_at(4),
+            ts_ns: u64::from_le_bytes(ts),
+            orig_len: u32_at(16),
+            cap_len: u32_at(20),
+        })
     }
 }

@@ -267,6 +267,11 @@ fn serve(d: &Arc<Daemon>, stream: UnixStream, stop: &Sender<&'static str>) {
                 let _ = stop.send("shutdown request");
                 return;
             }
+            Ok(Request::Capture(req)) => {
+                // The connection becomes the capture's stream (docs/PROTOCOL.md).
+                super::capture::stream(d, req, reader, &mut out, |w, r| reply(w, r));
+                return;
+            }
             Ok(req) => d.handle(req),
             Err(e) => Err(ApiError::bad_request(format!("malformed request: {e}"))),
         };
@@ -276,7 +281,7 @@ fn serve(d: &Arc<Daemon>, stream: UnixStream, stop: &Sender<&'static str>) {
     }
 }
 
-fn reply(out: &mut impl Write, r: Result<Reply, ApiError>) -> std::io::Result<()> {
+fn reply(out: &mut (impl Write + ?Sized), r: Result<Reply, ApiError>) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(&Response::from_result(r)).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     out.write_all(&bytes)?;

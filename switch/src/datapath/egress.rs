@@ -19,6 +19,7 @@ use super::classify::Verdict;
 use super::impair::Lines;
 use super::offload::{complete_csum, segment, OffloadError};
 use super::route;
+use crate::capture::{now_ns, Dir, PortTaps};
 use crate::packet::{Batch, PortId, BATCH, HEADROOM, MAX_FRAME};
 use crate::port::SendReport;
 use crate::punt::PuntReason;
@@ -172,8 +173,8 @@ pub struct Egress {
     tally: Tally,
     /// Frames held by impaired ports' settings (`port set`; [`super::impair`]).
     pub impair: Lines,
-    /// Sending frames released by `impair`, which are not in the burst: not gathered.
-    releasing: bool,
+    /// When this burst was read ([`now_ns`]), for captures and the flight recorder.
+    ts: u64,
 }
 
 impl Egress {
@@ -190,7 +191,7 @@ impl Egress {
             scratch: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(),
             tally: Tally::default(),
             impair: Lines::new(queue),
-            releasing: false,
+            ts: 0,
         }
     }
 
@@ -211,7 +212,7 @@ impl Egress {
         match verdict {
             Verdict::Forward(out) => {
                 if let Some(egress) = snap.port(out) {
-                    self.transmit(egress, wire);
+                    self.transmit(egress, wire, snap);
                 }
             }
             Verdict::Flood { local } => {
@@ -221,7 +222,7 @@ impl Egress {
                 for &out in &net.ports {
                     if out != ingress.id {
                         if let Some(egress) = snap.port(out) {
-                            self.transmit(egress, wire);
+                            self.transmit(egress, wire, snap);
                         }
                     }
                 }
@@ -238,7 +239,7 @@ impl Egress {
                 }
                 self.tally.route(RouteCount::Routed);
                 for egress in targets(snap, out, hop.dst, None) {
-                    self.transmit(egress, wire);
+                    self.transmit(egress, wire, snap);
                 }
             }
             Verdict::Local => self.punt(net, ingress.id, PuntReason::Local, wire),
@@ -278,15 +279,14 @@ impl Egress {
     /// ([`super::impair`]), finishing offloads as for any frame.
     pub fn release_impaired(&mut self, snap: &Snapshot) {
         let mut lines = std::mem::take(&mut self.impair);
-        self.releasing = true;
         lines.due_out(|id, wire| {
             if let Some(view) = snap.port(id) {
-                if self.finish_and_send(view, wire).is_err() {
+                // Not gathered: released frames are not in the burst.
+                if self.finish_and_send(view, wire, false).is_err() {
                     view.stats.drop_n(DropReason::BadOffload, 1);
                 }
             }
         });
-        self.releasing = false;
         self.impair = lines;
         self.apply_reports(snap);
     }
@@ -297,24 +297,29 @@ impl Egress {
     /// egress ports of a flood get the finished frame too), a GSO
     /// super-frame is segmented into the scratch space, one segment at a time.
     #[inline]
-    fn transmit(&mut self, egress: &PortView, wire: &mut [u8]) {
+    fn transmit(&mut self, egress: &PortView, wire: &mut [u8], snap: &Snapshot) {
+        // Taps see the frame as the switch sends it, before the link's
+        // impairments (as on a switch port with a lossy cable behind it).
+        if let Some(t) = snap.taps(egress.id) {
+            self.tap(t, egress.id, Dir::Out, wire, snap);
+        }
         if let Some(imp) = &egress.impair {
             if self.impair.egress(egress, imp, wire) {
                 return;
             }
         }
-        if self.finish_and_send(egress, wire).is_err() {
+        if self.finish_and_send(egress, wire, true).is_err() {
             self.tally.drop(DropReason::BadOffload);
         }
     }
 
     #[inline]
-    fn finish_and_send(&mut self, egress: &PortView, wire: &mut [u8]) -> Result<(), OffloadError> {
+    fn finish_and_send(&mut self, egress: &PortView, wire: &mut [u8], gather: bool) -> Result<(), OffloadError> {
         let (hb, frame) = wire.split_at_mut(HEADROOM);
         let mut h = VnetHdr::of(hb);
         let caps = egress.port.caps();
         if caps.offloads.accepts(&h) {
-            if !(caps.gather && self.gather(egress.id)) {
+            if !(gather && caps.gather && self.gather(egress.id)) {
                 let r = egress.port.send_batch(self.queue, &[&*wire]);
                 self.add(egress, r);
             }
@@ -332,6 +337,32 @@ impl Egress {
         let r = egress.port.send_batch(self.queue, &[&*wire]);
         self.add(egress, r);
         Ok(())
+    }
+
+    /// Starts a burst: the time its frames are recorded and captured with
+    /// (one clock read per burst, and none when no port has taps).
+    #[inline]
+    pub fn begin(&mut self, snap: &Snapshot) {
+        if !snap.taps.is_empty() {
+            self.ts = now_ns();
+        }
+    }
+
+    /// The taps of a frame crossing `port` in direction `dir`: its flight
+    /// recorder, the captures that include it, and a copy to its mirror
+    /// port (sent at once, never gathered: a routed frame is rewritten
+    /// after its ingress copy). The copy's send is counted on the mirror
+    /// port only, and its failures are not the source's.
+    #[inline]
+    pub fn tap(&mut self, taps: &PortTaps, port: PortId, dir: Dir, wire: &mut [u8], snap: &Snapshot) {
+        taps.observe(self.queue, dir, self.ts, &wire[HEADROOM..]);
+        let Some(m) = taps.mirror.filter(|&m| m != port).and_then(|m| snap.port(m)) else { return };
+        taps.mirrored.fetch_add(1, Ordering::Relaxed);
+        if let Some(mt) = snap.taps(m.id) {
+            // The mirror port's own recorder and captures see the copy; its mirror does not (no chains).
+            mt.observe(self.queue, Dir::Out, self.ts, &wire[HEADROOM..]);
+        }
+        let _ = self.finish_and_send(m, wire, false);
     }
 
     /// Hands a frame to the gateway of `net`, finishing a partial checksum
@@ -371,7 +402,7 @@ impl Egress {
     /// Holds the current frame back for `port`; false when full (send now).
     #[inline]
     fn gather(&mut self, port: PortId) -> bool {
-        if self.ng == GATHER || self.releasing {
+        if self.ng == GATHER {
             return false;
         }
         self.gathered[self.ng] = (port, self.cur);
