@@ -3,7 +3,7 @@
 # iperf3 TCP between two namespaces on one network, through daemons started
 # with --flight-recorder 256 (the default) and --flight-recorder 0 (off),
 # alternating in one run so both see the same machine. Prints one line per
-# run and the medians. Root; needs iperf3 and jq.
+# run and the medians. Root; needs iperf3, jq and bc.
 #
 #   scripts/capture-cost.sh [RUNS] [SECONDS] [OFFLOAD on|off]
 set -euo pipefail
@@ -53,6 +53,6 @@ for r in $(seq "$runs"); do
 done
 mon=$(printf '%s\n' "${on[@]}" | median)
 moff=$(printf '%s\n' "${off[@]}" | median)
-ratios=$(for i in "${!on[@]}"; do echo "${on[$i]} / ${off[$i]}" | bc -l; done | sort -g)
+ratios=$(for i in "${!on[@]}"; do printf '%.3f\n' "$(echo "${on[$i]} / ${off[$i]}" | bc -l)"; done | sort -g)
 printf 'offload %s, %d runs of %d s: median on %.2f Gbit/s, off %.2f Gbit/s, on/off %.3f (per-run ratios %s .. %s)\n' \
   "$offload" "$runs" "$secs" "$mon" "$moff" "$(echo "$mon / $moff" | bc -l)" "$(echo "$ratios" | head -1)" "$(echo "$ratios" | tail -1)"
