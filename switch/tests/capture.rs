@@ -7,11 +7,33 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
+
+/// tshark with a home of the test's own (`dir`): in the rootless re-run
+/// (scripts/test-rootless.sh: uid 0 of a user namespace) the real root's
+/// ~/.config/wireshark is unreadable and tshark gives up.
+fn tshark(dir: &Path) -> Command {
+    let mut c = Command::new("tshark");
+    c.env("HOME", dir);
+    c
+}
+
+/// Whether tcpdump can run here. Debian's tcpdump, started as root, always
+/// switches to user `tcpdump` (`-Z root` included), which fails in a user
+/// namespace that maps only uid 0 (the rootless re-run); the root run reads
+/// with tcpdump, the rootless one with tshark only, and says so.
+fn tcpdump_runs() -> bool {
+    if tapyard_switch::cli::rootless::in_user_namespace() {
+        eprintln!("tcpdump not used: it cannot change to user tcpdump in this user namespace (tshark reads instead)");
+        return false;
+    }
+    true
+}
 
 /// Namespaces without IPv6, so no router solicitation or neighbour
 /// discovery frames come between the test's frames.
@@ -139,7 +161,7 @@ fn tshark_fields(file: &str, fields: &[&str]) -> Vec<Vec<String>> {
     for f in fields {
         args.extend(["-e", f]);
     }
-    let out = Command::new("tshark").args(&args).output().unwrap();
+    let out = tshark(Path::new(file).parent().unwrap()).args(&args).output().unwrap();
     assert!(out.status.success(), "tshark -r {file}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().map(|l| l.split('|').map(str::to_string).collect()).collect()
 }
@@ -180,11 +202,13 @@ fn a_ping_captured_on_a_network_reads_back_in_tshark_with_addresses_and_port_nam
     assert_eq!(has(&name_a, &ipb, &ipa, "0", 2), 2, "replies sent to {name_a}: {rows:?}");
     // tcpdump reads the same file.
     need("tcpdump", "tcpdump");
-    let out = Command::new("tcpdump").args(["-n", "-r", &file, "icmp"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains(&format!("{ipa} > {ipb}: ICMP echo request")), "{text}");
-    assert!(text.contains(&format!("{ipb} > {ipa}: ICMP echo reply")), "{text}");
+    if tcpdump_runs() {
+        let out = Command::new("tcpdump").args(["-n", "-r", &file, "icmp"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(&format!("{ipa} > {ipb}: ICMP echo request")), "{text}");
+        assert!(text.contains(&format!("{ipb} > {ipa}: ICMP echo reply")), "{text}");
+    }
 }
 
 #[test]
@@ -223,16 +247,16 @@ fn stdout_pipes_into_tshark_and_tcpdump_and_lines_without_w() {
     let (ipa, ipb) = (ip_of(&d, a), ip_of(&d, b));
     pin_neighbors(&d, a, b);
     let port = format!("{}/eth0", a.name);
-    for reader in [vec!["tshark", "-n", "-r", "-"], vec!["tcpdump", "-n", "-r", "-"]] {
+    let mut readers = vec![vec!["tshark", "-n", "-r", "-"]];
+    if tcpdump_runs() {
+        readers.push(vec!["tcpdump", "-n", "-r", "-"]);
+    }
+    for reader in readers {
         let mut cap = Capture::start(&d, &[&port, "-w", "-", "--count", "2"], Stdio::piped());
         let stdout = cap.child().stdout.take().unwrap();
-        let r = Command::new(reader[0])
-            .args(&reader[1..])
-            .stdin(stdout)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut r = Command::new(reader[0]);
+        r.env("HOME", &d.dir);
+        let r = r.args(&reader[1..]).stdin(stdout).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         a.run(&["ping", "-n", "-c", "1", "-W", "2", &ipb]);
         assert!(cap.wait(10));
         let out = r.wait_with_output().unwrap();
@@ -338,23 +362,52 @@ fn a_mirror_port_gets_copies_of_a_ports_traffic_until_turned_off() {
     let src = format!("{net}/{}", a.name);
     let shown = d.ok(&["port", "mirror", &src, "--to", &format!("{}/eth0", m.name)]);
     assert!(shown.contains("mirrored to"), "{shown}");
+    // A sniffer in the monitor: tcpdump, or tshark where tcpdump cannot run.
+    let use_tcpdump = tcpdump_runs();
+    let sniffer: &[&str] = if use_tcpdump {
+        &["tcpdump", "-n", "-l", "-i", "eth0", "-c", "2", "icmp"]
+    } else {
+        &["tshark", "-n", "-l", "-i", "eth0", "-c", "2", "-f", "icmp"]
+    };
     let mut dump = Command::new("ip")
-        .args(["netns", "exec", &m.name, "tcpdump", "-n", "-l", "-i", "eth0", "-c", "2", "icmp"])
+        .args(["netns", "exec", &m.name])
+        .args(sniffer)
+        .env("HOME", &d.dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // tcpdump says "listening on" once its socket is open.
+    // Each says so on stderr once its socket is open.
+    let ready = if use_tcpdump { "listening on" } else { "Capturing on" };
     let mut err = BufReader::new(dump.stderr.take().unwrap());
     let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("listening on") {}
-    assert!(line.contains("listening on"), "{line}");
-    assert!(a.run(&["ping", "-n", "-c", "1", "-W", "2", &ipb]));
-    assert!(wait_for(10, || dump.try_wait().unwrap().is_some()), "tcpdump in the monitor saw nothing");
+    while !line.contains(ready) {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+    }
+    assert!(line.contains(ready), "{sniffer:?} did not start: {line}");
+    // tshark says so before its capture process has the socket open: ping
+    // until the sniffer has its two frames (any two consecutive ICMP
+    // frames of the pings are a request and a reply).
+    let pinged = wait_for(10, || {
+        assert!(a.run(&["ping", "-n", "-c", "1", "-W", "2", &ipb]));
+        dump.try_wait().unwrap().is_some()
+    });
+    assert!(pinged, "{} in the monitor saw nothing", sniffer[0]);
     let mut text = String::new();
     dump.stdout.take().unwrap().read_to_string(&mut text).unwrap();
-    assert!(text.contains(&format!("{ipa} > {ipb}: ICMP echo request")), "{text}");
-    assert!(text.contains(&format!("{ipb} > {ipa}: ICMP echo reply")), "{text}");
+    // One line per frame: "A > B: ICMP echo request" (tcpdump) or
+    // "A → B  ICMP 98 Echo (ping) request" (tshark, columns padded).
+    let seen = |src: &str, dst: &str, what: &str| {
+        text.lines().any(|l| {
+            let arrow = if use_tcpdump { format!("{src} > {dst}:") } else { format!("{src} → {dst} ") };
+            let what = if use_tcpdump { format!("ICMP echo {what}") } else { format!("Echo (ping) {what}") };
+            l.contains(&arrow) && l.contains(&what)
+        })
+    };
+    assert!(seen(&ipa, &ipb, "request") && seen(&ipb, &ipa, "reply"), "{text}");
     // Off, and off again is an error.
     assert!(d.ok(&["port", "mirror", &src, "--off"]).contains("no longer mirrored"));
     let again = d.cli(&["port", "mirror", &src, "--off"]);

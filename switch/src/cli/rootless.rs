@@ -147,7 +147,7 @@ pub fn daemon_start(uplink: Option<Uplink>, socket: &Path, socket_given: bool) -
 
 /// Whether this process is in a user namespace other than the initial one:
 /// the initial namespace's uid map is the identity over all 2^32-1 ids.
-fn in_user_namespace() -> bool {
+pub fn in_user_namespace() -> bool {
     fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| !is_initial_uid_map(&map))
 }
 
