@@ -439,3 +439,56 @@ fn the_daemon_a_lab_started_stays_while_another_lab_uses_it() {
     let left: Vec<_> = std::fs::read_dir(files.dir.join("run")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "files left: {left:?}");
 }
+
+#[test]
+fn a_node_given_an_existing_namespace_is_attached_and_the_namespace_stays_after_down() {
+    if !common::net_admin() {
+        return;
+    }
+    let d = Daemon::start("labns");
+    let prefix = name("ns");
+    let _guard = LabGuard { socket: d.socket.clone(), name: prefix.clone() };
+    let outside = common::Netns::new("labext");
+    let files = Files::new("ns");
+    let f = files.write(
+        "ext.toml",
+        &format!(
+            r#"[networks.n]
+subnet = "10.47.0.0/24"
+[nodes.ext]
+netns = "{}"
+interfaces = [{{ network = "n", address = "10.47.0.10/24" }}]
+[nodes.own]
+interfaces = [{{ network = "n", address = "10.47.0.11/24" }}]
+"#,
+            outside.name
+        ),
+    );
+    // A namespace that does not exist is refused before anything is made.
+    let missing = files.write("missing.toml", "[networks.n]\n[nodes.x]\nnetns = \"tapyard-no-such-ns\"\n");
+    let out = lab(&d.socket, &["lab", "up", missing.to_str().unwrap(), "--prefix", &prefix]);
+    assert!(!out.status.success() && text(&out.stderr).contains("does not exist"), "{}", text(&out.stderr));
+    assert!(namespaces(&prefix).is_empty());
+
+    lab_ok(&d.socket, &["lab", "up", f.to_str().unwrap(), "--prefix", &prefix]);
+    // `lab exec ext` runs in the given namespace, which has the lab's interface.
+    assert!(outside.run(&["ip", "addr", "show", "dev", "eth0"]), "no eth0 in the given namespace");
+    let out = lab(&d.socket, &["lab", "exec", &prefix, "ext", "--", "ping", "-c", "1", "-W", "2", "10.47.0.11"]);
+    assert!(out.status.success(), "ext -> own: {}", text(&out.stdout));
+    let status = lab_ok(&d.socket, &["lab", "status", &prefix, "--json"]);
+    assert!(
+        status.contains(&format!("\"netns\": \"{}\"", outside.name))
+            || status.contains(&format!("\"netns\":\"{}\"", outside.name)),
+        "{status}"
+    );
+    assert_eq!(namespaces(&prefix), [format!("{prefix}-own")], "only the own node's namespace is the lab's");
+
+    lab_ok(&d.socket, &["lab", "down", &prefix]);
+    assert!(namespaces(&prefix).is_empty(), "the lab's own namespace is gone");
+    let have = text(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout);
+    assert!(
+        have.lines().any(|l| l.split_whitespace().next() == Some(outside.name.as_str())),
+        "the given namespace stays"
+    );
+    assert!(!outside.run(&["ip", "link", "show", "dev", "eth0"]), "its lab interface is gone");
+}

@@ -7,9 +7,9 @@
 //! their interfaces: [`LinuxBridge`] (a kernel bridge and veth pairs),
 //! [`Vde`] (vde_switch with TAP ports), [`Ovs`] (ovs-vswitchd, userspace
 //! datapath, TAP ports, a private database) and [`Tapyard`] (a tapyard daemon
-//! this module starts, networks made through the control socket). `tapyard
-//! bench` measures between the namespaces; a topology-file lab can use the
-//! same backends for its networks.
+//! this module starts; its segment is a lab topology built by the engine of
+//! `tapyard lab up`, `cli::lab::engine`, with the endpoints' namespaces as
+//! the nodes' `netns`). `tapyard bench` measures between the namespaces.
 //!
 //! Everything a backend makes is registered in a [`Lab`] as it is made:
 //! namespaces (and every link in them: backends make links only inside the
@@ -19,8 +19,8 @@
 //! signal sets a flag the waits here check, and the stack unwinds through the
 //! guards).
 //!
-//! Namespaces and links are made with `ip(8)` commands, as the embedded lab
-//! (`cli/lab.rs`) does: the kernel's answer comes back as text for the setup
+//! Namespaces and links are made with `ip(8)` commands, as the lab engine
+//! does: the kernel's answer comes back as text for the setup
 //! log, and bridges, veths and `tuntap` have no helper in `control::netns`
 //! (which makes tapyard's own TAPs by netlink inside the daemon).
 
@@ -36,8 +36,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tapyard_ipam::Ipv4Net;
+
 use super::client::Client;
-use crate::control::proto::{NetworkCreate, Request};
+use super::lab::engine::{self, UpOptions};
+use super::lab::topology::{Address, Interface, Network, Node, Router, Topology};
+use crate::control::proto::Request;
 
 // ------------------------------------------------------------------ interrupts
 
@@ -801,23 +805,6 @@ impl Tapyard {
         let r = Client::connect(&Self::socket(lab)).and_then(|mut c| c.call_value(req));
         r.map_err(|e| fail(format!("tapyard: {e}")))
     }
-
-    fn connect(&self, lab: &Lab, network: &str, netns: &str, cidr: &str) -> Res<()> {
-        self.call(
-            lab,
-            &Request::Connect {
-                network: network.into(),
-                netns: netns.into(),
-                ifname: None,
-                mac: None,
-                ip: Some(cidr.into()),
-                offload: None,
-                publish: vec![],
-                owner: None,
-            },
-        )?;
-        Ok(())
-    }
 }
 
 impl Backend for Tapyard {
@@ -839,53 +826,78 @@ impl Backend for Tapyard {
         let extra: &[&str] = if self.mode == TapyardMode::Busy { &["--poll", "busy"] } else { &[] };
         let pid = self.start(lab, extra)?;
         let workers = self.workers.map(|w| format!(", --workers {w}")).unwrap_or_default();
-        let mut addrs = vec![];
-        let setup = if self.mode == TapyardMode::Routed {
-            let router = "r";
-            self.call(lab, &Request::RouterCreate { name: router.into() })?;
-            let mut subnets = vec![];
-            for (i, e) in ends.iter().enumerate() {
-                let net = format!("r{}", i + 1);
-                let subnet = format!("198.18.{}.0/24", i + 1);
-                let addr = Ipv4Addr::new(198, 18, (i + 1) as u8, 10);
-                self.call(
-                    lab,
-                    &Request::NetworkCreate(NetworkCreate {
-                        name: net.clone(),
-                        subnet: Some(subnet.clone()),
-                        ..Default::default()
-                    }),
-                )?;
-                self.call(lab, &Request::RouterAttach { router: router.into(), network: net.clone() })?;
-                self.connect(lab, &net, &e.netns, &format!("{addr}/24"))?;
-                addrs.push(addr);
-                subnets.push(subnet);
-            }
-            format!(
+        let (topo, addrs) = bench_topology(self.mode, ends)?;
+        lab.note(&format!("> lab up {}", serde_json::to_string(&topo).unwrap_or_default()));
+        // The lab engine of `tapyard lab up` builds it, on the daemon just
+        // started (which it finds answering, so it starts none); its
+        // namespaces are the endpoints', which the `Lab` guard owns.
+        let opts = UpOptions { file: None, foreground: false, quiet: true };
+        engine::up(&Self::socket(lab), topo, opts).map_err(|e| fail(format!("tapyard lab: {e:#}")))?;
+        let setup = match self.mode {
+            TapyardMode::Routed => format!(
                 "tapyard daemon, A and B on two networks ({}) joined by a tapyard router{workers}",
-                subnets.join(", ")
-            )
-        } else {
-            self.call(
-                lab,
-                &Request::NetworkCreate(NetworkCreate {
-                    name: "bench".into(),
-                    ipam: Some("none".into()),
-                    ..Default::default()
-                }),
-            )?;
-            for e in ends {
-                self.connect(lab, "bench", &e.netns, &e.cidr())?;
-                addrs.push(e.addr);
-            }
-            if self.mode == TapyardMode::Busy {
-                format!("as tapyard, the daemon started with --poll busy{workers}")
-            } else {
+                (1..=ends.len()).map(|i| format!("198.18.{i}.0/24")).collect::<Vec<_>>().join(", ")
+            ),
+            TapyardMode::Busy => format!("as tapyard, the daemon started with --poll busy{workers}"),
+            TapyardMode::Switched => {
                 format!("tapyard daemon, A and B on one network (--ipam none: pure L2){workers}")
             }
         };
         Ok(Segment { switch_pids: vec![pid], addrs, setup })
     }
+}
+
+/// The benchmark's segment as a lab topology (lab `bench`, its nodes the
+/// endpoints' namespaces), and the address each endpoint gets. Switched
+/// (and busy): the two endpoints on one link (a network without IPAM, pure
+/// L2, as the Linux bridge), addressed as asked. Routed: a network per
+/// endpoint (198.18.N.0/24, the endpoint .10, whatever it asked for) on one
+/// router.
+fn bench_topology(mode: TapyardMode, ends: &[Endpoint]) -> Res<(Topology, Vec<Ipv4Addr>)> {
+    let node = |i: usize, e: &Endpoint, network: String, address: Address| Node {
+        name: format!("n{}", i + 1),
+        netns: Some(e.netns.clone()),
+        interfaces: vec![Interface { network, ifname: "eth0".into(), mac: None, address, impair: None }],
+        routes: vec![],
+        sysctls: vec![],
+        exec: vec![],
+        commands: vec![],
+    };
+    let net = |name: String, subnet: Option<Ipv4Net>, link: Option<[String; 2]>| Network {
+        name,
+        subnet,
+        gateway: None,
+        mtu: None,
+        internal: false,
+        dns: vec![],
+        link,
+    };
+    let mut t = Topology { name: "bench".into(), networks: vec![], routers: vec![], nodes: vec![] };
+    let mut addrs = vec![];
+    if mode == TapyardMode::Routed {
+        let mut router = Router { name: "r".into(), networks: vec![], routes: vec![] };
+        for (i, e) in ends.iter().enumerate() {
+            let n = u8::try_from(i + 1).map_err(|_| fail("at most 255 endpoints"))?;
+            let name = format!("r{n}");
+            let subnet = Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).map_err(|e| fail(e.to_string()))?;
+            let ip = Ipv4Addr::new(198, 18, n, 10);
+            t.networks.push(net(name.clone(), Some(subnet), None));
+            router.networks.push(name.clone());
+            t.nodes.push(node(i, e, name, Address::Static { ip, prefix: 24 }));
+            addrs.push(ip);
+        }
+        t.routers.push(router);
+    } else {
+        let [a, b] = ends else {
+            return Err(fail(format!("the tapyard backend joins two endpoints, not {}", ends.len())));
+        };
+        t.networks.push(net("ab".into(), None, Some(["n1:eth0".into(), "n2:eth0".into()])));
+        for (i, e) in [a, b].into_iter().enumerate() {
+            t.nodes.push(node(i, e, "ab".into(), Address::Manual { ip: e.addr, prefix: e.prefix_len }));
+            addrs.push(e.addr);
+        }
+    }
+    Ok((t, addrs))
 }
 
 #[cfg(test)]

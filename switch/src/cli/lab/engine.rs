@@ -82,6 +82,11 @@ impl Record {
     pub fn host(&self, name: &str) -> String {
         self.topology.host(name)
     }
+
+    /// The namespace of the node the file calls `name`.
+    pub fn ns_of(&self, name: &str) -> String {
+        self.topology.ns_of(name)
+    }
 }
 
 /// Where a lab's record lives: beside the daemon's socket.
@@ -238,9 +243,11 @@ pub fn tool_exists(tool: &str) -> bool {
 
 /// Pings the daemon; starts one if none answers. Returns the pid of a
 /// daemon it started and the files to remove when it stops.
-fn ensure_daemon(socket: &Path, name: &str) -> anyhow::Result<(Option<u32>, Vec<PathBuf>)> {
+fn ensure_daemon(socket: &Path, name: &str, quiet: bool) -> anyhow::Result<(Option<u32>, Vec<PathBuf>)> {
     if client::call::<PingInfo>(socket, &Request::Ping).is_ok() {
-        say!("using the tapyard daemon at {}", socket.display());
+        if !quiet {
+            say!("using the tapyard daemon at {}", socket.display());
+        }
         return Ok((None, vec![]));
     }
     let dir = runtime_dir(socket);
@@ -284,7 +291,9 @@ fn ensure_daemon(socket: &Path, name: &str) -> anyhow::Result<(Option<u32>, Vec<
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    say!("started a tapyard daemon (pid {}) at {}; log: {}", child.id(), socket.display(), log.display());
+    if !quiet {
+        say!("started a tapyard daemon (pid {}) at {}; log: {}", child.id(), socket.display(), log.display());
+    }
     Ok((Some(child.id()), vec![state_dir, log]))
 }
 
@@ -300,8 +309,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(total: usize) -> Progress {
-        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    fn new(total: usize, quiet: bool) -> Progress {
+        let tty = !quiet && std::io::IsTerminal::is_terminal(&std::io::stdout());
         let bar = tty.then(|| {
             let b = indicatif::ProgressBar::new(total as u64);
             if let Ok(style) = indicatif::ProgressStyle::with_template("  {bar:40} {pos}/{len} nodes {elapsed} {msg}") {
@@ -309,7 +318,7 @@ impl Progress {
             }
             b
         });
-        Progress { bar, total, done: AtomicUsize::new(0), plain: !tty && total >= 20 }
+        Progress { bar, total, done: AtomicUsize::new(0), plain: !quiet && !tty && total >= 20 }
     }
 
     fn step(&self, what: &str) {
@@ -337,6 +346,9 @@ pub struct UpOptions {
     pub file: Option<String>,
     /// The `lab up` stays in the foreground (its pid is recorded).
     pub foreground: bool,
+    /// No progress bar and no summary line (a caller with output of its
+    /// own: `tapyard bench`).
+    pub quiet: bool,
 }
 
 /// Builds the lab; on any failure removes what it made and returns the error.
@@ -365,7 +377,7 @@ pub fn up(socket: &Path, topo: Topology, opts: UpOptions) -> anyhow::Result<Reco
             bail!("`{tool}` is not installed; install the Debian package {pkg} (scripts/setup.sh --lab does)");
         }
     }
-    let (daemon_pid, daemon_files) = ensure_daemon(socket, &name)?;
+    let (daemon_pid, daemon_files) = ensure_daemon(socket, &name, opts.quiet)?;
     let state_dir = runtime_dir(socket).join(format!("lab-{name}.d"));
     let rec = Record {
         name: name.clone(),
@@ -391,19 +403,21 @@ pub fn up(socket: &Path, topo: Topology, opts: UpOptions) -> anyhow::Result<Reco
     std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
     save(socket, &rec)?;
     let rec = Mutex::new(rec);
-    let built = build(socket, &host, &rec);
+    let built = build(socket, &host, &rec, opts.quiet);
     let mut rec = rec.into_inner().unwrap_or_else(|p| p.into_inner());
     match built {
         Ok(()) => {
             save(socket, &rec)?;
             let t = t0.elapsed();
-            say!(
-                "lab {name:?} is up: {} nodes, {} networks, {} routers in {:.1} s",
-                rec.topology.nodes.len(),
-                rec.topology.networks.len(),
-                rec.topology.routers.len(),
-                t.as_secs_f64()
-            );
+            if !opts.quiet {
+                say!(
+                    "lab {name:?} is up: {} nodes, {} networks, {} routers in {:.1} s",
+                    rec.topology.nodes.len(),
+                    rec.topology.networks.len(),
+                    rec.topology.routers.len(),
+                    t.as_secs_f64()
+                );
+            }
             rec.addresses.retain(|_, v| !v.is_empty());
             Ok(rec)
         }
@@ -433,6 +447,12 @@ fn preflight(socket: &Path, host: &Host, rec: &Record) -> anyhow::Result<()> {
     }
     let have = host.netns_list();
     for n in &t.nodes {
+        if let Some(ns) = &n.netns {
+            if !have.contains(ns) {
+                bail!("node {:?}: network namespace {ns:?} does not exist: create it (`ip netns add {ns}`) or drop `netns`", n.name);
+            }
+            continue;
+        }
         let h = t.host(&n.name);
         if have.contains(&h) {
             bail!(
@@ -444,7 +464,7 @@ fn preflight(socket: &Path, host: &Host, rec: &Record) -> anyhow::Result<()> {
 }
 
 /// Networks, routers, then the nodes in parallel.
-fn build(socket: &Path, host: &Host, rec: &Mutex<Record>) -> anyhow::Result<()> {
+fn build(socket: &Path, host: &Host, rec: &Mutex<Record>, quiet: bool) -> anyhow::Result<()> {
     let topo = rec.lock().map_err(|_| anyhow!("poisoned"))?.topology.clone();
     let mut c = Client::connect(socket)?;
     for n in &topo.networks {
@@ -494,7 +514,7 @@ fn build(socket: &Path, host: &Host, rec: &Mutex<Record>) -> anyhow::Result<()> 
     } else {
         None
     };
-    let progress = Progress::new(topo.nodes.len());
+    let progress = Progress::new(topo.nodes.len(), quiet);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(vec![]);
@@ -620,8 +640,10 @@ fn build_node(
     rec: &Mutex<Record>,
     hook: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let ns = topo.host(&node.name);
-    host.netns_add(&ns)?;
+    let ns = topo.node_ns(node);
+    if node.netns.is_none() {
+        host.netns_add(&ns)?;
+    }
     let mut learned: Vec<(String, String)> = vec![];
     for i in &node.interfaces {
         let ip = match i.address {
@@ -822,7 +844,8 @@ pub fn teardown(socket: &Path, rec: &Record) {
     }
     // Networks (with their ports) and namespaces, in parallel.
     let nets: Vec<String> = t.networks.iter().map(|n| t.host(&n.name)).collect();
-    let nss: Vec<String> = t.nodes.iter().map(|n| t.host(&n.name)).collect();
+    // A node's own namespace only: one it was given (`netns`) stays.
+    let nss: Vec<String> = t.nodes.iter().filter(|n| n.netns.is_none()).map(|n| t.host(&n.name)).collect();
     let next_net = AtomicUsize::new(0);
     let next_ns = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -950,7 +973,7 @@ pub fn status(socket: &Path, rec: &Record) -> LabStatus {
     let ports: Vec<PortInfo> = client::call(socket, &Request::PortLs { network: None }).unwrap_or_default();
     let mut interfaces = vec![];
     for n in &t.nodes {
-        let ns = t.host(&n.name);
+        let ns = t.node_ns(n);
         for i in &n.interfaces {
             let net = t.host(&i.network);
             let p = ports.iter().find(|p| p.netns == ns && p.ifname == i.ifname && p.network == net);

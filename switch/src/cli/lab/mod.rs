@@ -206,7 +206,7 @@ pub fn run(cmd: LabCmd, socket: &Path) -> anyhow::Result<i32> {
                 let names: Vec<&str> = rec.topology.nodes.iter().map(|n| n.name.as_str()).collect();
                 return Err(BadArgs(format!("lab {lab:?} has no node {node:?} (nodes: {})", names.join(", "))).into());
             }
-            super::rootless::exec(socket, &rec.host(&node), &cmd)
+            super::rootless::exec(socket, &rec.ns_of(&node), &cmd)
         }
         LabCmd::Graph { name, output } => {
             let name = resolve(socket, name.as_deref(), None)?;
@@ -233,7 +233,7 @@ pub fn run(cmd: LabCmd, socket: &Path) -> anyhow::Result<i32> {
 
 fn up(socket: &Path, topo: Topology, file: Option<String>, check: bool, foreground: bool) -> anyhow::Result<i32> {
     let name = topo.name.clone();
-    let opts = engine::UpOptions { file: file.clone(), foreground: foreground && !check };
+    let opts = engine::UpOptions { file: file.clone(), foreground: foreground && !check, quiet: false };
     let rec = match engine::up(socket, topo, opts) {
         Ok(r) => r,
         Err(e) => {
@@ -265,7 +265,7 @@ fn up(socket: &Path, topo: Topology, file: Option<String>, check: bool, foregrou
     say!();
     if file.is_none() {
         say!("The lab is up. Try:");
-        let first = rec.topology.nodes.first().map(|n| rec.host(&n.name)).unwrap_or_default();
+        let first = rec.topology.nodes.first().map(|n| rec.ns_of(&n.name)).unwrap_or_default();
         let peer =
             st.interfaces.get(1).and_then(|i| i.address.as_deref()).unwrap_or("").split('/').next().unwrap_or("");
         say!("  ip netns exec {first} ping -c 3 {peer}");
@@ -329,14 +329,14 @@ fn matrix(socket: &Path, rec: &Record) -> bool {
         for i in &addressed {
             let ip = rec.addresses[&format!("{}:{}", n.name, i.ifname)].split('/').next().unwrap_or("").to_string();
             let label =
-                if addressed.len() == 1 { rec.host(&n.name) } else { format!("{}:{}", rec.host(&n.name), i.ifname) };
+                if addressed.len() == 1 { rec.ns_of(&n.name) } else { format!("{}:{}", rec.ns_of(&n.name), i.ifname) };
             targets.push((n.name.clone(), Target { label, network: i.network.clone(), ip }));
         }
     }
     let gateway_of = |n: &topology::Node| n.interfaces.iter().find_map(|i| rec.gateways.get(&i.network).cloned());
     let mut jobs = vec![];
     for (r, n) in t.nodes.iter().enumerate() {
-        let ns = rec.host(&n.name);
+        let ns = rec.ns_of(&n.name);
         for (c, (owner, tg)) in targets.iter().enumerate() {
             if owner != &n.name {
                 jobs.push((r, Some(c), ping(&host, &ns, &tg.ip)));
@@ -359,7 +359,7 @@ fn matrix(socket: &Path, rec: &Record) -> bool {
     let w = t
         .nodes
         .iter()
-        .map(|n| rec.host(&n.name).len())
+        .map(|n| rec.ns_of(&n.name).len())
         .chain(targets.iter().map(|(_, t)| t.label.len()))
         .max()
         .unwrap_or(4)
@@ -375,7 +375,7 @@ fn matrix(socket: &Path, rec: &Record) -> bool {
     let mut failures = vec![];
     let mut isolated = 0;
     for (r, n) in t.nodes.iter().enumerate() {
-        let ns = rec.host(&n.name);
+        let ns = rec.ns_of(&n.name);
         say_nb!("{:<w$}", ns, w = w + 2);
         for (c, (_, tg)) in targets.iter().enumerate() {
             let cell = match reach[r][c] {

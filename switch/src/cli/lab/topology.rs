@@ -116,6 +116,9 @@ struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
+    /// An existing network namespace the node is (attached, never created
+    /// or removed by the lab); absent: the lab makes `LAB-NODE`.
+    netns: Option<Spanned<String>>,
     #[serde(default)]
     interfaces: Vec<Spanned<RawInterface>>,
     #[serde(default)]
@@ -210,6 +213,10 @@ pub struct RouterRoute {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
+    /// An existing namespace (`netns = "..."`): attached as it is, and left
+    /// in place at `lab down`; none: the lab's own `LAB-NODE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     pub interfaces: Vec<Interface>,
     pub routes: Vec<NodeRoute>,
     pub sysctls: Vec<(String, String)>,
@@ -280,6 +287,17 @@ impl Topology {
 
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The namespace of `node`: its `netns`, else `LAB-node`.
+    pub fn node_ns(&self, node: &Node) -> String {
+        node.netns.clone().unwrap_or_else(|| self.host(&node.name))
+    }
+
+    /// The namespace of the node the file calls `name` (as [`Self::node_ns`]);
+    /// `LAB-name` for a name that is no node.
+    pub fn ns_of(&self, name: &str) -> String {
+        self.node(name).map_or_else(|| self.host(name), |n| self.node_ns(n))
     }
 
     /// The host name of something the file calls `name`: `LAB-name`.
@@ -734,9 +752,33 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
     // Nodes.
     let mut addrs_seen: HashMap<(String, Ipv4Addr), String> = HashMap::new();
     let mut macs_seen: HashMap<String, String> = HashMap::new();
+    let mut netns_seen: HashMap<String, String> = HashMap::new();
     for (key, n) in &raw.nodes {
         host_ok(cx, "node", key);
         let node_name = key.get_ref().clone();
+        let netns = n.netns.as_ref().map(|ns| {
+            let v = ns.get_ref();
+            // A name under /run/netns: one path component, as `ip netns add` takes.
+            let ok = !v.is_empty()
+                && v.len() <= 255
+                && v != "."
+                && v != ".."
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                cx.at(
+                    ns.span(),
+                    format!(
+                        "netns {v:?}: a namespace name (letters, digits, '.', '_', '-'), as `ip netns ls` shows it"
+                    ),
+                );
+            } else if let Some(other) = netns_seen.insert(v.clone(), node_name.clone()) {
+                cx.at(
+                    ns.span(),
+                    format!("nodes {other:?} and {node_name:?} both name netns {v:?}: a namespace is one node"),
+                );
+            }
+            v.clone()
+        });
         let mut ifaces: Vec<Interface> = vec![];
         let mut ifname_spans: HashMap<String, Range<usize>> = HashMap::new();
         for (k, i) in n.interfaces.iter().enumerate() {
@@ -927,7 +969,7 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
         };
         let exec = cmds(&n.exec);
         let commands = cmds(&n.commands);
-        topo.nodes.push(Node { name: node_name, interfaces: ifaces, routes, sysctls, exec, commands });
+        topo.nodes.push(Node { name: node_name, netns, interfaces: ifaces, routes, sysctls, exec, commands });
     }
     // Link endpoints naming nodes that do not exist.
     for (e, ..) in &link_ends {
@@ -1185,6 +1227,17 @@ interfaces = [{ network = "n", address = "10.0.0.5/24", mac = "02:00:00:00:00:01
         let t =
             ok("[nodes.a]\nsysctls = { \"net.ipv4.ip_forward\" = 1 }\nexec = [\"true\"]\ncommands = [\"sleep 100\"]\n");
         assert_eq!(t.nodes[0].sysctls, [("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn a_node_may_name_an_existing_namespace_once() {
+        let t = ok("name = \"l\"\n[nodes.a]\nnetns = \"blue\"\n[nodes.b]\n");
+        assert_eq!(t.nodes[0].netns.as_deref(), Some("blue"));
+        assert_eq!(t.node_ns(&t.nodes[0]), "blue");
+        assert_eq!(t.ns_of("b"), "l-b");
+        has(&bad("[nodes.a]\nnetns = \"../x\"\n"), "2:9", "a namespace name");
+        has(&bad("[nodes.a]\nnetns = \"\"\n"), "2:9", "a namespace name");
+        has(&bad("[nodes.a]\nnetns = \"x\"\n[nodes.b]\nnetns = \"x\"\n"), "4:9", "both name netns \"x\"");
     }
 
     #[test]
