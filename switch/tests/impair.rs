@@ -148,6 +148,17 @@ fn a_loss_rate_loses_that_share_of_pings() {
     let Some(s) = setup("loss", 93) else { return };
     // Direction in only: each ping crosses the impaired direction once, so
     // the round trip loses 5 % (with both, 1 − 0.95² ≈ 9.75 %).
+    // Only the pings may cross the lossy direction: no IPv6 (router
+    // solicitations and MLD reports go out while the flood runs) and no
+    // ARP (both neighbour entries pinned), so impair_loss counts lost
+    // pings and nothing else.
+    for (x, y, y_ip) in [(&s.a, &s.b, &s.b_ip), (&s.b, &s.a, &s.a_ip)] {
+        for k in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.eth0.disable_ipv6=1"] {
+            assert!(x.run(&["sysctl", "-qw", k]), "{k} in {}", x.name);
+        }
+        let mac = s.d.port(&y.name)["mac"].as_str().unwrap().to_string();
+        sh(&["ip", "-n", &x.name, "neigh", "replace", y_ip, "lladdr", &mac, "dev", "eth0", "nud", "permanent"]);
+    }
     port_set(&s, &s.a, &["--loss", "5%", "--direction", "in"]);
     let t0 = std::time::Instant::now();
     let (sent, got) = lost_of_flood(&s.a, &s.b_ip, 10_000);
@@ -159,7 +170,10 @@ fn a_loss_rate_loses_that_share_of_pings() {
     assert_eq!(counted, u64::from(sent - got), "every loss is counted as impair_loss");
     // Bursts (Gilbert): the same rate, in runs.
     port_set(&s, &s.a, &["--clear", "--loss", "5%", "--loss-burst", "5", "--direction", "in"]);
-    let (sent, got) = lost_of_flood(&s.a, &s.b_ip, 4_000);
+    // 10,000 pings: with bursts of 5 the loss comes in ~100 runs, and its
+    // spread (σ ≈ 0.7 %) keeps it well inside the bounds (4,000 pings:
+    // σ ≈ 1.1 %, and 2.3 % was seen).
+    let (sent, got) = lost_of_flood(&s.a, &s.b_ip, 10_000);
     let lost = f64::from(sent - got) / f64::from(sent) * 100.0;
     println!("5% loss in bursts of 5: {lost:.2} % of {sent}");
     assert!((2.0..=9.0).contains(&lost), "{lost} % lost in bursts, want about 5 %");
