@@ -340,7 +340,11 @@ fn a_ping_flow_moves_the_counters_exactly_and_the_rates_rise_and_fall() {
     let frames: u64 = after["workers"].as_array().unwrap().iter().map(|w| u(&w["frames"])).sum();
     assert_eq!(frames, u(&n["rx_packets"]), "worker frames = frames read from ports: {after}");
     assert!(after["workers"].as_array().unwrap().iter().any(|w| u(&w["busy_ns"]) > 0));
-    assert!(u(&after["interval_ms"]).abs_diff(1000) < 200, "rates are over about a second: {after}");
+    // Samples are due a second apart; one taken late on a loaded machine
+    // makes its interval longer and the next one shorter. One tick, not
+    // two, and not zero.
+    let interval = u(&after["interval_ms"]);
+    assert!((200..2000).contains(&interval), "rates are over about a second: {after}");
 
     // FDB occupancy: the two MACs, one on each port (ports' shares are refreshed each second).
     assert_eq!(u(&n["fdb_entries"]), 2);
