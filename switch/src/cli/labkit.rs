@@ -827,6 +827,7 @@ impl Backend for Tapyard {
         let pid = self.start(lab, extra)?;
         let workers = self.workers.map(|w| format!(", --workers {w}")).unwrap_or_default();
         let (topo, addrs) = bench_topology(self.mode, ends)?;
+        let subnets: Vec<String> = topo.networks.iter().filter_map(|n| n.subnet.map(|s| s.to_string())).collect();
         lab.note(&format!("> lab up {}", serde_json::to_string(&topo).unwrap_or_default()));
         // The lab engine of `tapyard lab up` builds it, on the daemon just
         // started (which it finds answering, so it starts none); its
@@ -836,7 +837,7 @@ impl Backend for Tapyard {
         let setup = match self.mode {
             TapyardMode::Routed => format!(
                 "tapyard daemon, A and B on two networks ({}) joined by a tapyard router{workers}",
-                (1..=ends.len()).map(|i| format!("198.18.{i}.0/24")).collect::<Vec<_>>().join(", ")
+                subnets.join(", ")
             ),
             TapyardMode::Busy => format!("as tapyard, the daemon started with --poll busy{workers}"),
             TapyardMode::Switched => {
@@ -919,6 +920,31 @@ mod tests {
         assert!(starttime(me).is_some());
         assert!(cpu_ticks(me).is_some());
         assert!((-20..=19).contains(&own_nice()));
+    }
+
+    #[test]
+    fn bench_topologies_are_lab_topologies_on_the_endpoints_namespaces() {
+        let ends = [
+            Endpoint { netns: "tyb1a".into(), addr: Ipv4Addr::new(10, 0, 0, 1), prefix_len: 24 },
+            Endpoint { netns: "tyb1b".into(), addr: Ipv4Addr::new(10, 0, 0, 2), prefix_len: 24 },
+        ];
+        let (t, addrs) = bench_topology(TapyardMode::Switched, &ends).unwrap();
+        assert_eq!(addrs, [ends[0].addr, ends[1].addr]);
+        assert_eq!(t.networks.len(), 1);
+        assert!(t.networks[0].link.is_some() && t.networks[0].subnet.is_none(), "one link, no IPAM");
+        assert!(t.routers.is_empty());
+        let ns: Vec<_> = t.nodes.iter().map(|n| t.node_ns(n)).collect();
+        assert_eq!(ns, ["tyb1a", "tyb1b"]);
+        assert_eq!(t.nodes[1].interfaces[0].address, Address::Manual { ip: ends[1].addr, prefix: 24 });
+
+        let (t, addrs) = bench_topology(TapyardMode::Routed, &ends).unwrap();
+        assert_eq!(addrs, [Ipv4Addr::new(198, 18, 1, 10), Ipv4Addr::new(198, 18, 2, 10)]);
+        let subnets: Vec<_> = t.networks.iter().map(|n| n.subnet.unwrap().to_string()).collect();
+        assert_eq!(subnets, ["198.18.1.0/24", "198.18.2.0/24"]);
+        assert_eq!(t.routers[0].networks, ["r1", "r2"]);
+        assert_eq!(t.nodes[0].interfaces[0].address, Address::Static { ip: addrs[0], prefix: 24 });
+
+        assert!(bench_topology(TapyardMode::Busy, &ends[..1]).is_err(), "a link joins two");
     }
 
     #[test]
