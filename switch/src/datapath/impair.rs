@@ -448,14 +448,9 @@ impl Lines {
             return true;
         }
         let now = self.now;
-        let (Some(pl), Some(rng)) =
-            (self.by_port.get_mut(view.id.index()).and_then(|p| p.as_deref_mut()), &mut self.rng)
-        else {
-            return false;
-        };
-        let Some(line) = pl.lines[IN].as_mut() else { return false };
+        let Some((line, shared, rng)) = self.line_mut(view.id, IN) else { return false };
         for buf in batch.iter() {
-            count(&view.stats, line.admit(now, buf.wire(), &pl.shared, IN, rng));
+            count(&view.stats, line.admit(now, buf.wire(), shared, IN, rng));
         }
         true
     }
@@ -470,14 +465,18 @@ impl Lines {
             return true;
         }
         let now = self.now;
-        let (Some(pl), Some(rng)) =
-            (self.by_port.get_mut(view.id.index()).and_then(|p| p.as_deref_mut()), &mut self.rng)
-        else {
-            return false;
-        };
-        let Some(line) = pl.lines[OUT].as_mut() else { return false };
-        count(&view.stats, line.admit(now, wire, &pl.shared, OUT, rng));
+        let Some((line, shared, rng)) = self.line_mut(view.id, OUT) else { return false };
+        count(&view.stats, line.admit(now, wire, shared, OUT, rng));
         true
+    }
+
+    /// The line of `port` in direction `dir` (`IN`, `OUT`), its shared
+    /// settings and this worker's random source; none when the port has no
+    /// lines on this worker or that direction is plain.
+    fn line_mut(&mut self, port: PortId, dir: usize) -> Option<(&mut Line, &PortImpair, &mut Rng)> {
+        let pl = self.by_port.get_mut(port.index())?.as_deref_mut()?;
+        let rng = self.rng.as_mut()?;
+        Some((pl.lines[dir].as_mut()?, &pl.shared, rng))
     }
 
     /// The earliest due time of any frame this worker holds.
