@@ -243,6 +243,7 @@ fn add_check_del_match_the_reference_plugins() {
     let port = ports(&d, &net);
     assert_eq!(port.len(), 1);
     assert_eq!(port[0]["owner"], "ctr-0001", "port ls shows the container id: {}", port[0]);
+    assert_eq!(port[0]["port_security"], true, "on by default: {}", port[0]);
     let used = pool_used(&d, &net);
 
     // CHECK: silent success, then the reference's failure after a flush.
@@ -265,7 +266,11 @@ fn add_check_del_match_the_reference_plugins() {
     assert_eq!(del.run(&p, &with_prev(&conf, &r)), (0, String::new()), "DEL is idempotent");
     let gone = Netns::new("cnig");
     let add2 = call("ADD", "ctr-0002", &gone, "eth0");
-    let r2 = add_ok(&add2, &p, &conf.to_string());
+    let mut open = conf.clone();
+    open["portSecurity"] = json!(false);
+    let r2 = add_ok(&add2, &p, &open.to_string());
+    let p2 = ports(&d, &net);
+    assert_eq!(p2[0]["port_security"], false, "\"portSecurity\": false turns it off: {}", p2[0]);
     gone.delete();
     let del2 = Call { cmd: "DEL", ..add2 };
     assert_eq!(del2.run(&p, &with_prev(&conf, &r2)), (0, String::new()), "DEL with the namespace gone");

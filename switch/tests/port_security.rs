@@ -133,6 +133,18 @@ for _ in range(20):
     assert_eq!(counter(&d.port(&e.name), "spoofed_ip"), 0);
     // And a is still served.
     assert!(a.reaches("10.150.0.4"));
+    // A network's default: ports of a `--port-security off` network have
+    // it off unless they ask; an unknown value is refused.
+    let lab = name("pseclab");
+    d.ok(&["network", "create", &lab, "--subnet", "10.154.0.0/24", "--port-security", "off"]);
+    assert_eq!(d.json(&["network", "inspect", &lab])["port_security"], false);
+    let (l1, l2) = (Netns::new("psecl1"), Netns::new("psecl2"));
+    d.ok(&["connect", &lab, &l1.name, "--ip", "10.154.0.2/24"]);
+    d.ok(&["connect", &lab, &l2.name, "--ip", "10.154.0.3/24", "--port-security", "on"]);
+    assert_eq!(d.port(&l1.name)["port_security"], false);
+    assert_eq!(d.port(&l2.name)["port_security"], true);
+    let out = d.cli(&["network", "create", &name("psecbad"), "--port-security", "maybe"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("use on or off"));
 }
 
 #[test]

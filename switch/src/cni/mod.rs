@@ -151,6 +151,11 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// Port security of the container's port (`connect --port-security`):
+    /// false for a container that routes or spoofs on purpose [default:
+    /// the network's, on for ports with an address].
+    #[serde(rename = "portSecurity", default)]
+    pub port_security: Option<bool>,
     #[serde(default)]
     pub ipam: Option<Ipam>,
     #[serde(rename = "prevResult", default)]
@@ -320,7 +325,7 @@ fn add(env: &Env, c: &Config, stdin: &[u8]) -> Res<Value> {
             offload: None,
             publish: vec![],
             owner: Some(env.container_id.clone()),
-            port_security: None,
+            port_security: c.port_security,
             storm_limit: None,
         })?;
         Ok::<_, CniError>((net, port))

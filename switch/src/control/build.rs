@@ -128,6 +128,7 @@ pub fn network_spec(name: &str, subnet: Option<&str>) -> NetworkSpec {
         lease_secs: super::persist::default_lease_secs(),
         internal: false,
         egress: Default::default(),
+        port_security: None,
     }
 }
 

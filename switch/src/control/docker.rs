@@ -408,8 +408,12 @@ impl Plugin {
             }
         };
         for k in generic.keys() {
-            if k.starts_with("tapyard.") && !["tapyard.mtu", "tapyard.name"].contains(&k.as_str()) {
-                return fail(format!("unknown option {k}: tapyard takes -o tapyard.mtu=N and -o tapyard.name=NAME"));
+            if k.starts_with("tapyard.")
+                && !["tapyard.mtu", "tapyard.name", "tapyard.port-security"].contains(&k.as_str())
+            {
+                return fail(format!(
+                    "unknown option {k}: tapyard takes -o tapyard.mtu=N, -o tapyard.name=NAME and -o tapyard.port-security=on|off"
+                ));
             }
         }
         let mtu = match opt("tapyard.mtu")?.or(opt("com.docker.network.driver.mtu")?) {
@@ -426,7 +430,9 @@ impl Plugin {
             Some(n) => n,
             None => format!("docker-{}", &r.network_id[..r.network_id.len().min(12)]),
         };
-        let mut args = NetworkCreate { name: name.clone(), mtu, internal, ..Default::default() };
+        // Checked by network_create (on or off), as `network create --port-security`.
+        let port_security = opt("tapyard.port-security")?;
+        let mut args = NetworkCreate { name: name.clone(), mtu, internal, port_security, ..Default::default() };
         match r.ipv4_data.as_deref().unwrap_or_default() {
             [] => args.ipam = Some("none".into()),
             [d] => {

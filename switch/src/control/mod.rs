@@ -83,12 +83,15 @@ use proto::ApiError;
 
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_IFNAME: &str = "eth0";
-/// Whether port `p` has port security: its `--port-security`, else on for
+/// Whether port `p` has port security: its `--port-security`, else its
+/// network's (`network create --port-security`), else on for
 /// a TAP port with an address or on a network with a subnet (DHCP may lease
 /// it one), off for a vhost-user port (its guest, not tapyard, picks the MAC).
 fn port_security_on(inner: &Inner, p: &PortRec) -> bool {
-    let subnet = inner.networks.get(&p.spec.network).is_some_and(|n| n.spec.addressing.is_some());
-    p.spec.port_security.unwrap_or(p.spec.vhost.is_none() && (p.spec.ip.is_some() || subnet))
+    let net = inner.networks.get(&p.spec.network).map(|n| &n.spec);
+    let subnet = net.is_some_and(|n| n.addressing.is_some());
+    let default = p.spec.vhost.is_none() && (p.spec.ip.is_some() || subnet);
+    p.spec.port_security.or(net.and_then(|n| n.port_security)).unwrap_or(default)
 }
 
 /// Addresses DHCP holds for one client hardware address (one port with port

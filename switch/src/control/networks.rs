@@ -58,6 +58,7 @@ impl Daemon {
         let (pool_used, pool_size) = self.ipam().network(&s.name).map_or((0, 0), |d| d.leases.usage());
         NetworkInfo {
             name: s.name.clone(),
+            port_security: s.port_security,
             subnet: s.addressing.map(|a| a.subnet.to_string()),
             gateway: s.addressing.map(|a| a.gateway.to_string()),
             ip_range: s.ip_range.map(|r| r.to_string()),
@@ -107,6 +108,7 @@ impl Daemon {
             internal,
             force_subnet,
             egress,
+            port_security,
         } = args;
         check_network_name(&name)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
@@ -156,6 +158,14 @@ impl Daemon {
             }
             (Some(other), _) => {
                 return Err(ApiError::bad_request(format!("unknown --egress {other:?}: use nat or none")))
+            }
+        };
+        let port_security = match port_security.as_deref() {
+            None => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!("unknown --port-security {other:?}: use on or off")))
             }
         };
         let has_ipam_args =
@@ -243,6 +253,7 @@ impl Daemon {
             lease_secs,
             internal,
             egress,
+            port_security,
         };
         self.add_to_ipam(&spec);
         let fdb = Arc::new(Fdb::new(fdb_capacity, ageing_secs));

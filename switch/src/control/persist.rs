@@ -49,6 +49,10 @@ pub struct NetworkSpec {
     /// existed get the default, as `network create` does.
     #[serde(default)]
     pub egress: EgressMode,
+    /// `network create --port-security on|off`: the default of its ports
+    /// that do not choose; absent: on for ports with an address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
 }
 
 impl NetworkSpec {
@@ -257,6 +261,7 @@ mod tests {
                 lease_secs: 600,
                 internal: false,
                 egress: EgressMode::None,
+                port_security: None,
             }],
             ports: vec![PortSpec {
                 network: "a".into(),

@@ -261,6 +261,12 @@ pub struct NetworkCreate {
     #[arg(long, value_name = "nat|none")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<String>,
+    /// Port security of the network's ports that do not choose with
+    /// `connect --port-security`: `off` for a lab network whose nodes
+    /// route, bridge or spoof [default: on for ports with an address].
+    #[arg(long, value_name = "on|off")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<String>,
 }
 
 /// The class of an error, for programs; the message is for people.
@@ -460,6 +466,9 @@ pub struct PingInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInfo {
     pub name: String,
+    /// `network create --port-security`: the default of its ports; absent: the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
     #[serde(default)]

@@ -253,13 +253,14 @@ fn ipam_pools_and_addresses() {
 #[test]
 fn networks_and_endpoints() {
     let t = T::start("nets");
-    let generic = json!({ "tapyard.mtu": "9000", "tapyard.name": "blue" });
+    let generic = json!({ "tapyard.mtu": "9000", "tapyard.name": "blue", "tapyard.port-security": "off" });
     t.ok("IpamDriver.RequestPool", json!({ "Pool": "10.78.0.0/24", "SubPool": "10.78.0.0/25" }));
     create_net(&t, "10.78.0.0/24", "10.78.0.1/24", generic);
     let n = t.inspect("blue");
     assert_eq!(n["subnet"], "10.78.0.0/24", "{n}");
     assert_eq!(n["gateway"], "10.78.0.1");
     assert_eq!(n["mtu"], 9000);
+    assert_eq!(n["port_security"], false, "-o tapyard.port-security=off is the network's default: {n}");
     assert_eq!(n["ip_range"], "10.78.0.0/25", "tapyard's pool brings its --ip-range: {n}");
     // The same id again, or a clashing name: refused, nothing changed.
     t.err(
