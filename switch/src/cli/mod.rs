@@ -293,7 +293,7 @@ pub enum NetworkCmd {
     /// Create a network.
     Create {
         #[command(flatten)]
-        args: NetworkCreate,
+        args: Box<NetworkCreate>,
         /// Print JSON (the full data) instead of the name.
         #[arg(long)]
         json: bool,
@@ -843,7 +843,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
             crate::control::server::run(cfg)?;
         }
         Cmd::Network(NetworkCmd::Create { args, json }) => {
-            let info: NetworkInfo = client::call(&socket, &Request::NetworkCreate(args))?;
+            let info: NetworkInfo = client::call(&socket, &Request::NetworkCreate(*args))?;
             if json {
                 print_json(&info);
             } else {
