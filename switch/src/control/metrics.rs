@@ -475,7 +475,12 @@ mod tests {
         }
         s.networks.push(NetworkStatsInfo { name: "n".into(), ..Default::default() });
         s.workers.push(WorkerStatsInfo { busy_ns: 1_500_000_000, ..Default::default() });
+        s.control_socket.refused.forbidden = 2;
+        s.control_socket.connections = 5;
         let text = render(&s);
+        assert!(text.contains("tapyard_control_refused_total{reason=\"forbidden\"} 2\n"), "{text}");
+        assert!(text.contains("tapyard_control_refused_total{reason=\"malformed\"} 0\n"), "every reason, always");
+        assert!(text.contains("tapyard_control_connections 5\n"), "{text}");
         assert_eq!(text.matches("# TYPE tapyard_port_rx_packets_total counter\n").count(), 1);
         assert_eq!(text.matches("# HELP tapyard_port_rx_packets_total ").count(), 1);
         assert!(
