@@ -150,10 +150,12 @@ impl Access {
         peer.gid == g || (peer.pid != 0 && groups(peer.pid, peer.uid).contains(&g))
     }
 
+    /// Who may, for the refusal's message.
     fn describe(&self) -> String {
+        let users = if self.own_uid == 0 { "root".to_string() } else { format!("root and uid {}", self.own_uid) };
         match self.group {
-            Some(g) => format!("root, uid {} and members of group {g}", self.own_uid),
-            None => format!("root and uid {}", self.own_uid),
+            Some(g) => format!("{users} and members of group {g}"),
+            None => users,
         }
     }
 }
