@@ -461,3 +461,36 @@ fn only_root_the_daemons_user_and_the_socket_group_may_use_the_socket() {
         .unwrap();
     assert!(!out.status.success() && stderr(&out).contains("no such group"), "{}", stderr(&out));
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order_without_starving_anyone() {
+    if !common::net_admin() {
+        return;
+    }
+    let d = Daemon::start("pipe");
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut reqs = b"x\n".repeat(10_000);
+    reqs.extend_from_slice(b"{\"op\":\"ping\"}\n");
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || s.write_all(&reqs).is_ok())
+    };
+    // Another client is served while the daemon works through them.
+    d.ok(&["network", "ls"]);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    for i in 0..10_000 {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("malformed request"), "reply {i}: {line}");
+    }
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true") && line.contains("\"protocol\""), "{line}");
+    assert!(writer.join().unwrap());
+    assert_eq!(stats(&d.socket)["refused"]["malformed"], 10_000);
+    s.write_all(b"{\"op\":\"ping\"}\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "the connection goes on: {line}");
+}

@@ -86,6 +86,9 @@ pub const MAX_CONNECTIONS: usize = 4096;
 const ACCEPT_BATCH: usize = 256;
 /// Bytes read from a connection per read call.
 const READ_CHUNK: usize = 16 * 1024;
+/// Request lines taken from one connection per loop turn; a client that
+/// pipelines more waits for the next turn, after everyone else's events.
+const LINES_PER_TURN: usize = 32;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -410,6 +413,7 @@ pub fn spawn(
         gen: 0,
         accept_pending: false,
         accept_retry: None,
+        ready: Vec::new(),
         quiet: Quiet::default(),
     };
     std::thread::Builder::new().name("tapyard-ctl".into()).spawn(move || l.run())?;
@@ -435,6 +439,10 @@ struct Loop {
     accept_pending: bool,
     /// Out of file descriptors with nothing to evict: try accepting again then.
     accept_retry: Option<Instant>,
+    /// Connections to read again this turn without an event: their reply
+    /// was written, or they used up their lines for a turn (readiness is
+    /// edge-triggered and will not say again that data is waiting).
+    ready: Vec<usize>,
     quiet: Quiet,
 }
 
@@ -445,7 +453,7 @@ impl Loop {
         loop {
             let now = Instant::now();
             let mut timeout = next_sweep.saturating_duration_since(now);
-            if self.accept_pending {
+            if self.accept_pending || !self.ready.is_empty() {
                 timeout = Duration::ZERO;
             } else if let Some(t) = self.accept_retry {
                 timeout = timeout.min(t.saturating_duration_since(now));
@@ -474,6 +482,9 @@ impl Loop {
             }
             while let Ok(done) = self.done.try_recv() {
                 self.finished(done);
+            }
+            for slot in std::mem::take(&mut self.ready) {
+                self.read(slot);
             }
             let now = Instant::now();
             if self.accept_pending || self.accept_retry.is_some_and(|t| t <= now) {
@@ -615,10 +626,11 @@ impl Loop {
         }
     }
 
-    /// Reads what a waiting connection sent and acts on complete requests.
+    /// Reads what a waiting connection sent and acts on complete requests
+    /// (at most [`LINES_PER_TURN`]; then it goes on the ready list).
     fn read(&mut self, slot: usize) {
         let limits = self.limits;
-        loop {
+        for _ in 0..LINES_PER_TURN {
             let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
                 return;
             };
@@ -637,6 +649,9 @@ impl Loop {
                 }
                 Line::Request(line) => self.request(slot, &line),
             }
+        }
+        if self.conns.get(slot).and_then(Option::as_ref).is_some_and(|c| c.phase == Phase::Reading) {
+            self.ready.push(slot);
         }
     }
 
@@ -723,8 +738,9 @@ impl Loop {
         } else {
             (now + limits.request_timeout, Reason::RequestTimeout)
         });
-        // Requests it already sent, and what arrived meanwhile (edge-triggered).
-        self.read(slot);
+        // Requests it already sent, and what arrived meanwhile: read by the
+        // loop (from here, a reply written at once would recurse).
+        self.ready.push(slot);
     }
 
     fn close_after(&mut self, slot: usize, after: After) {
