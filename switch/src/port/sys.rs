@@ -68,8 +68,8 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
         let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         // SAFETY: `raised` is a live, initialised local; setrlimit only reads it.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return Ok(raised.rlim_cur as u64);
+            return Ok(raised.rlim_cur);
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
