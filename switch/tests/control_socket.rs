@@ -44,6 +44,18 @@ fn timed_port_ls(socket: &Path) -> (Duration, serde_json::Value) {
     (took, serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// One `port_ls` request on a fresh connection from this process: the
+/// daemon's part of [`timed_port_ls`], without starting a process.
+fn timed_request(socket: &Path) -> Duration {
+    let t = Instant::now();
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(b"{\"op\":\"port_ls\"}\n").unwrap();
+    let line = read_line(&s);
+    let took = t.elapsed();
+    assert!(line.starts_with("{\"ok\":true"), "{line}");
+    took
+}
+
 fn summary(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[v.len() - 1])
@@ -186,6 +198,7 @@ fn port_ls_answers_within_100ms_while_the_socket_is_abused() {
     assert!(a.reaches("10.87.0.12"));
 
     let baseline: Vec<Duration> = (0..TRIES).map(|_| timed_port_ls(&d.socket).0).collect();
+    let baseline_direct: Vec<Duration> = (0..TRIES).map(|_| timed_request(&d.socket)).collect();
 
     let abuse = Abuse::start(&d.socket);
     // Everything is in place: every idle connection accepted, a malformed
@@ -207,7 +220,9 @@ fn port_ls_answers_within_100ms_while_the_socket_is_abused() {
     // again, up to ROUNDS times; a daemon that blocks behind its abusers
     // fails every round.
     let mut rounds = Vec::new();
+    let mut direct = Vec::new();
     for _ in 0..ROUNDS {
+        direct.extend((0..TRIES).map(|_| timed_request(&d.socket)));
         let mut runs = Vec::new();
         for _ in 0..TRIES {
             let (took, ports) = timed_port_ls(&d.socket);
@@ -226,7 +241,10 @@ fn port_ls_answers_within_100ms_while_the_socket_is_abused() {
     let (base_med, base_max) = summary(baseline);
     eprintln!(
         "port ls, {TRIES} runs a round: without abuse median {base_med:?} max {base_max:?}; with 1000 idle, \
-         4 trickling, malformed-JSON, 16 MiB and non-reading clients (median, max) by round: {rounds:?}"
+         4 trickling, malformed-JSON, 16 MiB and non-reading clients (median, max) by round: {rounds:?}; \
+         the request alone (no process start), without abuse {:?}, with {:?}",
+        summary(baseline_direct),
+        summary(direct)
     );
     let (med, max) = *rounds.last().unwrap();
     assert!(
