@@ -491,6 +491,10 @@ impl Loop {
                 self.accept();
             }
             if now >= next_sweep {
+                if self.d.stop.load(Relaxed) {
+                    // The daemon stopped: its connections close with this thread.
+                    return;
+                }
                 self.sweep(now);
                 next_sweep = now + SWEEP;
             }
@@ -807,7 +811,7 @@ impl Loop {
                 Reason::RequestTimeout => {
                     let msg = format!(
                         "no complete request within {} s; closing the connection",
-                        self.limits.request_timeout.as_secs()
+                        self.limits.request_timeout.as_secs_f64()
                     );
                     refuse(&mut c.stream, ErrorKind::BadRequest, &msg);
                     self.quiet.log(why, "a connection sent no complete request in time; closed");
@@ -882,6 +886,8 @@ fn refuse(s: &mut UnixStream, kind: ErrorKind, msg: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
+
     use super::*;
 
     #[test]
@@ -954,6 +960,151 @@ mod tests {
         assert!(matches!(next_line(&mut c, &limits), Line::Request(l) if l == b"{\"op\":\"network_ls\"}"));
         drop(peer);
         assert!(matches!(next_line(&mut c, &limits), Line::Closed));
+    }
+
+    /// A daemon (no ports, no privileges needed) serving a socket with
+    /// `limits`; stopped and removed on drop.
+    struct Served {
+        d: Arc<Daemon>,
+        dir: std::path::PathBuf,
+        path: std::path::PathBuf,
+    }
+
+    impl Served {
+        fn start(tag: &str, limits: Limits) -> Served {
+            let dir = std::env::temp_dir().join(format!("tapyard-unit-{}-sock{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("s.sock");
+            let d = Daemon::start(super::super::Config::new(path.clone(), dir.clone())).unwrap();
+            let listener = UnixListener::bind(&path).unwrap();
+            let access = Access { own_uid: crate::port::sys::effective_uid(), group: None };
+            let (stop, _) = crossbeam::channel::unbounded();
+            spawn(d.clone(), listener, access, limits, stop).unwrap();
+            Served { d, dir, path }
+        }
+
+        fn connect(&self) -> UnixStream {
+            let s = UnixStream::connect(&self.path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        }
+
+        fn refused(&self) -> ControlRefusals {
+            self.d.socket_counters.info().refused
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.d.shutdown();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Everything the daemon sends until it closes the connection.
+    fn until_closed(s: &mut UnixStream) -> String {
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("closed by the daemon, within the read timeout");
+        text
+    }
+
+    fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    const SHORT: Limits = Limits {
+        max_request: 1 << 20,
+        request_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(400),
+        write_timeout: Duration::from_millis(300),
+        max_connections: 64,
+    };
+
+    #[test]
+    fn silent_trickling_idle_and_non_reading_clients_are_closed_and_counted() {
+        let sv = Served::start("deadlines", SHORT);
+        let mut silent = sv.connect();
+        let mut idle = sv.connect();
+        idle.write_all(b"{\"op\":\"ping\"}\n").unwrap();
+        let mut trickle = sv.connect();
+        let trickler = std::thread::spawn({
+            let mut t = trickle.try_clone().unwrap();
+            move || {
+                let started = Instant::now();
+                // `{"op":"ping"`, then spaces: the line never ends.
+                for b in b"{\"op\":\"ping\"".iter().chain(std::iter::repeat(&b' ')) {
+                    if t.write_all(&[*b]).is_err() {
+                        return started.elapsed();
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                unreachable!()
+            }
+        });
+        let mut deaf = sv.connect();
+        deaf.set_nonblocking(true).unwrap();
+        let pings = b"{\"op\":\"ping\"}\n".repeat(100_000);
+        let mut sent = 0;
+        while let Ok(n) = deaf.write(&pings[sent..]) {
+            sent += n;
+        }
+
+        let text = until_closed(&mut silent);
+        assert!(text.contains("no complete request within 0.3 s"), "{text}");
+        let text = until_closed(&mut idle);
+        assert!(text.starts_with("{\"ok\":true") && text.lines().count() == 1, "a reply, then closed quietly: {text}");
+        // Bytes arriving every 20 ms do not keep a request alive past its deadline.
+        assert!(trickler.join().unwrap() < Duration::from_secs(5));
+        assert!(until_closed(&mut trickle).contains("no complete request"));
+        wait("the deaf client is closed", || sv.refused().write_timeout == 1);
+        let r = sv.refused();
+        assert_eq!((r.request_timeout, r.idle_timeout, r.write_timeout), (2, 1, 1), "{r:?}");
+        wait("every connection gone", || sv.d.socket_counters.info().connections == 0);
+        assert!(sv.d.socket_counters.info().requests >= 2);
+    }
+
+    #[test]
+    fn at_the_limit_the_longest_waiting_makes_room_and_with_none_waiting_a_new_one_is_busy() {
+        let sv = Served::start("limit", Limits { max_connections: 4, idle_timeout: Duration::from_secs(60), ..SHORT });
+        let mut first = sv.connect();
+        first.write_all(b"{\"op\":\"ping\"}\n").unwrap();
+        assert!(BufReader::new(&first).lines().next().unwrap().unwrap().contains("\"ok\":true"));
+        let rest: Vec<UnixStream> = (0..3).map(|_| sv.connect()).collect();
+        wait("four connections", || sv.d.socket_counters.info().connections == 4);
+        let mut fifth = sv.connect();
+        let text = until_closed(&mut first);
+        assert!(text.contains("\"busy\"") && text.contains("waited longest"), "{text}");
+        fifth.write_all(b"{\"op\":\"ping\"}\n").unwrap();
+        assert!(BufReader::new(&fifth).lines().next().unwrap().unwrap().contains("\"ok\":true"));
+        assert_eq!(sv.refused().evicted, 1);
+        drop(rest);
+        drop(fifth);
+        wait("connections closed", || sv.d.socket_counters.info().connections == 0);
+
+        // Four clients stuck writing (they do not read): none may be
+        // evicted, so a fifth is refused until their write deadline.
+        let sv = Served::start("busy", Limits { max_connections: 4, write_timeout: Duration::from_secs(5), ..SHORT });
+        let mut deaf = Vec::new();
+        for _ in 0..4 {
+            let mut s = sv.connect();
+            s.set_nonblocking(true).unwrap();
+            let pings = b"{\"op\":\"ping\"}\n".repeat(100_000);
+            let mut sent = 0;
+            while let Ok(n) = s.write(&pings[sent..]) {
+                sent += n;
+            }
+            deaf.push(s);
+        }
+        wait("four stuck connections", || sv.d.socket_counters.info().connections == 4);
+        let mut fifth = sv.connect();
+        let text = until_closed(&mut fifth);
+        assert!(text.contains("\"busy\"") && text.contains("too many control connections"), "{text}");
+        assert_eq!((sv.refused().busy, sv.refused().evicted), (1, 0));
     }
 
     #[test]
