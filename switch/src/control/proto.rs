@@ -735,6 +735,8 @@ pub struct ControlSocketInfo {
     pub max_connections: u64,
     /// Capture streams running now (each has a thread of its own).
     pub streams: u64,
+    /// Bytes of unfinished request lines the daemon holds now.
+    pub buffered_bytes: u64,
     /// Connections accepted since the daemon started (refused ones included).
     pub accepted: u64,
     /// Requests answered (errors included).

@@ -47,6 +47,14 @@
 //! is refused (`busy`). The listener's backlog is the kernel's: a burst of
 //! connections waits there while the loop accepts them in bounded batches.
 //!
+//! **Memory.** A connection holds at most one request line (1 MiB) and one
+//! reply. Unfinished requests together hold at most
+//! [`Limits::max_buffered`] (64 MiB) plus one read (16 KiB) per connection:
+//! at the budget, a connection with half a request is not read (not even
+//! for its end) until the budget frees, and its request deadline still
+//! runs; one beginning a request still gets one read, so requests of up to
+//! 16 KiB (all the CLI sends) get through.
+//!
 //! **Bad requests.** A line longer than [`Limits::max_request`] gets a
 //! `bad_request` and the connection is closed (the framing is lost); a line
 //! that is not a valid request gets a `bad_request` and the connection goes
@@ -108,6 +116,10 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Connections held at once.
     pub max_connections: usize,
+    /// Bytes of unfinished requests held across all connections; above
+    /// it, connections with half a request are not read (their senders
+    /// wait, within their request deadline) until others finish.
+    pub max_buffered: usize,
 }
 
 impl Default for Limits {
@@ -118,6 +130,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
             max_connections: MAX_CONNECTIONS,
+            max_buffered: 64 << 20,
         }
     }
 }
@@ -206,6 +219,8 @@ pub struct Counters {
     open: AtomicU64,
     max_connections: AtomicU64,
     streams: AtomicU64,
+    /// Bytes of unfinished requests held (the loop's `buffered`).
+    buffered: AtomicU64,
     accepted: AtomicU64,
     requests: AtomicU64,
     refused: [AtomicU64; Reason::COUNT],
@@ -223,6 +238,7 @@ impl Counters {
             connections: self.open.load(Relaxed) + self.streams.load(Relaxed),
             max_connections: self.max_connections.load(Relaxed),
             streams: self.streams.load(Relaxed),
+            buffered_bytes: self.buffered.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
             requests: self.requests.load(Relaxed),
             refused: ControlRefusals {
@@ -414,6 +430,8 @@ pub fn spawn(
         accept_pending: false,
         accept_retry: None,
         ready: Vec::new(),
+        buffered: 0,
+        paused: Vec::new(),
         quiet: Quiet::default(),
     };
     std::thread::Builder::new().name("tapyard-ctl".into()).spawn(move || l.run())?;
@@ -443,6 +461,11 @@ struct Loop {
     /// was written, or they used up their lines for a turn (readiness is
     /// edge-triggered and will not say again that data is waiting).
     ready: Vec<usize>,
+    /// Bytes in every connection's `buf`.
+    buffered: usize,
+    /// Connections with half a request left unread while `buffered` is
+    /// over [`Limits::max_buffered`]; tried again at each sweep.
+    paused: Vec<usize>,
     quiet: Quiet,
 }
 
@@ -496,6 +519,7 @@ impl Loop {
                     return;
                 }
                 self.sweep(now);
+                self.ready.append(&mut self.paused);
                 next_sweep = now + SWEEP;
             }
         }
@@ -503,6 +527,12 @@ impl Loop {
 
     fn counters(&self) -> &Counters {
         &self.d.socket_counters
+    }
+
+    /// `buffered` changed from `before` to `after` bytes for one connection.
+    fn account(&mut self, before: usize, after: usize) {
+        self.buffered = (self.buffered + after).saturating_sub(before);
+        self.d.socket_counters.buffered.store(self.buffered as u64, Relaxed);
     }
 
     fn set_open(&mut self, delta: isize) {
@@ -627,6 +657,7 @@ impl Loop {
             let _ = self.poll.registry().deregister(&mut SourceFd(&c.stream.as_raw_fd()));
             self.free.push(slot);
             self.set_open(-1);
+            self.account(c.buf.len(), 0);
         }
     }
 
@@ -641,8 +672,26 @@ impl Loop {
             if c.phase != Phase::Reading {
                 return;
             }
-            match next_line(c, &limits) {
+            // What it may read now: the rest of the budget; one read even
+            // without one, for a connection beginning a request.
+            let mut room = limits.max_buffered.saturating_sub(self.buffered);
+            if room == 0 && c.buf.is_empty() {
+                room = 1;
+            }
+            if room == 0 {
+                self.paused.push(slot);
+                return;
+            }
+            let before = c.buf.len();
+            let line = next_line(c, &limits, room);
+            let after = c.buf.len();
+            self.account(before, after);
+            match line {
                 Line::Pending => return,
+                Line::Paused => {
+                    self.paused.push(slot);
+                    return;
+                }
                 Line::Closed => return self.close(slot),
                 Line::TooLarge => {
                     self.counters().count(Reason::TooLarge);
@@ -771,6 +820,7 @@ impl Loop {
         self.free.push(slot);
         c.streams.fetch_add(1, Relaxed);
         c.requests.fetch_add(1, Relaxed);
+        self.account(conn.buf.len(), 0);
         self.set_open(-1);
         let d = self.d.clone();
         let write_timeout = self.limits.write_timeout;
@@ -830,6 +880,8 @@ enum Line {
     Request(Vec<u8>),
     /// Not yet a whole line; nothing more to read now.
     Pending,
+    /// Not yet a whole line; it read as much as it was given room for.
+    Paused,
     /// A line longer than the limit.
     TooLarge,
     /// The peer closed, or reading failed.
@@ -837,8 +889,10 @@ enum Line {
 }
 
 /// Takes the next request line of `c`, reading until there is one, the
-/// socket has nothing more, or the line is too long. Blank lines are skipped.
-fn next_line(c: &mut Conn, limits: &Limits) -> Line {
+/// socket has nothing more, the line is too long, or it has read `room`
+/// bytes (or the first read past it). Blank lines are skipped.
+fn next_line(c: &mut Conn, limits: &Limits, room: usize) -> Line {
+    let mut read = 0;
     loop {
         if let Some(i) = c.buf[c.scanned..].iter().position(|&b| b == b'\n') {
             let end = c.scanned + i;
@@ -860,6 +914,9 @@ fn next_line(c: &mut Conn, limits: &Limits) -> Line {
         if c.buf.len() > limits.max_request {
             return Line::TooLarge;
         }
+        if read >= room {
+            return Line::Paused;
+        }
         let mut chunk = [0u8; READ_CHUNK];
         match c.stream.read(&mut chunk) {
             Ok(0) => return Line::Closed,
@@ -869,6 +926,7 @@ fn next_line(c: &mut Conn, limits: &Limits) -> Line {
                     c.deadline = Some((Instant::now() + limits.request_timeout, Reason::RequestTimeout));
                 }
                 c.buf.extend_from_slice(&chunk[..n]);
+                read += n;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Line::Pending,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -951,15 +1009,15 @@ mod tests {
     fn lines_are_taken_one_at_a_time_and_blank_ones_skipped() {
         let limits = Limits::default();
         let (mut c, mut peer) = conn(&limits);
-        assert!(matches!(next_line(&mut c, &limits), Line::Pending));
+        assert!(matches!(next_line(&mut c, &limits, usize::MAX), Line::Pending));
         peer.write_all(b"\n  \n{\"op\":\"ping\"}\n{\"op\":").unwrap();
-        assert!(matches!(next_line(&mut c, &limits), Line::Request(l) if l == b"{\"op\":\"ping\"}"));
+        assert!(matches!(next_line(&mut c, &limits, usize::MAX), Line::Request(l) if l == b"{\"op\":\"ping\"}"));
         assert_eq!(c.deadline.unwrap().1, Reason::RequestTimeout, "a request began: the request deadline");
-        assert!(matches!(next_line(&mut c, &limits), Line::Pending), "half a line waits");
+        assert!(matches!(next_line(&mut c, &limits, usize::MAX), Line::Pending), "half a line waits");
         peer.write_all(b"\"network_ls\"}\n").unwrap();
-        assert!(matches!(next_line(&mut c, &limits), Line::Request(l) if l == b"{\"op\":\"network_ls\"}"));
+        assert!(matches!(next_line(&mut c, &limits, usize::MAX), Line::Request(l) if l == b"{\"op\":\"network_ls\"}"));
         drop(peer);
-        assert!(matches!(next_line(&mut c, &limits), Line::Closed));
+        assert!(matches!(next_line(&mut c, &limits, usize::MAX), Line::Closed));
     }
 
     /// A daemon (no ports, no privileges needed) serving a socket with
@@ -1023,6 +1081,7 @@ mod tests {
         idle_timeout: Duration::from_millis(400),
         write_timeout: Duration::from_millis(300),
         max_connections: 64,
+        max_buffered: 64 << 20,
     };
 
     #[test]
@@ -1108,14 +1167,43 @@ mod tests {
     }
 
     #[test]
+    fn unfinished_requests_together_hold_no_more_than_the_budget() {
+        let budget = 64 * 1024;
+        let sv =
+            Served::start("budget", Limits { max_buffered: budget, request_timeout: Duration::from_secs(1), ..SHORT });
+        let half: Vec<UnixStream> = (0..8)
+            .map(|_| {
+                let mut s = sv.connect();
+                s.write_all(&[b' '; 100_000]).unwrap();
+                s
+            })
+            .collect();
+        wait("the budget is used", || sv.d.socket_counters.info().buffered_bytes >= budget as u64);
+        let held = sv.d.socket_counters.info().buffered_bytes;
+        assert!(held <= (budget + 8 * READ_CHUNK) as u64, "{held}");
+        // A complete request still gets through.
+        let mut c = sv.connect();
+        c.write_all(b"{\"op\":\"ping\"}\n").unwrap();
+        assert!(BufReader::new(&c).lines().next().unwrap().unwrap().contains("\"ok\":true"));
+        // Those left unread are not read until the budget frees, not even
+        // for their end: they go at their request deadline.
+        drop(half);
+        wait("the budget is free again", || sv.d.socket_counters.info().buffered_bytes == 0);
+        assert!(sv.refused().request_timeout >= 1, "{:?}", sv.refused());
+    }
+
+    #[test]
     fn a_line_over_the_limit_is_refused_without_reading_it_all() {
         let limits = Limits { max_request: 100, ..Limits::default() };
         let (mut c, mut peer) = conn(&limits);
         peer.write_all(&[b'x'; 100]).unwrap();
         peer.write_all(b"\n").unwrap();
-        assert!(matches!(next_line(&mut c, &limits), Line::Request(l) if l.len() == 100), "exactly the limit");
+        assert!(
+            matches!(next_line(&mut c, &limits, usize::MAX), Line::Request(l) if l.len() == 100),
+            "exactly the limit"
+        );
         peer.write_all(&[b'x'; 50_000]).unwrap();
-        assert!(matches!(next_line(&mut c, &limits), Line::TooLarge));
+        assert!(matches!(next_line(&mut c, &limits, usize::MAX), Line::TooLarge));
         assert!(c.buf.len() <= 100 + READ_CHUNK, "stopped reading at the limit: {}", c.buf.len());
     }
 }
