@@ -44,8 +44,9 @@
 //! half the open-file limit if that is lower). A new connection beyond that
 //! closes the connection that has waited longest for a request (`evicted`;
 //! a stalled or idle one), or, when every connection is busy with a request,
-//! is refused (`busy`). The listener's backlog is the kernel's: a burst of
-//! connections waits there while the loop accepts them in bounded batches.
+//! is refused (`busy`); finding it scans the connections, only at the
+//! limit. The listener's backlog is the kernel's: a burst of connections
+//! waits there while the loop accepts them in bounded batches.
 //!
 //! **Memory.** A connection holds at most one request line (1 MiB) and one
 //! reply. Unfinished requests together hold at most
@@ -343,7 +344,9 @@ struct Done {
 }
 
 /// The handler threads: at least [`HANDLERS_MIN`], more (up to
-/// [`HANDLERS_MAX`]) only while requests wait and none is idle.
+/// [`HANDLERS_MAX`]) only while requests wait and none is idle. The job
+/// queue needs no bound of its own: each connection has at most one
+/// request in it.
 struct Pool {
     jobs: Sender<Job>,
     rx: Receiver<Job>,
