@@ -18,8 +18,10 @@ check() { # check DIR-OR-FILE FORBIDDEN-MODULE...
 # Bottom up (switch/src/lib.rs): wire < packet < {table, stats, punt, capture} < port
 # < snapshot < datapath < worker; control beside them all, never imported
 # by the data path. `impair` (the link settings and their shared state)
-# imports nothing: everything above may use it.
+# imports nothing: everything above may use it; `security` (what a port may
+# send) imports only `wire`.
 check impair.rs wire packet table stats punt port snapshot datapath worker control cli
+check security.rs packet table stats punt port snapshot datapath worker control cli
 check wire packet table stats punt port snapshot datapath worker control cli
 check packet.rs table stats punt port snapshot datapath worker control cli
 check table stats punt port snapshot datapath worker control cli
@@ -37,6 +39,7 @@ check datapath/route.rs port
 check datapath/offload.rs port
 check datapath/mod.rs port
 check datapath/impair.rs port
+check datapath/guard.rs port
 if grep -nE "(crate|super)::port::" datapath/egress.rs | grep -v "port::SendReport;" >/dev/null; then
   echo "layer violation: datapath/egress.rs may name only port::SendReport"; fail=1
 fi

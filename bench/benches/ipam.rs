@@ -92,6 +92,8 @@ fn handshakes(c: &mut Criterion) {
         mtu: Some(1500),
         lease_secs: 3600,
         decline_secs: 600,
+        // The daemon's default cap, so the handshake pays for its check.
+        per_mac_cap: tapyard_switch::control::DEFAULT_LEASES_PER_PORT,
     };
     store.add_network("n", cfg, slash16(), [Ipv4Addr::new(172, 17, 0, 1)], []);
     let mut next = 0u32;

@@ -9,6 +9,9 @@
 //! - `switched_64B`: known unicast, 64-byte frames, port 1 → port 2.
 //! - `routed_64B`: 64-byte UDP packets from network n through router r to a
 //!   known station on network m (LPM, TTL rewrite, MAC rewrite).
+//! - `..._port_security`: the same with port security and storm control on
+//!   every port (the guard stage: source MAC, IPv4 source and UDP ports
+//!   checked per frame; docs/RELIABILITY.md).
 //!
 //! `time` is per burst of 32; **ns per frame = 1000 / thrpt in Melem/s**.
 
@@ -23,6 +26,7 @@ use tapyard_switch::packet::{Batch, NetId, BATCH};
 use tapyard_switch::port::mem::Repeat;
 use tapyard_switch::port::{Port, PortId};
 use tapyard_switch::punt::PuntQueue;
+use tapyard_switch::security::{Security, Storm};
 use tapyard_switch::snapshot::Snapshot;
 use tapyard_switch::wire::vnet::VnetHdr;
 use tapyard_switch::wire::MacAddr;
@@ -34,8 +38,10 @@ fn udp(src: [u8; 6], dst: [u8; 6], from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
     f
 }
 
-/// Networks n (10.0.0.0/24: ports 1, 2, 3) and m (10.1.0.0/24: port 4) on router r.
-fn lab() -> (Snapshot, Vec<Arc<Repeat>>) {
+/// Networks n (10.0.0.0/24: ports 1, 2, 3) and m (10.1.0.0/24: port 4) on
+/// router r; with `guarded`, every port has port security (the MAC and
+/// address it sends from) and a storm limit.
+fn lab(guarded: bool) -> (Snapshot, Vec<Arc<Repeat>>) {
     let a = [2, 0, 0, 0, 0, 1];
     let b = [2, 0, 0, 0, 0, 2];
     let c = [2, 0, 0, 0, 0, 4];
@@ -45,6 +51,7 @@ fn lab() -> (Snapshot, Vec<Arc<Repeat>>) {
         Arc::new(Repeat::new(VnetHdr::NONE, &udp(a, gateway_mac("n").0, [10, 0, 0, 1], [10, 1, 0, 4]))),
         Arc::new(Repeat::new(VnetHdr::NONE, &udp(c, [0xff; 6], [10, 1, 0, 4], [10, 1, 0, 255]))),
     ];
+    let senders = [(a, [10, 0, 0, 1]), (b, [10, 0, 0, 2]), (a, [10, 0, 0, 1]), (c, [10, 1, 0, 4])];
     let (n, m) = (network_spec("n", Some("10.0.0.0/24")), network_spec("m", Some("10.1.0.0/24")));
     let r = RouterSpec { name: "r".into(), networks: vec!["n".into(), "m".into()], routes: vec![] };
     let net = |id, spec| NetworkIn::new(NetId(id), spec);
@@ -62,6 +69,8 @@ fn lab() -> (Snapshot, Vec<Arc<Repeat>>) {
                 stats: Arc::default(),
                 worker: 0,
                 impair: None,
+                security: guarded.then(|| Security { mac: MacAddr(senders[i].0), ips: vec![senders[i].1.into()] }),
+                storm: guarded.then(|| Storm { limit: 2000, meter: Arc::default() }),
             })
             .collect(),
         neighbors: [("m".to_string(), [("10.1.0.4".parse().unwrap(), MacAddr(c))].into())].into(),
@@ -72,23 +81,25 @@ fn lab() -> (Snapshot, Vec<Arc<Repeat>>) {
 }
 
 fn pipeline_benches(c: &mut Criterion) {
-    let (snap, _ports) = lab();
-    let mut batch = Batch::new();
-    let mut egress = Egress::new(0);
-    // Learn every MAC first, so the measured bursts are the steady state.
-    for id in [1, 2, 4] {
-        let mut io = Io { batch: &mut batch, egress: &mut egress, queue: 0 };
-        burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), 0);
-    }
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(BATCH as u64));
-    for (name, id) in [("switched_64B", 1u16), ("routed_64B", 3)] {
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let mut io = Io { batch: &mut batch, egress: &mut egress, queue: 0 };
-                burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), 1)
-            })
-        });
+    for (suffix, guarded) in [("", false), ("_port_security", true)] {
+        let (snap, _ports) = lab(guarded);
+        let mut batch = Batch::new();
+        let mut egress = Egress::new(0);
+        // Learn every MAC first, so the measured bursts are the steady state.
+        for id in [1, 2, 4] {
+            let mut io = Io { batch: &mut batch, egress: &mut egress, queue: 0 };
+            burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), 0);
+        }
+        for (name, id) in [("switched_64B", 1u16), ("routed_64B", 3)] {
+            g.bench_function(format!("{name}{suffix}"), |b| {
+                b.iter(|| {
+                    let mut io = Io { batch: &mut batch, egress: &mut egress, queue: 0 };
+                    burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), 1)
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetAddress};
 
-use crate::lease::{ClientKey, LeaseError, Leases, Record};
+use crate::lease::{ClientKey, LeaseError, LeaseState, Leases, Record};
 
 // Option codes (RFC 2132 unless noted).
 const OPT_PAD: u8 = 0;
@@ -62,6 +62,9 @@ pub enum DhcpDrop {
     Exhausted,
     /// A REQUEST for another server, or about a lease we do not know.
     NotForUs,
+    /// A new client whose hardware address already holds
+    /// `DhcpConfig::per_mac_cap` addresses (DHCP starvation from one port).
+    PerPortCap,
 }
 
 impl DhcpDrop {
@@ -74,6 +77,7 @@ impl DhcpDrop {
             DhcpDrop::Unexpected => "unexpected",
             DhcpDrop::Exhausted => "exhausted",
             DhcpDrop::NotForUs => "not_for_us",
+            DhcpDrop::PerPortCap => "per_port_cap",
         }
     }
 }
@@ -205,6 +209,11 @@ pub struct DhcpConfig {
     pub lease_secs: u32,
     /// How long a declined address is kept out of use.
     pub decline_secs: u64,
+    /// Addresses held at once (offers and active leases) per client
+    /// hardware address; 0: no cap. A client cycling client identifiers
+    /// (RFC 2132 §9.14) behind one MAC gets no more than this; with port
+    /// security a port's clients all carry the port's MAC, so this caps a port.
+    pub per_mac_cap: u32,
 }
 
 /// The DHCP server of one network: its settings and its leases.
@@ -226,6 +235,11 @@ impl DhcpServer {
         };
         let key = m.key();
         let mut h = Handled::default();
+        let binds = matches!(m.kind, DhcpMessageType::Discover | DhcpMessageType::Request);
+        if binds && self.over_cap(&key, m.chaddr, now) {
+            h.dropped = Some(DhcpDrop::PerPortCap);
+            return h;
+        }
         match m.kind {
             DhcpMessageType::Discover => match self.leases.offer(&key, m.chaddr, m.requested_ip, now) {
                 // RFC 4039 §4: with Rapid Commit the server commits and answers ACK at once.
@@ -280,6 +294,17 @@ impl DhcpServer {
             _ => h.dropped = Some(DhcpDrop::Unexpected),
         }
         h
+    }
+
+    /// Whether `key`, a client without an address of its own yet, would take
+    /// one more address for hardware address `mac` than the cap allows.
+    /// A client that holds an address now (an offer or an active lease:
+    /// renewals, a repeated DISCOVER) is never refused.
+    fn over_cap(&self, key: &ClientKey, mac: [u8; 6], now: u64) -> bool {
+        let cap = self.cfg.per_mac_cap as usize;
+        cap > 0
+            && self.leases.get(key).is_none_or(|l| !l.is_active(now) && l.state != LeaseState::Offered)
+            && self.leases.held_by_others(mac, key, now) >= cap
     }
 
     /// Binds `addr` and answers ACK, or NAK when it is not the client's.
@@ -418,6 +443,7 @@ mod tests {
             mtu: Some(1400),
             lease_secs: 3600,
             decline_secs: 600,
+            per_mac_cap: 0,
         };
         DhcpServer::new(cfg, Leases::new(subnet, subnet, [SERVER]))
     }
@@ -647,6 +673,42 @@ mod tests {
         assert_eq!(h.records.len(), 2, "forget + quarantine");
         // The declined address is not offered again, even to the same client.
         assert_ne!(yiaddr(&s.handle(&Msg::new(1).bytes(), NOW + 7).reply.unwrap()), a);
+    }
+
+    #[test]
+    fn one_mac_cycling_client_ids_is_capped_and_the_pool_stays_for_others() {
+        let mut s = server();
+        s.cfg.per_mac_cap = 3;
+        let id = |i: u8| [1, 2, 0, 0, 0, 0, i];
+        let mut granted = 0;
+        for i in 0..50 {
+            let h = s.handle(&Msg::new(1).opt(OPT_CLIENT_ID, &id(i)).opt(OPT_RAPID_COMMIT, &[]).bytes(), NOW);
+            match h.dropped {
+                None => granted += 1,
+                Some(d) => assert_eq!(d, DhcpDrop::PerPortCap, "client {i}"),
+            }
+        }
+        assert_eq!(granted, 3, "three addresses for one hardware address");
+        // A client already holding one renews as before.
+        let a = s.leases.get(&ClientKey::Id(id(0).to_vec())).unwrap().addr;
+        let renew = s.handle(&Msg::new(3).opt(OPT_CLIENT_ID, &id(0)).opt(OPT_REQUESTED_IP, &a.octets()).bytes(), NOW);
+        assert_eq!(renew.reply.unwrap().kind, DhcpMessageType::Ack);
+        // Another port's client still gets an address.
+        let mut other = Msg::new(1);
+        other.mac = [2, 0, 0, 0, 0, 0x22];
+        assert_eq!(s.handle(&other.bytes(), NOW).reply.unwrap().kind, DhcpMessageType::Offer);
+        // Offers run out after their hold: the cap counts what is held now.
+        let later = NOW + crate::lease::OFFER_HOLD_SECS + 1;
+        let h = s.handle(&Msg::new(1).opt(OPT_CLIENT_ID, &id(49)).bytes(), later);
+        assert_eq!(h.dropped, Some(DhcpDrop::PerPortCap), "three rapid-commit leases are still bound");
+        let mut rel = Msg::new(7).opt(OPT_CLIENT_ID, &id(0)).opt(OPT_SERVER_ID, &SERVER.octets());
+        rel.ciaddr = a;
+        s.handle(&rel.bytes(), later);
+        assert_eq!(
+            s.handle(&Msg::new(1).opt(OPT_CLIENT_ID, &id(49)).bytes(), later).dropped,
+            None,
+            "a release frees a place"
+        );
     }
 
     #[test]

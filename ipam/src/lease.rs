@@ -102,6 +102,9 @@ pub struct Leases {
     statics: HashMap<[u8; 6], Ipv4Addr>,
     leases: HashMap<ClientKey, Lease>,
     by_addr: HashMap<Ipv4Addr, ClientKey>,
+    /// The clients (keys) with a lease per hardware address: what one port
+    /// holds, for the per-port cap (`DhcpConfig::per_mac_cap`).
+    by_mac: HashMap<[u8; 6], Vec<ClientKey>>,
     quarantine: HashMap<Ipv4Addr, u64>,
     /// Time-ordered indexes, so that expiry and reclaiming are O(log n):
     /// offers by hold expiry, bound/released leases by expiry, quarantines by end.
@@ -121,6 +124,7 @@ impl Leases {
             statics: HashMap::new(),
             leases: HashMap::new(),
             by_addr: HashMap::new(),
+            by_mac: HashMap::new(),
             quarantine: HashMap::new(),
             offers_q: BTreeSet::new(),
             held_q: BTreeSet::new(),
@@ -252,6 +256,12 @@ impl Leases {
     fn remove(&mut self, key: &ClientKey) -> Option<Lease> {
         let l = self.leases.remove(key)?;
         self.by_addr.remove(&l.addr);
+        if let Some(keys) = self.by_mac.get_mut(&l.mac) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_mac.remove(&l.mac);
+            }
+        }
         self.queue(&l).remove(&(l.expires, l.addr));
         Some(l)
     }
@@ -271,7 +281,20 @@ impl Leases {
         self.pool.take(lease.addr);
         self.by_addr.insert(lease.addr, lease.key.clone());
         self.queue(&lease).insert((lease.expires, lease.addr));
+        self.by_mac.entry(lease.mac).or_default().push(lease.key.clone());
         self.leases.insert(lease.key.clone(), lease);
+    }
+
+    /// How many clients other than `key` hold an address (an outstanding
+    /// offer or an active lease) for hardware address `mac` at `now`: what a
+    /// port with port security holds, whose DHCP clients all carry its MAC.
+    pub fn held_by_others(&self, mac: [u8; 6], key: &ClientKey, now: u64) -> usize {
+        let Some(keys) = self.by_mac.get(&mac) else { return 0 };
+        keys.iter()
+            .filter(|k| *k != key)
+            .filter_map(|k| self.leases.get(k))
+            .filter(|l| l.is_active(now) || l.state == LeaseState::Offered && l.expires > now)
+            .count()
     }
 
     /// Binds `addr` to `key` for `secs` (DHCPREQUEST in any state, §4.3.2):

@@ -176,6 +176,7 @@ mod tests {
             mtu: None,
             lease_secs: 600,
             decline_secs: 60,
+            per_mac_cap: 0,
         }
     }
 

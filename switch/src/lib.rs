@@ -15,6 +15,8 @@
 //! - [`wire`]: bytes to named fields; imports nothing of the crate.
 //! - [`impair`]: a port's link settings (`port set`, lab files) and the state
 //!   they share with the workers; imports nothing of the crate.
+//! - [`security`]: what a port may send (port security, storm control) and
+//!   the storm meter its workers share; imports `wire` only.
 //! - [`packet`]: buffers and ids; imports `wire`.
 //! - [`table`] (forwarding and route tables), [`stats`], [`punt`] (the
 //!   bounded queue to the gateway): import `wire` and `packet` only.
@@ -46,6 +48,7 @@ pub mod impair;
 pub mod packet;
 pub mod port;
 pub mod punt;
+pub mod security;
 pub mod snapshot;
 pub mod stats;
 pub mod table;

@@ -8,7 +8,7 @@
 //! network's [`Fdb`] is shared, written by workers, and carried over from one
 //! snapshot to the next.
 //!
-//! Imports: `table`, `punt`, `port`, `stats`, `capture`, `packet`, `impair` — never `datapath`,
+//! Imports: `table`, `punt`, `port`, `stats`, `capture`, `packet`, `impair`, `security` — never `datapath`,
 //! which reads the snapshot (scripts/check-layers.sh).
 
 #![forbid(unsafe_code)]
@@ -23,6 +23,7 @@ use crate::impair::PortImpair;
 use crate::packet::NetId;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
+use crate::security::{Security, Storm};
 use crate::stats::{GatewayStats, PortStats, RouterStats};
 use crate::table::{Fdb, RouteTable};
 use crate::wire::MacAddr;
@@ -88,6 +89,10 @@ pub struct PortView {
     /// Its link settings (`port set`) when they are not a plain, connected
     /// link: the one branch an unimpaired port costs (`datapath::impair`).
     pub impair: Option<Arc<PortImpair>>,
+    /// Its port security (`connect --port-security`); none: off.
+    pub security: Option<Security>,
+    /// Its storm-control limit (`--storm-limit`); none: no limit.
+    pub storm: Option<Storm>,
 }
 
 impl PortView {

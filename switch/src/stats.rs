@@ -35,7 +35,9 @@ pub enum DropReason {
     /// allow finishing it in software for an egress without offloads.
     BadOffload,
     /// A VLAN-tagged frame addressed to a gateway: tagged frames are bridged
-    /// as opaque L2 frames, never routed or answered (wire module doc).
+    /// as opaque L2 frames, never routed or answered (wire module doc); or
+    /// any tagged frame from a port with port security, whose addresses
+    /// inside the tag go unchecked.
     VlanTagged,
     /// Routed, larger than the egress MTU, without Don't Fragment: tapyard
     /// does not fragment (also counted as the router's `too_big`).
@@ -47,10 +49,25 @@ pub enum DropReason {
     ImpairLimit,
     /// The port's link is cut (`port set --down`): frames to and from it are dropped.
     LinkDownAdmin,
+    /// Port security: the source MAC (or a DHCP request's client hardware
+    /// address) is not the port's.
+    SpoofedMac,
+    /// Port security: the IPv4 source is not one of the port's addresses
+    /// (or the header cannot be read to check it).
+    SpoofedIp,
+    /// Port security: an ARP packet whose sender is not the port's MAC and
+    /// address (a forged reply or announcement), or not Ethernet/IPv4 ARP.
+    SpoofedArp,
+    /// Port security: a DHCP server's (or relay's) message from a port: only
+    /// the gateway answers DHCP on a network.
+    RogueDhcp,
+    /// Storm control: a broadcast, multicast or unknown-unicast frame over
+    /// the port's flooding limit for this second.
+    Storm,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Runt,
         DropReason::BadSrcMac,
         DropReason::Hairpin,
@@ -64,6 +81,11 @@ impl DropReason {
         DropReason::ImpairLoss,
         DropReason::ImpairLimit,
         DropReason::LinkDownAdmin,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::RogueDhcp,
+        DropReason::Storm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +103,11 @@ impl DropReason {
             DropReason::ImpairLoss => "impair_loss",
             DropReason::ImpairLimit => "impair_limit",
             DropReason::LinkDownAdmin => "link_down_admin",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::RogueDhcp => "rogue_dhcp",
+            DropReason::Storm => "storm",
         }
     }
 }
@@ -262,6 +289,8 @@ counters! {
         exhausted,
         /// DHCP messages dropped: a REQUEST for another server, or about a lease we do not know.
         not_for_us,
+        /// DHCP: a new client refused because its hardware address (its port, with port security) already holds `daemon --dhcp-leases-per-port` addresses.
+        per_port_cap,
         /// IPv4/UDP to port 67 whose headers or checksums do not check out.
         dhcp_malformed,
         /// ARP that is truncated or not Ethernet/IPv4.

@@ -79,6 +79,8 @@ fn snapshot(ports: &[Arc<Repeat>; 3]) -> Snapshot {
                 stats: Arc::default(),
                 worker: 0,
                 impair: None,
+                security: None,
+                storm: None,
             })
             .collect(),
         neighbors: Default::default(),

@@ -17,6 +17,7 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,7 @@ use tapyard_switch::port::mem::Repeat;
 use tapyard_switch::port::vhost::{Mode, VhostConfig, VhostPort, DEFAULT_SOCKET_MODE};
 use tapyard_switch::port::{Port, PortId};
 use tapyard_switch::punt::PuntQueue;
+use tapyard_switch::security::{Security, Storm};
 use tapyard_switch::stats::{PortStats, RouterStats};
 use tapyard_switch::wire::vnet::VnetHdr;
 use tapyard_switch::wire::MacAddr;
@@ -187,13 +189,16 @@ fn steady_state_forwarding_does_not_allocate() {
                 stats: Arc::default(),
                 worker: 0,
                 impair: None,
+                // Every port checked by port security and storm control (at
+                // a limit nothing reaches): the guard allocates nothing either.
+                security: Some(Security {
+                    mac: MacAddr([2, 0, 0, 0, 0, i as u8 + 1]),
+                    ips: vec![Ipv4Addr::new(10, if i == 6 { 1 } else { 0 }, 0, i as u8 + 1)],
+                }),
+                storm: Some(Storm { limit: u32::MAX, meter: Arc::default() }),
             })
             .collect(),
-        neighbors: [(
-            "m".to_string(),
-            [("10.1.0.7".parse().unwrap(), tapyard_switch::wire::MacAddr([2, 0, 0, 0, 0, 7]))].into(),
-        )]
-        .into(),
+        neighbors: [("m".to_string(), [("10.1.0.7".parse().unwrap(), MacAddr([2, 0, 0, 0, 0, 7]))].into())].into(),
         punt: punt.clone(),
         uplink: None,
     });
@@ -274,6 +279,8 @@ fn steady_state_impaired_forwarding_does_not_allocate() {
                 stats: Arc::default(),
                 worker: 0,
                 impair: (i == 0).then(|| impair.clone()),
+                security: None,
+                storm: None,
             })
             .collect(),
         neighbors: Default::default(),
@@ -427,6 +434,8 @@ fn steady_state_vhost_user_forwarding_does_not_allocate() {
                 stats: s.clone(),
                 worker: 0,
                 impair: None,
+                security: None,
+                storm: None,
             })
             .collect(),
         neighbors: Default::default(),

@@ -45,6 +45,8 @@ fn l2_snapshot(nets: &[&str], ports: &[(u16, &str, Arc<dyn Port>)]) -> Snapshot 
                 stats: Arc::default(),
                 worker: 0,
                 impair: None,
+                security: None,
+                storm: None,
             })
             .collect(),
         neighbors: Default::default(),
@@ -277,6 +279,8 @@ fn routed_lab() -> Routed {
                 stats: Arc::default(),
                 worker: 0,
                 impair: None,
+                security: None,
+                storm: None,
             })
             .collect(),
         neighbors: [("m".to_string(), [(Ipv4Addr::new(10, 2, 0, 7), tapyard_switch::wire::MacAddr(HOST3))].into())]
@@ -404,4 +408,103 @@ fn broadcasts_the_gateway_answers_are_flooded_and_copied_to_it() {
     let p = lab.punt.pop().expect("the request for the gateway reached it");
     assert_eq!((p.reason, p.frame()), (PuntReason::Local, &arp[..]));
     assert!(lab.punt.pop().is_none());
+}
+
+/// Network "a" with a subnet and ports 1..=3, each with port security (MAC
+/// 02:..:0i, address 10.0.0.i) and a storm limit of `storm` floods a second.
+fn guarded(storm: u32) -> (Snapshot, Vec<Arc<MemPort>>) {
+    use tapyard_switch::security::{Security, Storm};
+    use tapyard_switch::wire::MacAddr;
+    let spec = NetworkSpec { fdb_capacity: 64, ..network_spec("a", Some("10.0.0.0/24")) };
+    let mems: Vec<Arc<MemPort>> = (0..=3).map(|i| Arc::new(MemPort::new(&format!("g{i}")))).collect();
+    let snap = build(Plan {
+        epoch: 1,
+        networks: vec![NetworkIn::new(NetId(1), &spec)],
+        routers: vec![],
+        ports: (1..=3u8)
+            .map(|i| PortIn {
+                id: PortId(u16::from(i)),
+                network: "a",
+                port: mems[usize::from(i)].clone(),
+                stats: Arc::default(),
+                worker: 0,
+                impair: None,
+                security: Some(Security { mac: MacAddr([2, 0, 0, 0, 0, i]), ips: vec![Ipv4Addr::new(10, 0, 0, i)] }),
+                storm: Some(Storm { limit: storm, meter: Arc::default() }),
+            })
+            .collect(),
+        neighbors: Default::default(),
+        punt: Arc::new(PuntQueue::new()),
+        uplink: None,
+    });
+    (snap, mems)
+}
+
+/// A UDP frame from MAC 02:..:`src`, IPv4 `ip`, to `dst`.
+fn udp_from(dst: [u8; 6], src: u8, ip: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, src], dst)
+        .ipv4(ip, [10, 0, 0, 255], 64)
+        .udp(sport, dport)
+        .write(&mut f, &[0u8; 32])
+        .unwrap();
+    f
+}
+
+fn drops(snap: &Snapshot, id: u16, r: DropReason) -> u64 {
+    stats(snap, id).drops(r)
+}
+
+#[test]
+fn port_security_drops_spoofed_sources_before_they_are_learned() {
+    let (snap, m) = guarded(1000);
+    let table = || snap.port(PortId(1)).unwrap().network.fdb.table();
+    // Port 1 sends as itself: flooded to 2 and 3, learned.
+    m[1].inject(&udp_from(BCAST, 1, [10, 0, 0, 1], 5000, 53));
+    // Port 1 claims port 2's MAC, then port 2's address, then serves DHCP.
+    m[1].inject(&udp_from(BCAST, 2, [10, 0, 0, 1], 5000, 53));
+    m[1].inject(&udp_from(BCAST, 1, [10, 0, 0, 2], 5000, 53));
+    m[1].inject(&udp_from(BCAST, 1, [10, 0, 0, 1], 67, 68));
+    run(&snap, 1);
+    assert_eq!(m[2].take_sent().len(), 1, "only the honest frame is flooded");
+    assert_eq!(m[3].take_sent().len(), 1);
+    assert_eq!(drops(&snap, 1, DropReason::SpoofedMac), 1);
+    assert_eq!(drops(&snap, 1, DropReason::SpoofedIp), 1);
+    assert_eq!(drops(&snap, 1, DropReason::RogueDhcp), 1);
+    // The spoofed MAC taught the table nothing: port 2's MAC is unknown, not on port 1.
+    assert_eq!(table().lookup(tapyard_switch::wire::MacAddr([2, 0, 0, 0, 0, 2])), None);
+    assert_eq!(table().lookup(tapyard_switch::wire::MacAddr([2, 0, 0, 0, 0, 1])), Some(PortId(1)));
+}
+
+#[test]
+fn storm_control_limits_floods_per_second_and_spares_unicast() {
+    let (snap, m) = guarded(40);
+    let burst_at = |id: u16, now: u32| {
+        let mut batch = Batch::new();
+        let mut egress = Egress::new(0);
+        let mut io = Io { batch: &mut batch, egress: &mut egress, queue: 0 };
+        burst(&mut io, &snap, snap.port(PortId(id)).unwrap(), now)
+    };
+    // Port 2 makes itself known, so unicast to it is not flooded.
+    m[2].inject(&udp_from(BCAST, 2, [10, 0, 0, 2], 5000, 53));
+    burst_at(2, 0);
+    m[1].take_sent();
+    m[3].take_sent();
+    // Port 1: 100 broadcasts in second 7 (three bursts), then 100 unicasts to port 2.
+    for _ in 0..100 {
+        m[1].inject(&udp_from(BCAST, 1, [10, 0, 0, 1], 5000, 53));
+    }
+    while burst_at(1, 7) == RecvState::More {}
+    assert_eq!(m[3].take_sent().len(), 40, "the limit floods, the rest is dropped");
+    assert_eq!(drops(&snap, 1, DropReason::Storm), 60);
+    m[2].take_sent();
+    for _ in 0..100 {
+        m[1].inject(&udp_from([2, 0, 0, 0, 0, 2], 1, [10, 0, 0, 1], 5000, 53));
+    }
+    while burst_at(1, 7) == RecvState::More {}
+    assert_eq!(m[2].take_sent().len(), 100, "known unicast is never storm-limited");
+    // The next second opens a new window.
+    m[1].inject(&udp_from(BCAST, 1, [10, 0, 0, 1], 5000, 53));
+    burst_at(1, 8);
+    assert_eq!(m[3].take_sent().len(), 1);
 }

@@ -858,7 +858,14 @@ fn bench_topology(mode: TapyardMode, ends: &[Endpoint]) -> Res<(Topology, Vec<Ip
     let node = |i: usize, e: &Endpoint, network: String, address: Address| Node {
         name: format!("n{}", i + 1),
         netns: Some(e.netns.clone()),
-        interfaces: vec![Interface { network, ifname: "eth0".into(), mac: None, address, impair: None }],
+        interfaces: vec![Interface {
+            network,
+            ifname: "eth0".into(),
+            mac: None,
+            address,
+            impair: None,
+            port_security: None,
+        }],
         routes: vec![],
         sysctls: vec![],
         exec: vec![],

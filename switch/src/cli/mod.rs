@@ -97,6 +97,16 @@ pub enum Cmd {
         /// needs egress. A host port in use refuses the connect.
         #[arg(long, short = 'p', value_name = "SPEC")]
         publish: Vec<String>,
+        /// Port security: the port sends only from its MAC and (once it has
+        /// one) its address, and serves no DHCP. `off` for nodes that route,
+        /// bridge or spoof on purpose [default: on for a TAP port with an
+        /// address or on a network with a subnet; off for vhost-user ports].
+        #[arg(long, value_enum, value_name = "on|off")]
+        port_security: Option<OnOff>,
+        /// Storm control for this port: flooded frames per second (0: no
+        /// limit) [default: the daemon's --storm-limit].
+        #[arg(long, value_name = "PPS")]
+        storm_limit: Option<u32>,
         /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
@@ -188,6 +198,16 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = crate::capture::DEFAULT_RECORDER_DEPTH as u64,
           value_parser = clap::value_parser!(u64).range(0..=16384))]
     pub flight_recorder: u64,
+    /// Storm control: broadcast, multicast and unknown-unicast frames a
+    /// port may flood per second (one-second windows; the excess is dropped
+    /// and counted as `storm`); a port's own `connect --storm-limit` wins; 0: no limit.
+    #[arg(long, value_name = "PPS", default_value_t = crate::security::DEFAULT_STORM_LIMIT)]
+    pub storm_limit: u32,
+    /// DHCP starvation guard: addresses (offers and leases) one client
+    /// hardware address, so one port with port security, may hold at once,
+    /// however many client identifiers it cycles through; 0: no cap.
+    #[arg(long, value_name = "N", default_value_t = crate::control::DEFAULT_LEASES_PER_PORT)]
+    pub dhcp_leases_per_port: u32,
     /// `tap`: a TAP port into the daemon's own namespace (the host's, as
     /// root) through which networks with egress reach the world, NATed by
     /// the kernel (docs/EGRESS.md); `none`: no network reaches beyond
@@ -827,6 +847,8 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 workers,
                 busy: a.poll == PollMode::Busy,
                 flight_recorder: a.flight_recorder as usize,
+                storm_limit: a.storm_limit,
+                dhcp_leases_per_port: a.dhcp_leases_per_port,
                 default_pools,
                 uplink,
                 docker_plugin: a
@@ -897,7 +919,17 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
             println!("{name}");
         }
         Cmd::Connect {
-            network, vhost_user: Some(sock), client, queues, mac, json, socket_mode, socket_group, ..
+            network,
+            vhost_user: Some(sock),
+            client,
+            queues,
+            mac,
+            json,
+            socket_mode,
+            socket_group,
+            port_security,
+            storm_limit,
+            ..
         } => {
             let socket_path = absolute(&sock)?;
             let p: PortInfo = client::call(
@@ -910,6 +942,8 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                     mac,
                     socket_mode,
                     socket_group,
+                    port_security: port_security.map(|p| p == OnOff::On),
+                    storm_limit,
                 },
             )?;
             if json {
@@ -928,10 +962,24 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 );
             }
         }
-        Cmd::Connect { network, netns, ifname, mac, ip, offload, publish, json, .. } => {
+        Cmd::Connect {
+            network, netns, ifname, mac, ip, offload, publish, port_security, storm_limit, json, ..
+        } => {
             let netns = netns.unwrap_or_default();
             let offload = Some(offload == OnOff::On);
-            let req = Request::Connect { network, netns, ifname: Some(ifname), mac, ip, offload, publish, owner: None };
+            let port_security = port_security.map(|p| p == OnOff::On);
+            let req = Request::Connect {
+                network,
+                netns,
+                ifname: Some(ifname),
+                mac,
+                ip,
+                offload,
+                publish,
+                owner: None,
+                port_security,
+                storm_limit,
+            };
             let p: PortInfo = client::call(&socket, &req)?;
             if json {
                 print_json(&p);

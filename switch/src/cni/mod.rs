@@ -320,6 +320,8 @@ fn add(env: &Env, c: &Config, stdin: &[u8]) -> Res<Value> {
             offload: None,
             publish: vec![],
             owner: Some(env.container_id.clone()),
+            port_security: None,
+            storm_limit: None,
         })?;
         Ok::<_, CniError>((net, port))
     })();

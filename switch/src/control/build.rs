@@ -26,6 +26,7 @@ use crate::impair::PortImpair;
 use crate::packet::NetId;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
+use crate::security::{Security, Storm};
 use crate::snapshot::{GatewayView, NetworkView, PortView, RouterView, Snapshot};
 use crate::stats::{GatewayStats, PortStats, RouterStats};
 use crate::table::{Fdb, Route, RouteTable};
@@ -67,6 +68,10 @@ pub struct PortIn<'a> {
     pub worker: usize,
     /// Its impairments and link state (`port set`); none: a plain link.
     pub impair: Option<Arc<PortImpair>>,
+    /// Its port security, with the addresses it owns now; none: off.
+    pub security: Option<Security>,
+    /// Its storm-control limit and meter; none: unlimited.
+    pub storm: Option<Storm>,
 }
 
 /// Everything a snapshot is built from.
@@ -194,6 +199,8 @@ pub fn build(plan: Plan) -> Snapshot {
             network: (*network).clone(),
             worker: p.worker,
             impair: p.impair.clone(),
+            security: p.security.clone(),
+            storm: p.storm.clone(),
         }));
     }
     Snapshot { epoch: plan.epoch, networks, ports, taps: Vec::new() }
@@ -301,8 +308,19 @@ mod tests {
                     stats: Arc::default(),
                     worker: 1,
                     impair: None,
+                    security: None,
+                    storm: None,
                 },
-                PortIn { id: PortId(6), network: "nowhere", port, stats: Arc::default(), worker: 0, impair: None },
+                PortIn {
+                    id: PortId(6),
+                    network: "nowhere",
+                    port,
+                    stats: Arc::default(),
+                    worker: 0,
+                    impair: None,
+                    security: None,
+                    storm: None,
+                },
             ],
             neighbors: BTreeMap::from([(
                 "b".to_string(),
@@ -362,6 +380,8 @@ mod tests {
                     stats: Arc::default(),
                     worker: 0,
                     impair: None,
+                    security: None,
+                    storm: None,
                 },
                 kernel_ip: kernel,
                 kernel_mac: MacAddr([4; 6]),

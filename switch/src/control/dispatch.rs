@@ -3,7 +3,7 @@
 //! returns its reply. Nothing here touches the configuration directly.
 
 use super::netns;
-use super::ports::{with_privilege_hint, SocketOwner};
+use super::ports::{with_privilege_hint, Guard, SocketOwner};
 use super::proto::*;
 use super::Daemon;
 
@@ -29,9 +29,22 @@ impl Daemon {
             Request::RouteDel { router, prefix } => self.route_change(&router, &prefix, None).map(Reply::from),
             Request::RouteLs { router } => self.route_ls(router.as_deref()).map(Reply::from),
             Request::LeaseLs { network } => self.lease_ls(network.as_deref()).map(Reply::from),
-            Request::Connect { network, netns, ifname, mac, ip, offload, publish, owner } => {
+            Request::Connect {
+                network,
+                netns,
+                ifname,
+                mac,
+                ip,
+                offload,
+                publish,
+                owner,
+                port_security,
+                storm_limit,
+            } => {
                 self.check_order("connect", &network, &netns)?;
-                let port = self.connect(network, netns, ifname, mac, ip, offload.unwrap_or(true), publish, owner);
+                let guard = Guard { port_security, storm_limit };
+                let offload = offload.unwrap_or(true);
+                let port = self.connect(network, netns, ifname, mac, ip, offload, publish, owner, guard);
                 port.map(Reply::from).map_err(with_privilege_hint)
             }
             Request::PortPublish { network, netns, ifname, spec } => {
@@ -46,9 +59,20 @@ impl Daemon {
                 self.check_order("disconnect", &network, &netns)?;
                 self.disconnect(&network, &netns, ifname).map(Reply::from)
             }
-            Request::ConnectVhost { network, socket, client, queues, mac, socket_mode, socket_group } => {
+            Request::ConnectVhost {
+                network,
+                socket,
+                client,
+                queues,
+                mac,
+                socket_mode,
+                socket_group,
+                port_security,
+                storm_limit,
+            } => {
                 let owner = SocketOwner::parse(client, socket_mode.as_deref(), socket_group.as_deref(), &socket)?;
-                self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac, owner).map(Reply::from)
+                let guard = Guard { port_security, storm_limit };
+                self.connect_vhost(network, socket, client, queues.unwrap_or(1), mac, owner, guard).map(Reply::from)
             }
             Request::DisconnectVhost { network, socket } => self.disconnect_vhost(&network, &socket).map(Reply::from),
             Request::PortSet(req) => {

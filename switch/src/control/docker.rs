@@ -714,6 +714,7 @@ impl Plugin {
             Vec::new(),
             // No owner: that field is the CNI plugin's (its GC acts on it).
             None,
+            super::ports::Guard::default(),
         )?;
         let gateway = {
             let mut inner = self.daemon.lock();

@@ -267,6 +267,7 @@ fn dhcp_drop(s: &GatewayStats, d: DhcpDrop) -> &AtomicU64 {
         DhcpDrop::Unexpected => &s.unexpected,
         DhcpDrop::Exhausted => &s.exhausted,
         DhcpDrop::NotForUs => &s.not_for_us,
+        DhcpDrop::PerPortCap => &s.per_port_cap,
     }
 }
 
@@ -383,12 +384,15 @@ pub fn run(d: &impl Control) {
                 });
             }
         }
-        for (net, frame) in &replies {
-            send(&snap, net, frame);
-        }
-        // A bound lease or a station learned from ARP is a new neighbour to route to: publish it.
+        // A bound lease or a station learned from ARP is a new neighbour to
+        // route to, and a lease is an address port security lets its port
+        // send from: publish them before the ACK leaves, so the client's
+        // first packets from its new address (RFC 5227 announcements) pass.
         if republish {
             d.republish();
+        }
+        for (net, frame) in &replies {
+            send(&snap, net, frame);
         }
         let snap = d.snapshot();
         arp.expire(d, &mut icmp);

@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{bounded, Receiver, Sender};
 use tapyard_ipam::dhcp::DhcpConfig;
+use tapyard_ipam::lease::Lease;
 use tapyard_ipam::store::Store;
 use tapyard_ipam::DefaultPool;
 
@@ -70,6 +71,7 @@ use crate::packet::NetId;
 use crate::port::vhost::VhostPort;
 use crate::port::{Port, PortId};
 use crate::punt::PuntQueue;
+use crate::security::{Security, Storm};
 use crate::snapshot::Snapshot;
 use crate::stats::{GatewayStats, PortStats, RouterStats};
 use crate::table::fdb::DEFAULT_AGEING_SECS;
@@ -82,6 +84,18 @@ use proto::ApiError;
 
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_IFNAME: &str = "eth0";
+/// Whether port `p` has port security: its `--port-security`, else on for
+/// a TAP port with an address or on a network with a subnet (DHCP may lease
+/// it one), off for a vhost-user port (its guest, not tapyard, picks the MAC).
+fn port_security_on(inner: &Inner, p: &PortRec) -> bool {
+    let subnet = inner.networks.get(&p.spec.network).is_some_and(|n| n.spec.addressing.is_some());
+    p.spec.port_security.unwrap_or(p.spec.vhost.is_none() && (p.spec.ip.is_some() || subnet))
+}
+
+/// Addresses DHCP holds for one client hardware address (one port with port
+/// security) unless `daemon --dhcp-leases-per-port` says otherwise: a few
+/// for a container restarting its client with new identifiers, far below a pool.
+pub const DEFAULT_LEASES_PER_PORT: u32 = 4;
 /// Smallest MTU accepted: the IPv4 minimum (RFC 791: every host must take 68 octets).
 pub const MIN_MTU: u32 = 68;
 /// Largest MTU accepted: what a frame buffer holds (packet::MAX_FRAME).
@@ -111,6 +125,13 @@ pub struct Config {
     /// Members of this group may use the control socket too, which is then
     /// mode 0660 and owned by the group (`daemon --socket-group`).
     pub socket_group: Option<u32>,
+    /// Flooded frames a port may send per second, unless its own
+    /// `--storm-limit` says otherwise; 0: no limit (`daemon --storm-limit`).
+    pub storm_limit: u32,
+    /// Addresses DHCP holds (offered or leased) for one client hardware
+    /// address at a time, hence for one port with port security; 0: no
+    /// cap (`daemon --dhcp-leases-per-port`).
+    pub dhcp_leases_per_port: u32,
 }
 
 impl Config {
@@ -129,6 +150,8 @@ impl Config {
             metrics: None,
             flight_recorder: crate::capture::DEFAULT_RECORDER_DEPTH,
             socket_group: None,
+            storm_limit: crate::security::DEFAULT_STORM_LIMIT,
+            dhcp_leases_per_port: DEFAULT_LEASES_PER_PORT,
         }
     }
 }
@@ -160,6 +183,8 @@ struct PortRec {
     /// What `spec.link` carries into the data path (frame memory, shared
     /// rate buckets), made when the setting is applied; none for a plain link.
     impair: Option<Arc<crate::impair::PortImpair>>,
+    /// The storm-control meter its workers share, kept across snapshots.
+    storm: Arc<crate::security::StormMeter>,
 }
 
 impl PortRec {
@@ -373,6 +398,7 @@ impl Daemon {
             mtu: u16::try_from(spec.mtu).ok(),
             lease_secs: spec.lease_secs,
             decline_secs: DECLINE_SECS,
+            per_mac_cap: self.cfg.dhcp_leases_per_port,
         };
         let reserved = std::iter::once(a.gateway).chain(spec.aux_addresses.values().copied());
         let statics = spec.reservations.iter().map(|(m, ip)| (m.0, *ip));
@@ -400,6 +426,8 @@ impl Daemon {
     /// Builds and publishes a snapshot of `inner`, wakes the workers, and returns its epoch.
     fn publish(&self, inner: &mut Inner) -> u64 {
         inner.epoch += 1;
+        let now = unix_now();
+        let leases = self.ipam().leases(None);
         let plan = build::Plan {
             epoch: inner.epoch,
             networks: inner
@@ -428,9 +456,11 @@ impl Daemon {
                     stats: p.stats.clone(),
                     worker: p.worker,
                     impair: p.impair.clone(),
+                    security: self.security_of(inner, p, &leases, now),
+                    storm: self.storm_of(p),
                 })
                 .collect(),
-            neighbors: self.neighbors(inner),
+            neighbors: self.neighbors(inner, &leases, now),
             punt: self.punt.clone(),
             uplink: inner.uplink.as_ref().map(|u| build::UplinkIn {
                 net: u.network_in(),
@@ -441,6 +471,9 @@ impl Daemon {
                     stats: u.port_stats.clone(),
                     worker: 0,
                     impair: None,
+                    // tapyard's own port into the host: trusted, unlimited.
+                    security: None,
+                    storm: None,
                 },
                 kernel_ip: u.kernel_ip,
                 kernel_mac: u.kernel_mac,
@@ -460,12 +493,16 @@ impl Daemon {
 
     /// IPv4 → MAC of every station tapyard knows, per network: port
     /// addresses and bound DHCP leases. Routed packets are sent to these.
-    fn neighbors(&self, inner: &Inner) -> BTreeMap<String, std::collections::HashMap<std::net::Ipv4Addr, MacAddr>> {
+    fn neighbors(
+        &self,
+        inner: &Inner,
+        leases: &[(String, Lease)],
+        now: u64,
+    ) -> BTreeMap<String, std::collections::HashMap<std::net::Ipv4Addr, MacAddr>> {
         let mut m: BTreeMap<String, std::collections::HashMap<std::net::Ipv4Addr, MacAddr>> = BTreeMap::new();
-        let now = unix_now();
-        for (net, l) in self.ipam().leases(None) {
+        for (net, l) in leases {
             if l.is_active(now) {
-                m.entry(net).or_default().insert(l.addr, MacAddr(l.mac));
+                m.entry(net.clone()).or_default().insert(l.addr, MacAddr(l.mac));
             }
         }
         for p in inner.ports.values() {
@@ -484,6 +521,38 @@ impl Daemon {
             }
         }
         m
+    }
+
+    /// Port `p`'s port security as the data path checks it, or none when it
+    /// is off: its MAC, and its address (`--ip`, `--ip auto`) with every
+    /// address leased to its MAC on its network now. On by default for TAP
+    /// ports with an address or on a network with a subnet (DHCP may lease
+    /// one); vhost-user ports default to off, since the guest, not tapyard,
+    /// picks the MAC it sends from (docs/RELIABILITY.md).
+    fn security_of(&self, inner: &Inner, p: &PortRec, leases: &[(String, Lease)], now: u64) -> Option<Security> {
+        if !port_security_on(inner, p) {
+            return None;
+        }
+        let leased = leases
+            .iter()
+            .filter(|(net, l)| *net == p.spec.network && l.mac == p.spec.mac.0 && l.is_active(now))
+            .map(|(_, l)| l.addr);
+        let mut ips: Vec<std::net::Ipv4Addr> = p.spec.ip.map(|i| i.addr()).into_iter().chain(leased).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        Some(Security { mac: p.spec.mac, ips })
+    }
+
+    /// Port `p`'s storm-control limit: its own `--storm-limit`, else the
+    /// daemon's; none when that is 0 (no limit).
+    fn storm_of(&self, p: &PortRec) -> Option<Storm> {
+        let limit = self.storm_limit(p)?;
+        Some(Storm { limit, meter: p.storm.clone() })
+    }
+
+    /// Port `p`'s storm-control limit in frames per second; none: no limit.
+    fn storm_limit(&self, p: &PortRec) -> Option<u32> {
+        Some(p.spec.storm_limit.unwrap_or(self.cfg.storm_limit)).filter(|&l| l > 0)
     }
 
     /// The one way a configuration change reaches the workers and the disk:

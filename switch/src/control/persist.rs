@@ -117,6 +117,13 @@ pub struct PortSpec {
     /// Impairments and link state (`port set`); absent: a plain, connected link.
     #[serde(default, skip_serializing_if = "LinkSettings::is_plain")]
     pub link: LinkSettings,
+    /// `--port-security on|off`; absent: the default (on for a TAP port
+    /// with an address or on a network with a subnet; `Daemon::security_of`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
+    /// `--storm-limit`: flooded frames per second; absent: the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_limit: Option<u32>,
 }
 
 impl PortSpec {
@@ -265,6 +272,8 @@ mod tests {
                 owner: None,
                 container: None,
                 link: LinkSettings::default(),
+                port_security: None,
+                storm_limit: None,
             }],
             routers: vec![],
         };

@@ -28,18 +28,32 @@ use crate::port::{Port, PortId};
 use crate::wire::{MacAddr, ParseMacError};
 use crate::worker::PortEvent;
 
+/// What `connect` says about a port's guard (docs/RELIABILITY.md): port
+/// security on or off (absent: the default for the port's kind) and its
+/// storm-control limit (absent: the daemon's).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Guard {
+    pub port_security: Option<bool>,
+    pub storm_limit: Option<u32>,
+}
+
 impl Daemon {
     /// `port_info` of each port, with the addresses DHCP leased to ports without `--ip`.
     pub(super) fn port_infos<'a>(&self, inner: &Inner, ports: impl Iterator<Item = &'a PortRec>) -> Vec<PortInfo> {
         let now = unix_now();
         let leases = self.ipam().leases(None);
-        ports.map(|p| port_info(p, leased(inner, &leases, p, now))).collect()
+        ports.map(|p| self.guarded(inner, p, port_info(p, leased(inner, &leases, p, now)))).collect()
     }
 
     /// `port_info` of one port (the reply to a connect).
     fn port_reply(&self, inner: &Inner, p: &PortRec) -> PortInfo {
         let leases = self.ipam().leases(Some(&p.spec.network));
-        port_info(p, leased(inner, &leases, p, unix_now()))
+        self.guarded(inner, p, port_info(p, leased(inner, &leases, p, unix_now())))
+    }
+
+    /// `info` with what the port's guard is now (its settings or the defaults).
+    fn guarded(&self, inner: &Inner, p: &PortRec, info: PortInfo) -> PortInfo {
+        PortInfo { port_security: super::port_security_on(inner, p), storm_limit: self.storm_limit(p), ..info }
     }
 
     /// The ports of one network, or of all.
@@ -65,6 +79,7 @@ impl Daemon {
         offload: bool,
         publish: Vec<String>,
         owner: Option<String>,
+        guard: Guard,
     ) -> Result<PortInfo, ApiError> {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         netns::check_ifname(&ifname)?;
@@ -159,6 +174,8 @@ impl Daemon {
             owner,
             container: None,
             link: Default::default(),
+            port_security: guard.port_security,
+            storm_limit: guard.storm_limit,
         };
         let id = self.attach(&mut inner, spec, ns).inspect_err(|_| {
             // Nothing was attached: give back the address taken above, or
@@ -342,7 +359,8 @@ impl Daemon {
         }
         let impair = self.impair_of(&spec.link);
         let stats = Arc::default();
-        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats, worker, reservations, impair });
+        let storm = Arc::default();
+        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats, worker, reservations, impair, storm });
         Ok(id)
     }
 
@@ -473,6 +491,7 @@ impl Daemon {
     }
 
     /// `connect --vhost-user`: a vhost-user backend port on `socket`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn connect_vhost(
         &self,
         network_name: String,
@@ -481,6 +500,7 @@ impl Daemon {
         queues: u16,
         mac: Option<String>,
         owner: SocketOwner,
+        guard: Guard,
     ) -> Result<PortInfo, ApiError> {
         let path = PathBuf::from(&socket);
         if !path.is_absolute() {
@@ -526,6 +546,8 @@ impl Daemon {
             owner: None,
             container: None,
             link: Default::default(),
+            port_security: guard.port_security,
+            storm_limit: guard.storm_limit,
         };
         let id = self.attach_vhost(&mut inner, spec)?;
         self.commit(&mut inner, Change::Added);
@@ -970,5 +992,8 @@ fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
         impair_in: (!p.spec.link.impair_in.is_none()).then_some(p.spec.link.impair_in),
         impair_out: (!p.spec.link.impair_out.is_none()).then_some(p.spec.link.impair_out),
         link_up: p.spec.link.link_up,
+        // Filled in by `Daemon::guarded`, which knows the defaults.
+        port_security: false,
+        storm_limit: None,
     }
 }

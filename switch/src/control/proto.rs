@@ -52,6 +52,13 @@ pub enum Request {
         /// plugin puts the container id here); kept and shown by `port_ls`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<String>,
+        /// Port security (`--port-security on|off`); absent: on for a port
+        /// with an address or on a network with a subnet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port_security: Option<bool>,
+        /// Flooded frames per second (`--storm-limit`, 0: none); absent: the daemon's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storm_limit: Option<u32>,
     },
     /// Publishes host ports to a TAP port's container (`port publish`).
     PortPublish {
@@ -92,6 +99,12 @@ pub enum Request {
         /// [default: the group the kernel gives a new file].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         socket_group: Option<String>,
+        /// Port security (`--port-security on`); absent: off (the guest picks its MAC).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port_security: Option<bool>,
+        /// Flooded frames per second (`--storm-limit`, 0: none); absent: the daemon's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storm_limit: Option<u32>,
     },
     DisconnectVhost {
         network: String,
@@ -554,6 +567,13 @@ pub struct PortInfo {
     /// False while the link is cut (`port set --down`): the node sees no carrier.
     #[serde(default = "yes")]
     pub link_up: bool,
+    /// Port security is on: the port sends only from its MAC and addresses
+    /// (`connect --port-security`).
+    #[serde(default)]
+    pub port_security: bool,
+    /// Storm control: flooded frames per second it may send; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_limit: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -959,6 +979,8 @@ mod tests {
             impair_in: None,
             impair_out: None,
             link_up: true,
+            port_security: false,
+            storm_limit: None,
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["netns"], serde_json::Value::Null);

@@ -372,6 +372,8 @@ mod tests {
             mac: None,
             socket_mode: None,
             socket_group: None,
+            port_security: None,
+            storm_limit: None,
         })
         .unwrap();
         let all = d.stats(None).unwrap();

@@ -77,6 +77,8 @@ impl TestDaemon {
             mac: None,
             socket_mode: None,
             socket_group: None,
+            port_security: None,
+            storm_limit: None,
         })
     }
 }
@@ -323,6 +325,8 @@ fn vhost_ports_share_one_allocator_and_one_worker_per_network() {
         mac: None,
         socket_mode: None,
         socket_group: None,
+        port_security: None,
+        storm_limit: None,
     };
     assert_eq!(t.err(relative), ErrorKind::BadRequest);
     let too_many = Request::ConnectVhost {
@@ -333,6 +337,8 @@ fn vhost_ports_share_one_allocator_and_one_worker_per_network() {
         mac: None,
         socket_mode: None,
         socket_group: None,
+        port_security: None,
+        storm_limit: None,
     };
     assert_eq!(t.err(too_many), ErrorKind::BadRequest, "more queue pairs than workers");
     let client_mode = Request::ConnectVhost {
@@ -343,6 +349,8 @@ fn vhost_ports_share_one_allocator_and_one_worker_per_network() {
         mac: None,
         socket_mode: Some("0600".into()),
         socket_group: None,
+        port_security: None,
+        storm_limit: None,
     };
     assert_eq!(t.err(client_mode), ErrorKind::BadRequest, "--socket-mode with --client");
     let vhost_ids = |v: serde_json::Value| -> Vec<u64> {
@@ -446,6 +454,8 @@ fn publishing_needs_a_network_with_egress_and_a_good_spec() {
         offload: None,
         publish: vec!["8080:80".into(), "8080:0".into()],
         owner: None,
+        port_security: None,
+        storm_limit: None,
     }));
     assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
     assert!(e.message.contains("\"8080:0\""), "the bad spec is named: {e}");

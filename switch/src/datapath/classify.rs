@@ -3,23 +3,28 @@
 //! [`classify`] reads the frame (never writes it), learns its source in the
 //! network's forwarding table, and returns a [`Verdict`]. Order:
 //! 1. A GSO super-frame is checked against the MTU by the frames it becomes.
-//! 2. The L2 step ([`decide`](super::decide())): runts, oversize frames and
+//! 2. Port security ([`guard::admit`](super::guard::admit)), on ports that
+//!    have it: a frame from a source the port does not own is dropped
+//!    before it teaches the table anything.
+//! 3. The L2 step ([`decide`](super::decide())): runts, oversize frames and
 //!    bad source MACs are dropped; the source is learned (sharing a full
 //!    table fairly between ports); the destination is looked up.
-//! 3. On a network with a gateway: a frame to the gateway's MAC is the
+//! 4. On a network with a gateway: a frame to the gateway's MAC is the
 //!    gateway's (`Local`) or, on a routed network, routed
 //!    ([`route::decide`](super::route::decide())); a broadcast the gateway
 //!    answers (ARP for its address, DHCP to port 67) is flooded with a copy
 //!    for it.
-//! 4. Otherwise the L2 decision stands: `Forward` to the learned port if it
+//! 5. Otherwise the L2 decision stands: `Forward` to the learned port if it
 //!    is on this network, else `Flood`.
+//! 6. Storm control: a frame to be flooded counts against its port's limit
+//!    for this second, and is dropped over it.
 
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::Ordering;
 
 use super::offload::segment_frame_len;
-use super::{decide, route, Decision, Learned, Table};
+use super::{decide, guard, route, Decision, Learned, Table};
 use crate::packet::{NetId, PortId};
 use crate::punt::PuntReason;
 use crate::snapshot::{GatewayView, NetworkView, PortView, Snapshot};
@@ -91,6 +96,11 @@ pub fn classify(
     } else {
         (net.max_frame, frame.len())
     };
+    if let Some(sec) = &ingress.security {
+        if let Err(r) = guard::admit(frame, sec) {
+            return dropped(r);
+        }
+    }
     let l2 = decide(frame, ingress.id, table, max_frame, now);
     let learn_full = l2.learned == Some(Learned::Full) && !share_fairly(table, snap, ingress, frame, now);
     let verdict = match l2.decision {
@@ -104,6 +114,10 @@ pub fn classify(
                 _ => Verdict::Flood { local: false },
             },
         },
+    };
+    let verdict = match (&verdict, &ingress.storm) {
+        (Verdict::Flood { .. }, Some(s)) if !s.meter.admit(now, s.limit) => Verdict::Drop(DropReason::Storm),
+        _ => verdict,
     };
     Classified { verdict, learn_full }
 }

@@ -30,6 +30,7 @@
 
 pub mod classify;
 pub mod egress;
+pub mod guard;
 pub mod impair;
 pub mod offload;
 pub mod route;

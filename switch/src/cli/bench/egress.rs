@@ -442,6 +442,8 @@ impl Eg {
                 offload: None,
                 publish,
                 owner: None,
+                port_security: None,
+                storm_limit: None,
             },
         )?;
         Ok(())

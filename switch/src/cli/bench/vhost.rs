@@ -325,6 +325,8 @@ impl Vh {
                 mac: Some(mac.into()),
                 socket_mode: None,
                 socket_group: None,
+                port_security: None,
+                storm_limit: None,
             },
         )?;
         Ok(())
@@ -341,6 +343,8 @@ impl Vh {
                 offload: None,
                 publish: vec![],
                 owner: None,
+                port_security: None,
+                storm_limit: None,
             },
         )?;
         Ok(())

@@ -661,6 +661,8 @@ fn build_node(
                 offload: None,
                 publish: vec![],
                 owner: Some(format!("lab:{}", topo.name)),
+                port_security: node.port_security(i),
+                storm_limit: None,
             })
             .with_context(|| format!("connecting {} to network {:?}", i.ifname, i.network))?;
         if let Some(ip) = p.ip {

@@ -141,6 +141,7 @@ struct RawInterface {
     mac: Option<Spanned<String>>,
     address: Option<Spanned<String>>,
     impair: Option<Spanned<RawImpair>>,
+    port_security: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +225,22 @@ pub struct Node {
     pub commands: Vec<String>,
 }
 
+impl Node {
+    /// Whether the node routes IPv4 (its sysctls turn forwarding on): a
+    /// router's packets carry other hosts' source addresses, so its ports
+    /// get no port security unless the file asks for it.
+    pub fn forwards(&self) -> bool {
+        self.sysctls.iter().any(|(k, v)| {
+            matches!(k.as_str(), "net.ipv4.ip_forward" | "net.ipv4.conf.all.forwarding") && v.trim() != "0"
+        })
+    }
+
+    /// The port security `connect` asks for on interface `i` of this node.
+    pub fn port_security(&self, i: &Interface) -> Option<bool> {
+        i.port_security.or_else(|| self.forwards().then_some(false))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRoute {
     /// `default` or a CIDR.
@@ -240,6 +257,10 @@ pub struct Interface {
     pub mac: Option<String>,
     pub address: Address,
     pub impair: Option<Impair>,
+    /// `port_security = true|false`; absent: the daemon's default, except
+    /// on a node that forwards IPv4 (`Node::forwards`), whose port is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -866,7 +887,14 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
                 },
             };
             let impair = ir.impair.as_ref().and_then(|im| check_impair(cx, im));
-            ifaces.push(Interface { network: ir.network.get_ref().clone(), ifname, mac, address, impair });
+            ifaces.push(Interface {
+                network: ir.network.get_ref().clone(),
+                ifname,
+                mac,
+                address,
+                impair,
+                port_security: ir.port_security,
+            });
         }
         // Link endpoints on this node.
         for (e, ni, addr) in
@@ -900,6 +928,7 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
                 mac: None,
                 address,
                 impair: None,
+                port_security: None,
             });
         }
         // Routes of the node.
@@ -1238,6 +1267,23 @@ interfaces = [{ network = "n", address = "10.0.0.5/24", mac = "02:00:00:00:00:01
         has(&bad("[nodes.a]\nnetns = \"../x\"\n"), "2:9", "a namespace name");
         has(&bad("[nodes.a]\nnetns = \"\"\n"), "2:9", "a namespace name");
         has(&bad("[nodes.a]\nnetns = \"x\"\n[nodes.b]\nnetns = \"x\"\n"), "4:9", "both name netns \"x\"");
+    }
+
+    #[test]
+    fn routers_get_no_port_security_unless_the_file_asks() {
+        let t = ok(r#"[networks.a]
+[nodes.h]
+interfaces = [{ network = "a" }, { network = "a", port_security = false }]
+[nodes.r]
+sysctls = { "net.ipv4.ip_forward" = 1 }
+interfaces = [{ network = "a" }, { network = "a", port_security = true }]
+"#);
+        let (h, r) = (&t.nodes[0], &t.nodes[1]);
+        assert!(!h.forwards() && r.forwards());
+        assert_eq!(h.port_security(&h.interfaces[0]), None, "the daemon's default");
+        assert_eq!(h.port_security(&h.interfaces[1]), Some(false));
+        assert_eq!(r.port_security(&r.interfaces[0]), Some(false), "a router forwards others' packets");
+        assert_eq!(r.port_security(&r.interfaces[1]), Some(true));
     }
 
     #[test]
