@@ -45,10 +45,17 @@ impl Client {
         let io = |source| ClientError::Io { path: self.path.clone(), source };
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(io)?;
+        let sent = self.writer.write_all(&line);
         let mut resp = String::new();
-        let n =
-            self.reader.read_line(&mut resp).map_err(|source| ClientError::Io { path: self.path.clone(), source })?;
+        let read = self.reader.read_line(&mut resp);
+        // A daemon that refuses a connection (forbidden, busy) answers at
+        // once and closes, so the request may not get through: its answer
+        // says more than the broken pipe does.
+        let n = match (sent, read) {
+            (_, Ok(n)) if n > 0 => n,
+            (Err(e), _) => return Err(io(e)),
+            (Ok(()), r) => r.map_err(|source| ClientError::Io { path: self.path.clone(), source })?,
+        };
         if n == 0 {
             return Err(ClientError::Protocol("the daemon closed the connection without replying".into()));
         }

@@ -254,6 +254,13 @@ pub struct DaemonArgs {
     /// or a management network; docs/stats.md).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Let the members of this group (a name or a numeric gid) use the
+    /// control socket too: the socket becomes mode 0660 and owned by it.
+    /// Without it only root and the daemon's own user may (the socket is
+    /// 0600); the daemon checks every peer's credentials either way
+    /// (docs/PROTOCOL.md).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -774,6 +781,16 @@ pub(crate) fn out(line: &str) {
     }
 }
 
+/// `daemon --socket-group`: a numeric gid, or a group name looked up in the
+/// system's group database.
+fn socket_group(g: &str) -> Result<u32, BadArgs> {
+    if !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) {
+        return g.parse().map_err(|_| BadArgs(format!("invalid --socket-group {g:?}")));
+    }
+    crate::port::sys::group_id(g)
+        .ok_or_else(|| BadArgs(format!("--socket-group {g:?}: no such group (give a name from /etc/group or a gid)")))
+}
+
 fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
     let call_v =
         |req: Request| -> anyhow::Result<serde_json::Value> { Ok(client::Client::connect(&socket)?.call_value(&req)?) };
@@ -839,6 +856,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                     .then(|| crate::control::docker::socket_path(a.docker_plugin_socket.as_deref())),
                 docker_api: a.docker_plugin.then(|| crate::control::docker::api_path(a.docker_host.as_deref())),
                 metrics: a.metrics,
+                socket_group: a.socket_group.as_deref().map(socket_group).transpose()?,
             };
             crate::control::server::run(cfg)?;
         }

@@ -193,6 +193,16 @@ pub fn render(s: &StatsInfo) -> String {
         s.punt_queue.capacity,
         s.sample_age_ms as f64 / 1000.0
     );
+    let c = &s.control_socket;
+    let refused: Vec<String> =
+        c.refused.by_reason().iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+    out += &format!(
+        "control socket: {} connections of {}, {} requests; refused or closed: {}\n",
+        c.connections,
+        c.max_connections,
+        c.requests,
+        if refused.is_empty() { "none".to_string() } else { refused.join(",") }
+    );
     out
 }
 
@@ -279,6 +289,7 @@ mod tests {
             "runt=2",
             "punt queue 0/0",
             "no rates yet",
+            "control socket: 0 connections of 0, 0 requests; refused or closed: none",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }

@@ -8,7 +8,7 @@
 //! `crate::capture` and `datapath::egress`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -296,7 +296,8 @@ impl Daemon {
 pub(super) fn stream(
     d: &Daemon,
     req: CaptureRequest,
-    reader: BufReader<UnixStream>,
+    reader: impl Read + Send + 'static,
+    socket: UnixStream,
     out: &mut impl Write,
     reply: impl FnOnce(&mut dyn Write, Result<Reply, ApiError>) -> std::io::Result<()>,
 ) {
@@ -307,7 +308,6 @@ pub(super) fn stream(
             return;
         }
     };
-    let socket = reader.get_ref().try_clone().ok();
     if reply(out, Ok(started.into())).is_err() {
         if let Source::Live { id, .. } = source {
             d.capture_stop(id);
@@ -385,7 +385,5 @@ pub(super) fn stream(
     let _ = out.write_all(&dropped.to_le_bytes());
     let _ = out.flush();
     // Ends the watcher's read, should the client still hold the connection open.
-    if let Some(s) = socket {
-        let _ = s.shutdown(std::net::Shutdown::Both);
-    }
+    let _ = socket.shutdown(std::net::Shutdown::Both);
 }

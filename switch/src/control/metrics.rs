@@ -414,6 +414,35 @@ pub fn render(s: &StatsInfo) -> String {
     }
     e.gauge("tapyard_punt_queue_depth", "Frames waiting for the gateway thread.", &[], s.punt_queue.depth);
     e.gauge("tapyard_punt_queue_capacity", "Most frames the punt queue holds.", &[], s.punt_queue.capacity);
+    let cs = &s.control_socket;
+    e.gauge(
+        "tapyard_control_connections",
+        "Control socket connections open (capture streams included).",
+        &[],
+        cs.connections,
+    );
+    e.gauge(
+        "tapyard_control_connections_max",
+        "Most control socket connections held at once.",
+        &[],
+        cs.max_connections,
+    );
+    e.gauge("tapyard_control_streams", "Capture streams running on the control socket.", &[], cs.streams);
+    e.counter(
+        "tapyard_control_accepted_total",
+        "Control socket connections accepted (refused ones included).",
+        &[],
+        cs.accepted,
+    );
+    e.counter("tapyard_control_requests_total", "Control requests answered (errors included).", &[], cs.requests);
+    for (reason, n) in cs.refused.by_reason() {
+        e.counter(
+            "tapyard_control_refused_total",
+            "Control connections refused or closed, and requests rejected, by reason.",
+            &[("reason", reason)],
+            n,
+        );
+    }
     e.finish()
 }
 
@@ -446,7 +475,12 @@ mod tests {
         }
         s.networks.push(NetworkStatsInfo { name: "n".into(), ..Default::default() });
         s.workers.push(WorkerStatsInfo { busy_ns: 1_500_000_000, ..Default::default() });
+        s.control_socket.refused.forbidden = 2;
+        s.control_socket.connections = 5;
         let text = render(&s);
+        assert!(text.contains("tapyard_control_refused_total{reason=\"forbidden\"} 2\n"), "{text}");
+        assert!(text.contains("tapyard_control_refused_total{reason=\"malformed\"} 0\n"), "every reason, always");
+        assert!(text.contains("tapyard_control_connections 5\n"), "{text}");
         assert_eq!(text.matches("# TYPE tapyard_port_rx_packets_total counter\n").count(), 1);
         assert_eq!(text.matches("# HELP tapyard_port_rx_packets_total ").count(), 1);
         assert!(

@@ -25,7 +25,7 @@
 //! | `metrics.rs` | `daemon --metrics`: the counters in Prometheus' text format over a small HTTP server |
 //! | `build.rs` | configuration → [`Snapshot`], pure |
 //! | `gateway.rs` | the slow path for punted frames, behind [`gateway::Control`] |
-//! | `proto.rs`, `server.rs` | the control protocol's types and its socket |
+//! | `proto.rs`, `server.rs`, `socket.rs` | the control protocol's types; the daemon process (the socket file, its lock, signals, the stop); the socket's connections (who may connect, the event loop, limits and deadlines, its counters) |
 //! | `persist.rs`, `netns.rs` | `state.json`; namespaces and interfaces over netlink |
 //! | `uplink.rs` | the uplink: tapyard's TAP into the daemon's namespace for egress, the kernel's routes back to the networks, when the firewall is brought in line; the host's resolvers |
 //! | `docker.rs` | Docker's network-driver and IPAM plugin protocol (`daemon --docker-plugin`) and its Docker ↔ tapyard maps |
@@ -47,6 +47,7 @@ pub mod proto;
 pub mod publish;
 mod routers;
 pub mod server;
+pub mod socket;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -124,6 +125,9 @@ pub struct Config {
     /// Frames each (port, worker) flight-recorder ring keeps; 0: none
     /// (`daemon --flight-recorder`, docs/capture.md).
     pub flight_recorder: usize,
+    /// Members of this group may use the control socket too, which is then
+    /// mode 0660 and owned by the group (`daemon --socket-group`).
+    pub socket_group: Option<u32>,
     /// Flooded frames a port may send per second, unless its own
     /// `--storm-limit` says otherwise; 0: no limit (`daemon --storm-limit`).
     pub storm_limit: u32,
@@ -148,6 +152,7 @@ impl Config {
             docker_api: None,
             metrics: None,
             flight_recorder: crate::capture::DEFAULT_RECORDER_DEPTH,
+            socket_group: None,
             storm_limit: crate::security::DEFAULT_STORM_LIMIT,
             dhcp_leases_per_port: DEFAULT_LEASES_PER_PORT,
         }
@@ -242,6 +247,8 @@ pub struct Daemon {
     sampler: Mutex<stats::Sampler>,
     /// Captures, flight recorders and mirrors: the snapshot's taps. Lock order: `inner`, then this.
     captures: capture::Registry,
+    /// The control socket's counters (socket.rs; `stats`).
+    socket_counters: socket::Counters,
     /// How many times a change waited for the workers (tests check which do).
     #[cfg(test)]
     adoption_waits: std::sync::atomic::AtomicUsize,
@@ -308,6 +315,7 @@ impl Daemon {
             event_tx: tx,
             clock,
             sampler: Mutex::default(),
+            socket_counters: Default::default(),
             #[cfg(test)]
             adoption_waits: Default::default(),
         });

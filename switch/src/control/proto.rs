@@ -283,6 +283,9 @@ pub enum ErrorKind {
     Busy,
     /// The operating system refused (TAP creation, moving an interface, ...).
     System,
+    /// The peer may not use the control socket (its user is neither root,
+    /// the daemon's own user, nor in `daemon --socket-group`).
+    Forbidden,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -744,6 +747,69 @@ pub struct StatsInfo {
     /// The queue of frames from the workers to the gateway thread (ARP,
     /// DHCP, ICMP, routed packets needing the slow path).
     pub punt_queue: QueueDepthInfo,
+    /// The control socket: connections now, requests served, and every
+    /// connection it refused or closed, by reason (docs/PROTOCOL.md).
+    #[serde(default)]
+    pub control_socket: ControlSocketInfo,
+}
+
+/// The control socket's counters (`stats`, `control_socket`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ControlSocketInfo {
+    /// Connections open now (capture streams included).
+    pub connections: u64,
+    /// The most connections held at once; at that many, a new one closes
+    /// the longest-idle one (`evicted`) or, if none is idle, is refused (`busy`).
+    pub max_connections: u64,
+    /// Capture streams running now (each has a thread of its own).
+    pub streams: u64,
+    /// Bytes of unfinished request lines the daemon holds now.
+    pub buffered_bytes: u64,
+    /// Connections accepted since the daemon started (refused ones included).
+    pub accepted: u64,
+    /// Requests answered (errors included).
+    pub requests: u64,
+    pub refused: ControlRefusals,
+}
+
+/// Connections the control socket refused or closed, and requests it
+/// rejected, by reason; every reason is always present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ControlRefusals {
+    /// The peer's user may not use the socket (closed at once).
+    pub forbidden: u64,
+    /// Every connection was busy: a new one was refused.
+    pub busy: u64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted: u64,
+    /// No complete request line within the request deadline (closed).
+    pub request_timeout: u64,
+    /// Nothing sent for the idle timeout after a reply (closed).
+    pub idle_timeout: u64,
+    /// The peer did not read its reply within the write timeout (closed).
+    pub write_timeout: u64,
+    /// A request line longer than the limit (answered, then closed).
+    pub too_large: u64,
+    /// A line that is not a valid request (answered; the connection goes on).
+    pub malformed: u64,
+}
+
+impl ControlRefusals {
+    /// Every reason with its count, in a fixed order (metrics, tests).
+    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
+        [
+            ("forbidden", self.forbidden),
+            ("busy", self.busy),
+            ("evicted", self.evicted),
+            ("request_timeout", self.request_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
+            ("too_large", self.too_large),
+            ("malformed", self.malformed),
+        ]
+    }
 }
 
 /// Packets, bits and drops per second over the last sample interval.

@@ -7,27 +7,21 @@
 //! directory carries a lock of its own, so two daemons never share one. A
 //! clean stop removes the socket and its lock file; a lock file is only
 //! trusted while it is still the file at its path (see `lock_file`).
+//!
+//! The connections on the socket (who may connect, limits, deadlines) are
+//! `socket.rs`'s.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use crossbeam::channel::{bounded, Sender};
+use crossbeam::channel::bounded;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use super::proto::{ApiError, ErrorKind, Reply, Request, Response};
 use super::{Config, Daemon};
-
-/// Longest request line accepted; a longer one closes the connection.
-const MAX_REQUEST: u64 = 1 << 20;
-
-/// Control connections served at once (a thread each); more are refused with `busy`.
-const MAX_CONNECTIONS: usize = 64;
 
 /// Opens and locks `path`. A daemon stopping cleanly deletes its lock file
 /// while holding the lock, so a lock won on a file no longer at `path` (the
@@ -83,10 +77,41 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the control socket, replacing a stale one. Keep the returned lock for the daemon's life.
-pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
-    if let Some(dir) = path.parent() {
+/// The socket's directory for `--socket-group`: one the daemon makes is
+/// 0750 and owned by the group, so its members can reach the socket; one
+/// that exists is left alone, with a warning if the group cannot pass it.
+fn create_group_dir(dir: &Path, gid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !dir.exists() {
         create_private_dir(dir)?;
+        std::os::unix::fs::chown(dir, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
+            .with_context(|| format!("cannot set mode 0750 on {}", dir.display()))?;
+        return Ok(());
+    }
+    let md = fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    let passable = md.mode() & 0o001 != 0 || (md.gid() == gid && md.mode() & 0o010 != 0);
+    if !passable {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:04o}", md.mode() & 0o7777),
+            "--socket-group: members of group {gid} cannot reach the socket through this directory; \
+             give it to the group (chgrp {gid}, chmod g+x) or choose another --socket"
+        );
+    }
+    Ok(())
+}
+
+/// Binds the control socket, replacing a stale one: mode 0600, or with
+/// `group` 0660 and owned by that group. Keep the returned lock for the
+/// daemon's life.
+pub fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<(UnixListener, File)> {
+    if let Some(dir) = path.parent() {
+        match group {
+            Some(gid) => create_group_dir(dir, gid)?,
+            None => create_private_dir(dir)?,
+        }
     }
     let lock_path = socket_lock_path(path);
     let lock = lock_file(
@@ -110,8 +135,16 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, File)> {
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
     let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("cannot give {} to group {gid} (--socket-group)", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:04o} on {}", path.display()))?;
     Ok((listener, lock))
 }
 
@@ -128,7 +161,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // every TAP `connect` will fail with EPERM.
         tracing::warn!("{NET_ADMIN_HINT}; `connect NETWORK NETNS` will fail until then");
     }
-    let (listener, socket_lock) = bind_socket(&cfg.socket)?;
+    let (listener, socket_lock) = bind_socket(&cfg.socket, cfg.socket_group)?;
     let lock_path = socket_lock_path(&cfg.socket);
     let (daemon, _state_lock) = match start(&cfg) {
         Ok(started) => started,
@@ -158,34 +191,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
-    let d = daemon.clone();
-    std::thread::Builder::new().name("tapyard-ctl".into()).spawn(move || {
-        let active = Arc::new(AtomicUsize::new(0));
-        for conn in listener.incoming() {
-            match conn {
-                Ok(mut stream) => {
-                    if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                        let _ = reply(
-                            &mut stream,
-                            Err(ApiError::new(ErrorKind::Busy, "too many control connections; retry later")),
-                        );
-                        continue;
-                    }
-                    active.fetch_add(1, Ordering::Relaxed);
-                    let (d, stop, mine) = (d.clone(), stop_tx.clone(), active.clone());
-                    let spawned = std::thread::Builder::new().name("tapyard-conn".into()).spawn(move || {
-                        serve(&d, stream, &stop);
-                        mine.fetch_sub(1, Ordering::Relaxed);
-                    });
-                    if spawned.is_err() {
-                        active.fetch_sub(1, Ordering::Relaxed);
-                        tracing::warn!("cannot start a thread for a control connection");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
-            }
-        }
-    })?;
+    // Connections are file descriptors: the soft limit goes up to the hard
+    // one, and at most half of it is for control connections (socket.rs).
+    let nofile = crate::port::sys::raise_nofile_limit().unwrap_or(1024);
+    let limits = super::socket::Limits::for_nofile(nofile);
+    let access = super::socket::Access { own_uid: crate::port::sys::effective_uid(), group: cfg.socket_group };
+    if let Err(e) = super::socket::spawn(daemon.clone(), listener, access, limits, stop_tx.clone()) {
+        daemon.shutdown();
+        let _ = fs::remove_file(&cfg.socket);
+        let _ = fs::remove_file(&lock_path);
+        drop(socket_lock);
+        return Err(anyhow::Error::new(e).context("cannot start the control socket's thread"));
+    }
+    tracing::debug!(nofile, max_connections = limits.max_connections, "control socket limits");
 
     tracing::info!(socket = %cfg.socket.display(), state_dir = %cfg.state_dir.display(), workers = cfg.workers, pid = std::process::id(), "tapyard daemon ready");
     let why = stop_rx.recv().unwrap_or("channel closed");
@@ -211,7 +229,7 @@ fn docker_plugin(cfg: &Config, daemon: &Arc<Daemon>) -> anyhow::Result<Option<(P
         return Ok(None);
     };
     let plugin = Arc::new(super::docker::Plugin::open(daemon.clone())?);
-    let (listener, lock) = bind_socket(path)?;
+    let (listener, lock) = bind_socket(path, None)?;
     super::docker::spawn(plugin, listener).context("cannot start the docker plugin thread")?;
     tracing::info!(socket = %path.display(), "serving Docker's network and IPAM plugin protocol");
     Ok(Some((path.clone(), lock)))
@@ -233,57 +251,4 @@ fn start(cfg: &Config) -> anyhow::Result<(Arc<Daemon>, File)> {
         ),
     )?;
     Ok((Daemon::start(cfg.clone())?, lock))
-}
-
-/// Serves one connection: a request per line, a response per line.
-fn serve(d: &Arc<Daemon>, stream: UnixStream, stop: &Sender<&'static str>) {
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
-    let mut out = std::io::BufWriter::new(write_half);
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match (&mut reader).take(MAX_REQUEST).read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => {
-                let _ = reply(&mut out, Err(ApiError::bad_request("request longer than 1 MiB")));
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = reply(&mut out, Err(ApiError::bad_request(format!("unreadable request: {e}"))));
-                return;
-            }
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let result = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Shutdown) => {
-                let r = d.handle(Request::Shutdown);
-                let _ = reply(&mut out, r);
-                let _ = stop.send("shutdown request");
-                return;
-            }
-            Ok(Request::Capture(req)) => {
-                // The connection becomes the capture's stream (docs/PROTOCOL.md).
-                super::capture::stream(d, req, reader, &mut out, |w, r| reply(w, r));
-                return;
-            }
-            Ok(req) => d.handle(req),
-            Err(e) => Err(ApiError::bad_request(format!("malformed request: {e}"))),
-        };
-        if reply(&mut out, result).is_err() {
-            return;
-        }
-    }
-}
-
-fn reply(out: &mut (impl Write + ?Sized), r: Result<Reply, ApiError>) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(&Response::from_result(r)).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    out.write_all(&bytes)?;
-    out.flush()
 }

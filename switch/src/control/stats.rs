@@ -240,6 +240,7 @@ impl Daemon {
             routers,
             workers,
             punt_queue: QueueDepthInfo { depth: self.punt.depth() as u64, capacity: PUNT_DEPTH as u64 },
+            control_socket: self.socket_counters.info(),
         })
     }
 
