@@ -46,7 +46,7 @@ pub struct Store {
 
 /// Lease lifetime for addresses given with `connect --ip auto`: they belong
 /// to the port until it is disconnected.
-pub const STATIC_LEASE_SECS: u64 = 100 * 365 * 24 * 3600;
+pub const STATIC_LEASE_SECS: u64 = crate::lease::PORT_LEASE_SECS;
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, JournalError> {
