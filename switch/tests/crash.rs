@@ -325,7 +325,11 @@ impl World {
             Op::Dhcp(j, k) => {
                 let ip = out.split_whitespace().nth(1).expect("ACK IP SERVER").to_string();
                 let p = &m.ports[&(*j, *k)];
-                m.leases.insert((p.net, p.mac.clone()), ip);
+                // A port with an address of its own is answered with it: no
+                // DHCP lease of its own (the port address stays the port's).
+                if p.ip.is_none() {
+                    m.leases.insert((p.net, p.mac.clone()), ip);
+                }
             }
         }
     }
@@ -350,9 +354,22 @@ impl World {
         let has_net = |i: usize| nets.as_array().unwrap().iter().any(|n| n["name"] == net_name(i));
         let ports = self.d.json(&["port", "ls"]);
         let tap = |j: usize, k: usize| {
-            ports.as_array().unwrap().iter().find(|p| p["netns"] == self.ns[j].name && p["ifname"] == ifname(k)).cloned()
+            ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["netns"] == self.ns[j].name && p["ifname"] == ifname(k))
+                .cloned()
         };
-        let vhost = |v: usize| ports.as_array().unwrap().iter().any(|p| p["vhost"]["socket"] == self.socket(v));
+        // The network vhost-user socket v is a port of, if any.
+        let vhost = |v: usize| {
+            ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["vhost"]["socket"] == self.socket(v))
+                .map(|p| p["network"].clone())
+        };
         let routers = self.d.json(&["router", "ls"]);
         let router = |r: usize| routers.as_array().unwrap().iter().find(|x| x["name"] == router_name(r)).cloned();
         let done = match op {
@@ -367,12 +384,13 @@ impl World {
                 _ => false,
             },
             Op::Disconnect(_, j, k) => tap(*j, *k).is_none(),
-            Op::VhostConnect(_, v) => vhost(*v),
-            Op::VhostDisconnect(_, v) => !vhost(*v),
+            Op::VhostConnect(i, v) => vhost(*v).is_some_and(|n| n == net_name(*i).as_str()),
+            Op::VhostDisconnect(_, v) => vhost(*v).is_none(),
             Op::RouterCreate(r) => router(*r).is_some(),
             Op::RouterRm(r) => router(*r).is_none(),
             Op::Attach(r, i) | Op::Detach(r, i) => {
-                let on = router(*r).is_some_and(|x| x["networks"].as_array().unwrap().iter().any(|n| *n == net_name(*i)));
+                let on =
+                    router(*r).is_some_and(|x| x["networks"].as_array().unwrap().iter().any(|n| *n == net_name(*i)));
                 on == matches!(op, Op::Attach(..))
             }
             Op::RouteAdd(r, p, via) => router(*r).is_some_and(|x| {
@@ -391,12 +409,13 @@ impl World {
                 // Acknowledged to the client before the kill: it must be there.
                 if dhcp_out.starts_with("ACK") {
                     true
-                } else if let Some(p) = self.model.ports.get(&(*j, *k)) {
+                } else if let Some(p) = self.model.ports.get(&(*j, *k)).filter(|p| p.ip.is_none()) {
                     let (net, mac) = (p.net, p.mac.clone());
                     let leases = self.d.json(&["lease", "ls"]);
-                    let bound = leases.as_array().unwrap().iter().find(|l| {
-                        l["network"] == net_name(net) && l["mac"] == mac.as_str() && l["state"] == "bound"
-                    });
+                    let bound =
+                        leases.as_array().unwrap().iter().find(|l| {
+                            l["network"] == net_name(net) && l["mac"] == mac.as_str() && l["state"] == "bound"
+                        });
                     if let Some(l) = bound {
                         self.model.leases.insert((net, mac), l["ip"].as_str().unwrap().to_string());
                     }
@@ -421,8 +440,14 @@ impl World {
 
     /// What the daemon shows must be the model: networks, ports, routers.
     fn check_light(&self, when: &str) {
-        let nets: BTreeSet<String> =
-            self.d.json(&["network", "ls"]).as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().into()).collect();
+        let nets: BTreeSet<String> = self
+            .d
+            .json(&["network", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().into())
+            .collect();
         let mut want: BTreeSet<String> = self.model.nets.iter().map(|i| net_name(*i)).collect();
         want.insert("probe".into());
         assert_eq!(nets, want, "networks {when}");
@@ -568,10 +593,8 @@ impl World {
             assert!(!self.model.macs.contains(mac), "a port's interface in the host namespace {when}: {l}");
         }
         // Socket files only where vhost-user ports are.
-        let files: BTreeSet<String> = std::fs::read_dir(&self.sockets)
-            .unwrap()
-            .map(|e| e.unwrap().path().display().to_string())
-            .collect();
+        let files: BTreeSet<String> =
+            std::fs::read_dir(&self.sockets).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
         let want: BTreeSet<String> = self.model.vhosts.keys().map(|v| self.socket(*v)).collect();
         assert_eq!(files, want, "vhost-user socket files {when}");
         // Traffic.
@@ -598,9 +621,15 @@ impl World {
     /// Two ports with addresses on one network in different namespaces,
     /// each the only interface of its namespace on that network.
     fn ping_pair(&self) -> Option<((usize, PortM), (usize, PortM))> {
-        let alone = |j: usize, net: usize| self.model.ports.iter().filter(|((jj, _), p)| *jj == j && p.net == net).count() == 1;
-        let with_ip: Vec<(usize, &PortM)> =
-            self.model.ports.iter().filter(|((j, _), p)| p.ip.is_some() && alone(*j, p.net)).map(|((j, _), p)| (*j, p)).collect();
+        let alone =
+            |j: usize, net: usize| self.model.ports.iter().filter(|((jj, _), p)| *jj == j && p.net == net).count() == 1;
+        let with_ip: Vec<(usize, &PortM)> = self
+            .model
+            .ports
+            .iter()
+            .filter(|((j, _), p)| p.ip.is_some() && alone(*j, p.net))
+            .map(|((j, _), p)| (*j, p))
+            .collect();
         for (ja, a) in &with_ip {
             for (jb, b) in &with_ip {
                 if ja != jb && a.net == b.net {
@@ -677,6 +706,9 @@ fn random_operations_and_kills_lose_nothing_acknowledged_and_leave_nothing_half_
                 w.d.spawn();
                 let out = child.wait_with_output().unwrap();
                 let out = String::from_utf8_lossy(&out.stdout).to_string();
+                if std::env::var_os("TAPYARD_CRASH_VERBOSE").is_some() {
+                    eprintln!("{n} {op:?}: killed in flight after {delay} µs: {}", out.trim());
+                }
                 let except: BTreeSet<(usize, usize)> = match &op {
                     Op::Connect(_, j, k, _) | Op::Disconnect(_, j, k) => [(*j, *k)].into(),
                     Op::NetRm(i) => w.model.ports.iter().filter(|(_, p)| p.net == *i).map(|(key, _)| *key).collect(),

@@ -504,6 +504,7 @@ impl Daemon {
     }
 
     /// `connect --vhost-user`: a vhost-user backend port on `socket`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn connect_vhost(
         &self,
         network_name: String,
