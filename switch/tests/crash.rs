@@ -302,7 +302,8 @@ impl World {
                 m.vhosts.remove(v);
             }
             Op::RouterCreate(r) => {
-                m.routers.insert(*r, RouterM::default());
+                // (An in-flight create of a router that existed changed nothing.)
+                m.routers.entry(*r).or_default();
             }
             Op::RouterRm(r) => {
                 m.routers.remove(r);
