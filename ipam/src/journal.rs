@@ -68,6 +68,8 @@ pub struct Journal<T> {
     pending: Vec<u8>,
     /// Bytes in the journal file (committed).
     len: u64,
+    /// Bytes in the snapshot file (the live records at the last compaction).
+    snapshot_len: u64,
     _records: PhantomData<fn(T)>,
 }
 
@@ -170,6 +172,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
             file,
             pending: Vec::new(),
             len: end as u64,
+            snapshot_len: snap.len() as u64,
             _records: PhantomData,
         };
         Ok((j, Loaded { records, torn_bytes }))
@@ -211,6 +214,11 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         self.len == 0
     }
 
+    /// Bytes in the snapshot: the live records at the last compaction.
+    pub fn snapshot_len(&self) -> u64 {
+        self.snapshot_len
+    }
+
     /// Replaces snapshot and journal with `records` (the whole live state),
     /// atomically (see the module doc). Pending records must be committed first.
     pub fn compact<'a>(&mut self, records: impl IntoIterator<Item = &'a T>) -> Result<(), JournalError>
@@ -235,6 +243,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         self.file.set_len(0).map_err(io_err(&path))?;
         self.file.sync_all().map_err(io_err(&path))?;
         self.len = 0;
+        self.snapshot_len = buf.len() as u64;
         Ok(())
     }
 }

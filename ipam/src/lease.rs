@@ -60,10 +60,22 @@ pub struct Lease {
     pub state: LeaseState,
 }
 
+/// Lease lifetime of a port's own address (`connect --ip`, `--ip auto`):
+/// it belongs to the port until the port lets it go ([`Leases::forget`]).
+pub const PORT_LEASE_SECS: u64 = 100 * 365 * 24 * 3600;
+
 impl Lease {
     /// Bound and not expired at `now`.
     pub fn is_active(&self, now: u64) -> bool {
         self.state == LeaseState::Bound && self.expires > now
+    }
+
+    /// A port's own address (bound for [`PORT_LEASE_SECS`]): a DHCP client
+    /// on the port neither shortens it (a renewal keeps the later expiry)
+    /// nor ends it (RELEASE and DECLINE leave it alone); else the address
+    /// would go back to the pool while the port's interface still has it.
+    pub fn is_port_address(&self) -> bool {
+        self.state == LeaseState::Bound && self.expires > PORT_LEASE_SECS
     }
 }
 
@@ -314,8 +326,11 @@ impl Leases {
         if !self.available_to(addr, key, mac, now) {
             return Err(LeaseError::NotYours(addr));
         }
+        let old = self.leases.get(key).filter(|l| l.addr == addr && l.state == LeaseState::Bound);
+        // A renewal never shortens a binding (a port's address stays the port's).
+        let expires = old.map_or(0, |l| l.expires).max(now + secs);
         let hostname = hostname.or_else(|| self.leases.get(key).and_then(|l| l.hostname.clone()));
-        let lease = Lease { key: key.clone(), mac, addr, hostname, expires: now + secs, state: LeaseState::Bound };
+        let lease = Lease { key: key.clone(), mac, addr, hostname, expires, state: LeaseState::Bound };
         self.set(lease.clone());
         Ok(Record::Lease(lease))
     }
@@ -371,7 +386,7 @@ impl Leases {
 
     /// DHCPRELEASE (§4.4.6): the address is remembered for the client.
     pub fn release(&mut self, key: &ClientKey, addr: Ipv4Addr, now: u64) -> Option<Record> {
-        let mut l = self.leases.get(key).filter(|l| l.addr == addr)?.clone();
+        let mut l = self.leases.get(key).filter(|l| l.addr == addr && !l.is_port_address())?.clone();
         l.state = LeaseState::Released;
         l.expires = now;
         self.set(l.clone());
@@ -381,7 +396,7 @@ impl Leases {
     /// DHCPDECLINE (§4.3.3): the client found the address in use. The lease
     /// is dropped and the address quarantined until `now + secs`.
     pub fn decline(&mut self, key: &ClientKey, addr: Ipv4Addr, now: u64, secs: u64) -> Vec<Record> {
-        if self.leases.get(key).is_none_or(|l| l.addr != addr) {
+        if self.leases.get(key).is_none_or(|l| l.addr != addr || l.is_port_address()) {
             return Vec::new();
         }
         self.remove(key);
@@ -481,6 +496,22 @@ mod tests {
         assert_eq!(lease.hostname.as_deref(), Some("c1"));
         // A second DISCOVER from the bound client offers the same address.
         assert_eq!(l.offer(&key(1), mac(1), None, NOW + 1900).unwrap(), a);
+    }
+
+    #[test]
+    fn a_dhcp_client_on_a_port_neither_shortens_nor_ends_the_port_address() {
+        // Found by tests/crash.rs: a DHCP handshake from a port with `--ip`
+        // turned its address into a one-hour lease, free for others after.
+        let mut l = leases();
+        let a = ip("10.0.0.9");
+        l.claim(&key(1), mac(1), a, PORT_LEASE_SECS, NOW).unwrap();
+        assert_eq!(l.offer(&key(1), mac(1), None, NOW).unwrap(), a);
+        l.bind(&key(1), mac(1), a, 3600, None, NOW).unwrap();
+        assert_eq!(l.get(&key(1)).unwrap().expires, NOW + PORT_LEASE_SECS, "a renewal keeps the later expiry");
+        assert!(l.release(&key(1), a, NOW).is_none());
+        assert!(l.decline(&key(1), a, NOW, 60).is_empty());
+        assert!(l.get(&key(1)).unwrap().is_port_address());
+        assert!(l.offer(&key(2), mac(2), Some(a), NOW + 7200).unwrap() != a, "never offered to another client");
     }
 
     #[test]

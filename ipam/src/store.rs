@@ -26,8 +26,14 @@ pub struct Entry {
     pub record: Record,
 }
 
-/// Compact once the journal holds this many bytes.
-const COMPACT_BYTES: u64 = 4 << 20;
+/// Compact once the journal holds more than this many bytes and more than
+/// the snapshot does (the live records at the last compaction): the files
+/// never exceed about twice the live leases (or this floor), however many
+/// handshakes come and go, and a compaction, which writes the live records
+/// once, comes after at least as many bytes were appended (the write cost
+/// stays within twice the appends). Redis rewrites its append-only file by
+/// the same rule (`auto-aof-rewrite-percentage 100`).
+pub const COMPACT_MIN_BYTES: u64 = 64 << 10;
 
 pub struct Store {
     journal: Journal<Entry>,
@@ -40,7 +46,7 @@ pub struct Store {
 
 /// Lease lifetime for addresses given with `connect --ip auto`: they belong
 /// to the port until it is disconnected.
-pub const STATIC_LEASE_SECS: u64 = 100 * 365 * 24 * 3600;
+pub const STATIC_LEASE_SECS: u64 = crate::lease::PORT_LEASE_SECS;
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, JournalError> {
@@ -134,18 +140,37 @@ impl Store {
         }
     }
 
-    /// Makes every queued record durable (one fsync), compacting when the journal is large.
+    /// Makes every queued record durable (one fsync), compacting when the
+    /// journal outgrows the live records (see [`COMPACT_MIN_BYTES`]).
     pub fn commit(&mut self) -> Result<(), JournalError> {
         self.journal.commit()?;
-        if self.journal.len() > COMPACT_BYTES {
-            let all: Vec<Entry> = self
-                .nets
-                .iter()
-                .flat_map(|(n, s)| s.leases.records().into_iter().map(|record| Entry { network: n.clone(), record }))
-                .collect();
-            self.journal.compact(&all)?;
+        if self.journal.len() > COMPACT_MIN_BYTES.max(self.journal.snapshot_len()) {
+            self.compact()?;
         }
         Ok(())
+    }
+
+    /// Rewrites the files as the live records of the added networks only.
+    fn compact(&mut self) -> Result<(), JournalError> {
+        let all: Vec<Entry> = self
+            .nets
+            .iter()
+            .flat_map(|(n, s)| s.leases.records().into_iter().map(|record| Entry { network: n.clone(), record }))
+            .collect();
+        self.journal.compact(&all)
+    }
+
+    /// Forgets for good the records of networks that were never added since
+    /// [`Store::open`]: networks whose removal a killed daemon had not yet
+    /// journaled (the state file, written first, no longer has them). Left
+    /// in the journal they would come back into a new network of the same
+    /// name. Call once every network of the state file is added.
+    pub fn drop_unknown(&mut self) -> Result<(), JournalError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.pending.clear();
+        self.compact()
     }
 
     /// The leases of one network or all, with the network name.
@@ -237,6 +262,67 @@ mod tests {
         let mut s = Store::open(&dir).unwrap();
         add(&mut s);
         assert!(s.leases(None).iter().all(|(_, l)| l.addr != before[0]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn disk_bytes(dir: &Path) -> u64 {
+        ["leases.journal", "leases.snapshot"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    #[test]
+    fn records_of_a_network_the_state_no_longer_has_are_dropped_for_good() {
+        let dir = std::env::temp_dir().join(format!("tapyard-store-unknown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut s = Store::open(&dir).unwrap();
+            add(&mut s);
+            for m in 0..5 {
+                s.handle("n", &rapid(m), NOW).unwrap();
+            }
+            s.commit().unwrap();
+        }
+        {
+            // The state file no longer has "n" (a daemon killed during
+            // `network rm`, after the state file, before the journal).
+            let mut s = Store::open(&dir).unwrap();
+            s.drop_unknown().unwrap();
+        }
+        // A new network of the same name starts empty.
+        let mut s = Store::open(&dir).unwrap();
+        add(&mut s);
+        assert!(s.leases(None).is_empty(), "{:?}", s.leases(None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_files_stay_bounded_however_many_leases_come_and_go() {
+        let dir = std::env::temp_dir().join(format!("tapyard-store-bounded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = Store::open(&dir).unwrap();
+        add(&mut s);
+        // Ten live port addresses, and 1,500 that come and go.
+        for m in 0..10u8 {
+            s.allocate_port("n", [2, 0, 0, 0, 1, m], NOW).unwrap();
+        }
+        s.commit().unwrap();
+        let mut most = 0;
+        for i in 0..1500u32 {
+            let mac = [2, 0, 0, 0, 2, (i % 200) as u8];
+            s.allocate_port("n", mac, NOW).unwrap();
+            s.commit().unwrap();
+            s.release_port("n", mac);
+            s.commit().unwrap();
+            most = most.max(disk_bytes(&dir));
+        }
+        // Without compaction: about 1,500 × 2 records of ~150 bytes.
+        assert!(most <= COMPACT_MIN_BYTES + 4096, "{most} bytes on disk at most");
+        drop(s);
+        let mut s = Store::open(&dir).unwrap();
+        add(&mut s);
+        assert_eq!(s.leases(None).len(), 10, "the live leases survive every compaction");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

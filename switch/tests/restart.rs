@@ -1,8 +1,11 @@
-//! A clean stop and restart: SIGTERM removes the interfaces, and the next
-//! start re-creates each port whose namespace still exists with the same
-//! interface name, MAC, address and default route (README, "Restarts").
-//! What the container sees is read from inside its namespace, not from
-//! `port ls`, which only repeats the daemon's own records.
+//! A clean stop and restart (an upgrade, `systemctl restart`): SIGTERM
+//! keeps the interfaces, and the next start takes each back as it is: the
+//! same interface (ifindex), name, MAC, address and default route (README,
+//! "Restarts"). An interface that is gone meanwhile (deleted by hand) is
+//! re-created with the same name, MAC and address. What the container sees
+//! is read from inside its namespace, not from `port ls`, which only
+//! repeats the daemon's own records. (tests/blackout.rs measures how long
+//! traffic stops.)
 
 mod common;
 
@@ -15,6 +18,7 @@ use common::*;
 struct Link {
     up: bool,
     mac: String,
+    ifindex: u64,
     /// IPv4 addresses as `A.B.C.D/P`.
     addrs: Vec<String>,
     default_via: Option<String>,
@@ -44,11 +48,12 @@ fn link(ns: &Netns, ifname: &str) -> Link {
         .find(|r| r["dev"] == ifname)
         .and_then(|r| r["gateway"].as_str())
         .map(String::from);
-    Link { up, mac: l["address"].as_str().unwrap().to_string(), addrs, default_via }
+    let ifindex = l["ifindex"].as_u64().unwrap();
+    Link { up, mac: l["address"].as_str().unwrap().to_string(), ifindex, addrs, default_via }
 }
 
 #[test]
-fn sigterm_then_restart_recreates_interfaces_as_they_were() {
+fn sigterm_then_restart_keeps_interfaces_as_they_were() {
     let mut d = Daemon::start("rst");
     let net = name("rst");
     d.ok(&["network", "create", &net, "--subnet", "10.83.0.0/24"]);
@@ -63,6 +68,7 @@ fn sigterm_then_restart_recreates_interfaces_as_they_were() {
     let want_b = Link {
         up: true,
         mac: "02:00:00:83:00:50".into(),
+        ifindex: before_b.ifindex,
         addrs: vec!["10.83.0.50/24".into()],
         default_via: Some("10.83.0.1".into()),
     };
@@ -72,12 +78,15 @@ fn sigterm_then_restart_recreates_interfaces_as_they_were() {
     assert!(a.reaches("10.83.0.50"));
 
     assert_eq!(d.signal("TERM"), Some(0));
-    assert!(!a.has_link("eth0") && !b.has_link("eth0"), "a clean stop removes the interfaces");
+    assert!(a.has_link("eth0") && b.has_link("eth0"), "a clean stop keeps the interfaces");
+    // One is deleted by hand while the daemon is down: the next start makes it again.
+    assert!(b.run(&["ip", "link", "del", "eth0"]));
 
     d.spawn();
     assert_eq!(d.json(&["port", "ls"]).as_array().unwrap().len(), 2, "{}", d.log());
-    assert_eq!(link(&a, "eth0"), before_a, "container a after the restart; log:\n{}", d.log());
-    assert_eq!(link(&b, "eth0"), want_b, "container b after the restart");
+    assert_eq!(link(&a, "eth0"), before_a, "container a after the restart (same interface); log:\n{}", d.log());
+    let after_b = link(&b, "eth0");
+    assert_eq!(Link { ifindex: before_b.ifindex, ..after_b }, want_b, "container b's interface, made again");
     assert_eq!(d.port(&a.name)["mac"].as_str().unwrap(), before_a.mac);
     assert_eq!(d.port(&a.name)["ip"].as_str().unwrap(), a_ip);
     let a_addr = a_ip.split('/').next().unwrap();

@@ -375,10 +375,54 @@ impl Daemon {
         for spec in state.ports {
             self.restore_port(&mut inner, spec);
         }
+        self.reconcile_leases(&inner);
         self.commit(&mut inner, Change::Added);
         if let Err(e) = self.sync_firewall(&mut inner) {
             tracing::error!(error = %e, "cannot install the rules of the published ports");
         }
+    }
+
+    /// Makes the lease journal agree with the restored ports (a daemon killed
+    /// between the journal's commit and the state file's leaves them apart,
+    /// and so does a port not restored because its namespace is gone): every
+    /// restored port with an address in its subnet holds it as a port
+    /// address, no other MAC holds a port address, and records of networks
+    /// the state file no longer has are dropped for good.
+    fn reconcile_leases(&self, inner: &Inner) {
+        let mut store = self.ipam();
+        let now = unix_now();
+        for (name, net) in &inner.networks {
+            let Some(a) = net.spec.addressing else { continue };
+            let ports: BTreeMap<[u8; 6], std::net::Ipv4Addr> = inner
+                .ports
+                .values()
+                .filter(|p| p.spec.network == *name)
+                .filter_map(|p| Some((p.spec.mac.0, p.spec.ip?.addr())))
+                .filter(|(_, ip)| a.subnet.contains(ip))
+                .collect();
+            for (_, l) in store.leases(Some(name)) {
+                if l.expires > tapyard_ipam::store::STATIC_LEASE_SECS && ports.get(&l.mac) != Some(&l.addr) {
+                    tracing::warn!(network = %name, mac = %MacAddr(l.mac), ip = %l.addr,
+                        "releasing a port address no port holds (left by a daemon killed mid-change)");
+                    store.release_port(name, l.mac);
+                }
+            }
+            for (mac, ip) in ports {
+                let held = store.leases(Some(name)).iter().any(|(_, l)| l.mac == mac && l.addr == ip);
+                if !held {
+                    tracing::warn!(network = %name, mac = %MacAddr(mac), ip = %ip,
+                        "claiming a port's address again (released by a daemon killed mid-change)");
+                    if let Err(e) = store.claim_port(name, mac, ip, now) {
+                        tracing::error!(network = %name, mac = %MacAddr(mac), ip = %ip, error = %e,
+                            "a restored port's address is leased to another client");
+                    }
+                }
+            }
+        }
+        if let Err(e) = store.drop_unknown() {
+            tracing::error!(error = %e, "cannot drop the lease records of removed networks");
+        }
+        let _ = self.commit_ipam(&mut store);
     }
 
     /// Brings the kernel's routes and rules in line with the configuration
@@ -595,10 +639,18 @@ impl Daemon {
     }
 
     fn persist(&self, inner: &Inner) {
+        self.persist_with(inner, None);
+    }
+
+    /// Saves the state with one more port, `extra`, not made yet: what is
+    /// about to exist outside the daemon (a vhost-user socket file) is
+    /// recorded first, so a daemon killed while making it finds it at its
+    /// next start and makes it again, and nothing is left unrecorded.
+    fn persist_with(&self, inner: &Inner, extra: Option<&PortSpec>) {
         let state = State {
             version: 0,
             networks: inner.networks.values().map(|n| n.spec.clone()).collect(),
-            ports: inner.ports.values().map(|p| p.spec.clone()).collect(),
+            ports: inner.ports.values().map(|p| p.spec.clone()).chain(extra.cloned()).collect(),
             routers: inner.routers.values().map(|r| r.spec.clone()).collect(),
         };
         if let Err(e) = persist::save(&self.cfg.state_dir, &state) {
@@ -606,20 +658,25 @@ impl Daemon {
         }
     }
 
-    /// Stops the workers and closes every port (the kernel deletes the TAP
-    /// devices). The persisted state is kept: the next start reattaches the
-    /// ports whose namespaces still exist.
+    /// Stops the workers and closes every port's descriptors. A TAP stays
+    /// in its namespace as it is (persistent: interface, MAC, addresses and
+    /// routes unchanged, no carrier while no daemon runs), and the next start
+    /// takes it back, as after a SIGKILL: a restart (an upgrade, `systemctl
+    /// restart`) changes nothing the container sees. Only removing the port
+    /// (disconnect, `network rm`) deletes its interface. A vhost-user port
+    /// stops listening (its socket file goes; the next start serves it
+    /// again). The persisted state is kept.
     pub fn shutdown(&self) {
         self.stop_workers();
         let mut inner = self.lock();
         let ports = inner.ports.len();
-        for p in inner.ports.values() {
+        for p in inner.ports.values().filter(|p| p.vhost.is_some()) {
             p.port.release();
         }
         inner.ports.clear();
         self.stop_uplink(&mut inner);
         self.snapshot.store(Arc::new(Snapshot::default()));
-        tracing::info!(ports, "stopped; ports closed");
+        tracing::info!(ports, "stopped; interfaces kept for the next start");
     }
 }
 

@@ -325,13 +325,16 @@ impl Daemon {
         }
         let removed = self.remove_ports(&mut inner, &ids);
         inner.networks.remove(name);
+        // A network cut from its router is cut off at once, as `router detach` does.
+        self.commit(&mut inner, Change::Removed);
+        // Its leases go only once the state file no longer has the network:
+        // a daemon killed in between drops them at its next start
+        // (`Store::drop_unknown`), never restores the network without them.
         {
             let mut store = self.ipam();
             store.remove_network(name);
             let _ = self.commit_ipam(&mut store);
         }
-        // A network cut from its router is cut off at once, as `router detach` does.
-        self.commit(&mut inner, Change::Removed);
         tracing::info!(network = %name, ports = removed, "network removed");
         Ok(NetworkRemoved { removed: name.to_string(), ports_removed: removed, detached_from: router })
     }

@@ -195,6 +195,16 @@ impl Daemon {
             self.persist(&inner);
             return Err(e);
         }
+        // The state file records the port now: only from here may its TAP
+        // outlive the daemon. A daemon killed before this line leaves no
+        // interface behind (the kernel deletes a TAP that is not persistent
+        // with its last fd), and one killed after finds it recorded
+        // (docs/RELIABILITY.md, "Crash consistency").
+        if let Err(e) = inner.ports[&id].port.keep() {
+            self.remove_ports(&mut inner, &[id]);
+            self.persist(&inner);
+            return Err(ApiError::system(format!("cannot make the TAP persistent: {e}")));
+        }
         let rec = &inner.ports[&id];
         let published: Vec<String> = rec.spec.publish.iter().map(Publish::to_string).collect();
         tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname,
@@ -365,11 +375,13 @@ impl Daemon {
     }
 
     /// Creates the TAP for `spec` inside `ns`, configured, and records the port
-    /// (unpublished). On error nothing is left behind: dropping the TAP fd deletes the interface.
+    /// (unpublished). The TAP is not persistent yet (the caller keeps it once
+    /// the state file records the port): on error, or if the daemon dies
+    /// first, nothing is left behind, since closing the fds deletes the interface.
     fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
         let link = TapLink::of(inner, &spec)?;
         let queues = self.workers.len();
-        self.add_port(inner, spec, |_, spec| link.create(spec, ns, queues))
+        self.add_port(inner, spec, |_, spec| link.create(spec, ns, queues, false))
     }
 
     /// Brings back a persisted port after a restart: a vhost-user port
@@ -415,7 +427,8 @@ impl Daemon {
                     survived = true;
                     Ok(Device::Tap(tap, ns))
                 }
-                Err(_) => link.create(spec, ns, queues),
+                // The state file records it: persistent at once.
+                Err(_) => link.create(spec, ns, queues, true),
             }
         });
         match opened {
@@ -549,7 +562,11 @@ impl Daemon {
             port_security: guard.port_security,
             storm_limit: guard.storm_limit,
         };
-        let id = self.attach_vhost(&mut inner, spec)?;
+        // The state file records the port before its socket exists: a
+        // daemon killed in between serves the socket again at its next
+        // start, instead of leaving a socket file nobody knows about.
+        self.persist_with(&inner, Some(&spec));
+        let id = self.attach_vhost(&mut inner, spec).inspect_err(|_| self.persist(&inner))?;
         self.commit(&mut inner, Change::Added);
         let rec = &inner.ports[&id];
         // No frontend is there yet: say what the port waits for, not "connected".
@@ -839,8 +856,9 @@ impl TapLink {
         Ok(TapLink { mtu: net.spec.mtu, gateway })
     }
 
-    /// Creates the TAP in `ns`, configured and persistent.
-    fn create(self, spec: &PortSpec, ns: Netns, queues: usize) -> Result<Device, ApiError> {
+    /// Creates the TAP in `ns`, configured; persistent if `keep` (the state
+    /// file already records the port).
+    fn create(self, spec: &PortSpec, ns: Netns, queues: usize, keep: bool) -> Result<Device, ApiError> {
         let cfg = netns::LinkConfig {
             ifname: &spec.ifname,
             mac: spec.mac,
@@ -849,8 +867,10 @@ impl TapLink {
             gateway: self.gateway,
         };
         let tap = netns::create_tap(&ns, cfg, queues, spec.offloads())?;
-        // Configured: from now on the interface survives a SIGKILL of the daemon.
-        tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
+        if keep {
+            // Configured and recorded: from now on the interface survives the daemon.
+            tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
+        }
         Ok(Device::Tap(tap, ns))
     }
 }

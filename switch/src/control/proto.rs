@@ -189,7 +189,7 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<String>,
     },
-    /// Stops the daemon as SIGTERM does: ports removed, socket removed.
+    /// Stops the daemon as SIGTERM does: interfaces kept for the next start, socket removed.
     Shutdown,
 }
 

@@ -123,7 +123,16 @@ pub trait Port: Send + Sync {
         Ok(())
     }
 
+    /// Makes the port outlive the daemon's descriptors (a TAP: persistent),
+    /// once the state file records it: a daemon killed or stopped then
+    /// leaves it in place for the next start. Ports that never outlive
+    /// their descriptors do nothing.
+    fn keep(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Called once before the port is dropped for good (not when the daemon
-    /// is killed): a port that outlives its fd (a persistent TAP) lets go.
+    /// is killed or stopped): a port that outlives its fd (a persistent TAP)
+    /// lets go.
     fn release(&self) {}
 }

@@ -15,13 +15,14 @@
 //!   kernel then segments and checksums before we read, and the worker
 //!   finishes frames in software before writing to such a port.
 //!
-//! The device is made persistent (`TUNSETPERSIST`) once it is configured, so
-//! that a daemon killed with SIGKILL leaves the interface in its namespace,
-//! address and routes intact, and the next start reattaches to it
+//! The device is made persistent (`TUNSETPERSIST`, [`Port::keep`]) once it
+//! is configured and the state file records it, so that a daemon killed with
+//! SIGKILL, or stopped with SIGTERM/SIGINT, leaves the interface in its
+//! namespace, address and routes intact, and the next start reattaches to it
 //! ([`TapPort::attach_in`], opening one queue per worker of the new daemon)
-//! instead of making a new one. Every orderly removal (disconnect, network
-//! removal, SIGTERM/SIGINT) turns persistence off first ([`Port::release`]),
-//! so closing the fds deletes the interface.
+//! instead of making a new one. Every removal of the port (disconnect,
+//! network removal, a vanished namespace) turns persistence off first
+//! ([`Port::release`]), so closing the fds deletes the interface.
 //!
 //! A container's TAP is made inside the container's namespace (the control
 //! plane opens its queues from a thread that entered it, [`in_netns`]). The
@@ -319,6 +320,10 @@ impl Port for TapPort {
 
     fn set_carrier(&self, up: bool) -> io::Result<()> {
         self.carrier(up)
+    }
+
+    fn keep(&self) -> io::Result<()> {
+        self.set_persist(true)
     }
 
     fn release(&self) {
