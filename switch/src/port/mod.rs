@@ -18,7 +18,9 @@ pub mod ns;
 pub mod sys;
 pub mod tap;
 pub mod vhost;
-mod vhost_relay;
+/// Public for the fuzz targets only (fuzz/): [`vhost_relay::relay`] on two sockets.
+#[doc(hidden)]
+pub mod vhost_relay;
 
 use std::os::fd::RawFd;
 

@@ -749,102 +749,9 @@ impl Port for VhostPort {
         if !st.get_queue().ready() || !st.is_enabled() {
             return drained;
         }
-        let mut frames = 0;
         let mut bad = [0u64; 5];
-        let mut state = RecvState::Drained;
         let q = st.get_queue_mut();
-        let poll = &self.poll[queue];
-        if poll.armed.swap(false, Relaxed) {
-            // Busy again: no kicks while we poll (without EVENT_IDX this sets
-            // VRING_USED_F_NO_NOTIFY; with it, avail_event simply stays behind).
-            let _ = q.disable_notification(&*mem);
-        }
-        loop {
-            let Some(buf) = batch.next_free() else {
-                state = RecvState::More;
-                break;
-            };
-            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                // Empty. Keep polling for a while (the worker comes back:
-                // More) before asking for kicks: a frontend sending steadily
-                // then never kicks, which costs it a syscall per burst and us
-                // a wake-up. How long adapts: the budget doubles when frames
-                // came while we polled, halves when none did. Polling pays
-                // when the frontend runs on another core; on the same core it
-                // only delays the frontend, and the budget shrinks to IDLE_MIN.
-                let idle = poll.idle.load(Relaxed) + 1;
-                let budget = poll.budget.load(Relaxed);
-                if idle < budget || self.shared.cfg.busy {
-                    poll.idle.store(idle, Relaxed);
-                    state = RecvState::More;
-                    break;
-                }
-                poll.idle.store(0, Relaxed);
-                poll.budget.store((budget / 2).max(IDLE_MIN), Relaxed);
-                // Ask for a kick on the next frame, and look once more in
-                // case one raced in.
-                match q.enable_notification(&*mem) {
-                    Ok(true) => {
-                        let _ = q.disable_notification(&*mem);
-                        continue;
-                    }
-                    _ => {
-                        poll.armed.store(true, Relaxed);
-                        break;
-                    }
-                }
-            };
-            if poll.idle.load(Relaxed) > 0 {
-                poll.idle.store(0, Relaxed);
-                poll.budget.store((poll.budget.load(Relaxed) * 2).min(IDLE_MAX), Relaxed);
-            }
-            let head = chain.head_index();
-            // Copy the whole chain into our buffer: the header and the frame
-            // are read from guest memory exactly once (module docs).
-            let space = buf.hdr_space_mut();
-            let shift = VNET_HDR_LEN - hl;
-            let mut off = shift;
-            let mut verdict = None;
-            let mut cut = true;
-            for desc in chain {
-                cut = desc.has_next();
-                if desc.is_write_only() {
-                    verdict = Some(BadChain::WrongDirection);
-                    break;
-                }
-                let len = desc.len() as usize;
-                let Some(dst) = space.get_mut(off..off + len) else {
-                    verdict = Some(BadChain::TooLong);
-                    break;
-                };
-                if mem.read_slice(dst, desc.addr()).is_err() {
-                    verdict = Some(BadChain::OutsideMemory);
-                    break;
-                }
-                off += len;
-            }
-            if verdict.is_none() && cut {
-                verdict = Some(BadChain::Unterminated);
-            }
-            if verdict.is_none() && off - shift < hl + 14 {
-                verdict = Some(BadChain::TooShort);
-            }
-            // Returned either way: a bad chain must not stall the ring.
-            let _ = q.add_used(&*mem, head, 0);
-            if let Some(b) = verdict {
-                bad[b as usize] += 1;
-                continue;
-            }
-            if shift > 0 {
-                // Legacy 10-byte header: move it to the front, zero num_buffers.
-                space.copy_within(shift..shift + hl, 0);
-                space[hl..VNET_HDR_LEN].fill(0);
-            }
-            let n = off - shift - hl;
-            buf.set_len(n);
-            batch.commit();
-            frames += 1;
-        }
+        let (frames, state) = pop_frames(q, &mem, hl, &self.poll[queue], self.shared.cfg.busy, batch, &mut bad);
         let notify = wants_call(q, &mem);
         if notify && st.signal_used_queue().is_ok() {
             self.shared.counters.calls.fetch_add(1, Relaxed);
@@ -875,7 +782,6 @@ impl Port for VhostPort {
             r.link_down = frames.len() as u64;
             return r;
         }
-        let (mut no_buf, mut too_big) = (0u64, 0u64);
         let mut bad = [0u64; 5];
         let q = st.get_queue_mut();
         if !self.shared.rx_quiet[queue % pairs].swap(true, Relaxed) {
@@ -884,100 +790,7 @@ impl Port for VhostPort {
             // advanced, which has the same effect).
             let _ = q.disable_notification(&*mem);
         }
-        // Buffers one frame took: (head, bytes), entries 0..n valid.
-        let mut used: [(u16, u32); MAX_MERGED] = [(0, 0); MAX_MERGED];
-        for wire in frames {
-            let Some(frame) = wire.get(HEADROOM..) else {
-                r.errors += 1;
-                continue;
-            };
-            // What the guest reads: its header (hl bytes of ours), then the frame.
-            let parts: [&[u8]; 2] = [&wire[..hl], frame];
-            let total = hl + frame.len();
-            let mut n = 0;
-            let mut written = 0;
-            let mut first_addr = None;
-            let mut popped = 0;
-            while written < total && n < MAX_MERGED {
-                let Some(chain) = q.pop_descriptor_chain(&*mem) else { break };
-                popped += 1;
-                let head = chain.head_index();
-                let mut chain_written = 0u32;
-                let mut verdict = None;
-                let mut cut = true;
-                for desc in chain {
-                    cut = desc.has_next();
-                    if !desc.is_write_only() {
-                        verdict = Some(BadChain::WrongDirection);
-                        break;
-                    }
-                    if first_addr.is_none() {
-                        if n == 0 && (desc.len() as usize) < hl {
-                            verdict = Some(BadChain::TooShort);
-                            break;
-                        }
-                        first_addr = Some(desc.addr());
-                    }
-                    let take = (desc.len() as usize).min(total - written);
-                    if write_parts(&mem, &parts, written, take, desc.addr()).is_err() {
-                        verdict = Some(BadChain::OutsideMemory);
-                        break;
-                    }
-                    written += take;
-                    chain_written += take as u32;
-                    if written == total {
-                        cut = false;
-                        break;
-                    }
-                }
-                if verdict.is_none() && cut && written < total {
-                    verdict = Some(BadChain::Unterminated);
-                }
-                if let Some(b) = verdict {
-                    // Give the bad buffer back empty and restart this frame
-                    // in the next one.
-                    bad[b as usize] += 1;
-                    let _ = q.add_used(&*mem, head, 0);
-                    written = 0;
-                    first_addr = None;
-                    for &(h, _) in &used[..n] {
-                        let _ = q.add_used(&*mem, h, 0);
-                    }
-                    n = 0;
-                    popped = 0;
-                    continue;
-                }
-                used[n] = (head, chain_written);
-                n += 1;
-                if !mrg {
-                    break;
-                }
-            }
-            if written < total {
-                // Not enough room: put the buffers back untouched (the guest
-                // sees nothing of what we wrote into them) and drop the frame.
-                for _ in 0..popped {
-                    q.go_to_previous_position();
-                }
-                if popped > 0 && !mrg {
-                    too_big += 1;
-                } else {
-                    no_buf += 1;
-                }
-                continue;
-            }
-            if let (Some(addr), true) = (first_addr, hl == VNET_HDR_LEN) {
-                // num_buffers: how many buffers this frame took (virtio 1.2 §5.1.6.3.2).
-                if let Some(a) = addr.checked_add(10) {
-                    let _ = mem.write_slice(&(n as u16).to_le_bytes(), a);
-                }
-            }
-            for &(h, l) in &used[..n] {
-                let _ = q.add_used(&*mem, h, l);
-            }
-            r.sent += 1;
-            r.bytes += frame.len() as u64;
-        }
+        let (no_buf, too_big) = push_frames(q, &mem, hl, mrg, frames, &mut r, &mut bad);
         let notify = wants_call(q, &mem);
         if notify && (r.sent > 0 || bad.iter().any(|&b| b > 0)) && st.signal_used_queue().is_ok() {
             self.shared.counters.calls.fetch_add(1, Relaxed);
@@ -1031,6 +844,274 @@ impl Drop for VhostPort {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The ring work of this port without a connection, for the fuzz targets
+/// (fuzz/, docs/RELIABILITY.md): a guest's transmit ring read exactly as
+/// [`Port::recv_batch`] reads it and its receive ring written exactly as
+/// [`Port::send_batch`] writes it, on a queue and a guest memory the caller
+/// built (from untrusted bytes).
+#[doc(hidden)]
+pub mod rings {
+    use super::*;
+
+    /// One receive burst from the guest's transmit ring `q` into `batch`,
+    /// with the features `acked`; the frames taken and the bad chains by
+    /// [`BadChain`] reason.
+    pub fn guest_tx(
+        q: &mut virtio_queue::Queue,
+        mem: &GuestMemoryMmap,
+        acked: u64,
+        batch: &mut Batch,
+    ) -> (usize, [u64; 5]) {
+        let poll = PollState { armed: AtomicBool::new(true), ..PollState::default() };
+        let mut bad = [0u64; 5];
+        let (n, _) = pop_frames(q, mem, hdr_len(acked), &poll, false, batch, &mut bad);
+        let _ = wants_call(q, mem);
+        (n, bad)
+    }
+
+    /// `frames` (each our headroom then the frame, as the data path sends)
+    /// written into the guest's receive ring `q`; what was sent, and the bad
+    /// chains by reason.
+    pub fn guest_rx(
+        q: &mut virtio_queue::Queue,
+        mem: &GuestMemoryMmap,
+        acked: u64,
+        frames: &[&[u8]],
+    ) -> (SendReport, [u64; 5]) {
+        let mut r = SendReport::default();
+        let mut bad = [0u64; 5];
+        let mrg = acked & bit(feature::NET_F_MRG_RXBUF) != 0;
+        let _ = q.disable_notification(mem);
+        let (no_buf, too_big) = push_frames(q, mem, hdr_len(acked), mrg, frames, &mut r, &mut bad);
+        r.queue_full = no_buf + too_big;
+        let _ = wants_call(q, mem);
+        (r, bad)
+    }
+}
+
+/// The ring work of [`Port::recv_batch`]: pops the guest's transmit chains
+/// from `q` into `batch` (each copied out of `mem` once), returns bad chains
+/// unused and counts them in `bad` by [`BadChain`] reason. `hl` is the
+/// virtio-net header length the guest uses. Returns the frames taken and
+/// whether the ring may hold more.
+fn pop_frames(
+    q: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    hl: usize,
+    poll: &PollState,
+    busy: bool,
+    batch: &mut Batch,
+    bad: &mut [u64; 5],
+) -> (usize, RecvState) {
+    let mut frames = 0;
+    let mut state = RecvState::Drained;
+    if poll.armed.swap(false, Relaxed) {
+        // Busy again: no kicks while we poll (without EVENT_IDX this sets
+        // VRING_USED_F_NO_NOTIFY; with it, avail_event simply stays behind).
+        let _ = q.disable_notification(mem);
+    }
+    loop {
+        let Some(buf) = batch.next_free() else {
+            state = RecvState::More;
+            break;
+        };
+        let Some(chain) = q.pop_descriptor_chain(mem) else {
+            // Empty. Keep polling for a while (the worker comes back:
+            // More) before asking for kicks: a frontend sending steadily
+            // then never kicks, which costs it a syscall per burst and us
+            // a wake-up. How long adapts: the budget doubles when frames
+            // came while we polled, halves when none did. Polling pays
+            // when the frontend runs on another core; on the same core it
+            // only delays the frontend, and the budget shrinks to IDLE_MIN.
+            let idle = poll.idle.load(Relaxed) + 1;
+            let budget = poll.budget.load(Relaxed);
+            if idle < budget || busy {
+                poll.idle.store(idle, Relaxed);
+                state = RecvState::More;
+                break;
+            }
+            poll.idle.store(0, Relaxed);
+            poll.budget.store((budget / 2).max(IDLE_MIN), Relaxed);
+            // Ask for a kick on the next frame, and look once more in
+            // case one raced in.
+            match q.enable_notification(mem) {
+                Ok(true) => {
+                    let _ = q.disable_notification(mem);
+                    continue;
+                }
+                _ => {
+                    poll.armed.store(true, Relaxed);
+                    break;
+                }
+            }
+        };
+        if poll.idle.load(Relaxed) > 0 {
+            poll.idle.store(0, Relaxed);
+            poll.budget.store((poll.budget.load(Relaxed) * 2).min(IDLE_MAX), Relaxed);
+        }
+        let head = chain.head_index();
+        // Copy the whole chain into our buffer: the header and the frame
+        // are read from guest memory exactly once (module docs).
+        let space = buf.hdr_space_mut();
+        let shift = VNET_HDR_LEN - hl;
+        let mut off = shift;
+        let mut verdict = None;
+        let mut cut = true;
+        for desc in chain {
+            cut = desc.has_next();
+            if desc.is_write_only() {
+                verdict = Some(BadChain::WrongDirection);
+                break;
+            }
+            let len = desc.len() as usize;
+            let Some(dst) = space.get_mut(off..off + len) else {
+                verdict = Some(BadChain::TooLong);
+                break;
+            };
+            if mem.read_slice(dst, desc.addr()).is_err() {
+                verdict = Some(BadChain::OutsideMemory);
+                break;
+            }
+            off += len;
+        }
+        if verdict.is_none() && cut {
+            verdict = Some(BadChain::Unterminated);
+        }
+        if verdict.is_none() && off - shift < hl + 14 {
+            verdict = Some(BadChain::TooShort);
+        }
+        // Returned either way: a bad chain must not stall the ring.
+        let _ = q.add_used(mem, head, 0);
+        if let Some(b) = verdict {
+            bad[b as usize] += 1;
+            continue;
+        }
+        if shift > 0 {
+            // Legacy 10-byte header: move it to the front, zero num_buffers.
+            space.copy_within(shift..shift + hl, 0);
+            space[hl..VNET_HDR_LEN].fill(0);
+        }
+        let n = off - shift - hl;
+        buf.set_len(n);
+        batch.commit();
+        frames += 1;
+    }
+    (frames, state)
+}
+
+/// The ring work of [`Port::send_batch`]: writes each of `frames` (our
+/// headroom and frame) into receive buffers the guest posted on `q` in
+/// `mem`, `hl` bytes of virtio-net header first; several buffers per frame
+/// with `mrg` (`VIRTIO_NET_F_MRG_RXBUF`). Bad chains are returned empty and
+/// counted in `bad`; frames sent go into `r`. Returns the frames dropped
+/// for want of buffers, and for buffers too small.
+fn push_frames(
+    q: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    hl: usize,
+    mrg: bool,
+    frames: &[&[u8]],
+    r: &mut SendReport,
+    bad: &mut [u64; 5],
+) -> (u64, u64) {
+    let (mut no_buf, mut too_big) = (0u64, 0u64);
+    // Buffers one frame took: (head, bytes), entries 0..n valid.
+    let mut used: [(u16, u32); MAX_MERGED] = [(0, 0); MAX_MERGED];
+    for wire in frames {
+        let Some(frame) = wire.get(HEADROOM..) else {
+            r.errors += 1;
+            continue;
+        };
+        // What the guest reads: its header (hl bytes of ours), then the frame.
+        let parts: [&[u8]; 2] = [&wire[..hl], frame];
+        let total = hl + frame.len();
+        let mut n = 0;
+        let mut written = 0;
+        let mut first_addr = None;
+        let mut popped = 0;
+        while written < total && n < MAX_MERGED {
+            let Some(chain) = q.pop_descriptor_chain(mem) else { break };
+            popped += 1;
+            let head = chain.head_index();
+            let mut chain_written = 0u32;
+            let mut verdict = None;
+            let mut cut = true;
+            for desc in chain {
+                cut = desc.has_next();
+                if !desc.is_write_only() {
+                    verdict = Some(BadChain::WrongDirection);
+                    break;
+                }
+                if first_addr.is_none() {
+                    if n == 0 && (desc.len() as usize) < hl {
+                        verdict = Some(BadChain::TooShort);
+                        break;
+                    }
+                    first_addr = Some(desc.addr());
+                }
+                let take = (desc.len() as usize).min(total - written);
+                if write_parts(mem, &parts, written, take, desc.addr()).is_err() {
+                    verdict = Some(BadChain::OutsideMemory);
+                    break;
+                }
+                written += take;
+                chain_written += take as u32;
+                if written == total {
+                    cut = false;
+                    break;
+                }
+            }
+            if verdict.is_none() && cut && written < total {
+                verdict = Some(BadChain::Unterminated);
+            }
+            if let Some(b) = verdict {
+                // Give the bad buffer back empty and restart this frame
+                // in the next one.
+                bad[b as usize] += 1;
+                let _ = q.add_used(mem, head, 0);
+                written = 0;
+                first_addr = None;
+                for &(h, _) in &used[..n] {
+                    let _ = q.add_used(mem, h, 0);
+                }
+                n = 0;
+                popped = 0;
+                continue;
+            }
+            used[n] = (head, chain_written);
+            n += 1;
+            if !mrg {
+                break;
+            }
+        }
+        if written < total {
+            // Not enough room: put the buffers back untouched (the guest
+            // sees nothing of what we wrote into them) and drop the frame.
+            for _ in 0..popped {
+                q.go_to_previous_position();
+            }
+            if popped > 0 && !mrg {
+                too_big += 1;
+            } else {
+                no_buf += 1;
+            }
+            continue;
+        }
+        if let (Some(addr), true) = (first_addr, hl == VNET_HDR_LEN) {
+            // num_buffers: how many buffers this frame took (virtio 1.2 §5.1.6.3.2).
+            if let Some(a) = addr.checked_add(10) {
+                let _ = mem.write_slice(&(n as u16).to_le_bytes(), a);
+            }
+        }
+        for &(h, l) in &used[..n] {
+            let _ = q.add_used(mem, h, l);
+        }
+        r.sent += 1;
+        r.bytes += frame.len() as u64;
+    }
+    (no_buf, too_big)
 }
 
 /// Whether the driver wants a call for what was just added to the used

@@ -118,7 +118,7 @@ fn write_msg(s: &UnixStream, m: &Msg) -> io::Result<()> {
 
 /// Relays between `frontend` and `backend` until either closes; then shuts
 /// both down, so the other side sees the end too.
-pub(super) fn relay(frontend: UnixStream, backend: UnixStream) {
+pub fn relay(frontend: UnixStream, backend: UnixStream) {
     let _ = run(&frontend, &backend);
     let _ = frontend.shutdown(std::net::Shutdown::Both);
     let _ = backend.shutdown(std::net::Shutdown::Both);
