@@ -24,7 +24,9 @@
 #             busybox-static (their images, made offline) and bird2 (the OSPF lab's
 #             routing daemon, also installed with service starts held back).
 #             system dockerd), busybox-static (their images, made offline),
-#             and tshark and tcpdump (read tapyard's pcapng captures).
+#             and tshark and tcpdump (read tapyard's pcapng captures);
+#             and cargo-afl (crates.io; it builds AFL++ with make, also
+#             installed) for the fuzz smoke, scripts/fuzz-smoke.sh.
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
@@ -99,6 +101,8 @@ if [ $tests -eq 1 ]; then
   # install asks a debconf question, answered by DEBIAN_FRONTEND below.
   have tshark || need+=(tshark)
   have tcpdump || need+=(tcpdump)
+  # cargo-afl builds AFL++ with make (scripts/fuzz-smoke.sh).
+  have make || need+=(make)
 fi
 
 if [ $bench -eq 1 ]; then
@@ -134,4 +138,10 @@ if [ $((${#need[@]} + ${#held_need[@]})) -gt 0 ]; then
 fi
 cargo=cargo
 have cargo || cargo=$HOME/.cargo/bin/cargo
+# The fuzz smoke (scripts/fuzz-smoke.sh): cargo-afl from crates.io, which
+# builds AFL++ itself (with the C compiler and make).
+if [ $tests -eq 1 ] && ! "$cargo" afl --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-afl (it builds AFL++)"
+  "$cargo" install --locked --quiet cargo-afl
+fi
 echo "setup: ok ($(ip -V 2>&1 | head -1); $("$cargo" --version))"

@@ -24,8 +24,12 @@ if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
     echo "test.sh: /dev/net/tun is not writable by $(id -un) (mode $(stat -c %a /dev/net/tun)); the TAP tests need mode 0666, the distribution default" >&2
   fi
   cargo build --all-targets --quiet   # build outside: the user namespace has no network for crates.io
+  # The fuzz smoke needs no privilege (and crates.io for its first build).
+  if [ -z "${TAPYARD_SKIP_FUZZ:-}" ]; then scripts/fuzz-smoke.sh; fi
   env TAPYARD_IN_USERNS=1 unshare --user --map-root-user --net --mount -- "$0" "$@"
-  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker, rootless podman and vm-guest (they need root)"
+  fuzz_skip=""
+  if [ -n "${TAPYARD_SKIP_FUZZ:-}" ]; then fuzz_skip="; fuzz smoke (TAPYARD_SKIP_FUZZ is set)"; fi
+  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker, rootless podman and vm-guest (they need root)$fuzz_skip"
   exit 0
 fi
 if [ -n "${TAPYARD_IN_USERNS:-}" ]; then
@@ -45,6 +49,13 @@ cargo test --workspace "$@"
 # Inside the user namespace only the part above runs; the outer run prints the summary.
 [ -z "${TAPYARD_IN_USERNS:-}" ] || exit 0
 skipped=()
+# Every fuzz target under AFL++ for 20 s each from its seeds (docs/RELIABILITY.md,
+# "Fuzzing"); the kept crashers and the seeds also replay in `cargo test` above.
+if [ -n "${TAPYARD_SKIP_FUZZ:-}" ]; then
+  skipped+=("fuzz smoke (TAPYARD_SKIP_FUZZ is set)")
+else
+  scripts/fuzz-smoke.sh
+fi
 # As root, also run the integration tests the rootless way (as nobody in a user namespace).
 if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
   skipped+=("rootless pass (TAPYARD_SKIP_ROOTLESS is set)")
