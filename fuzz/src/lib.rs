@@ -30,6 +30,7 @@ use tapyard_switch::packet::{Batch, NetId, BATCH, HEADROOM};
 use tapyard_switch::port::mem::MemPort;
 use tapyard_switch::port::{Port, PortId, RecvState};
 use tapyard_switch::punt::{PuntQueue, PuntReason, Punted, PUNT_FRAME};
+use tapyard_switch::security::{Security, Storm};
 use tapyard_switch::snapshot::Snapshot;
 use tapyard_switch::wire::vnet::{Offloads, VnetHdr};
 use tapyard_switch::wire::MacAddr;
@@ -89,7 +90,9 @@ impl<'a> Reader<'a> {
 /// without) and m (10.2.0.0/24, MTU 1400: port 3 without offloads, port 4
 /// with checksum offload only; the station 10.2.0.7 known), a static route
 /// 10.9.0.0/16 via the unresolved 10.2.0.9; and l, a network without a
-/// subnet (ports 5 with every offload, 6 without). Networks n, m, l have
+/// subnet (ports 5 with every offload, 6 without). Ports 2 and 4 have port
+/// security (MAC 02:..:0i, address 10.1.0.2 and 10.2.0.4) and a storm
+/// limit of 50 floods a second. Networks n, m, l have
 /// ids 7, 3, 9. The tables are small (16 entries) so fuzzed sources fill them.
 pub struct Lab {
     pub snap: Arc<Snapshot>,
@@ -134,6 +137,12 @@ impl Lab {
                     stats: Arc::default(),
                     worker: 0,
                     impair: None,
+                    // Port security and storm control on ports 2 and 4.
+                    security: (i % 2 == 0 && i < 5).then(|| Security {
+                        mac: MacAddr([2, 0, 0, 0, 0, i as u8]),
+                        ips: vec![Ipv4Addr::new(10, if i == 2 { 1 } else { 2 }, 0, i as u8)],
+                    }),
+                    storm: (i % 2 == 0 && i < 5).then(|| Storm { limit: 50, meter: Arc::default() }),
                 })
                 .collect(),
             neighbors: [("m".to_string(), [(Ipv4Addr::new(10, 2, 0, 7), MacAddr([2, 0, 0, 0, 2, 7]))].into())].into(),
@@ -237,6 +246,7 @@ fn dhcp_config(server: Ipv4Addr, subnet: Ipv4Net) -> DhcpConfig {
         mtu: Some(1400),
         lease_secs: 3600,
         decline_secs: 600,
+        per_mac_cap: 4,
     }
 }
 
