@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fuzz smoke run (CI, through scripts/test.sh): builds the AFL++ fuzz
 # targets (fuzz/, cargo-afl; `scripts/setup.sh --tests` installs it) and runs
-# each for FUZZ_SMOKE_SECS seconds (default 20) from its seeds, one at a
+# each for FUZZ_SMOKE_SECS seconds (default 10) from its seeds, one at a
 # time. Fails if a target crashes or hangs, and then names the input, which
 # belongs in fuzz/regressions/<target>/ once the bug is fixed.
 #
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
-secs=${FUZZ_SMOKE_SECS:-20}
+secs=${FUZZ_SMOKE_SECS:-10}
 target_dir=${FUZZ_TARGET_DIR:-target/fuzz-afl}
 work=$(mktemp -d "${TMPDIR:-/tmp}/tapyard-fuzz-smoke.XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -49,7 +49,7 @@ cargo test --workspace "$@"
 # Inside the user namespace only the part above runs; the outer run prints the summary.
 [ -z "${TAPYARD_IN_USERNS:-}" ] || exit 0
 skipped=()
-# Every fuzz target under AFL++ for 20 s each from its seeds (docs/RELIABILITY.md,
+# Every fuzz target under AFL++ for 10 s each from its seeds (docs/RELIABILITY.md,
 # "Fuzzing"); the kept crashers and the seeds also replay in `cargo test` above.
 if [ -n "${TAPYARD_SKIP_FUZZ:-}" ]; then
   skipped+=("fuzz smoke (TAPYARD_SKIP_FUZZ is set)")
