@@ -8,6 +8,12 @@
 #   scripts/fuzz-smoke.sh                  every target
 #   scripts/fuzz-smoke.sh dhcp gateway     only these
 #   FUZZ_SMOKE_SECS=600 scripts/fuzz-smoke.sh frame_path    a longer run
+#   scripts/fuzz-smoke.sh --build-only     only the instrumented build
+#   scripts/fuzz-smoke.sh --run-only       only the runs (built before)
+#
+# scripts/test.sh builds with --build-only in the background while the tests
+# run (they mostly wait on namespaces and peers, and the build is minutes of
+# CPU), then runs with --run-only.
 #
 # The instrumented build goes to $FUZZ_TARGET_DIR (default target/fuzz-afl),
 # apart from the normal one: cargo-afl builds with its own flags. Campaigns
@@ -17,13 +23,16 @@ cd "$(dirname "$0")/.."
 if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 secs=${FUZZ_SMOKE_SECS:-10}
 target_dir=${FUZZ_TARGET_DIR:-target/fuzz-afl}
-work=$(mktemp -d "${TMPDIR:-/tmp}/tapyard-fuzz-smoke.XXXXXX")
-trap 'rm -rf "$work"' EXIT
 
 if ! cargo afl --version >/dev/null 2>&1; then
   echo "fuzz-smoke.sh: cargo-afl is not installed (scripts/setup.sh --tests installs it: cargo install --locked cargo-afl)" >&2
   exit 1
 fi
+build=1 run=1
+case ${1:-} in
+--build-only) run=0; shift ;;
+--run-only) build=0; shift ;;
+esac
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
@@ -31,8 +40,14 @@ else
 fi
 
 start=$(date +%s)
-CARGO_TARGET_DIR=$target_dir cargo afl build --release --quiet -p tapyard-fuzz --features afl
-echo "fuzz-smoke.sh: built ${#targets[@]} targets in $(($(date +%s) - start)) s"
+if [ $build -eq 1 ]; then
+  CARGO_TARGET_DIR=$target_dir cargo afl build --release --quiet -p tapyard-fuzz --features afl
+  echo "fuzz-smoke.sh: built ${#targets[@]} targets in $(($(date +%s) - start)) s"
+fi
+[ $run -eq 1 ] || exit 0
+start=$(date +%s)
+work=$(mktemp -d "${TMPDIR:-/tmp}/tapyard-fuzz-smoke.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 
 # No CPU frequency or core-dump-pattern checks (CI machines and containers
 # cannot change them), no UI, no pinning to a core other jobs may need.

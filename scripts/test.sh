@@ -45,6 +45,17 @@ scripts/check-layers.sh
 command -v shellcheck >/dev/null || { echo "test.sh: shellcheck is not installed (scripts/setup.sh --tests installs it)" >&2; exit 1; }
 shellcheck -x scripts/*.sh scripts/lib/*.sh .ci/run switch/tests/fixtures/*.sh
 cargo clippy --all-targets --quiet -- -D warnings
+# The fuzz smoke's instrumented build (minutes of CPU) runs in the background,
+# niced, while the tests below mostly wait on namespaces, daemons and peers.
+fuzz_build=""
+if [ -z "${TAPYARD_IN_USERNS:-}" ] && [ -z "${TAPYARD_SKIP_FUZZ:-}" ]; then
+  fuzz_log=$(mktemp "${TMPDIR:-/tmp}/tapyard-fuzz-build.XXXXXX")
+  # Its own process group (setsid), so that a failing test, which ends this
+  # script, takes the whole build (cargo, rustc) with it.
+  setsid nice -n 10 scripts/fuzz-smoke.sh --build-only >"$fuzz_log" 2>&1 &
+  fuzz_build=$!
+  trap 'if [ -n "$fuzz_build" ]; then kill -- "-$fuzz_build" 2>/dev/null || true; fi; rm -f "$fuzz_log"' EXIT
+fi
 cargo test --workspace "$@"
 # Inside the user namespace only the part above runs; the outer run prints the summary.
 [ -z "${TAPYARD_IN_USERNS:-}" ] || exit 0
@@ -54,7 +65,14 @@ skipped=()
 if [ -n "${TAPYARD_SKIP_FUZZ:-}" ]; then
   skipped+=("fuzz smoke (TAPYARD_SKIP_FUZZ is set)")
 else
-  scripts/fuzz-smoke.sh
+  if ! wait "$fuzz_build"; then
+    cat "$fuzz_log" >&2
+    echo "test.sh: the fuzz targets' instrumented build failed" >&2
+    exit 1
+  fi
+  fuzz_build=""
+  cat "$fuzz_log"
+  scripts/fuzz-smoke.sh --run-only
 fi
 # As root, also run the integration tests the rootless way (as nobody in a user namespace).
 if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
