@@ -17,30 +17,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
-use serde_json::Value;
 
 const INTERVAL_MS: f64 = 10.0;
-
-/// What a namespace's `eth0` is: ifindex, MAC, IPv4 addresses, default route.
-fn iface(ns: &Netns) -> (u64, String, Vec<String>, String) {
-    let out = Command::new("ip").args(["-n", &ns.name, "-j", "addr", "show", "dev", "eth0"]).output().unwrap();
-    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let l = &l[0];
-    let addrs = l["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["family"] == "inet")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect();
-    let route = Command::new("ip").args(["-n", &ns.name, "-4", "route", "show", "default"]).output().unwrap();
-    (
-        l["ifindex"].as_u64().unwrap(),
-        l["address"].as_str().unwrap().to_string(),
-        addrs,
-        String::from_utf8_lossy(&route.stdout).trim().to_string(),
-    )
-}
 
 /// `ping -D -i 0.01` from `ns` to `to`, its output in `file`.
 fn start_ping(ns: &Netns, to: &str, file: &Path) -> Child {
@@ -116,7 +94,7 @@ fn a_restart_loses_under_a_second_of_pings_and_changes_no_interface() {
         return;
     }
     let mut p = setup("blk");
-    let (ia, ib) = (iface(&p.a), iface(&p.b));
+    let (ia, ib) = (p.a.link("eth0"), p.b.link("eth0"));
     for signal in ["KILL", "TERM"] {
         let (la, lb, gap) = one_restart(&mut p, signal);
         eprintln!("blackout after SIG{signal}: lost {la} a→b, {lb} b→a (10 ms apart), longest gap {gap:.0} ms");
@@ -125,8 +103,8 @@ fn a_restart_loses_under_a_second_of_pings_and_changes_no_interface() {
             "SIG{signal} and restart lost {la} / {lb} pings (10 ms each); log:\n{}",
             p.d.log()
         );
-        assert_eq!(iface(&p.a), ia, "container a's interface after SIG{signal} and restart");
-        assert_eq!(iface(&p.b), ib, "container b's interface after SIG{signal} and restart");
+        assert_eq!(p.a.link("eth0"), ia, "container a's interface after SIG{signal} and restart");
+        assert_eq!(p.b.link("eth0"), ib, "container b's interface after SIG{signal} and restart");
     }
 }
 
@@ -143,14 +121,14 @@ fn restart_blackout_measurement() {
     }
     let runs: usize = std::env::var("TAPYARD_BLACKOUT_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let mut p = setup("blkm");
-    let (ia, ib) = (iface(&p.a), iface(&p.b));
+    let (ia, ib) = (p.a.link("eth0"), p.b.link("eth0"));
     for signal in ["KILL", "TERM"] {
         let (mut lost, mut gaps) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let (la, lb, gap) = one_restart(&mut p, signal);
             lost.push(la.max(lb) as f64 * INTERVAL_MS);
             gaps.push(gap);
-            assert_eq!((iface(&p.a), iface(&p.b)), (ia.clone(), ib.clone()), "interfaces after SIG{signal}");
+            assert_eq!((p.a.link("eth0"), p.b.link("eth0")), (ia.clone(), ib.clone()), "interfaces after SIG{signal}");
         }
         println!("SIG{signal} + restart, {runs} runs: pings lost × 10 ms (worse direction): {}", stats(&mut lost));
         println!("SIG{signal} + restart, {runs} runs: longest gap between replies: {}", stats(&mut gaps));

@@ -39,9 +39,7 @@ fn tcpdump_runs() -> bool {
 /// discovery frames come between the test's frames.
 fn quiet_netns(tag: &str) -> Netns {
     let n = Netns::new(tag);
-    for k in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
-        assert!(n.run(&["sysctl", "-qw", k]), "cannot set {k} in {}", n.name);
-    }
+    n.no_ipv6();
     n
 }
 

@@ -548,7 +548,7 @@ impl World {
         }
         // The namespaces hold exactly the model's interfaces.
         for (j, ns) in self.ns.iter().enumerate() {
-            let links = ip_json(&ns.name, &["addr", "show"]);
+            let links = ns.ip_json(&["addr", "show"]);
             let mut seen = BTreeMap::new();
             for l in links.as_array().unwrap() {
                 let name = l["ifname"].as_str().unwrap();
@@ -556,13 +556,7 @@ impl World {
                     continue;
                 }
                 let k: usize = name.strip_prefix('e').and_then(|k| k.parse().ok()).expect("an interface of ours");
-                let addrs: BTreeSet<String> = l["addr_info"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|a| a["family"] == "inet")
-                    .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-                    .collect();
+                let addrs: BTreeSet<String> = inet_addrs(l).into_iter().collect();
                 seen.insert(k, (l["address"].as_str().unwrap().to_string(), addrs, l["ifindex"].as_u64().unwrap()));
             }
             let want: BTreeSet<usize> = self.model.ports.keys().filter(|(jj, _)| *jj == j).map(|(_, k)| *k).collect();
@@ -644,12 +638,6 @@ impl World {
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ip_json(ns: &str, args: &[&str]) -> Value {
-    let out = Command::new("ip").args(["-n", ns, "-j"]).args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -115,12 +115,6 @@ fn transfer(from: &Netns, to: &Netns, ip: &str, blocks: u32) {
     assert_eq!(got, sent, "received vs sent (bytes, sha256); sender stderr: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// No IPv6 chatter (router solicitations, MLD reports) to make counters move at random times.
-fn quiet(ns: &Netns) {
-    sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-}
-
 #[test]
 fn super_frames_cross_whole_or_segmented_and_the_stream_is_intact() {
     if !common::net_admin() {
@@ -172,8 +166,8 @@ fn both_queues_carry_traffic_and_no_frame_is_delivered_twice() {
     let net = name("mq");
     d.ok(&["network", "create", &net, "--ipam", "none"]);
     let (a, b) = (Netns::new("mqa"), Netns::new("mqb"));
-    quiet(&a);
-    quiet(&b);
+    a.no_ipv6();
+    b.no_ipv6();
     d.ok(&["connect", &net, &a.name, "--ip", "10.78.0.1/24"]);
     d.ok(&["connect", &net, &b.name, "--ip", "10.78.0.2/24"]);
     let _s = Server::start(&b);

@@ -216,13 +216,6 @@ for src in (bytes([1, 0, 0x5e, 0, 0, 1]), bytes(6)):
     assert!(d.json(&["fdb", "show"]).as_array().unwrap().iter().all(|e| e["mac"] != "01:00:5e:00:00:01"));
 }
 
-/// Turns IPv6 off in a namespace, so that no router solicitations or MLD
-/// reports refresh the forwarding table behind a test's back.
-fn quiet(ns: &Netns) {
-    assert!(ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]));
-    assert!(ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"]));
-}
-
 #[test]
 fn a_full_forwarding_table_counts_and_still_forwards() {
     if !common::net_admin() {
@@ -233,7 +226,7 @@ fn a_full_forwarding_table_counts_and_still_forwards() {
     d.ok(&["network", "create", &net, "--ipam", "none", "--fdb-capacity", "2"]);
     let ns: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("full{i}"))).collect();
     for (i, n) in ns.iter().enumerate() {
-        quiet(n);
+        n.no_ipv6();
         d.ok(&["connect", &net, &n.name, "--ip", &format!("10.84.0.{}/24", i + 1)]);
     }
     // Three stations, room for two: everyone still reaches everyone (frames
@@ -260,7 +253,7 @@ fn idle_macs_age_out_after_the_networks_ageing_time() {
     let a = Netns::new("agea");
     let b = Netns::new("ageb");
     for n in [&a, &b] {
-        quiet(n);
+        n.no_ipv6();
     }
     d.ok(&["connect", &net, &a.name, "--ip", "10.85.0.1/24"]);
     d.ok(&["connect", &net, &b.name, "--ip", "10.85.0.2/24"]);

@@ -10,12 +10,6 @@ use std::process::{Command, Stdio};
 use common::{name, need, wait_for, Daemon, Netns};
 use serde_json::Value;
 
-/// Turns IPv6 off, so that no neighbour discovery adds frames a test counts.
-fn quiet(ns: &Netns) {
-    assert!(ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]));
-    assert!(ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"]));
-}
-
 /// Runs `script` (python3, raw sockets on eth0) in `ns`; its stdout.
 fn python(ns: &Netns, script: &str) -> String {
     need("python3", "python3");
@@ -70,7 +64,7 @@ fn spoofed_sources_forged_arp_and_rogue_dhcp_reach_no_one() {
     d.ok(&["network", "create", &net, "--subnet", "10.150.0.0/24"]);
     let (a, b, c, e) = (Netns::new("pseca"), Netns::new("psecb"), Netns::new("psecc"), Netns::new("psece"));
     for n in [&a, &b, &c, &e] {
-        quiet(n);
+        n.no_ipv6();
     }
     d.ok(&["connect", &net, &a.name, "--ip", "10.150.0.2/24"]);
     d.ok(&["connect", &net, &b.name, "--ip", "10.150.0.3/24"]);
@@ -157,7 +151,7 @@ fn a_port_flooding_random_macs_leaves_the_others_ping_intact() {
     d.ok(&["network", "create", &net, "--subnet", "10.151.0.0/24"]);
     let (f, g, b, c) = (Netns::new("mfloodf"), Netns::new("mfloodg"), Netns::new("mfloodb"), Netns::new("mfloodc"));
     for n in [&f, &g, &b, &c] {
-        quiet(n);
+        n.no_ipv6();
     }
     // f floods without port security (only the table's fair share and storm
     // control stand in its way); g floods with it (every frame is spoofed).
@@ -222,7 +216,7 @@ fn one_port_cycling_client_ids_gets_a_few_leases_and_the_pool_stays_open() {
     d.ok(&["network", "create", &net, "--subnet", "10.152.0.0/24"]);
     let (a, b) = (Netns::new("starvea"), Netns::new("starveb"));
     for n in [&a, &b] {
-        quiet(n);
+        n.no_ipv6();
     }
     d.ok(&["connect", &net, &a.name]);
     d.ok(&["connect", &net, &b.name]);
@@ -265,7 +259,7 @@ fn storm_control_floods_the_limit_per_second_and_counts_the_rest() {
     d.ok(&["network", "create", &net, "--subnet", "10.153.0.0/24"]);
     let (a, b) = (Netns::new("storma"), Netns::new("stormb"));
     for n in [&a, &b] {
-        quiet(n);
+        n.no_ipv6();
     }
     d.ok(&["connect", &net, &a.name, "--ip", "10.153.0.2/24", "--storm-limit", "200"]);
     d.ok(&["connect", &net, &b.name, "--ip", "10.153.0.3/24"]);

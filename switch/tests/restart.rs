@@ -9,48 +9,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-/// `eth0` as the container sees it.
-#[derive(Debug, PartialEq, Eq)]
-struct Link {
-    up: bool,
-    mac: String,
-    ifindex: u64,
-    /// IPv4 addresses as `A.B.C.D/P`.
-    addrs: Vec<String>,
-    default_via: Option<String>,
-}
-
-fn ip_json(ns: &Netns, args: &[&str]) -> serde_json::Value {
-    let out = Command::new("ip").args(["-n", &ns.name, "-j"]).args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn link(ns: &Netns, ifname: &str) -> Link {
-    let l = &ip_json(ns, &["addr", "show", "dev", ifname])[0];
-    let up = l["flags"].as_array().unwrap().iter().any(|f| f == "UP");
-    let addrs = l["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["family"] == "inet")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect();
-    let routes = ip_json(ns, &["-4", "route", "show", "default"]);
-    let default_via = routes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["dev"] == ifname)
-        .and_then(|r| r["gateway"].as_str())
-        .map(String::from);
-    let ifindex = l["ifindex"].as_u64().unwrap();
-    Link { up, mac: l["address"].as_str().unwrap().to_string(), ifindex, addrs, default_via }
-}
 
 #[test]
 fn sigterm_then_restart_keeps_interfaces_as_they_were() {
@@ -63,8 +22,8 @@ fn sigterm_then_restart_keeps_interfaces_as_they_were() {
     d.ok(&["connect", &net, &b.name, "--ip", "10.83.0.50", "--mac", "02:00:00:83:00:50"]);
 
     let a_ip = d.port(&a.name)["ip"].as_str().unwrap().to_string();
-    let before_a = link(&a, "eth0");
-    let before_b = link(&b, "eth0");
+    let before_a = a.link("eth0");
+    let before_b = b.link("eth0");
     let want_b = Link {
         up: true,
         mac: "02:00:00:83:00:50".into(),
@@ -84,8 +43,8 @@ fn sigterm_then_restart_keeps_interfaces_as_they_were() {
 
     d.spawn();
     assert_eq!(d.json(&["port", "ls"]).as_array().unwrap().len(), 2, "{}", d.log());
-    assert_eq!(link(&a, "eth0"), before_a, "container a after the restart (same interface); log:\n{}", d.log());
-    let after_b = link(&b, "eth0");
+    assert_eq!(a.link("eth0"), before_a, "container a after the restart (same interface); log:\n{}", d.log());
+    let after_b = b.link("eth0");
     assert_eq!(Link { ifindex: before_b.ifindex, ..after_b }, want_b, "container b's interface, made again");
     assert_eq!(d.port(&a.name)["mac"].as_str().unwrap(), before_a.mac);
     assert_eq!(d.port(&a.name)["ip"].as_str().unwrap(), a_ip);

@@ -282,6 +282,20 @@ mod tests {
         network_spec(name, subnet)
     }
 
+    /// A plain port (no impairment, port security or storm control).
+    fn port_in(id: u16, network: &str, port: Arc<dyn Port>, worker: usize) -> PortIn<'_> {
+        PortIn {
+            id: PortId(id),
+            network,
+            port,
+            stats: Arc::default(),
+            worker,
+            impair: None,
+            security: None,
+            storm: None,
+        }
+    }
+
     #[test]
     fn routes_follow_network_ids_not_positions() {
         let (a, b, c) = (spec("a", Some("10.1.0.0/24")), spec("b", Some("10.2.0.0/24")), spec("c", None));
@@ -301,28 +315,7 @@ mod tests {
             // Ids are not positions: network "b" is 9 whatever comes before it.
             networks: vec![net(9, &b), net(3, &a), net(4, &c)],
             routers: vec![RouterIn { spec: &r, stats: Arc::default() }],
-            ports: vec![
-                PortIn {
-                    id: PortId(5),
-                    network: "a",
-                    port: port.clone(),
-                    stats: Arc::default(),
-                    worker: 1,
-                    impair: None,
-                    security: None,
-                    storm: None,
-                },
-                PortIn {
-                    id: PortId(6),
-                    network: "nowhere",
-                    port,
-                    stats: Arc::default(),
-                    worker: 0,
-                    impair: None,
-                    security: None,
-                    storm: None,
-                },
-            ],
+            ports: vec![port_in(5, "a", port.clone(), 1), port_in(6, "nowhere", port, 0)],
             neighbors: BTreeMap::from([(
                 "b".to_string(),
                 HashMap::from([(Ipv4Addr::new(10, 2, 0, 9), MacAddr([2; 6]))]),
@@ -374,16 +367,7 @@ mod tests {
             punt: Arc::new(PuntQueue::new()),
             uplink: Some(UplinkIn {
                 net: net(9, &transit),
-                port: PortIn {
-                    id: PortId(7),
-                    network: UPLINK_NETWORK,
-                    port,
-                    stats: Arc::default(),
-                    worker: 0,
-                    impair: None,
-                    security: None,
-                    storm: None,
-                },
+                port: port_in(7, UPLINK_NETWORK, port, 0),
                 kernel_ip: kernel,
                 kernel_mac: MacAddr([4; 6]),
                 stats: Arc::default(),

@@ -152,11 +152,8 @@ fn answers_broadcast(frame: &[u8], gw: &GatewayView) -> bool {
     };
     let udp = ip.payload();
     ip.protocol() == ipv4::protocol::UDP
-        && udp.get(ipv4::udp::DST_PORT).is_some_and(|p| p == DHCP_SERVER_PORT.to_be_bytes())
+        && udp.get(ipv4::udp::DST_PORT).is_some_and(|p| p == ipv4::udp::DHCP_SERVER_PORT.to_be_bytes())
 }
-
-/// The DHCP server's UDP port (RFC 2131 §4.1).
-const DHCP_SERVER_PORT: u16 = 67;
 
 /// Called when the table is full and the source of `frame` (on `view`'s port)
 /// was not learned. If that port holds less than its fair share of the table

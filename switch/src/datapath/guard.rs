@@ -23,12 +23,9 @@
 use crate::security::Security;
 use crate::stats::DropReason;
 use crate::wire::arp::Arp;
+use crate::wire::ipv4::udp::{self, DHCP_CLIENT_PORT, DHCP_SERVER_PORT};
 use crate::wire::ipv4::{self, Ipv4};
 use crate::wire::{ethertype, is_tagged, outer_ethertype, EthAddrs, ETH_HEADER_LEN};
-
-/// DHCP's UDP ports (RFC 2131 §4.1).
-const DHCP_SERVER_PORT: u16 = 67;
-const DHCP_CLIENT_PORT: u16 = 68;
 
 /// Where a BOOTP/DHCP message carries the client hardware address (RFC 2131 §2, `chaddr`).
 const CHADDR: std::ops::Range<usize> = 28..34;
@@ -66,14 +63,14 @@ fn arp(frame: &[u8], sec: &Security) -> Result<(), DropReason> {
 fn ipv4(packet: &[u8], sec: &Security) -> Result<(), DropReason> {
     let ip = Ipv4::new_checked(packet).map_err(|_| DropReason::SpoofedIp)?;
     // Only a first fragment (or a whole datagram) carries the UDP ports.
-    let udp = (ip.protocol() == ipv4::protocol::UDP && ip.frag_offset() == 0).then(|| ip.payload());
-    let ports = udp.and_then(|u| Some((be16(u.get(0..2)?), be16(u.get(2..4)?))));
+    let datagram = (ip.protocol() == ipv4::protocol::UDP && ip.frag_offset() == 0).then(|| ip.payload());
+    let ports = datagram.and_then(udp::ports);
     if let Some((src, dst)) = ports {
         if src == DHCP_SERVER_PORT || dst == DHCP_CLIENT_PORT {
             return Err(DropReason::RogueDhcp);
         }
         if dst == DHCP_SERVER_PORT {
-            let chaddr = udp.and_then(|u| u.get(ipv4::udp::HEADER_LEN..)?.get(CHADDR));
+            let chaddr = datagram.and_then(|u| u.get(udp::HEADER_LEN..)?.get(CHADDR));
             if chaddr.is_some_and(|c| c != sec.mac.0) {
                 return Err(DropReason::SpoofedMac);
             }
@@ -87,11 +84,6 @@ fn ipv4(packet: &[u8], sec: &Security) -> Result<(), DropReason> {
     } else {
         Err(DropReason::SpoofedIp)
     }
-}
-
-#[inline]
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
 }
 
 #[cfg(test)]

@@ -32,8 +32,20 @@ const FRAG_OFFSET: u16 = 0x1fff;
 /// UDP header fields (RFC 768).
 pub mod udp {
     use std::ops::Range;
+    pub const SRC_PORT: Range<usize> = 0..2;
     pub const DST_PORT: Range<usize> = 2..4;
     pub const HEADER_LEN: usize = 8;
+
+    /// DHCP's UDP ports (RFC 2131 §4.1).
+    pub const DHCP_SERVER_PORT: u16 = 67;
+    pub const DHCP_CLIENT_PORT: u16 = 68;
+
+    /// The (source, destination) ports of a UDP header; `None` if `udp` is shorter than them.
+    #[inline]
+    pub fn ports(udp: &[u8]) -> Option<(u16, u16)> {
+        let be16 = |r: Range<usize>| udp.get(r).map(|b| u16::from_be_bytes([b[0], b[1]]));
+        Some((be16(SRC_PORT)?, be16(DST_PORT)?))
+    }
 }
 
 /// ICMP header fields (RFC 792; the next-hop MTU of Fragmentation Needed: RFC 1191 §4).

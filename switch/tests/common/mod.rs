@@ -243,6 +243,26 @@ pub struct Netns {
     pub name: String,
 }
 
+/// A namespace's interface as the container sees it ([`Netns::link`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub up: bool,
+    pub mac: String,
+    pub ifindex: u64,
+    /// IPv4 addresses as `A.B.C.D/P`.
+    pub addrs: Vec<String>,
+    pub default_via: Option<String>,
+}
+
+/// The IPv4 addresses (`A.B.C.D/P`) of one link object of `ip -j addr`.
+pub fn inet_addrs(link: &serde_json::Value) -> Vec<String> {
+    let Some(info) = link["addr_info"].as_array() else { return Vec::new() };
+    info.iter()
+        .filter(|a| a["family"] == "inet")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect()
+}
+
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         ensure_privileged();
@@ -262,6 +282,44 @@ impl Netns {
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
+    }
+
+    /// Turns IPv6 off, so that no router solicitations, MLD reports or
+    /// neighbour discovery add frames a test counts or refresh the
+    /// forwarding table behind its back.
+    pub fn no_ipv6(&self) {
+        for k in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
+            assert!(self.run(&["sysctl", "-qw", k]), "cannot set {k} in {}", self.name);
+        }
+    }
+
+    /// `ip -n NS -j ARGS`, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new("ip").args(["-n", &self.name, "-j"]).args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `ifname` as the container sees it (read inside the namespace, not
+    /// from the daemon's records).
+    pub fn link(&self, ifname: &str) -> Link {
+        let l = &self.ip_json(&["addr", "show", "dev", ifname])[0];
+        let up = l["flags"].as_array().unwrap().iter().any(|f| f == "UP");
+        let routes = self.ip_json(&["-4", "route", "show", "default"]);
+        let default_via = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dev"] == ifname)
+            .and_then(|r| r["gateway"].as_str())
+            .map(String::from);
+        Link {
+            up,
+            mac: l["address"].as_str().unwrap().to_string(),
+            ifindex: l["ifindex"].as_u64().unwrap(),
+            addrs: inet_addrs(l),
+            default_via,
+        }
     }
 
     pub fn has_link(&self, ifname: &str) -> bool {
