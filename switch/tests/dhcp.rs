@@ -298,3 +298,63 @@ s.send(b'\xff' * 6 + mac + b'\x08\x06' + arp.ljust(46, b'\0'))
     assert!(udhcpc_once(&c, "after"), "log:\n{}", d.log());
     assert!(c.reaches("10.94.0.1"));
 }
+
+#[test]
+fn replies_through_a_relay_reach_it_at_its_own_mac() {
+    if !common::net_admin() {
+        return;
+    }
+    need("python3", "python3");
+    let d = Daemon::start("rly");
+    let net = name("rly");
+    d.ok(&["network", "create", &net, "--subnet", "10.97.0.0/24"]);
+    let r = Netns::new("rlyr");
+    // A relay agent is a trusted device (it sends from the DHCP server
+    // port): port security off for it, as DHCP snooping trusts a relay's port.
+    d.ok(&["connect", &net, &r.name, "--ip", "10.97.0.5/24", "--port-security", "off"]);
+    // RFC 1122 §3.3.6: drop unicast datagrams that came in a link-layer
+    // broadcast, as a router or hardened host does.
+    for k in ["all", "eth0"] {
+        assert!(r.run(&["sysctl", "-qw", &format!("net.ipv4.conf.{k}.drop_unicast_in_l2_multicast=1")]));
+    }
+    // The relay forwards a client's DISCOVER (giaddr = its own address, hops
+    // 1) from port 67 to the gateway, and waits for the OFFER on port 67.
+    let script = r"
+import socket, struct, random
+relay = '10.97.0.5'
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((relay, 67))
+s.settimeout(1)
+xid = random.getrandbits(32)
+chaddr = bytes([2, 0x52, 0x4c, 0, 0, 7])
+msg = struct.pack('!BBBBIHH4s4s4s4s', 1, 1, 6, 1, xid, 0, 0, bytes(4), bytes(4), bytes(4), socket.inet_aton(relay))
+msg += chaddr.ljust(16, b'\0') + bytes(192) + b'\x63\x82\x53\x63' + b'\x35\x01\x01\xff'
+for _ in range(5):
+    s.sendto(msg, ('10.97.0.1', 67))
+    try:
+        while True:
+            d, _ = s.recvfrom(2048)
+            if len(d) < 240 or d[4:8] != struct.pack('!I', xid):
+                continue
+            i, kind = 240, None
+            while i + 1 < len(d) and d[i] != 255:
+                if d[i] == 0:
+                    i += 1
+                    continue
+                if d[i] == 53:
+                    kind = d[i + 2]
+                i += 2 + d[i + 1]
+            print(kind, socket.inet_ntoa(d[16:20]), d[28:34].hex())
+            raise SystemExit(0)
+    except socket.timeout:
+        pass
+raise SystemExit('no reply reached the relay')
+";
+    let out = Command::new("ip").args(["netns", "exec", &r.name, "python3", "-c", script]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{}\nlog:\n{}", stdout, String::from_utf8_lossy(&out.stderr), d.log());
+    let f: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(f.first(), Some(&"2"), "a DHCPOFFER (type 2): {stdout}");
+    assert!(f[1].starts_with("10.97.0.") && f[1] != "10.97.0.1" && f[1] != "10.97.0.5", "yiaddr: {stdout}");
+    assert_eq!(f[2], "02524c000007", "for the relayed client: {stdout}");
+}

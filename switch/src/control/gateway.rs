@@ -49,7 +49,7 @@ use crate::stats::GatewayStats;
 use crate::wire::arp::{self, Arp};
 use crate::wire::ipv4::Ipv4;
 use crate::wire::vnet::VNET_HDR_LEN;
-use crate::wire::{MacAddr, ETH_HEADER_LEN};
+use crate::wire::{EthAddrs, MacAddr, ETH_HEADER_LEN};
 
 /// What the gateway needs of the control plane, and nothing more: the
 /// published snapshot, the punt queue, the lease store, the neighbour table
@@ -192,12 +192,17 @@ fn classify(frame: &[u8]) -> Kind<'_> {
 }
 
 /// Builds the Ethernet/IPv4/UDP frame of a DHCP reply, addressed per RFC 2131 §4.1.
-fn dhcp_frame(gw_mac: MacAddr, gw_ip: Ipv4Addr, r: &Reply) -> Vec<u8> {
+/// `from` is the request's source MAC.
+fn dhcp_frame(gw_mac: MacAddr, gw_ip: Ipv4Addr, from: [u8; 6], r: &Reply) -> Vec<u8> {
     let (dst_mac, dst_ip, dst_port) = match r.dst {
         Destination::Broadcast => ([0xff; 6], Ipv4Addr::BROADCAST, 68),
         Destination::Unicast { mac, ip } => (mac, ip, 68),
-        // The relay's MAC is not known here: broadcast at L2, unicast at L3.
-        Destination::Relay(ip) => ([0xff; 6], ip, 67),
+        // To the relay agent's server port (§4.1), at the MAC the request
+        // came from: the relay's own interface on this segment (or a
+        // tapyard router's, which routes it on to giaddr). Not an Ethernet
+        // broadcast: a host following RFC 1122 §3.3.6 drops a unicast
+        // datagram that came in a link-layer broadcast.
+        Destination::Relay(ip) => (from, ip, 67),
     };
     let src_ip = gw_ip;
     let udp = UdpRepr { src_port: 67, dst_port };
@@ -334,7 +339,8 @@ pub fn run(d: &impl Control) {
                             }
                             if let Some(r) = h.reply {
                                 bump(dhcp_sent(&gw.stats, r.kind));
-                                replies.push((net.clone(), dhcp_frame(gw.mac, gw.ip, &r)));
+                                let from = EthAddrs::parse(frame).map_or([0xff; 6], |e| e.src.0);
+                                replies.push((net.clone(), dhcp_frame(gw.mac, gw.ip, from, &r)));
                             }
                         }
                         Kind::BadDhcp => bump(&gw.stats.dhcp_malformed),
