@@ -13,7 +13,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use super::runner::{self, Plan};
-use super::schema::{fixed, FigureDef, Results, Status, FIGURES};
+use super::schema::{fixed, FigureDef, PathResult, Results, Status, FIGURES};
 use super::{BenchArgs, Test};
 
 /// What the text needs beyond the results.
@@ -81,22 +81,48 @@ fn table(results: &Results, plan: &Plan, what: &str) -> String {
             continue;
         }
         let mut row = vec![p.name.clone()];
+        let base = results.paths.iter().find(|b| b.name == what && b.status == Status::Ok);
         for f in &figs {
             let cell = if what == "values" {
-                p.figures.as_ref().and_then(|v| v.get(f.key)).map(|v| fixed(v, f.decimals))
+                p.figures.as_ref().and_then(|v| v.get(f.key)).map(|v| match range(p, f.key) {
+                    Some((lo, hi)) if plan.runs > 1 => {
+                        format!("{} [{}-{}]", fixed(v, f.decimals), fixed(lo, f.decimals), fixed(hi, f.decimals))
+                    }
+                    _ => fixed(v, f.decimals),
+                })
             } else {
                 let r = match what {
                     "bridge" => &p.ratio_to_bridge,
                     "vde" => &p.ratio_to_vde,
                     _ => &p.ratio_to_tapyard,
                 };
-                r.as_ref().and_then(|v| v.get(f.key)).map(|v| format!("{}x", fixed(v, 2)))
+                let noise = plan.runs > 1 && base.is_some_and(|b| within_noise(p, b, f.key));
+                r.as_ref()
+                    .and_then(|v| v.get(f.key))
+                    .map(|v| format!("{}x{}", fixed(v, 2), if noise { "~" } else { "" }))
             };
             row.push(cell.unwrap_or_else(|| "-".into()));
         }
         rows.push(row);
     }
     align(&rows)
+}
+
+/// The lowest and highest of a figure's samples over the runs.
+fn range(p: &PathResult, key: &str) -> Option<(f64, f64)> {
+    let v = p.runs.as_ref()?.get(key)?;
+    let mut finite = v.iter().copied().filter(|x| x.is_finite());
+    let first = finite.next()?;
+    Some(finite.fold((first, first), |(lo, hi), x| (lo.min(x), hi.max(x))))
+}
+
+/// Whether two paths' ranges of a figure over the runs overlap: then their
+/// ratio says nothing the noise of this machine could not say.
+fn within_noise(a: &PathResult, b: &PathResult, key: &str) -> bool {
+    match (range(a, key), range(b, key)) {
+        (Some((alo, ahi)), Some((blo, bhi))) => alo <= bhi && blo <= ahi,
+        _ => false,
+    }
 }
 
 /// `%g` of a number of seconds or milliseconds: no trailing zeros.
@@ -112,7 +138,7 @@ fn g(x: f64) -> String {
 pub fn render_md(results: &Results, view: &View<'_>) -> String {
     let plan = view.plan;
     let have = runner::measured(results);
-    let what = if plan.runs == 1 { "one run".to_string() } else { format!("medians of {} runs", plan.runs) };
+    let what = if plan.runs == 1 { "one run".to_string() } else { format!("medians [min-max] of {} runs", plan.runs) };
     let mut s =
         format!("Figures ({what} of {} s; {} pings every {} s):\n\n", plan.duration, plan.pings, g(plan.ping_interval));
     s += &table(results, plan, "values");
@@ -131,6 +157,12 @@ pub fn render_md(results: &Results, view: &View<'_>) -> String {
     s.push('\n');
     for f in shown(plan) {
         let _ = writeln!(s, "- {}: {} ({}, {} is better)", f.key, f.label, f.unit, f.better);
+    }
+    if plan.runs > 1 {
+        let _ = writeln!(
+            s,
+            "- a ratio marked ~ is within noise: the two paths' min-max over the runs overlap (every sample is in the JSON's `runs`)"
+        );
     }
     if plan.has(Test::Pingpong) {
         let _ = writeln!(s, "- ping-pong tool: {}", results.config.pingpong_tool);
@@ -325,6 +357,39 @@ mod tests {
         assert_eq!(lines[1], "| ------ | ----------- | ---- |");
         assert_eq!(lines[2], "| bridge | 12.50       | 40   |");
         assert_eq!(lines[3], "| vde    | skipped: vde_switch not found, a long reason |");
+    }
+
+    /// A real results.json (bridge and tapyard, 3 runs): each median with
+    /// its min-max, and a ratio marked within noise only where the two
+    /// paths' ranges overlap.
+    #[test]
+    fn medians_show_their_spread_and_overlapping_ratios_are_marked() {
+        let results: Results = serde_json::from_str(include_str!("testdata/bench-sh-results.json")).unwrap();
+        let plan = Plan {
+            paths: vec!["bridge", "tapyard"],
+            tests: vec![Test::Tcp1, Test::Ping],
+            duration: 2,
+            runs: 3,
+            pings: 1000,
+            ping_interval: 0.002,
+            workers: None,
+            nice: None,
+            pingpong: None,
+        };
+        let values = table(&results, &plan, "values");
+        // bridge tcp1_gbps samples: 5.905, 5.854, 7.362; ping p50: 19, 24, 22.
+        assert!(values.contains("| bridge  | 5.91 [5.85-7.36]"), "{values}");
+        assert!(values.contains("| 22 [19-24]"), "{values}");
+        let ratios = table(&results, &plan, "bridge");
+        // tapyard's TCP samples (4.07-4.89) lie below all of the bridge's:
+        // a real difference, unmarked; the bridge against itself overlaps.
+        let row = |name: &str| ratios.lines().find(|l| l.starts_with(&format!("| {name} "))).unwrap().to_string();
+        let cell = |name: &str, i: usize| row(name).split('|').nth(i).unwrap().trim().to_string();
+        assert_eq!(cell("tapyard", 2), "0.82x", "{ratios}");
+        assert_eq!(cell("bridge", 2), "1.00x~", "{ratios}");
+        let (t, b) = (&results.paths[1], &results.paths[0]);
+        assert!(!within_noise(t, b, "tcp1_gbps") && within_noise(b, b, "tcp1_gbps"));
+        assert!(!within_noise(t, b, "no_such_figure"));
     }
 
     #[test]
