@@ -186,7 +186,8 @@ fn a_loss_rate_loses_that_share_of_pings() {
 fn duplication_and_corruption_show_in_ping() {
     let Some(s) = setup("dup", 94) else { return };
     port_set(&s, &s.a, &["--duplicate", "100%", "--direction", "out"]);
-    let out = run_in(&s.a, &["ping", "-n", "-c", "3", "-i", "0.1", &s.b_ip]);
+    // -w: a deadline for the whole ping (see below).
+    let out = run_in(&s.a, &["ping", "-n", "-c", "3", "-i", "0.1", "-w", "5", &s.b_ip]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("DUP!"), "{text}");
     // Every reply to a with one bit flipped past the Ethernet header: the
@@ -195,7 +196,10 @@ fn duplication_and_corruption_show_in_ping() {
     // "wrong data byte" or a bad sequence, so its exit status says nothing).
     port_set(&s, &s.a, &["--clear", "--corrupt", "100%", "--direction", "out"]);
     let before = csum_errors(&s.a);
-    let out = run_in(&s.a, &["ping", "-n", "-c", "4", "-i", "0.2", "-W", "1", &s.b_ip]);
+    // -w 5, a deadline: a flipped bit in a reply's timestamp gives ping a
+    // round trip of hours, and without a deadline it lingers twice that for
+    // the last reply (it did once, for 17 minutes).
+    let out = run_in(&s.a, &["ping", "-n", "-c", "4", "-i", "0.2", "-W", "1", "-w", "5", &s.b_ip]);
     let text = String::from_utf8_lossy(&out.stdout);
     let errors = csum_errors(&s.a) - before;
     println!("corrupt 100%: {errors} checksum errors in a for 4 pings");
