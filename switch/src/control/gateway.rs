@@ -47,6 +47,7 @@ use crate::punt::{PuntReason, Punted};
 use crate::snapshot::{NetworkView, Snapshot};
 use crate::stats::GatewayStats;
 use crate::wire::arp::{self, Arp};
+use crate::wire::ipv4::udp::{self, DHCP_CLIENT_PORT, DHCP_SERVER_PORT};
 use crate::wire::ipv4::Ipv4;
 use crate::wire::vnet::VNET_HDR_LEN;
 use crate::wire::{EthAddrs, MacAddr, ETH_HEADER_LEN};
@@ -173,7 +174,7 @@ fn classify(frame: &[u8]) -> Kind<'_> {
     let hl = usize::from(ip.header_len());
     let total = usize::from(ip.total_len()).min(payload.len());
     let Ok(udp) = UdpPacket::new_checked(&payload[hl.min(total)..total]) else { return Kind::BadDhcp };
-    if udp.dst_port() != 67 {
+    if udp.dst_port() != DHCP_SERVER_PORT {
         return Kind::Other;
     }
     if !ip.verify_checksum() || ip.more_frags() || ip.frag_offset() != 0 {
@@ -195,17 +196,17 @@ fn classify(frame: &[u8]) -> Kind<'_> {
 /// `from` is the request's source MAC.
 fn dhcp_frame(gw_mac: MacAddr, gw_ip: Ipv4Addr, from: [u8; 6], r: &Reply) -> Vec<u8> {
     let (dst_mac, dst_ip, dst_port) = match r.dst {
-        Destination::Broadcast => ([0xff; 6], Ipv4Addr::BROADCAST, 68),
-        Destination::Unicast { mac, ip } => (mac, ip, 68),
+        Destination::Broadcast => ([0xff; 6], Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT),
+        Destination::Unicast { mac, ip } => (mac, ip, DHCP_CLIENT_PORT),
         // To the relay agent's server port (§4.1), at the MAC the request
         // came from: the relay's own interface on this segment (or a
         // tapyard router's, which routes it on to giaddr). Not an Ethernet
         // broadcast: a host following RFC 1122 §3.3.6 drops a unicast
         // datagram that came in a link-layer broadcast.
-        Destination::Relay(ip) => (from, ip, 67),
+        Destination::Relay(ip) => (from, ip, DHCP_SERVER_PORT),
     };
     let src_ip = gw_ip;
-    let udp = UdpRepr { src_port: 67, dst_port };
+    let udp = UdpRepr { src_port: DHCP_SERVER_PORT, dst_port };
     let ip = Ipv4Repr {
         src_addr: src_ip,
         dst_addr: dst_ip,
@@ -440,8 +441,9 @@ pub fn run(d: &impl Control) {
 fn is_dhcp_reply(frame: &[u8]) -> bool {
     crate::wire::l3_payload(frame, crate::wire::ethertype::IPV4).and_then(|p| Ipv4::new_checked(p).ok()).is_some_and(
         |ip| {
-            // The source port, the first field of the UDP header (RFC 768): the server's, 67.
-            ip.protocol() == crate::wire::ipv4::protocol::UDP && ip.payload().get(..2) == Some(&67u16.to_be_bytes())
+            // From the server port (RFC 2131 §4.1), as every reply we build is.
+            ip.protocol() == crate::wire::ipv4::protocol::UDP
+                && udp::ports(ip.payload()).is_some_and(|(src, _)| src == DHCP_SERVER_PORT)
         },
     )
 }
