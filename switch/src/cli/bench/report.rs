@@ -71,6 +71,8 @@ fn table(results: &Results, plan: &Plan, what: &str) -> String {
     head.extend(figs.iter().map(|f| f.head.to_string()));
     rows.push(head.clone());
     rows.push(head.iter().map(|_| "-".to_string()).collect());
+    // The path a ratio table divides by (none for the values table).
+    let base = results.paths.iter().find(|b| b.name == what && b.status == Status::Ok);
     for p in &results.paths {
         if what == "tapyard" && !p.name.starts_with("tapyard") {
             continue;
@@ -81,7 +83,6 @@ fn table(results: &Results, plan: &Plan, what: &str) -> String {
             continue;
         }
         let mut row = vec![p.name.clone()];
-        let base = results.paths.iter().find(|b| b.name == what && b.status == Status::Ok);
         for f in &figs {
             let cell = if what == "values" {
                 p.figures.as_ref().and_then(|v| v.get(f.key)).map(|v| match range(p, f.key) {
