@@ -128,7 +128,7 @@ for i, r in enumerate([
 ]):
     put("control_json", "req%02d" % i, (json.dumps(r) + "\n").encode())
 
-# journal: [sel: bit 0 = snapshot piece first][u16 len][snapshot][journal]
+# journal: [sel: bit 0 = snapshot piece first, bit 1 = journal.next piece next][u16 len][snapshot][u16 len][next][journal]
 def frame(rec):
     p = json.dumps(rec, separators=(",", ":")).encode()
     return struct.pack("<II", len(p), zlib.crc32(p)) + p
@@ -140,6 +140,8 @@ put("journal", "clean", b"\0" + j)
 put("journal", "torn_tail", b"\0" + j + frame(lease)[:13])
 snap = frame(lease)
 put("journal", "snapshot_and_journal", b"\1" + struct.pack("<H", len(snap)) + snap + frame(quar))
+nxt = frame(forget) + frame(lease)[:9]
+put("journal", "background_compaction", b"\3" + struct.pack("<H", len(snap)) + snap + struct.pack("<H", len(nxt)) + nxt + frame(quar))
 
 # topology: the shipped examples
 for f in sorted(os.listdir("examples")):

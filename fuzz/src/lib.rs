@@ -614,8 +614,9 @@ fn leases_shown(store: &Store) -> Vec<String> {
 }
 
 /// **Lease journal recovery**: the input as the lease store's files after a
-/// crash (a selector byte: whether a snapshot file comes first, as a
-/// u16-length-prefixed piece; the rest is the journal), opened as the
+/// crash (a selector byte: bit 0, whether a snapshot file comes first, as a
+/// u16-length-prefixed piece; bit 1, whether a background compaction's
+/// `leases.journal.next` follows, likewise; the rest is the journal), opened as the
 /// daemon opens them (`Store::open`, then each network's records replayed).
 /// A recovery that succeeds must leave files that open again, with no torn
 /// tail and the same records.
@@ -627,9 +628,17 @@ pub fn journal(data: &[u8]) {
         let mut r = Reader::new(data);
         let sel = r.u8();
         let snapshot = if sel & 1 != 0 { r.piece() } else { &[] };
+        // A background compaction's journal, as a crash leaves it.
+        let next = if sel & 2 != 0 { Some(r.piece()) } else { None };
         let journal = r.rest();
         std::fs::write(dir.join("leases.snapshot"), snapshot).expect("write");
         std::fs::write(dir.join("leases.journal"), journal).expect("write");
+        match next {
+            Some(n) => std::fs::write(dir.join("leases.journal.next"), n).expect("write"),
+            None => {
+                let _ = std::fs::remove_file(dir.join("leases.journal.next"));
+            }
+        }
         let Ok(mut store) = Store::open(dir) else { return };
         add_lab_networks(&mut store);
         let before = leases_shown(&store);

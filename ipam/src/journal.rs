@@ -25,6 +25,25 @@
 //!   over `NAME.snapshot`, fsyncs the directory, then empties the journal. A
 //!   crash after the rename but before the truncation replays the old journal
 //!   over the new snapshot: harmless, since records are upserts.
+//!
+//! # Compaction in the background
+//! [`Journal::compact_in_background`] takes a copy of the live records and
+//! leaves the caller at once: appends go on into a fresh `NAME.journal.next`
+//! (created and its directory entry fsynced before any commit lands there)
+//! while a thread writes the snapshot as above and then renames
+//! `NAME.journal.next` over `NAME.journal`. Rewriting 60,000 leases (10 MB)
+//! took the DHCP thread away for tens of milliseconds, long enough for the
+//! punt queue to overflow at 20,000 handshakes a second. What a crash leaves:
+//! - before the snapshot's rename: old snapshot, journal and `.next`, which
+//!   replayed in that order are the state;
+//! - after it, before `.next` replaces the journal: new snapshot, old
+//!   journal, `.next`: the old journal's records are upserts older than the
+//!   snapshot, each key's last one equal to the snapshot's state of it, so
+//!   replaying them is harmless (as above), and `.next` follows.
+//!
+//! [`Journal::open`] replays `.next` after the journal, appends its frames
+//! to the journal, fsyncs, and removes it (a crash in between replays a
+//! prefix of `.next` twice: harmless, again).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +51,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -70,7 +90,26 @@ pub struct Journal<T> {
     len: u64,
     /// Bytes in the snapshot file (the live records at the last compaction).
     snapshot_len: u64,
+    /// Whether `file` is `NAME.journal.next`: a background compaction runs
+    /// or failed (then the next compaction is done in place, see [`Journal::compact`]).
+    on_next: bool,
+    /// The background compaction running, with the snapshot's length when it succeeds.
+    background: Option<JoinHandle<Result<u64, JournalError>>>,
     _records: PhantomData<fn(T)>,
+}
+
+/// What [`Journal::poll_background`] found.
+#[derive(Debug)]
+pub enum Background {
+    /// None runs.
+    Idle,
+    /// One runs.
+    Running,
+    /// One ended: the snapshot holds the live records given it, `.next` is the journal.
+    Done,
+    /// One failed; the files are as a crash would have left them, and
+    /// replay right (see the module doc). The next compaction runs in place.
+    Failed(JournalError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -159,27 +198,53 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         let bytes = read_all(&path)?;
         let (more, end) = decode::<T>(&path, &bytes)?;
         records.extend(more);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-        let torn_bytes = (bytes.len() - end) as u64;
-        if torn_bytes > 0 {
+        // A background compaction's journal, left by a crash or a failure.
+        let next_path = dir.join(format!("{name}.journal.next"));
+        let next = read_all(&next_path)?;
+        let (more, next_end) = decode::<T>(&next_path, &next)?;
+        records.extend(more);
+        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let torn_bytes = (bytes.len() - end + next.len() - next_end) as u64;
+        if end < bytes.len() {
             // Cut the torn tail off so new frames follow the last good one.
             file.set_len(end as u64).map_err(io_err(&path))?;
             file.sync_all().map_err(io_err(&path))?;
+        }
+        if next_path.exists() {
+            file.write_all(&next[..next_end]).map_err(io_err(&path))?;
+            file.sync_data().map_err(io_err(&path))?;
+            fs::remove_file(&next_path).map_err(io_err(&next_path))?;
+            sync_dir(dir)?;
         }
         let j = Journal {
             dir: dir.to_path_buf(),
             name: name.to_string(),
             file,
             pending: Vec::new(),
-            len: end as u64,
+            len: (end + next_end) as u64,
             snapshot_len: snap.len() as u64,
+            on_next: false,
+            background: None,
             _records: PhantomData,
         };
         Ok((j, Loaded { records, torn_bytes }))
     }
 
+    /// The file appends go to now.
     fn path(&self) -> PathBuf {
+        if self.on_next {
+            self.next_path()
+        } else {
+            self.journal_path()
+        }
+    }
+
+    fn journal_path(&self) -> PathBuf {
         self.dir.join(format!("{}.journal", self.name))
+    }
+
+    fn next_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.journal.next", self.name))
     }
 
     /// Queues a record; durable only after the next [`Journal::commit`].
@@ -220,32 +285,151 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     }
 
     /// Replaces snapshot and journal with `records` (the whole live state),
-    /// atomically (see the module doc). Pending records must be committed first.
+    /// atomically (see the module doc), waiting for a background compaction
+    /// first. Queued records are committed first.
     pub fn compact<'a>(&mut self, records: impl IntoIterator<Item = &'a T>) -> Result<(), JournalError>
     where
         T: 'a,
     {
+        if let Some(h) = self.background.take() {
+            // Its outcome does not matter: this one rewrites everything.
+            self.finish_background(h);
+        }
         self.commit()?;
         let mut buf = Vec::new();
         for r in records {
             frame(&mut buf, r);
         }
-        let tmp = self.dir.join(format!("{}.snapshot.tmp", self.name));
-        let snap = self.dir.join(format!("{}.snapshot", self.name));
-        {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(&buf).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-        }
-        fs::rename(&tmp, &snap).map_err(io_err(&snap))?;
-        sync_dir(&self.dir)?;
+        write_snapshot(&self.dir, &self.name, &buf)?;
         let path = self.path();
         self.file.set_len(0).map_err(io_err(&path))?;
         self.file.sync_all().map_err(io_err(&path))?;
+        if self.on_next {
+            // Empty now, it replaces the journal the snapshot covers (unless
+            // a failed background compaction got as far as that rename).
+            if path.exists() {
+                let journal = self.journal_path();
+                fs::rename(&path, &journal).map_err(io_err(&journal))?;
+                sync_dir(&self.dir)?;
+            }
+            self.on_next = false;
+        }
         self.len = 0;
         self.snapshot_len = buf.len() as u64;
         Ok(())
     }
+
+    /// Whether a background compaction runs.
+    pub fn compacting(&self) -> bool {
+        self.background.is_some()
+    }
+
+    /// Starts writing `records` (the whole live state) as the snapshot on a
+    /// thread of its own, and returns at once; appends and commits go on
+    /// meanwhile (module doc, "Compaction in the background"). Falls back to
+    /// [`Journal::compact`] in place after a failed background compaction.
+    /// Queued records are committed first. Does nothing while one runs.
+    pub fn compact_in_background(&mut self, records: Vec<T>) -> Result<(), JournalError>
+    where
+        T: Send + 'static,
+    {
+        if self.background.is_some() {
+            return Ok(());
+        }
+        if self.on_next {
+            return self.compact(&records);
+        }
+        self.commit()?;
+        let next = self.next_path();
+        let file = OpenOptions::new().create(true).append(true).open(&next).map_err(io_err(&next))?;
+        // Left by nothing we know of (open merges and removes it), but empty it all the same.
+        file.set_len(0).map_err(io_err(&next))?;
+        // The new file's name must be durable before a commit there counts.
+        sync_dir(&self.dir)?;
+        self.file = file;
+        self.on_next = true;
+        self.len = 0;
+        let (dir, name) = (self.dir.clone(), self.name.clone());
+        let spawned = std::thread::Builder::new().name("lease-compact".into()).spawn(move || {
+            let mut buf = Vec::new();
+            for r in &records {
+                frame(&mut buf, r);
+            }
+            drop(records);
+            write_snapshot(&dir, &name, &buf)?;
+            let (next, journal) = (dir.join(format!("{name}.journal.next")), dir.join(format!("{name}.journal")));
+            fs::rename(&next, &journal).map_err(io_err(&journal))?;
+            sync_dir(&dir)?;
+            Ok(buf.len() as u64)
+        });
+        match spawned {
+            Ok(h) => self.background = Some(h),
+            // No thread: the journal stays `.next`, which replays right; the
+            // next compaction runs in place.
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        }
+        Ok(())
+    }
+
+    /// Collects a background compaction that ended (without waiting).
+    pub fn poll_background(&mut self) -> Background {
+        match &self.background {
+            None => Background::Idle,
+            Some(h) if !h.is_finished() => Background::Running,
+            Some(_) => {
+                let h = self.background.take().expect("checked above");
+                self.finish_background(h)
+            }
+        }
+    }
+
+    /// Waits for a background compaction, if one runs, and takes its outcome.
+    pub fn wait_background(&mut self) -> Background {
+        match self.background.take() {
+            None => Background::Idle,
+            Some(h) => self.finish_background(h),
+        }
+    }
+
+    /// Waits for a background compaction and takes its outcome.
+    fn finish_background(&mut self, h: JoinHandle<Result<u64, JournalError>>) -> Background {
+        match h.join() {
+            Ok(Ok(snapshot_len)) => {
+                self.on_next = false;
+                self.snapshot_len = snapshot_len;
+                Background::Done
+            }
+            Ok(Err(e)) => Background::Failed(e),
+            Err(_) => Background::Failed(JournalError::Io {
+                path: self.dir.clone(),
+                source: io::Error::other("the compaction thread panicked"),
+            }),
+        }
+    }
+}
+
+impl<T> Drop for Journal<T> {
+    /// Waits for a background compaction, so that whoever opens the journal
+    /// next finds its files settled.
+    fn drop(&mut self) {
+        if let Some(h) = self.background.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Writes `buf` as `NAME.snapshot` atomically: a temporary file, fsynced,
+/// renamed into place, the directory fsynced.
+fn write_snapshot(dir: &Path, name: &str, buf: &[u8]) -> Result<(), JournalError> {
+    let tmp = dir.join(format!("{name}.snapshot.tmp"));
+    let snap = dir.join(format!("{name}.snapshot"));
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(buf).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, &snap).map_err(io_err(&snap))?;
+    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -383,5 +567,118 @@ mod tests {
         let l = load(&d).unwrap();
         assert_eq!(l.records, vec![r(1), r(1)]);
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_background_compaction_keeps_the_state_and_what_was_committed_meanwhile() {
+        let d = tmpdir("bg");
+        let (mut j, _) = Journal::<R>::open(&d, "t").unwrap();
+        for i in 0..100 {
+            j.append(&r(i % 10));
+        }
+        j.commit().unwrap();
+        let live: Vec<R> = (0..10).map(r).collect();
+        j.compact_in_background(live.clone()).unwrap();
+        // Whether or not the thread has finished, these land after the snapshot.
+        for i in 40..45 {
+            j.append(&r(i));
+            j.commit().unwrap();
+        }
+        // A second request while one runs does nothing.
+        j.compact_in_background(vec![r(99)]).unwrap();
+        while matches!(j.poll_background(), Background::Running) {
+            std::thread::yield_now();
+        }
+        assert!(!j.compacting());
+        j.append(&r(45));
+        j.commit().unwrap();
+        assert!(!d.join("t.journal.next").exists(), "the new journal replaced the old");
+        assert_eq!(j.len(), fs::metadata(d.join("t.journal")).unwrap().len());
+        drop(j);
+        let l = load(&d).unwrap();
+        let mut want = live;
+        want.extend((40..46).map(r));
+        assert_eq!(l.records, want);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn dropping_the_journal_waits_for_its_background_compaction() {
+        let d = tmpdir("bgdrop");
+        let (mut j, _) = Journal::<R>::open(&d, "t").unwrap();
+        j.append(&r(1));
+        j.commit().unwrap();
+        j.compact_in_background(vec![r(1)]).unwrap();
+        j.append(&r(2));
+        j.commit().unwrap();
+        drop(j);
+        assert!(!d.join("t.journal.next").exists());
+        assert!(!d.join("t.snapshot.tmp").exists());
+        assert_eq!(load(&d).unwrap().records, vec![r(1), r(2)]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn compacting_in_place_waits_for_the_background_one_and_wins() {
+        let d = tmpdir("bgplace");
+        let (mut j, _) = Journal::<R>::open(&d, "t").unwrap();
+        j.append(&r(1));
+        j.commit().unwrap();
+        j.compact_in_background(vec![r(1)]).unwrap();
+        j.append(&r(2));
+        j.compact(&[r(2)]).unwrap();
+        assert!(j.is_empty() && !j.compacting());
+        j.append(&r(3));
+        j.commit().unwrap();
+        drop(j);
+        assert!(!d.join("t.journal.next").exists());
+        assert_eq!(load(&d).unwrap().records, vec![r(2), r(3)]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The files a crash can leave mid-compaction in the background, at
+    /// every step (module doc): each opens to the records in replay order,
+    /// `.next` (torn tail included) is folded into the journal, and
+    /// appending goes on.
+    #[test]
+    fn a_crash_during_a_background_compaction_replays_every_file_in_order() {
+        let frames = |recs: &[R]| {
+            let mut b = Vec::new();
+            for x in recs {
+                frame(&mut b, x);
+            }
+            b
+        };
+        let old_snap = frames(&[r(1)]);
+        let journal = frames(&[r(2), r(3)]);
+        let new_snap = frames(&[r(1), r(2), r(3)]);
+        let mut next = frames(&[r(4), r(5)]);
+        let torn = 5;
+        next.extend_from_slice(&frames(&[r(6)])[..torn]);
+        // (snapshot, whether the snapshot is the new one)
+        for (snap, new) in [(&old_snap, false), (&new_snap, true)] {
+            let d = tmpdir(if new { "bgcrash-new" } else { "bgcrash-old" });
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("t.snapshot"), snap).unwrap();
+            fs::write(d.join("t.journal"), &journal).unwrap();
+            fs::write(d.join("t.journal.next"), &next).unwrap();
+            if new {
+                fs::write(d.join("t.snapshot.tmp"), b"half a snapshot").unwrap();
+            }
+            let (mut j, l) = Journal::<R>::open(&d, "t").unwrap();
+            let mut want: Vec<R> = if new { vec![r(1), r(2), r(3)] } else { vec![r(1)] };
+            want.extend([r(2), r(3), r(4), r(5)]);
+            assert_eq!(l.records, want, "new snapshot: {new}");
+            assert_eq!(l.torn_bytes, torn as u64);
+            assert!(!d.join("t.journal.next").exists());
+            j.append(&r(7));
+            j.commit().unwrap();
+            drop(j);
+            want.push(r(7));
+            let again = load(&d).unwrap();
+            assert_eq!(again.records, want);
+            assert_eq!(again.torn_bytes, 0);
+            fs::remove_dir_all(&d).unwrap();
+        }
     }
 }

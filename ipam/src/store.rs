@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::dhcp::{DhcpConfig, DhcpServer, Handled};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Background, Journal, JournalError};
 use crate::lease::{ClientKey, Lease, LeaseError, Leases, Record};
 use crate::Ipv4Net;
 
@@ -32,7 +32,10 @@ pub struct Entry {
 /// handshakes come and go, and a compaction, which writes the live records
 /// once, comes after at least as many bytes were appended (the write cost
 /// stays within twice the appends). Redis rewrites its append-only file by
-/// the same rule (`auto-aof-rewrite-percentage 100`).
+/// the same rule (`auto-aof-rewrite-percentage 100`). While a compaction
+/// runs in the background the old journal stays beside the new one, which
+/// is not let grow past the same bound (a commit waits for the compaction
+/// then): three times at most, for that while.
 pub const COMPACT_MIN_BYTES: u64 = 64 << 10;
 
 pub struct Store {
@@ -42,6 +45,8 @@ pub struct Store {
     pending: HashMap<String, Vec<Record>>,
     /// Bytes of a torn journal tail skipped at open.
     pub torn_bytes: u64,
+    /// A background compaction's failure, not yet reported.
+    compaction_failed: Option<JournalError>,
 }
 
 /// Lease lifetime for addresses given with `connect --ip auto`: they belong
@@ -55,7 +60,7 @@ impl Store {
         for e in loaded.records {
             pending.entry(e.network).or_default().push(e.record);
         }
-        Ok(Store { journal, nets: HashMap::new(), pending, torn_bytes: loaded.torn_bytes })
+        Ok(Store { journal, nets: HashMap::new(), pending, torn_bytes: loaded.torn_bytes, compaction_failed: None })
     }
 
     /// Adds (or replaces) a network: dynamic addresses from `range`, never
@@ -140,23 +145,54 @@ impl Store {
         }
     }
 
-    /// Makes every queued record durable (one fsync), compacting when the
-    /// journal outgrows the live records (see [`COMPACT_MIN_BYTES`]).
+    /// Makes every queued record durable (one fsync), starting a compaction
+    /// in the background when the journal outgrows the live records (see
+    /// [`COMPACT_MIN_BYTES`]): the caller, the DHCP thread, goes on at once
+    /// (journal module doc, "Compaction in the background"). A compaction
+    /// that failed is returned, once, by [`Store::compaction_failed`]; the
+    /// records are durable all the same.
     pub fn commit(&mut self) -> Result<(), JournalError> {
         self.journal.commit()?;
-        if self.journal.len() > COMPACT_MIN_BYTES.max(self.journal.snapshot_len()) {
-            self.compact()?;
+        let due = |j: &Journal<Entry>| j.len() > COMPACT_MIN_BYTES.max(j.snapshot_len());
+        let outcome = match self.journal.poll_background() {
+            // Due again before the last one ended: wait for it, so that the
+            // files stay bounded (see COMPACT_MIN_BYTES) whatever the disk.
+            Background::Running if due(&self.journal) => self.journal.wait_background(),
+            other => other,
+        };
+        match outcome {
+            Background::Running => return Ok(()),
+            Background::Failed(e) => self.compaction_failed = Some(e),
+            Background::Idle | Background::Done => {}
+        }
+        if due(&self.journal) {
+            let all = self.live_entries();
+            self.journal.compact_in_background(all)?;
         }
         Ok(())
     }
 
-    /// Rewrites the files as the live records of the added networks only.
-    fn compact(&mut self) -> Result<(), JournalError> {
-        let all: Vec<Entry> = self
-            .nets
+    /// The error of the last background compaction that failed, once.
+    pub fn compaction_failed(&mut self) -> Option<JournalError> {
+        self.compaction_failed.take()
+    }
+
+    /// Whether a compaction runs in the background.
+    pub fn compacting(&self) -> bool {
+        self.journal.compacting()
+    }
+
+    /// Every live record of the added networks.
+    fn live_entries(&self) -> Vec<Entry> {
+        self.nets
             .iter()
             .flat_map(|(n, s)| s.leases.records().into_iter().map(|record| Entry { network: n.clone(), record }))
-            .collect();
+            .collect()
+    }
+
+    /// Rewrites the files as the live records of the added networks only.
+    fn compact(&mut self) -> Result<(), JournalError> {
+        let all = self.live_entries();
         self.journal.compact(&all)
     }
 
@@ -317,8 +353,10 @@ mod tests {
             s.commit().unwrap();
             most = most.max(disk_bytes(&dir));
         }
-        // Without compaction: about 1,500 × 2 records of ~150 bytes.
-        assert!(most <= COMPACT_MIN_BYTES + 4096, "{most} bytes on disk at most");
+        // Without compaction: about 1,500 × 2 records of ~150 bytes. While a
+        // compaction runs, the old journal and the new one (each at most the
+        // bound and a record) and the small snapshot.
+        assert!(most <= 2 * COMPACT_MIN_BYTES + 4096, "{most} bytes on disk at most");
         drop(s);
         let mut s = Store::open(&dir).unwrap();
         add(&mut s);
