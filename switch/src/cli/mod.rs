@@ -208,6 +208,12 @@ pub struct DaemonArgs {
     /// however many client identifiers it cycles through; 0: no cap.
     #[arg(long, value_name = "N", default_value_t = crate::control::DEFAULT_LEASES_PER_PORT)]
     pub dhcp_leases_per_port: u32,
+    /// Frames the queue from the workers to the gateway (DHCP, ARP, ICMP
+    /// for the gateway, routing's misses) holds; beyond, punted frames are
+    /// dropped and counted as `gateway_full`. 2 KiB each, allocated at start.
+    #[arg(long, value_name = "N", default_value_t = crate::punt::PUNT_DEPTH as u32,
+          value_parser = clap::value_parser!(u32).range(crate::punt::PUNT_DEPTH_MIN as i64..=1 << 20))]
+    pub punt_depth: u32,
     /// `tap`: a TAP port into the daemon's own namespace (the host's, as
     /// root) through which networks with egress reach the world, NATed by
     /// the kernel (docs/EGRESS.md); `none`: no network reaches beyond
@@ -849,6 +855,7 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 flight_recorder: a.flight_recorder as usize,
                 storm_limit: a.storm_limit,
                 dhcp_leases_per_port: a.dhcp_leases_per_port,
+                punt_depth: a.punt_depth as usize,
                 default_pools,
                 uplink,
                 docker_plugin: a

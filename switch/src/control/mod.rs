@@ -135,6 +135,10 @@ pub struct Config {
     /// address at a time, hence for one port with port security; 0: no
     /// cap (`daemon --dhcp-leases-per-port`).
     pub dhcp_leases_per_port: u32,
+    /// Frames the punt queue between the workers and the gateway holds
+    /// (`daemon --punt-depth`); beyond, punted frames are dropped and
+    /// counted as `gateway_full`.
+    pub punt_depth: usize,
 }
 
 impl Config {
@@ -155,6 +159,7 @@ impl Config {
             socket_group: None,
             storm_limit: crate::security::DEFAULT_STORM_LIMIT,
             dhcp_leases_per_port: DEFAULT_LEASES_PER_PORT,
+            punt_depth: crate::punt::PUNT_DEPTH,
         }
     }
 }
@@ -301,12 +306,13 @@ impl Daemon {
             workers.push(worker::spawn(i, core, shared.clone())?);
         }
         let captures = capture::Registry::new(cfg.workers.max(1), cfg.flight_recorder);
+        let punt = Arc::new(PuntQueue::with_depth(cfg.punt_depth));
         let d = Arc::new(Daemon {
             captures,
             cfg,
             inner: Mutex::new(Inner::default()),
             ipam: Mutex::new(ipam),
-            punt: Arc::new(PuntQueue::new()),
+            punt,
             arp_learned: Mutex::default(),
             snapshot,
             workers,

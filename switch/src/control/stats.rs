@@ -21,7 +21,6 @@ use super::networks::network;
 use super::proto::*;
 use super::{unix_now, Daemon, Inner};
 use crate::port::PortId;
-use crate::punt::PUNT_DEPTH;
 use crate::stats::{DropReason, PortCounters, PortStats, RouterStats};
 
 /// The counters that have rates, of one port.
@@ -239,7 +238,7 @@ impl Daemon {
             networks,
             routers,
             workers,
-            punt_queue: QueueDepthInfo { depth: self.punt.depth() as u64, capacity: PUNT_DEPTH as u64 },
+            punt_queue: QueueDepthInfo { depth: self.punt.depth() as u64, capacity: self.punt.capacity() as u64 },
             control_socket: self.socket_counters.info(),
         })
     }
@@ -379,7 +378,7 @@ mod tests {
         let all = d.stats(None).unwrap();
         let names: Vec<&str> = all.networks.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!((all.workers.len(), all.punt_queue.capacity), (2, PUNT_DEPTH as u64));
+        assert_eq!((all.workers.len(), all.punt_queue.capacity), (2, crate::punt::PUNT_DEPTH as u64));
         let p = &all.ports[0];
         assert_eq!((p.network.as_str(), p.netns.as_str(), p.vhost_socket.as_deref()), ("a", "", Some(sock.as_str())));
         assert!(p.vhost_counters.contains_key("no_rx_buffers"), "{p:?}");
