@@ -383,6 +383,11 @@ impl tapyard_switch::control::gateway::Control for GatewayCtl {
     }
 
     fn republish(&self) {}
+
+    fn lease_guarded(&self, _net: &str, mac: Option<[u8; 6]>) -> bool {
+        // Some clients guarded, some not: both of the gateway's ways taken.
+        mac.is_none_or(|m| m[5] & 1 == 0)
+    }
 }
 
 /// Gives `store` the DHCP servers of the lab's networks n (10.1.0.0/24)

@@ -250,3 +250,26 @@ fn a_dhcp_lease_is_a_routing_neighbour_at_once() {
     assert_eq!(neighbors[&ip], lease["mac"], "{neighbors}");
     assert!(a.reaches(&ip), "log:\n{}", d.log());
 }
+
+#[test]
+fn a_dhcp_lease_of_a_port_without_port_security_becomes_a_neighbour_soon() {
+    if !common::net_admin() {
+        return;
+    }
+    let d = Daemon::start("rdq");
+    let (_, n1, n2) = routed_pair(&d, "rdq", "10.94.3.0/24", "10.94.4.0/24", &[]);
+    let a = Netns::new("rdqa");
+    let c = Netns::new("rdqc");
+    d.ok(&["connect", &n1, &a.name, "--ip", "auto"]);
+    // Without port security the lease need not be published before its ACK:
+    // the gateway gathers such neighbours and publishes them within 50 ms,
+    // or as soon as it is idle.
+    d.ok(&["connect", &n2, &c.name, "--port-security", "off"]);
+    let hook = format!("{}/tests/fixtures/udhcpc.sh", env!("CARGO_MANIFEST_DIR"));
+    assert!(c.run(&["udhcpc", "-f", "-q", "-n", "-i", "eth0", "-s", &hook, "-t", "5", "-T", "1"]), "no lease");
+    let lease = d.json(&["lease", "ls", &n2])[0].clone();
+    let ip = lease["ip"].as_str().unwrap().to_string();
+    let published = common::wait_for(5, || d.json(&["network", "inspect", &n2])["neighbors"][&ip] == lease["mac"]);
+    assert!(published, "{}", d.json(&["network", "inspect", &n2]));
+    assert!(a.reaches(&ip), "log:\n{}", d.log());
+}

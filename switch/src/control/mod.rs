@@ -750,6 +750,15 @@ impl gateway::Control for Daemon {
     fn republish(&self) {
         Daemon::republish(self);
     }
+
+    fn lease_guarded(&self, net: &str, mac: Option<[u8; 6]>) -> bool {
+        let inner = self.lock();
+        inner.ports.values().any(|p| {
+            p.spec.network == net
+                && mac.is_none_or(|m| m == p.spec.mac.0)
+                && (port_security_on(&inner, p) || !p.spec.publish.is_empty())
+        })
+    }
 }
 
 /// How long a declined address stays out of use (RFC 2131 §4.3.3 leaves it to the server).
