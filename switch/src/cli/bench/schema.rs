@@ -242,6 +242,12 @@ impl Stat {
             runs: v.iter().map(|x| round3(*x)).collect(),
         })
     }
+
+    /// Whether the two spreads overlap: then a ratio of their medians says
+    /// nothing the noise of this machine could not say.
+    pub fn overlaps(&self, other: &Stat) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
 }
 
 /// The median: the middle value, or the mean of the two middle values; None for no values.
