@@ -756,6 +756,19 @@ impl Dh {
     }
 }
 
+/// A server that failed in some runs keeps the figures of the others (the
+/// ladder's notes say which runs failed); one that never climbed a step has
+/// failed, for the first reason it gave.
+fn settle(servers: &mut BTreeMap<String, ServerState>, climbs: &[Climb]) {
+    for (name, s) in servers.iter_mut().filter(|(_, s)| s.status == "ok") {
+        let mine = || climbs.iter().filter(|c| &c.server == name);
+        if !mine().any(|c| !c.steps.is_empty()) {
+            let why = mine().find_map(|c| c.error.clone()).unwrap_or_else(|| "not measured".into());
+            *s = ServerState { status: "failed".into(), setup: why };
+        }
+    }
+}
+
 /// The version perfdhcp or kea-dhcp4 reports with `-v`.
 fn version(prog: &str) -> String {
     let v = super::runner::first_line(prog, &["-v"]);
@@ -857,15 +870,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<i32> {
                 Err(e) => {
                     log(&format!("  run {r}: {server} failed: {e}"));
                     errors += 1;
-                    let s = servers.get_mut(server).expect("both servers have a state");
-                    if s.status == "ok" {
-                        *s = ServerState { status: "failed".into(), setup: e.to_string() };
-                    }
                     climbs.push(Climb { server: server.into(), run: r, steps: vec![], error: Some(e.to_string()) });
                 }
             }
         }
     }
+    settle(&mut servers, &climbs);
     let (figures, ratio, delay_rates_per_s) = compute(&climbs, args.runs, rates.len());
     let results = DhcpResults {
         tool: "tapyard bench --dhcp".into(),
@@ -985,6 +995,23 @@ mod tests {
         assert_eq!(common_rate(&[&ladder]), Some(2000));
         assert_eq!(common_rate(&[&ladder[2..], &kea]), None);
         assert_eq!(common_rate(&[]), None);
+    }
+
+    #[test]
+    fn a_server_fails_only_if_no_run_measured_it() {
+        let ok = || ServerState { status: "ok".into(), setup: "how".into() };
+        let mut servers: BTreeMap<String, ServerState> = [(TAPYARD.into(), ok()), (KEA.into(), ok())].into();
+        let failed = |server: &str, run: u32| Climb {
+            server: server.into(),
+            run,
+            steps: vec![],
+            error: Some(format!("no ping in run {run}")),
+        };
+        let mut measured = failed(TAPYARD, 2);
+        (measured.steps, measured.error) = (vec![step(1000, 1000.0, 1.0, 1.0)], None);
+        settle(&mut servers, &[failed(TAPYARD, 1), measured, failed(KEA, 1), failed(KEA, 2)]);
+        assert_eq!(servers[TAPYARD], ok());
+        assert_eq!((servers[KEA].status.as_str(), servers[KEA].setup.as_str()), ("failed", "no ping in run 1"));
     }
 
     #[test]
