@@ -123,7 +123,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1000,2000,4000,8000,12000,16000,20000,25000,30000",
+        default_value = "1000,2000,3000,4000,6000,8000,12000,16000,20000,25000,30000",
         value_name = "LIST",
         requires = "dhcp",
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
