@@ -30,8 +30,11 @@
 #   --bench   the lab set and the peers and tools of `tapyard bench` and
 #             bench/system/*.sh (docs/PERFORMANCE.md): iperf3, jq, python3,
 #             vde2 (vde_switch), openvswitch-switch (ovs-vswitchd, ovsdb-server),
-#             sockperf, gnuplot-nox (the report's chart), ethtool and DPDK
-#             testpmd (bench/system/vhost.sh). The benchmark runs its own private
+#             sockperf, gnuplot-nox (the report's chart), ethtool, DPDK
+#             testpmd (bench/system/vhost.sh), and ISC's perfdhcp (kea-admin)
+#             and Kea (kea-dhcp4-server) for `tapyard bench --dhcp` (also in
+#             the --tests set, for its smoke test), installed with service
+#             starts held back. The benchmark runs its own private
 #             Open vSwitch; so that installing the package does not start the
 #             system one, service starts are held back during that install
 #             (with a temporary /usr/sbin/policy-rc.d, unless one already decides).
@@ -66,6 +69,7 @@ if ! have cargo && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 
 # Peers shared by the tests and the benchmark.
+held_need=()
 if [ $tests -eq 1 ] || [ $bench -eq 1 ]; then
   # The uplink's rules (egress, published ports); nft lives in /usr/sbin,
   # which a user's PATH may lack.
@@ -82,8 +86,12 @@ if [ $tests -eq 1 ] || [ $bench -eq 1 ]; then
   have pasta || need+=(passt)
   have slirp4netns || need+=(slirp4netns)
   have newuidmap || need+=(uidmap)
+  # `tapyard bench --dhcp` and its smoke test (tests/bench_smoke.rs): perfdhcp
+  # drives, kea-dhcp4 is the baseline (both in /usr/sbin; the server's package
+  # would start a system Kea, so service starts are held back).
+  have perfdhcp || [ -x /usr/sbin/perfdhcp ] || held_need+=(kea-admin)
+  have kea-dhcp4 || [ -x /usr/sbin/kea-dhcp4 ] || held_need+=(kea-dhcp4-server)
 fi
-held_need=()
 if [ $tests -eq 1 ]; then
   [ -x /usr/sbin/dockerd ] || held_need+=(docker.io)
   # Docker's rootless mode (scripts/test-docker-rootless.sh): rootlesskit and rootlessctl.

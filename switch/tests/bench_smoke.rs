@@ -121,6 +121,9 @@ fn bench_refuses_bad_arguments() {
         (&["--runs", "0"], "--runs"),
         (&["--tests", "tcp9"], "tcp9"),
         (&["--against", "none", "--paths", "none"], "nothing to measure"),
+        (&["--dhcp", "--egress"], "--egress"),
+        (&["--dhcp", "--dhcp-rates", "0"], "--dhcp-rates"),
+        (&["--dhcp-rates", "1000"], "--dhcp"),
     ] {
         let out = Command::new(TAPYARD).arg("bench").args(args).output().expect("run tapyard bench");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -240,4 +243,61 @@ fn installed_tool(tool: &str) -> bool {
         .stdout(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// `bench --dhcp`, one run of one short step: perfdhcp gets its exchanges
+/// answered by tapyard's gateway and by Kea, the JSON holds both climbs, and
+/// the namespaces (tyd<PID>...), servers and work directory are gone after.
+#[test]
+fn bench_dhcp_measures_tapyard_and_kea_and_cleans_up() {
+    if !common::net_admin() {
+        return;
+    }
+    common::need("perfdhcp", "kea-admin");
+    common::need("kea-dhcp4", "kea-dhcp4-server");
+    let child = Command::new(TAPYARD)
+        .args(["bench", "--dhcp", "--duration", "1", "--runs", "1", "--dhcp-rates", "200", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tapyard bench --dhcp");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for tapyard bench --dhcp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["schema_version"], 1);
+    for server in ["tapyard", "kea"] {
+        assert_eq!(v["servers"][server]["status"], "ok", "{:#}\n{stderr}", v["servers"]);
+        let climb = v["climbs"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["server"] == server))
+            .unwrap_or_else(|| panic!("no {server} climb: {v:#}"));
+        let step = &climb["steps"][0];
+        assert_eq!(step["offered_per_s"], 200, "{climb:#}");
+        // A light load on either server: most exchanges complete (not all: the machine may be busy).
+        assert!(step["acks_received"].as_u64().is_some_and(|n| n > 0), "{server}: no ACK: {climb:#}\n{stderr}");
+        assert!(step["completion"].as_f64().is_some_and(|c| c > 0.5), "{server}: {climb:#}\n{stderr}");
+        if server == "tapyard" {
+            let gw = &step["gateway"];
+            assert!(gw["dhcp_ack"].as_u64().is_some_and(|n| n > 0), "the gateway's counters: {climb:#}");
+        } else {
+            assert!(step.get("gateway").is_none(), "{climb:#}");
+        }
+    }
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let ours = |n: &String| n.starts_with(&format!("tyd{pid}"));
+    let left: Vec<String> = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!left.iter().any(ours), "namespaces left behind: {left:?}");
+    assert_eq!(processes_naming(&format!("tapyard-bench.{pid}.")), Vec::<String>::new(), "processes left behind");
 }

@@ -8,8 +8,9 @@
 //! reads the tools' output; `schema` holds the results' serde types and
 //! computes medians and ratios; `report` writes the tables, results.json,
 //! results.md and the chart (gnuplot with `bench/system/chart.gp`). `--vhost`
-//! (`vhost`: DPDK testpmd as the VMs) and `--egress` (`egress`: NAT,
-//! published ports, pasta) are modules of their own. The files they run are
+//! (`vhost`: DPDK testpmd as the VMs), `--egress` (`egress`: NAT,
+//! published ports, pasta) and `--dhcp` (`dhcp`: perfdhcp against tapyard's
+//! gateway and Kea) are modules of their own. The files they run are
 //! embedded so that an installed `tapyard` needs no source tree. What
 //! everything measures, and how, is in each module's doc and in
 //! docs/PERFORMANCE.md.
@@ -32,6 +33,7 @@ const PINGPONG: &str = include_str!("../../../bench/system/pingpong.py");
 const CHART: &str = include_str!("../../../bench/system/chart.gp");
 const TESTPMD: &str = include_str!("../../../scripts/testpmd.sh");
 
+mod dhcp;
 mod egress;
 mod measure;
 mod report;
@@ -108,6 +110,25 @@ pub struct BenchArgs {
     /// --duration, --runs, --json, --report and --keep.
     #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice", "vhost"])]
     pub egress: bool,
+    /// Run the DHCP benchmark instead (docs/PERFORMANCE.md): ISC's perfdhcp,
+    /// as a relay for 60,000 clients, against tapyard's gateway and against
+    /// ISC's Kea, each climbing the rate ladder of --dhcp-rates until under 99
+    /// % of its exchanges complete; the highest sustained rate of each and
+    /// their ratio. Takes --duration (seconds a step), --runs, --json,
+    /// --report and --keep.
+    #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice", "vhost", "egress"])]
+    pub dhcp: bool,
+    /// The rate ladder of --dhcp: offered four-way exchanges (DORA) a second,
+    /// comma-separated, climbed from the lowest.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,3000,4000,6000,8000,12000,16000,20000,25000,30000",
+        value_name = "LIST",
+        requires = "dhcp",
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub dhcp_rates: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,7 +198,7 @@ fn check_list<T: ValueEnum + PartialEq + Copy>(flag: &str, items: &[T], none: T)
 impl BenchArgs {
     /// Checks what clap cannot: `none` alone, and something to measure.
     fn validate(&self) -> Result<(), clap::Error> {
-        if self.vhost || self.egress {
+        if self.vhost || self.egress || self.dhcp {
             return Ok(());
         }
         check_list("--against", &self.against, Baseline::Nothing)?;
@@ -216,6 +237,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let mut cli = super::Cli::command();
         let mut cmd = cli.find_subcommand_mut("bench").cloned().unwrap_or_default().bin_name("tapyard bench");
         e.format(&mut cmd).exit();
+    }
+    if args.dhcp {
+        return dhcp::run(&args);
     }
     if !args.vhost && !args.egress {
         return runner::run(&args, &Files);
@@ -277,6 +301,28 @@ mod tests {
             &["--egress", "--pings", "10"],
             &["--egress", "--duration", "0"],
             &["--egress", "--runs", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn dhcp_arguments() {
+        let d = parse(&["--dhcp", "--duration", "2", "--runs", "1", "--dhcp-rates", "500,250", "--json"]).unwrap();
+        assert!(d.dhcp && d.json && d.duration == 2 && d.runs == 1);
+        assert_eq!(d.dhcp_rates, [500, 250]);
+        let d = parse(&["--dhcp"]).unwrap();
+        assert_eq!(d.dhcp_rates.first(), Some(&1000));
+        assert_eq!(d.dhcp_rates.last(), Some(&30000));
+        for bad in [
+            &["--dhcp", "--vhost"][..],
+            &["--dhcp", "--egress"],
+            &["--dhcp", "--against", "bridge"],
+            &["--dhcp", "--tests", "tcp1"],
+            &["--dhcp", "--workers", "1"],
+            &["--dhcp", "--dhcp-rates", "0"],
+            &["--dhcp", "--dhcp-rates", "fast"],
+            &["--dhcp-rates", "1000"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

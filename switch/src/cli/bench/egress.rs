@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use super::measure;
 use super::runner::log_as;
-use super::schema::{fixed, median, round3, Machine};
+use super::schema::{fixed, Machine, Stat};
 use super::BenchArgs;
 use crate::cli::labkit::{self, Lab, SetupError, Tapyard, TapyardMode};
 use crate::control::proto::{NetworkCreate, Request};
@@ -72,29 +72,6 @@ fn log(msg: &str) {
 }
 
 // ------------------------------------------------------------------ results
-
-/// The spread of a figure over the runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stat {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub runs: Vec<f64>,
-}
-
-impl Stat {
-    pub fn of(v: &[f64]) -> Option<Stat> {
-        let m = median(v)?;
-        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some(Stat {
-            median: round3(m),
-            min: round3(min),
-            max: round3(max),
-            runs: v.iter().map(|x| round3(*x)).collect(),
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EgressResults {

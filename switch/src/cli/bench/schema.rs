@@ -220,6 +220,36 @@ impl RawPath {
     }
 }
 
+/// The spread of a figure over the runs: the median, the lowest and the
+/// highest, and every run's value (`tapyard bench --egress` and `--dhcp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: Vec<f64>,
+}
+
+impl Stat {
+    pub fn of(v: &[f64]) -> Option<Stat> {
+        let m = median(v)?;
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(Stat {
+            median: round3(m),
+            min: round3(min),
+            max: round3(max),
+            runs: v.iter().map(|x| round3(*x)).collect(),
+        })
+    }
+
+    /// Whether the two spreads overlap: then a ratio of their medians says
+    /// nothing the noise of this machine could not say.
+    pub fn overlaps(&self, other: &Stat) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
 /// The median: the middle value, or the mean of the two middle values; None for no values.
 pub fn median(values: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
