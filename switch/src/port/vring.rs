@@ -251,7 +251,7 @@ impl<'a> Ring<'a> {
     }
 
     /// The chain starting at `head` (validated as it is walked).
-    pub(super) fn chain(&self, head: u16) -> Chain {
+    pub(super) fn chain(&self, head: u16) -> Chain<'a> {
         Chain {
             table: self.desc,
             table_addr: 0,
@@ -260,6 +260,7 @@ impl<'a> Ring<'a> {
             ttl: self.size,
             indirect: false,
             bytes: 0,
+            _mem: PhantomData,
         }
     }
 
@@ -364,7 +365,7 @@ impl<'a> Ring<'a> {
 /// (a multiple of 16 bytes, not nested), total length without overflow.
 /// `next` returns none when the chain ends, and also when it breaks off;
 /// the caller tells the two apart by the last descriptor's NEXT flag.
-pub(super) struct Chain {
+pub(super) struct Chain<'a> {
     /// Host address of the table (the ring's, or an indirect table that
     /// lies in one region), or null: read each descriptor at `table_addr`
     /// through vm-memory.
@@ -375,9 +376,10 @@ pub(super) struct Chain {
     ttl: u16,
     indirect: bool,
     bytes: u32,
+    _mem: PhantomData<&'a GuestMemoryMmap>,
 }
 
-impl Chain {
+impl Chain<'_> {
     pub(super) fn next(&mut self, gm: &mut GuestMem<'_>) -> Option<Desc> {
         loop {
             if self.ttl == 0 || self.next >= self.size {
