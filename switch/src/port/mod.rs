@@ -21,6 +21,7 @@ pub mod vhost;
 /// Public for the fuzz targets only (fuzz/): [`vhost_relay::relay`] on two sockets.
 #[doc(hidden)]
 pub mod vhost_relay;
+mod vring;
 
 use std::os::fd::RawFd;
 
