@@ -112,9 +112,9 @@ pub struct BenchArgs {
     pub egress: bool,
     /// Run the DHCP benchmark instead (docs/PERFORMANCE.md): ISC's perfdhcp,
     /// as a relay for 60,000 clients, against tapyard's gateway and against
-    /// ISC's Kea, each climbing the rate ladder of --dhcp-rates until under 99
-    /// % of its exchanges complete; the highest sustained rate of each and
-    /// their ratio. Takes --duration (seconds a step), --runs, --json,
+    /// ISC's Kea, each climbing the rate ladder of --dhcp-rates until two
+    /// steps in a row complete under 99 % of their exchanges; the highest
+    /// sustained rate of each and their ratio. Takes --duration (seconds a step), --runs, --json,
     /// --report and --keep.
     #[arg(long, conflicts_with_all = ["against", "paths", "tests", "pings", "ping_interval", "workers", "nice", "vhost", "egress"])]
     pub dhcp: bool,
@@ -123,7 +123,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1000,2000,3000,4000,6000,8000,12000,16000,20000,25000,30000",
+        default_value = "1000,2000,3000,4000,6000,8000,10000,12000,14000,16000,20000,25000,30000",
         value_name = "LIST",
         requires = "dhcp",
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
