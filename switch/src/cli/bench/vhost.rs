@@ -8,7 +8,7 @@
 //! | `ceiling_mpps` | DPDK's own loop, no switch: testpmd txonly (virtio-user) into testpmd rxonly (vhost PMD), 64-byte frames |
 //! | `vhost_mpps` | testpmd txonly -> tapyard vhost-user port -> tapyard vhost-user port -> testpmd rxonly: frames per second the receiver got |
 //! | `vhost_in_mpps` | the same run: frames per second tapyard took from the sender |
-//! | `tap_mpps` | testpmd txonly -> tapyard vhost-user port -> TAP port -> a container's kernel (frames its interface counted) |
+//! | `tap_mpps` | testpmd txonly -> tapyard vhost-user port -> TAP port -> a container's kernel (frames its interface counted); the container never sends, so the frames are flooded (unknown unicast) and the sender's port has no storm limit |
 //! | `loop_mpps` | one testpmd, two virtio-user ports, mac forwarding in a loop through two tapyard vhost-user ports |
 //! | `tcp_vm_ct_gbps`, `tcp_ct_vm_gbps` | iperf3 TCP, 1 stream, from a kernel stack behind a DPDK virtio-user port (testpmd io: net_tap <-> net_virtio_user, the "VM") to a container on a TAP port, and back (-R) |
 //! | `tcp_ct_ct_gbps` | the same between two containers on TAP ports, for reference |
@@ -315,6 +315,18 @@ impl Vh {
         Ok(())
     }
     fn vhost_port(&self, ty: &Tapyard, lab: &Lab, net: &str, sock: &Path, mac: &str) -> Res<()> {
+        self.vhost_port_storm(ty, lab, net, sock, mac, None)
+    }
+    /// A vhost-user port with storm control `storm_limit` (`None`: the daemon's).
+    fn vhost_port_storm(
+        &self,
+        ty: &Tapyard,
+        lab: &Lab,
+        net: &str,
+        sock: &Path,
+        mac: &str,
+        storm_limit: Option<u32>,
+    ) -> Res<()> {
         ty.call(
             lab,
             &Request::ConnectVhost {
@@ -326,7 +338,7 @@ impl Vh {
                 socket_mode: None,
                 socket_group: None,
                 port_security: None,
-                storm_limit: None,
+                storm_limit,
             },
         )?;
         Ok(())
@@ -457,7 +469,10 @@ impl Vh {
             .and_then(|p| p["mac"].as_str().map(str::to_string))
             .ok_or_else(|| SetupError::Fail("the container's port has no MAC".into()))?;
         let a = lab.dir().join("a.sock");
-        self.vhost_port(&ty, &lab, "tn", &a, MAC_A)?;
+        // The container never sends, so its MAC stays unknown and every frame
+        // to it is flooded: without this, storm control (issue 15, 2,000
+        // flooded frames a second by default) would be what this measures.
+        self.vhost_port_storm(&ty, &lab, "tn", &a, MAC_A, Some(0))?;
         let ma = format!("mac={MAC_A}");
         let peer = format!("--eth-peer=0,{ctmac}");
         let app = ["--txpkts=64", peer.as_str()];
