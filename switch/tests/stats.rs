@@ -372,7 +372,7 @@ fn a_ping_flow_moves_the_counters_exactly_and_the_rates_rise_and_fall() {
     let wf: f64 =
         (0..2).map(|w| value(&m, "tapyard_worker_frames_total", &[("worker", &w.to_string())]).unwrap()).sum();
     assert_eq!(wf, frames as f64);
-    assert_eq!(value(&m, "tapyard_punt_queue_capacity", &[]), Some(512.0));
+    assert_eq!(value(&m, "tapyard_punt_queue_capacity", &[]), Some(tapyard_switch::punt::PUNT_DEPTH as f64));
     drop((a, b));
 }
 
