@@ -22,6 +22,7 @@ pub mod vhost;
 #[doc(hidden)]
 pub mod vhost_relay;
 mod vring;
+pub mod xdp;
 
 use std::os::fd::RawFd;
 
