@@ -82,9 +82,6 @@ pub const FILL_CHUNKS: usize = 2048;
 /// Entries in each of the four rings (a power of two). The fill ring holds
 /// every RX chunk at once, so refilling never finds it full.
 const RING: u32 = 2048;
-/// Frames one copy-mode `sendto` sends at most (the kernel's
-/// `TX_BATCH_SIZE`); a call with more kicks again.
-const KICK_BATCH: usize = 32;
 /// Shortest frame we send: an Ethernet header.
 const ETH_HLEN: usize = 14;
 
@@ -283,6 +280,22 @@ struct Queue {
     _umem: Mapping,
 }
 
+/// The kernel's AF_XDP counters (`struct xdp_statistics`), summed over a port's queues.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct XskStats {
+    /// Frames dropped for any reason other than those below (e.g. too long for a chunk).
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because our RX ring was full (the worker fell behind).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub rx_fill_ring_empty: u64,
+    pub tx_ring_empty: u64,
+}
+
+/// A veth's switch end, read and written through one AF_XDP socket per queue
+/// (see the module doc for what it owns and how it is locked).
 pub struct XdpPort {
     // Field order is drop order: the link first (detaching the program),
     // then the program and map, then the sockets.
@@ -672,6 +685,14 @@ impl XdpPort {
         let index = ifindex(ifname)?;
         // A driver without ETHTOOL_GCHANNELS gets one queue.
         let have = rx_queues(ifname).unwrap_or(1).max(1);
+        // A frame on a queue with no socket passes (XDP_PASS) to this end's
+        // own stack: it would bypass the switch without a counter.
+        if have > queues.max(1) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{ifname} has {have} receive queues, more than the {queues} asked for"),
+            ));
+        }
         let n = queues.clamp(1, have);
         let map = xskmap(n as u32)?;
         let prog = load(&program(&map))?;
@@ -704,6 +725,37 @@ impl XdpPort {
     /// outside the queue's RX chunks (never seen; a defence).
     pub fn rx_dropped(&self) -> u64 {
         self.rx_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The kernel's counters of the port's sockets (`XDP_STATISTICS`),
+    /// summed over the queues: frames it dropped before we saw them.
+    pub fn kernel_stats(&self) -> io::Result<XskStats> {
+        let mut sum = XskStats::default();
+        for q in &self.queues {
+            // SAFETY: plain integers; all-zeroes is valid, and the kernel fills it.
+            let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+            // SAFETY: `st` and `len` are live locals; the kernel writes at most `len` bytes.
+            let rc = unsafe {
+                libc::getsockopt(
+                    q.fd.as_raw_fd(),
+                    libc::SOL_XDP,
+                    libc::XDP_STATISTICS,
+                    (&mut st as *mut libc::xdp_statistics).cast(),
+                    &mut len,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            sum.rx_dropped += st.rx_dropped;
+            sum.rx_invalid_descs += st.rx_invalid_descs;
+            sum.tx_invalid_descs += st.tx_invalid_descs;
+            sum.rx_ring_full += st.rx_ring_full;
+            sum.rx_fill_ring_empty += st.rx_fill_ring_empty_descs;
+            sum.tx_ring_empty += st.tx_ring_empty_descs;
+        }
+        Ok(sum)
     }
 
     #[inline]
@@ -868,20 +920,25 @@ impl Port for XdpPort {
             return r;
         }
         // Copy mode sends only from sendmsg (the TX ring's need_wakeup flag
-        // is always set), at most KICK_BATCH frames a call.
+        // is always set). One call sends at most 32 frames (TX_BATCH_SIZE) and says
+        // EAGAIN if more are left, or EBUSY when the device dropped one (its
+        // peer is down), which ends that call early. Kick until the ring is
+        // empty: at most one kick per frame, plus one.
         let mut failed = 0;
-        for _ in 0..(n as usize).div_ceil(KICK_BATCH) {
+        for _ in 0..=n {
             // SAFETY: a NULL buffer of length 0 and no address are allowed.
             let rc =
                 unsafe { libc::sendto(q.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
-            if rc < 0 {
-                match errno() {
-                    // More left (or the device was busy): the next kick, or the next call's, sends them.
-                    libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR => {}
-                    e => {
-                        failed = e;
-                        break;
-                    }
+            if rc >= 0 {
+                break;
+            }
+            match errno() {
+                libc::EAGAIN | libc::EBUSY | libc::EINTR => {}
+                // No socket buffer for now: the next call's kick sends the rest.
+                libc::ENOBUFS => break,
+                e => {
+                    failed = e;
+                    break;
                 }
             }
         }
@@ -1155,8 +1212,18 @@ mod tests {
         VnetHdr::tcp4_gso(1448).write_to(&mut gso);
         let r = port.send_batch(0, &[&gso, &[0u8; 12]]);
         assert_eq!((r.sent, r.errors), (0, 2), "{r:?}");
+        // The device's own stack down: the kick says ENETDOWN.
+        must(&["link", "set", &v.a, "down"]);
+        let r = port.send_batch(0, &[&udp_wire(&payload(40, 0), 7001)]);
+        assert_eq!((r.sent, r.link_down), (0, 1), "{r:?}");
+        must(&["link", "set", &v.a, "up"]);
+        let stats = port.kernel_stats().expect("XDP_STATISTICS");
+        assert_eq!((stats.rx_ring_full, stats.tx_invalid_descs), (0, 0), "{stats:?}");
         drop(port);
         assert!(!attached(&v.a), "dropping the port detaches the program");
+        let few = XdpPort::open(&v.a, 1).err().expect("fewer queues than the device has");
+        assert!(few.to_string().contains("2 receive queues"), "{few}");
+        assert!(!attached(&v.a), "a failed open leaves nothing attached");
     }
 
     #[test]
