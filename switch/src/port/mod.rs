@@ -3,7 +3,8 @@
 //!
 //! A port moves whole Ethernet frames in and out, a batch at a time. The
 //! forwarding code sees only the [`Port`] trait, so TAP devices, vhost-user
-//! backends and the in-memory test ports plug in without touching it.
+//! backends, veth ends read through AF_XDP ([`xdp`]) and the in-memory test
+//! ports plug in without touching it.
 //!
 //! Error classes (STYLE §6): a per-frame problem is a counted drop inside a
 //! [`SendReport`]; a port that is gone reports [`RecvState::Gone`] and the
