@@ -82,6 +82,7 @@ pub const FILL_CHUNKS: usize = 2048;
 /// Entries in each of the four rings (a power of two). The fill ring holds
 /// every RX chunk at once, so refilling never finds it full.
 const RING: u32 = 2048;
+const _: () = assert!(RING as usize >= FILL_CHUNKS && RING.is_power_of_two() && FILL_CHUNKS < CHUNKS);
 /// Shortest frame we send: an Ethernet header.
 const ETH_HLEN: usize = 14;
 
