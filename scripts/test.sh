@@ -29,7 +29,7 @@ if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
   env TAPYARD_IN_USERNS=1 unshare --user --map-root-user --net --mount -- "$0" "$@"
   fuzz_skip=""
   if [ -n "${TAPYARD_SKIP_FUZZ:-}" ]; then fuzz_skip="; fuzz smoke (TAPYARD_SKIP_FUZZ is set)"; fi
-  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker, rootless podman and vm-guest (they need root)$fuzz_skip"
+  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker, rootless podman, vm-guest and AF_XDP ports (they need root)$fuzz_skip"
   exit 0
 fi
 if [ -n "${TAPYARD_IN_USERNS:-}" ]; then

@@ -53,7 +53,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "bridge,vde,ovs", value_name = "LIST")]
     pub against: Vec<Baseline>,
     /// tapyard data paths, comma-separated: switched (A and B on one network), routed
-    /// (on two networks joined by a router), busy (switched, daemon --poll busy), or none.
+    /// (on two networks joined by a router), busy (switched, daemon --poll busy), afxdp
+    /// (switched, both ports `connect --kind afxdp`; not in the default set), or none.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "switched,routed,busy", value_name = "LIST")]
     pub paths: Vec<TapyardPath>,
     /// Seconds of each iperf3 and ping-pong measurement.
@@ -145,6 +146,7 @@ pub enum TapyardPath {
     Switched,
     Routed,
     Busy,
+    Afxdp,
     #[value(name = "none")]
     Nothing,
 }

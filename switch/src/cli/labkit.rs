@@ -465,7 +465,7 @@ pub struct Segment {
 
 /// An L2 segment that namespaces attach to.
 pub trait Backend {
-    /// Short name (bridge, vde, ovs, ovs-tso, tapyard, tapyard-routed, tapyard-busy).
+    /// Short name (bridge, vde, ovs, ovs-tso, tapyard, tapyard-routed, tapyard-busy, tapyard-afxdp).
     fn name(&self) -> &str;
     /// A title for people.
     fn title(&self) -> &str;
@@ -715,6 +715,8 @@ pub enum TapyardMode {
     Routed,
     /// As `Switched`, the daemon started with `--poll busy`.
     Busy,
+    /// As `Switched`, both ports AF_XDP (`connect --kind afxdp`).
+    Afxdp,
 }
 
 /// A tapyard daemon started by this backend (this very executable, or
@@ -813,6 +815,7 @@ impl Backend for Tapyard {
             TapyardMode::Switched => "tapyard",
             TapyardMode::Routed => "tapyard-routed",
             TapyardMode::Busy => "tapyard-busy",
+            TapyardMode::Afxdp => "tapyard-afxdp",
         }
     }
     fn title(&self) -> &str {
@@ -820,6 +823,7 @@ impl Backend for Tapyard {
             TapyardMode::Switched => "tapyard, switched",
             TapyardMode::Routed => "tapyard, routed",
             TapyardMode::Busy => "tapyard, switched, --poll busy",
+            TapyardMode::Afxdp => "tapyard, switched, AF_XDP ports",
         }
     }
     fn up(&mut self, lab: &mut Lab, ends: &[Endpoint]) -> Res<Segment> {
@@ -840,6 +844,7 @@ impl Backend for Tapyard {
                 subnets.join(", ")
             ),
             TapyardMode::Busy => format!("as tapyard, the daemon started with --poll busy{workers}"),
+            TapyardMode::Afxdp => format!("as tapyard, both ports `--kind afxdp` (veth + AF_XDP){workers}"),
             TapyardMode::Switched => {
                 format!("tapyard daemon, A and B on one network (--ipam none: pure L2){workers}")
             }
@@ -865,6 +870,7 @@ fn bench_topology(mode: TapyardMode, ends: &[Endpoint]) -> Res<(Topology, Vec<Ip
             address,
             impair: None,
             port_security: None,
+            kind: (mode == TapyardMode::Afxdp).then_some(crate::control::proto::PortKind::Afxdp),
         }],
         routes: vec![],
         sysctls: vec![],

@@ -107,6 +107,12 @@ pub enum Cmd {
         /// limit) [default: the daemon's --storm-limit].
         #[arg(long, value_name = "PPS")]
         storm_limit: Option<u32>,
+        /// The namespace's interface: `tap` (a multi-queue TAP, rootless
+        /// too) or `afxdp` (as root: a veth pair whose switch end tapyard
+        /// reads and writes through AF_XDP rings, a batch per system call;
+        /// no TCP offloads, see docs/PERFORMANCE.md).
+        #[arg(long, value_enum, default_value_t = KindArg::Tap)]
+        kind: KindArg,
         /// Print JSON (the full data) instead of a table.
         #[arg(long)]
         json: bool,
@@ -287,6 +293,13 @@ pub enum NetnsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `connect --kind`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindArg {
+    Tap,
+    Afxdp,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -637,7 +650,10 @@ fn check_applicable(m: &clap::ArgMatches) {
     let given = |id: &str| c.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     let vhost = given("vhost_user");
     let (wrong, why): (&[&str], &str) = if vhost {
-        (&["ifname", "ip", "offload", "publish"], "apply to a TAP port (connect NETWORK NETNS), not to --vhost-user")
+        (
+            &["ifname", "ip", "offload", "publish", "kind"],
+            "apply to a TAP port (connect NETWORK NETNS), not to --vhost-user",
+        )
     } else {
         (&["server", "client", "queues", "socket_mode", "socket_group"], "apply only with --vhost-user SOCKET")
     };
@@ -647,6 +663,9 @@ fn check_applicable(m: &clap::ArgMatches) {
         let verb = if bad.len() == 1 { "applies" } else { "apply" };
         let why = why.strip_prefix("apply").map(|w| format!("{verb}{w}")).unwrap_or_default();
         usage_error(&["connect"], format!("{} {why}", bad.join(", ")));
+    }
+    if given("offload") && c.get_one::<KindArg>("kind") == Some(&KindArg::Afxdp) {
+        usage_error(&["connect"], "--offload applies to a TAP port; an AF_XDP port has no offloads".into());
     }
     if given("client") && (given("socket_mode") || given("socket_group")) {
         usage_error(
@@ -970,7 +989,18 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
             }
         }
         Cmd::Connect {
-            network, netns, ifname, mac, ip, offload, publish, port_security, storm_limit, json, ..
+            network,
+            netns,
+            ifname,
+            mac,
+            ip,
+            offload,
+            publish,
+            port_security,
+            storm_limit,
+            kind,
+            json,
+            ..
         } => {
             let netns = netns.unwrap_or_default();
             let offload = Some(offload == OnOff::On);
@@ -986,6 +1016,10 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 owner: None,
                 port_security,
                 storm_limit,
+                kind: match kind {
+                    KindArg::Tap => None,
+                    KindArg::Afxdp => Some(crate::control::proto::PortKind::Afxdp),
+                },
             };
             let p: PortInfo = client::call(&socket, &req)?;
             if json {

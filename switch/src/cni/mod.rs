@@ -327,6 +327,7 @@ fn add(env: &Env, c: &Config, stdin: &[u8]) -> Res<Value> {
             owner: Some(env.container_id.clone()),
             port_security: c.port_security,
             storm_limit: None,
+            kind: None,
         })?;
         Ok::<_, CniError>((net, port))
     })();

@@ -40,11 +40,13 @@ impl Daemon {
                 owner,
                 port_security,
                 storm_limit,
+                kind,
             } => {
                 self.check_order("connect", &network, &netns)?;
                 let guard = Guard { port_security, storm_limit };
                 let offload = offload.unwrap_or(true);
-                let port = self.connect(network, netns, ifname, mac, ip, offload, publish, owner, guard);
+                let kind = kind.unwrap_or_default();
+                let port = self.connect(network, netns, ifname, mac, ip, offload, publish, owner, guard, kind);
                 port.map(Reply::from).map_err(with_privilege_hint)
             }
             Request::PortPublish { network, netns, ifname, spec } => {

@@ -54,7 +54,7 @@ use serde_json::{json, Value};
 use tapyard_ipam::{next_subnet, Ipv4Net};
 
 use super::netns::{self, OWN_NETNS};
-use super::proto::{ApiError, NetworkCreate};
+use super::proto::{ApiError, NetworkCreate, PortKind};
 use super::{persist, Daemon};
 use crate::wire::MacAddr;
 
@@ -721,6 +721,7 @@ impl Plugin {
             // No owner: that field is the CNI plugin's (its GC acts on it).
             None,
             super::ports::Guard::default(),
+            PortKind::Tap,
         )?;
         let gateway = {
             let mut inner = self.daemon.lock();

@@ -181,6 +181,8 @@ struct PortRec {
     port: Arc<dyn Port>,
     /// The same port, for its vhost-user details.
     vhost: Option<Arc<VhostPort>>,
+    /// An AF_XDP port's mode (`XdpPort::mode`).
+    xdp_mode: Option<&'static str>,
     stats: Arc<PortStats>,
     worker: usize,
     /// Its published ports, one per entry of `spec.publish` (kept equal by

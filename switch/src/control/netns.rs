@@ -354,7 +354,7 @@ pub fn link_by_mac(ns: &Netns, mac: MacAddr) -> Result<Option<String>, ApiError>
 
 /// [`create_tap`]'s work, in the calling thread's namespace (which is `ns`).
 fn configure_here(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offloads) -> Result<TapPort, ApiError> {
-    let LinkConfig { ifname, mac, mtu, ip, gateway } = cfg;
+    let ifname = cfg.ifname;
     let sys = |what: &str, e: &dyn std::fmt::Display| ApiError::system(format!("{what} in namespace {}: {e}", ns.spec));
     // IFF_TUN_EXCL: an existing interface of that name is EBUSY, never joined.
     let tap = TapPort::create(ifname, queues, offloads).map_err(|e| match e.raw_os_error() {
@@ -364,6 +364,15 @@ fn configure_here(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offl
         )),
         _ => sys(&format!("cannot create TAP {ifname}"), &e),
     })?;
+    configure_link(ns, cfg)?;
+    Ok(tap)
+}
+
+/// Sets MAC, MTU, up, address and default route of `cfg.ifname`, in the
+/// calling thread's namespace (which is `ns`).
+fn configure_link(ns: &Netns, cfg: LinkConfig<'_>) -> Result<(), ApiError> {
+    let LinkConfig { ifname, mac, mtu, ip, gateway } = cfg;
+    let sys = |what: &str, e: &dyn std::fmt::Display| ApiError::system(format!("{what} in namespace {}: {e}", ns.spec));
     let mut nl = Rtnl::open().map_err(|e| sys("cannot open a netlink socket", &e))?;
     let index = nl
         .link_index(ifname)
@@ -400,7 +409,129 @@ fn configure_here(ns: &Netns, cfg: LinkConfig<'_>, queues: usize, offloads: Offl
         nl.request(RouteNetlinkMessage::NewRoute(r), NLM_F_CREATE | NLM_F_REPLACE)
             .map_err(|e| sys(&format!("adding the default route via {gw} on {ifname}"), &e))?;
     }
-    Ok(tap)
+    Ok(())
+}
+
+/// Creates the veth pair of an AF_XDP port: `switch_ifname` in the
+/// daemon's namespace and `cfg.ifname` in `ns` (made there directly, as a
+/// TAP is, through IFLA_NET_NS_FD on the peer: no move between namespaces),
+/// each with `queues` RX and TX queues so that worker q owns queue q. The
+/// namespace end is configured like a TAP ([`configure_link`]); the
+/// switch end comes up without IPv6 (no link-local address, no router
+/// solicitations of the host's leaking into the container's segment).
+///
+/// Transmit checksum offload is turned off on the namespace end (the
+/// container's stack finishes its checksums: an AF_XDP socket gets frames
+/// without the skb's checksum state).
+///
+/// A `switch_ifname` already there is one a daemon killed mid-connect left
+/// (the name is derived from the port's identity): it is deleted and made
+/// again. On error the pair is deleted; nothing is left behind.
+pub fn create_veth(ns: &Netns, cfg: LinkConfig<'_>, switch_ifname: &str, queues: usize) -> Result<(), ApiError> {
+    use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkInfo};
+    use std::os::fd::AsRawFd;
+    let nsfile = ns.open()?;
+    let sys = |what: &str, e: &dyn std::fmt::Display| ApiError::system(format!("{what}: {e}"));
+    let mut nl = Rtnl::open().map_err(|e| sys("cannot open a netlink socket", &e))?;
+    let q = u32::try_from(queues.clamp(1, 256)).unwrap_or(1);
+    let mut peer = LinkMessage::default();
+    peer.attributes = vec![
+        LinkAttribute::IfName(cfg.ifname.to_string()),
+        LinkAttribute::Address(cfg.mac.0.to_vec()),
+        LinkAttribute::Mtu(cfg.mtu),
+        LinkAttribute::NumTxQueues(q),
+        LinkAttribute::NumRxQueues(q),
+        LinkAttribute::NetNsFd(nsfile.as_raw_fd()),
+    ];
+    // What `ip link add SWITCH numtxqueues Q numrxqueues Q mtu MTU type veth
+    // peer name IFNAME address MAC mtu MTU netns NS numtxqueues Q numrxqueues Q` sends.
+    let mut link = LinkMessage::default();
+    link.attributes = vec![
+        LinkAttribute::IfName(switch_ifname.to_string()),
+        LinkAttribute::Mtu(cfg.mtu),
+        LinkAttribute::NumTxQueues(q),
+        LinkAttribute::NumRxQueues(q),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]),
+    ];
+    let mut retried = false;
+    loop {
+        match nl.request(RouteNetlinkMessage::NewLink(link.clone()), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(_) => break,
+            Err(e) if e.errno() == Some(libc::EEXIST) && !retried => {
+                // Ours from a killed daemon, or the namespace's interface name is taken.
+                if nl.link_index(switch_ifname).map_err(|e| sys("looking up the veth", &e))?.is_none() {
+                    return Err(ApiError::conflict(format!(
+                        "interface {} already exists in namespace {}; pick another with --ifname",
+                        cfg.ifname, ns.spec
+                    )));
+                }
+                tracing::warn!(ifname = %switch_ifname, "deleting a veth left by a daemon killed mid-connect");
+                delete_here(&mut nl, switch_ifname).map_err(|e| sys(&format!("deleting {switch_ifname}"), &e))?;
+                retried = true;
+            }
+            Err(e) => {
+                return Err(sys(&format!("cannot create veth {switch_ifname} / {} in {}", cfg.ifname, ns.spec), &e))
+            }
+        }
+    }
+    let made = (|| {
+        // No IPv6 on the switch's end (before it is up: no link-local address at all).
+        let knob = format!("/proc/sys/net/ipv6/conf/{switch_ifname}/disable_ipv6");
+        if Path::new(&knob).exists() {
+            std::fs::write(&knob, "1").map_err(|e| sys(&format!("writing {knob}"), &e))?;
+        }
+        let index = nl
+            .link_index(switch_ifname)
+            .map_err(|e| sys(&format!("looking up {switch_ifname}"), &e))?
+            .ok_or_else(|| ApiError::system(format!("{switch_ifname} vanished as it was made")))?;
+        let mut up = LinkMessage::default();
+        up.header.index = index;
+        up.header.flags = LinkFlags::Up;
+        up.header.change_mask = LinkFlags::Up;
+        nl.request(RouteNetlinkMessage::SetLink(up), 0).map_err(|e| sys(&format!("setting {switch_ifname} up"), &e))?;
+        let enter = |e: io::Error| ApiError::system(format!("cannot enter namespace {}: {e}", ns.spec));
+        in_netns(&nsfile, || {
+            Ok(configure_link(ns, cfg).and_then(|()| {
+                // The container's frames reach the AF_XDP socket as they
+                // leave its stack: with checksum offload on, TCP and UDP
+                // ones would carry partial checksums nobody finishes
+                // (port/xdp.rs, "Checksums and segmentation").
+                crate::port::xdp::disable_tx_checksum(cfg.ifname)
+                    .map_err(|e| sys(&format!("turning transmit checksum offload off on {}", cfg.ifname), &e))
+            }))
+        })
+        .map_err(enter)?
+    })();
+    if made.is_err() {
+        let _ = delete_here(&mut nl, switch_ifname);
+    }
+    made
+}
+
+/// Whether interface `name` exists in the daemon's namespace.
+pub fn own_link_exists(name: &str) -> Result<bool, ApiError> {
+    let mut nl = Rtnl::open().map_err(|e| ApiError::system(format!("cannot open a netlink socket: {e}")))?;
+    nl.link_index(name).map(|i| i.is_some()).map_err(|e| ApiError::system(format!("looking up {name}: {e}")))
+}
+
+/// Deletes interface `name` of the daemon's namespace (a veth takes its
+/// peer with it); one that is already gone is not an error.
+pub fn delete_own_link(name: &str) -> Result<(), ApiError> {
+    let mut nl = Rtnl::open().map_err(|e| ApiError::system(format!("cannot open a netlink socket: {e}")))?;
+    delete_here(&mut nl, name).map_err(|e| ApiError::system(format!("deleting {name}: {e}")))
+}
+
+fn delete_here(nl: &mut Rtnl, name: &str) -> Result<(), NlError> {
+    let Some(index) = nl.link_index(name)? else { return Ok(()) };
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    match nl.request(RouteNetlinkMessage::DelLink(m), 0) {
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 /// An interface as seen inside a namespace: what CNI's CHECK compares

@@ -105,6 +105,10 @@ pub struct PortSpec {
     /// A vhost-user port (then `netns` and `ifname` are empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostSpec>,
+    /// An AF_XDP port (`connect --kind afxdp`): `ifname` is the veth's end
+    /// in `netns`, this its other end, in the daemon's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp: Option<XdpSpec>,
     /// Published host ports (`--publish`), with the host port the kernel
     /// chose for those that left it open: a restart reserves the same again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -139,6 +143,12 @@ impl PortSpec {
             Offloads::ALL
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpSpec {
+    /// The switch's end of the veth pair (in the daemon's namespace).
+    pub switch_ifname: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +283,7 @@ mod tests {
                 netns_ino: 4026532000,
                 no_offload: false,
                 vhost: None,
+                afxdp: None,
                 publish: vec![],
                 owner: None,
                 container: None,

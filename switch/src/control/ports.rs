@@ -17,13 +17,14 @@ use tapyard_ipam::{check_static, Ipv4Net};
 
 use super::netns::{self, Netns};
 use super::networks::network;
-use super::persist::{NetworkSpec, PortSpec, VhostSpec};
+use super::persist::{NetworkSpec, PortSpec, VhostSpec, XdpSpec};
 use super::proto::*;
 use super::publish::{self, Publish, Reservation, ReserveError};
 use super::{server, unix_now, Change, Daemon, Inner, PortRec, DEFAULT_IFNAME, VHOST_DIR};
 use crate::impair::{LinkSettings, PortImpair};
 use crate::port::tap::TapPort;
 use crate::port::vhost::{self, VhostConfig, VhostPort};
+use crate::port::xdp::XdpPort;
 use crate::port::{Port, PortId};
 use crate::wire::{MacAddr, ParseMacError};
 use crate::worker::PortEvent;
@@ -65,9 +66,10 @@ impl Daemon {
         Ok(self.port_infos(&inner, inner.ports.values().filter(|p| filter.is_none_or(|n| p.spec.network == n))))
     }
 
-    /// Connects a namespace through a new TAP. `publish`: host ports to
-    /// publish (Docker's `-p` specs), all reserved before anything else is
-    /// made; any failure leaves nothing behind.
+    /// Connects a namespace through a new TAP (or, `kind` afxdp, a veth
+    /// pair read through AF_XDP). `publish`: host ports to publish (Docker's
+    /// `-p` specs), all reserved before anything else is made; any failure
+    /// leaves nothing behind.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn connect(
         &self,
@@ -80,9 +82,13 @@ impl Daemon {
         publish: Vec<String>,
         owner: Option<String>,
         guard: Guard,
+        kind: PortKind,
     ) -> Result<PortInfo, ApiError> {
         let ifname = ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_string());
         netns::check_ifname(&ifname)?;
+        if kind == PortKind::Afxdp && !offload {
+            return Err(ApiError::bad_request("offload applies to a TAP port; an AF_XDP port has no offloads"));
+        }
         let wanted = parse_specs(&publish)?;
         let mac = match mac {
             Some(m) => parse_unicast_mac(&m)?,
@@ -168,8 +174,9 @@ impl Daemon {
             ip,
             netns_dev: ns.dev,
             netns_ino: ns.ino,
-            no_offload: !offload,
+            no_offload: !offload || kind == PortKind::Afxdp,
             vhost: None,
+            afxdp: (kind == PortKind::Afxdp).then(|| XdpSpec { switch_ifname: switch_ifname(&network_name, mac) }),
             publish: held.iter().map(Reservation::publish).collect(),
             owner,
             container: None,
@@ -208,7 +215,7 @@ impl Daemon {
         let rec = &inner.ports[&id];
         let published: Vec<String> = rec.spec.publish.iter().map(Publish::to_string).collect();
         tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname,
-            publish = ?published, "port connected");
+            publish = ?published, afxdp = ?rec.xdp_mode, "port connected");
         Ok(self.port_reply(&inner, rec))
     }
 
@@ -355,9 +362,13 @@ impl Daemon {
         open: impl FnOnce(PortId, &PortSpec) -> Result<Device, ApiError>,
     ) -> Result<PortId, ApiError> {
         let id = free_port_id(inner)?;
-        let (port, vhost, netns): (Arc<dyn Port>, _, _) = match open(id, &spec)? {
-            Device::Tap(tap, ns) => (Arc::new(tap), None, Some(ns)),
-            Device::Vhost(v) => (v.clone(), Some(v), None),
+        let (port, vhost, netns, xdp_mode): (Arc<dyn Port>, _, _, _) = match open(id, &spec)? {
+            Device::Tap(tap, ns) => (Arc::new(tap), None, Some(ns), None),
+            Device::Vhost(v) => (v.clone(), Some(v), None, None),
+            Device::Xdp(x, ns) => {
+                let mode = x.mode();
+                (Arc::new(x), None, Some(ns), Some(mode))
+            }
         };
         let worker = self.pick_worker(inner, &spec.network);
         let reservations = BTreeMap::new();
@@ -370,7 +381,8 @@ impl Daemon {
         let impair = self.impair_of(&spec.link);
         let stats = Arc::default();
         let storm = Arc::default();
-        inner.ports.insert(id, PortRec { id, spec, netns, port, vhost, stats, worker, reservations, impair, storm });
+        let rec = PortRec { id, spec, netns, port, vhost, xdp_mode, stats, worker, reservations, impair, storm };
+        inner.ports.insert(id, rec);
         Ok(id)
     }
 
@@ -381,7 +393,10 @@ impl Daemon {
     fn attach(&self, inner: &mut Inner, spec: PortSpec, ns: Netns) -> Result<PortId, ApiError> {
         let link = TapLink::of(inner, &spec)?;
         let queues = self.workers.len();
-        self.add_port(inner, spec, |_, spec| link.create(spec, ns, queues, false))
+        self.add_port(inner, spec, |_, spec| match &spec.afxdp {
+            Some(x) => link.create_veth(spec, &x.switch_ifname, ns, queues),
+            None => link.create(spec, ns, queues, false),
+        })
     }
 
     /// Brings back a persisted port after a restart: a vhost-user port
@@ -421,6 +436,15 @@ impl Daemon {
         let queues = self.workers.len();
         let mut survived = false;
         let opened = self.add_port(inner, spec, |_, spec| {
+            if let Some(x) = &spec.afxdp {
+                // A veth outlives the daemon by itself; only the sockets and
+                // the redirect program went with the process.
+                if netns::own_link_exists(&x.switch_ifname)? {
+                    survived = true;
+                    return open_xdp(&x.switch_ifname, queues, ns);
+                }
+                return link.create_veth(spec, &x.switch_ifname, ns, queues);
+            }
             // The interface a killed daemon left behind (persistent TAP): take it back as it is.
             match TapPort::attach_in(&ns.path, &spec.ifname, queues, spec.offloads()) {
                 Ok(tap) => {
@@ -498,7 +522,15 @@ impl Daemon {
             while Arc::strong_count(&rec.port) > 1 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_micros(200));
             }
+            let veth = rec.spec.afxdp.as_ref().map(|x| x.switch_ifname.clone());
             drop(rec);
+            // An AF_XDP port's veth does not go with its sockets: delete it
+            // (its namespace end goes with it), as a TAP goes with its fds.
+            if let Some(name) = veth {
+                if let Err(e) = netns::delete_own_link(&name) {
+                    tracing::warn!(ifname = %name, error = %e, "cannot delete the veth of a removed AF_XDP port");
+                }
+            }
         }
         n
     }
@@ -555,6 +587,7 @@ impl Daemon {
             netns_ino: 0,
             no_offload: false,
             vhost: Some(VhostSpec { socket: path, mode, queues, socket_mode: owner.mode, socket_gid: owner.gid }),
+            afxdp: None,
             publish: vec![],
             owner: None,
             container: None,
@@ -715,6 +748,8 @@ impl Daemon {
 enum Device {
     /// A TAP, inside its namespace.
     Tap(TapPort, Netns),
+    /// AF_XDP sockets on the switch's end of a veth whose other end is in the namespace.
+    Xdp(XdpPort, Netns),
     /// A vhost-user backend (the same `Arc` is the port and its vhost-user details).
     Vhost(Arc<VhostPort>),
 }
@@ -873,6 +908,43 @@ impl TapLink {
         }
         Ok(Device::Tap(tap, ns))
     }
+
+    /// Creates the veth pair of an AF_XDP port (`switch` in the daemon's
+    /// namespace, `spec.ifname` in `ns`, configured) and binds its sockets;
+    /// on error the pair is deleted again.
+    fn create_veth(self, spec: &PortSpec, switch: &str, ns: Netns, queues: usize) -> Result<Device, ApiError> {
+        let cfg = netns::LinkConfig {
+            ifname: &spec.ifname,
+            mac: spec.mac,
+            mtu: self.mtu,
+            ip: spec.ip,
+            gateway: self.gateway,
+        };
+        netns::create_veth(&ns, cfg, switch, queues)?;
+        open_xdp(switch, queues, ns).inspect_err(|_| {
+            let _ = netns::delete_own_link(switch);
+        })
+    }
+}
+
+/// Binds the AF_XDP sockets of a port to the veth end `switch`.
+fn open_xdp(switch: &str, queues: usize, ns: Netns) -> Result<Device, ApiError> {
+    let x = XdpPort::open(switch, queues).map_err(|e| {
+        ApiError::system(format!("cannot attach AF_XDP sockets to {switch}: {e} (needs root: CAP_NET_RAW and CAP_BPF)"))
+    })?;
+    Ok(Device::Xdp(x, ns))
+}
+
+/// The name of an AF_XDP port's veth end in the daemon's namespace: from
+/// the port's identity (network and MAC, unique on a network), so that a
+/// restart finds it again and one left by a killed daemon is recognised.
+fn switch_ifname(network: &str, mac: MacAddr) -> String {
+    // FNV-1a, 32 bits: "tyx" + 8 hex digits = 11 bytes, under IFNAMSIZ.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in network.bytes().chain([0]).chain(mac.0) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("tyx{h:08x}")
 }
 
 fn parse_unicast_mac(m: &str) -> Result<MacAddr, ApiError> {
@@ -995,6 +1067,10 @@ fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
         offloads: p.port.caps().offloads.names().into_iter().map(String::from).collect(),
         counters: p.stats.snapshot(),
         vhost: p.vhost.as_deref().map(vhost_info),
+        afxdp: p.spec.afxdp.as_ref().map(|x| XdpInfo {
+            switch_ifname: x.switch_ifname.clone(),
+            mode: p.xdp_mode.unwrap_or("detached").to_string(),
+        }),
         publish: p
             .reservations
             .iter()

@@ -59,6 +59,9 @@ pub enum Request {
         /// Flooded frames per second (`--storm-limit`, 0: none); absent: the daemon's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         storm_limit: Option<u32>,
+        /// What the namespace's interface is (`--kind`); absent: a TAP.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<PortKind>,
     },
     /// Publishes host ports to a TAP port's container (`port publish`).
     PortPublish {
@@ -267,6 +270,18 @@ pub struct NetworkCreate {
     #[arg(long, value_name = "on|off")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_security: Option<String>,
+}
+
+/// The kind of interface `connect` gives a namespace (`--kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// A multi-queue TAP made in the namespace (the default; rootless works).
+    #[default]
+    Tap,
+    /// A veth pair: one end in the namespace, the switch's end in the
+    /// daemon's, read and written through AF_XDP sockets (root only).
+    Afxdp,
 }
 
 /// The class of an error, for programs; the message is for people.
@@ -558,6 +573,9 @@ pub struct PortInfo {
     /// Set for vhost-user ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostInfo>,
+    /// Set for AF_XDP ports (`connect --kind afxdp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp: Option<XdpInfo>,
     /// Its published ports.
     #[serde(default)]
     pub publish: Vec<PublishInfo>,
@@ -657,6 +675,16 @@ impl PublishInfo {
             PublishState::Inactive => format!("{}(inactive)", self.publish),
         }
     }
+}
+
+/// The AF_XDP side of a port (`port ls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpInfo {
+    /// The veth's end in the daemon's namespace, which the sockets are bound to.
+    pub switch_ifname: String,
+    /// How the redirect program is attached and frames copied: "native, copy"
+    /// (veth's own XDP) or "generic, copy" (the kernel's fallback).
+    pub mode: String,
 }
 
 /// The vhost-user side of a port (`port ls`).
@@ -982,6 +1010,7 @@ mod tests {
             offloads: vec![],
             counters: Default::default(),
             vhost: None,
+            afxdp: None,
             publish: vec![],
             owner: None,
             container: None,

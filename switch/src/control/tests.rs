@@ -456,6 +456,7 @@ fn publishing_needs_a_network_with_egress_and_a_good_spec() {
         owner: None,
         port_security: None,
         storm_limit: None,
+        kind: None,
     }));
     assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
     assert!(e.message.contains("\"8080:0\""), "the bad spec is named: {e}");

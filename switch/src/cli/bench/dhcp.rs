@@ -661,6 +661,7 @@ impl Dh {
                 owner: None,
                 port_security: Some(false),
                 storm_limit: Some(0),
+                kind: None,
             },
         )?;
         if !lab.wait_for(Duration::from_secs(10), Duration::from_millis(100), || pings(&c, TY_GW))? {

@@ -421,6 +421,7 @@ impl Eg {
                 owner: None,
                 port_security: None,
                 storm_limit: None,
+                kind: None,
             },
         )?;
         Ok(())

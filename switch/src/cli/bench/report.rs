@@ -151,8 +151,11 @@ pub fn render_md(results: &Results, view: &View<'_>) -> String {
         s += "\nRatio to vde_switch (path / vde_switch):\n\n";
         s += &table(results, plan, "vde");
     }
-    if have.contains("tapyard") && (have.contains("tapyard-routed") || have.contains("tapyard-busy")) {
-        s += "\nRatio to tapyard switched (routed / switched: what routing costs; busy / switched: what busy polling buys):\n\n";
+    if have.contains("tapyard")
+        && (have.contains("tapyard-routed") || have.contains("tapyard-busy") || have.contains("tapyard-afxdp"))
+    {
+        s += "\nRatio to tapyard switched (routed / switched: what routing costs; busy / switched: what busy polling buys; \
+              afxdp / switched: what AF_XDP ports buy over TAPs):\n\n";
         s += &table(results, plan, "tapyard");
     }
     s.push('\n');

@@ -116,6 +116,9 @@ pub fn paths(against: &[Baseline], ty: &[TapyardPath]) -> Vec<&'static str> {
     if ty.contains(&TapyardPath::Busy) {
         out.push("tapyard-busy");
     }
+    if ty.contains(&TapyardPath::Afxdp) {
+        out.push("tapyard-afxdp");
+    }
     out
 }
 
@@ -457,6 +460,7 @@ impl Run<'_> {
             "ovs-tso" => Box::new(labkit::Ovs { tso: true }),
             "tapyard-routed" => ty(TapyardMode::Routed),
             "tapyard-busy" => ty(TapyardMode::Busy),
+            "tapyard-afxdp" => ty(TapyardMode::Afxdp),
             _ => ty(TapyardMode::Switched),
         }
     }

@@ -357,6 +357,7 @@ impl Vh {
                 owner: None,
                 port_security: None,
                 storm_limit: None,
+                kind: None,
             },
         )?;
         Ok(())

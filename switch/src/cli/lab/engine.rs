@@ -663,6 +663,7 @@ fn build_node(
                 owner: Some(format!("lab:{}", topo.name)),
                 port_security: node.port_security(i),
                 storm_limit: None,
+                kind: i.kind,
             })
             .with_context(|| format!("connecting {} to network {:?}", i.ifname, i.network))?;
         if let Some(ip) = p.ip {

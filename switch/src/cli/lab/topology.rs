@@ -142,6 +142,7 @@ struct RawInterface {
     address: Option<Spanned<String>>,
     impair: Option<Spanned<RawImpair>>,
     port_security: Option<bool>,
+    kind: Option<crate::control::proto::PortKind>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +262,9 @@ pub struct Interface {
     /// on a node that forwards IPv4 (`Node::forwards`), whose port is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_security: Option<bool>,
+    /// `kind = "tap"|"afxdp"` (`connect --kind`); absent: a TAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::control::proto::PortKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -894,6 +898,7 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
                 address,
                 impair,
                 port_security: ir.port_security,
+                kind: ir.kind,
             });
         }
         // Link endpoints on this node.
@@ -929,6 +934,7 @@ fn check(cx: &mut Ctx, raw: RawFile, stem: &str, rename: Option<&str>) -> Topolo
                 address,
                 impair: None,
                 port_security: None,
+                kind: None,
             });
         }
         // Routes of the node.
