@@ -154,6 +154,14 @@ fn afxdp_options_that_do_not_apply_are_refused() {
     let out = d.cli(&["connect", &net, "--vhost-user", "/tmp/x.sock", "--kind", "afxdp"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--kind"), "{out:?}");
+    // A network whose MTU a one-page frame cannot carry: refused up front.
+    let big = name("xdpj");
+    d.ok(&["network", "create", &big, "--ipam", "none", "--mtu", "9000"]);
+    let out = d.cli(&["connect", &big, &a.name, "--kind", "afxdp"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MTU 9000") && err.contains("3506"), "{err}");
+    assert!(!a.has_link("eth0"), "nothing made");
     // An interface name the namespace already has: a conflict, nothing left
     // behind. The switch's end is named after network and MAC, so a connect
     // with the same MAC under another name would trip over a leftover (and

@@ -99,6 +99,14 @@ impl Daemon {
         let ns = netns::resolve(&ns_spec)?;
         let mut inner = self.lock();
         let net = network(&inner, &network_name)?;
+        if kind == PortKind::Afxdp && net.spec.mtu > crate::port::xdp::MAX_MTU {
+            return Err(ApiError::bad_request(format!(
+                "network {network_name:?} has MTU {}: an AF_XDP port carries frames of one page (MTU up to {}, \
+                 native XDP on veth without multi-buffer); connect a TAP port, or use a network with a smaller MTU",
+                net.spec.mtu,
+                crate::port::xdp::MAX_MTU
+            )));
+        }
         if let Some(p) = inner
             .ports
             .values()
@@ -932,6 +940,15 @@ fn open_xdp(switch: &str, queues: usize, ns: Netns) -> Result<Device, ApiError> 
     let x = XdpPort::open(switch, queues).map_err(|e| {
         ApiError::system(format!("cannot attach AF_XDP sockets to {switch}: {e} (needs root: CAP_NET_RAW and CAP_BPF)"))
     })?;
+    // veth always has native XDP; generic mode means the MTU is too large
+    // for it (checked at connect; this catches a changed kernel), and there
+    // the peer keeps TSO and super-frames would not fit a chunk.
+    if !x.mode().starts_with("native") {
+        return Err(ApiError::system(format!(
+            "{switch} took the XDP program only in generic mode (MTU above {}?); an AF_XDP port needs native mode",
+            crate::port::xdp::MAX_MTU
+        )));
+    }
     Ok(Device::Xdp(x, ns))
 }
 

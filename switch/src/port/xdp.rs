@@ -75,6 +75,14 @@ use crate::wire::vnet::{VnetHdr, VNET_HDR_LEN};
 
 /// Bytes per UMEM chunk: one frame each (copy mode, no multi-buffer).
 pub const CHUNK: usize = 4096;
+/// The largest MTU a veth takes native XDP at without multi-buffer
+/// programs: a frame and its headroom in one page, `PAGE_SIZE` minus
+/// `XDP_PACKET_HEADROOM` (256) minus `skb_shared_info` (320) minus the
+/// Ethernet header (14). Measured on Linux 6.18: MTU 3506 attaches in
+/// native mode, 3507 only in generic mode (where veth keeps the peer's
+/// TSO and frames outgrow a chunk), so the control plane refuses networks
+/// above it for AF_XDP ports.
+pub const MAX_MTU: u32 = 3506;
 /// Chunks per queue's UMEM.
 pub const CHUNKS: usize = 4096;
 /// Chunks given to the kernel for receiving; the rest are for sending.
