@@ -67,12 +67,13 @@ pub trait Control {
     fn learn_neighbor(&self, net: &str, ip: Ipv4Addr, mac: MacAddr) -> bool;
     /// Publishes a new snapshot (new neighbours to route to).
     fn republish(&self);
-    /// Whether a lease of client `mac` (any client: `None`) on `net` must
-    /// be in the snapshot before its ACK leaves: a port of that MAC has
-    /// port security (the lease is an address it may send from) or
-    /// publishes host ports (waiting for its address). Called without the
-    /// lease store locked (the daemon takes its own lock).
-    fn lease_guarded(&self, net: &str, mac: Option<[u8; 6]>) -> bool;
+    /// Whether any of `leases`, each a client `mac` (any client: `None`)
+    /// on a network, must be in the snapshot before its ACK leaves: a port
+    /// of that MAC has port security (the lease is an address it may send
+    /// from) or publishes host ports (waiting for its address). One call
+    /// per batch, however many leases it bound. Called without the lease
+    /// store locked (the daemon takes its own lock).
+    fn lease_guarded(&self, leases: &[(&str, Option<[u8; 6]>)]) -> bool;
 }
 
 /// Neighbours learned from leases wait at most this long to be published
@@ -340,8 +341,9 @@ pub fn run(d: &impl Control) {
         let snap = d.snapshot();
         let mut replies: Vec<(Arc<NetworkView>, Vec<u8>)> = Vec::new();
         let mut republish = false;
-        // Networks and clients whose leases changed in this batch.
-        let mut changed: Vec<(Arc<NetworkView>, Option<[u8; 6]>)> = Vec::new();
+        // Networks and clients whose leases changed in this batch (a set:
+        // a pass can bind thousands).
+        let mut changed: HashMap<(NetId, Option<[u8; 6]>), Arc<NetworkView>> = HashMap::new();
         {
             let mut store = d.leases();
             for p in batch.iter() {
@@ -369,9 +371,7 @@ pub fn run(d: &impl Control) {
                             if !h.records.is_empty() {
                                 let only_its_own = h.records.iter().all(|r| matches!(r, Record::Lease(_)));
                                 let mac = chaddr(payload).filter(|_| only_its_own);
-                                if !changed.iter().any(|(n, m)| n.id == net.id && *m == mac) {
-                                    changed.push((net.clone(), mac));
-                                }
+                                changed.entry((net.id, mac)).or_insert_with(|| net.clone());
                             }
                             if let Some(r) = h.reply {
                                 bump(dhcp_sent(&gw.stats, r.kind));
@@ -450,9 +450,11 @@ pub fn run(d: &impl Control) {
         // lease, ~10 ms at 60,000 of them, and once per batch it was most
         // of the gateway's time under perfdhcp. Networks with no router
         // never route to their neighbours: nothing to publish for them.
-        if changed.iter().any(|(net, mac)| d.lease_guarded(&net.name, *mac)) {
+        let leases: Vec<(&str, Option<[u8; 6]>)> =
+            changed.iter().map(|((_, mac), net)| (net.name.as_str(), *mac)).collect();
+        if !leases.is_empty() && d.lease_guarded(&leases) {
             republish = true;
-        } else if changed.iter().any(|(net, _)| net.router.is_some()) {
+        } else if changed.values().any(|net| net.router.is_some()) {
             deferred.get_or_insert_with(Instant::now);
         }
         if republish || deferred.is_some_and(|t| t.elapsed() >= REPUBLISH_DEFER) {

@@ -753,12 +753,21 @@ impl gateway::Control for Daemon {
         Daemon::republish(self);
     }
 
-    fn lease_guarded(&self, net: &str, mac: Option<[u8; 6]>) -> bool {
+    fn lease_guarded(&self, leases: &[(&str, Option<[u8; 6]>)]) -> bool {
         let inner = self.lock();
-        inner.ports.values().any(|p| {
-            p.spec.network == net
-                && mac.is_none_or(|m| m == p.spec.mac.0)
-                && (port_security_on(&inner, p) || !p.spec.publish.is_empty())
+        // The guarded ports, once per batch: (network, MAC).
+        let guarded: std::collections::HashSet<(&str, [u8; 6])> = inner
+            .ports
+            .values()
+            .filter(|p| port_security_on(&inner, p) || !p.spec.publish.is_empty())
+            .map(|p| (p.spec.network.as_str(), p.spec.mac.0))
+            .collect();
+        if guarded.is_empty() {
+            return false;
+        }
+        leases.iter().any(|(net, mac)| match mac {
+            Some(m) => guarded.contains(&(*net, *m)),
+            None => guarded.iter().any(|(n, _)| n == net),
         })
     }
 }
