@@ -66,7 +66,11 @@ pub fn ports(ports: &[PortInfo]) {
                 None => (
                     p.container.as_ref().map_or_else(|| p.netns.clone(), |c| c.name.clone()),
                     p.ifname.clone(),
-                    p.offloads.join(","),
+                    // An AF_XDP port has no offloads: say what it is instead.
+                    match &p.afxdp {
+                        Some(x) => format!("afxdp({}):{}", x.mode.split(',').next().unwrap_or(""), x.switch_ifname),
+                        None => p.offloads.join(","),
+                    },
                 ),
             };
             vec![

@@ -181,8 +181,8 @@ struct PortRec {
     port: Arc<dyn Port>,
     /// The same port, for its vhost-user details.
     vhost: Option<Arc<VhostPort>>,
-    /// An AF_XDP port's mode (`XdpPort::mode`).
-    xdp_mode: Option<&'static str>,
+    /// The same port, for its AF_XDP details (mode, the kernel's counters).
+    xdp: Option<Arc<crate::port::xdp::XdpPort>>,
     stats: Arc<PortStats>,
     worker: usize,
     /// Its published ports, one per entry of `spec.publish` (kept equal by

@@ -223,7 +223,7 @@ impl Daemon {
         let rec = &inner.ports[&id];
         let published: Vec<String> = rec.spec.publish.iter().map(Publish::to_string).collect();
         tracing::info!(port = %id, network = %rec.spec.network, netns = %rec.spec.netns, ifname = %rec.spec.ifname,
-            publish = ?published, afxdp = ?rec.xdp_mode, "port connected");
+            publish = ?published, afxdp = ?rec.xdp.as_ref().map(|x| x.mode()), "port connected");
         Ok(self.port_reply(&inner, rec))
     }
 
@@ -370,12 +370,12 @@ impl Daemon {
         open: impl FnOnce(PortId, &PortSpec) -> Result<Device, ApiError>,
     ) -> Result<PortId, ApiError> {
         let id = free_port_id(inner)?;
-        let (port, vhost, netns, xdp_mode): (Arc<dyn Port>, _, _, _) = match open(id, &spec)? {
+        let (port, vhost, netns, xdp): (Arc<dyn Port>, _, _, _) = match open(id, &spec)? {
             Device::Tap(tap, ns) => (Arc::new(tap), None, Some(ns), None),
             Device::Vhost(v) => (v.clone(), Some(v), None, None),
             Device::Xdp(x, ns) => {
-                let mode = x.mode();
-                (Arc::new(x), None, Some(ns), Some(mode))
+                let x = Arc::new(x);
+                (x.clone(), None, Some(ns), Some(x))
             }
         };
         let worker = self.pick_worker(inner, &spec.network);
@@ -389,7 +389,7 @@ impl Daemon {
         let impair = self.impair_of(&spec.link);
         let stats = Arc::default();
         let storm = Arc::default();
-        let rec = PortRec { id, spec, netns, port, vhost, xdp_mode, stats, worker, reservations, impair, storm };
+        let rec = PortRec { id, spec, netns, port, vhost, xdp, stats, worker, reservations, impair, storm };
         inner.ports.insert(id, rec);
         Ok(id)
     }
@@ -1032,6 +1032,22 @@ impl SocketOwner {
     }
 }
 
+fn xdp_info(switch_ifname: &str, x: &XdpPort) -> XdpInfo {
+    let mut counters = std::collections::BTreeMap::new();
+    // The sockets' own drops, before a worker saw the frames; an error
+    // (sockets unbound: the veth is going) shows none.
+    if let Ok(k) = x.kernel_stats() {
+        counters.insert("rx_ring_full".to_string(), k.rx_ring_full);
+        counters.insert("rx_fill_ring_empty".to_string(), k.rx_fill_ring_empty);
+        counters.insert("rx_dropped".to_string(), k.rx_dropped);
+        counters.insert("rx_invalid_descs".to_string(), k.rx_invalid_descs);
+        counters.insert("tx_invalid_descs".to_string(), k.tx_invalid_descs);
+        counters.insert("tx_ring_empty".to_string(), k.tx_ring_empty);
+    }
+    counters.insert("port_rx_dropped".to_string(), x.rx_dropped());
+    XdpInfo { switch_ifname: switch_ifname.to_string(), mode: x.mode().to_string(), counters }
+}
+
 fn vhost_info(v: &VhostPort) -> VhostInfo {
     let counters = v.counters().snapshot();
     let acked = v.acked_features();
@@ -1084,10 +1100,7 @@ fn port_info(p: &PortRec, leased: Option<Ipv4Net>) -> PortInfo {
         offloads: p.port.caps().offloads.names().into_iter().map(String::from).collect(),
         counters: p.stats.snapshot(),
         vhost: p.vhost.as_deref().map(vhost_info),
-        afxdp: p.spec.afxdp.as_ref().map(|x| XdpInfo {
-            switch_ifname: x.switch_ifname.clone(),
-            mode: p.xdp_mode.unwrap_or("detached").to_string(),
-        }),
+        afxdp: p.spec.afxdp.as_ref().zip(p.xdp.as_deref()).map(|(spec, x)| xdp_info(&spec.switch_ifname, x)),
         publish: p
             .reservations
             .iter()

@@ -683,8 +683,15 @@ pub struct XdpInfo {
     /// The veth's end in the daemon's namespace, which the sockets are bound to.
     pub switch_ifname: String,
     /// How the redirect program is attached and frames copied: "native, copy"
-    /// (veth's own XDP) or "generic, copy" (the kernel's fallback).
+    /// (veth's own XDP).
     pub mode: String,
+    /// The sockets' drops before a worker saw the frames, summed over the
+    /// queues (the kernel's `XDP_STATISTICS`: `rx_ring_full`,
+    /// `rx_fill_ring_empty`, `rx_dropped`, `rx_invalid_descs`,
+    /// `tx_invalid_descs`, `tx_ring_empty`), and `port_rx_dropped`: frames
+    /// the port dropped (longer than a buffer, a bad descriptor).
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// The vhost-user side of a port (`port ls`).
