@@ -483,3 +483,36 @@ fn gc_removes_attachments_not_in_the_valid_list() {
     assert!(wait_for(5, || !stale.has_link("eth0")), "the stale interface is gone");
     assert!(keep.has_link("eth0"));
 }
+
+#[test]
+fn port_kind_afxdp_gives_the_container_an_af_xdp_port() {
+    if !net_admin() {
+        return;
+    }
+    if std::env::var_os("TAPYARD_IN_USERNS").is_some() {
+        eprintln!("port_kind_afxdp_gives_the_container_an_af_xdp_port: skipped: AF_XDP needs root in the host's user namespace");
+        return;
+    }
+    let d = Daemon::start("cnix");
+    let net = name("cnix");
+    let ctr = Netns::new("cnixc");
+    let mut conf = config(&d, &net, "1.0.0", json!({"type": "tapyard", "subnet": "198.18.44.0/24"}));
+    conf["portKind"] = json!("afxdp");
+    let p = plugin();
+    let add = call("ADD", "ctr-x001", &ctr, "eth0");
+    let r = add_ok(&add, &p, &conf.to_string());
+    assert_eq!(r["ips"][0]["gateway"], "198.18.44.1", "{r}");
+    let port = &ports(&d, &net)[0];
+    let switch_end = port["afxdp"]["switch_ifname"].as_str().unwrap_or_else(|| panic!("an AF_XDP port: {port}"));
+    assert!(ctr.reaches("198.18.44.1"), "the gateway answers through the AF_XDP port");
+    let del = Call { cmd: "DEL", ..add };
+    let (code, out) = del.run(&p, &conf.to_string());
+    assert_eq!(code, 0, "DEL: {out}");
+    assert!(ports(&d, &net).is_empty());
+    let gone = !Command::new("ip").args(["link", "show", "dev", switch_end]).output().unwrap().status.success();
+    assert!(gone, "DEL deleted the veth");
+    // A kind the plugin does not know is the config's error, not a TAP.
+    conf["portKind"] = json!("macvlan");
+    let e = fails(&call("ADD", "ctr-x002", &ctr, "eth1"), &p, &conf.to_string());
+    assert!(e["msg"].as_str().unwrap().contains("macvlan"), "{e}");
+}

@@ -156,6 +156,10 @@ pub struct Config {
     /// the network's, on for ports with an address].
     #[serde(rename = "portSecurity", default)]
     pub port_security: Option<bool>,
+    /// The container's interface (`connect --kind`): "tap" or "afxdp" (a
+    /// veth read through AF_XDP; the daemon must run as root) [default: tap].
+    #[serde(rename = "portKind", default)]
+    pub port_kind: Option<crate::control::proto::PortKind>,
     #[serde(default)]
     pub ipam: Option<Ipam>,
     #[serde(rename = "prevResult", default)]
@@ -327,7 +331,7 @@ fn add(env: &Env, c: &Config, stdin: &[u8]) -> Res<Value> {
             owner: Some(env.container_id.clone()),
             port_security: c.port_security,
             storm_limit: None,
-            kind: None,
+            kind: c.port_kind,
         })?;
         Ok::<_, CniError>((net, port))
     })();
