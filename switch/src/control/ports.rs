@@ -899,17 +899,15 @@ impl TapLink {
         Ok(TapLink { mtu: net.spec.mtu, gateway })
     }
 
+    /// How `spec`'s interface in its namespace is to look.
+    fn config(self, spec: &PortSpec) -> netns::LinkConfig<'_> {
+        netns::LinkConfig { ifname: &spec.ifname, mac: spec.mac, mtu: self.mtu, ip: spec.ip, gateway: self.gateway }
+    }
+
     /// Creates the TAP in `ns`, configured; persistent if `keep` (the state
     /// file already records the port).
     fn create(self, spec: &PortSpec, ns: Netns, queues: usize, keep: bool) -> Result<Device, ApiError> {
-        let cfg = netns::LinkConfig {
-            ifname: &spec.ifname,
-            mac: spec.mac,
-            mtu: self.mtu,
-            ip: spec.ip,
-            gateway: self.gateway,
-        };
-        let tap = netns::create_tap(&ns, cfg, queues, spec.offloads())?;
+        let tap = netns::create_tap(&ns, self.config(spec), queues, spec.offloads())?;
         if keep {
             // Configured and recorded: from now on the interface survives the daemon.
             tap.set_persist(true).map_err(|e| ApiError::system(format!("cannot make the TAP persistent: {e}")))?;
@@ -921,14 +919,7 @@ impl TapLink {
     /// namespace, `spec.ifname` in `ns`, configured) and binds its sockets;
     /// on error the pair is deleted again.
     fn create_veth(self, spec: &PortSpec, switch: &str, ns: Netns, queues: usize) -> Result<Device, ApiError> {
-        let cfg = netns::LinkConfig {
-            ifname: &spec.ifname,
-            mac: spec.mac,
-            mtu: self.mtu,
-            ip: spec.ip,
-            gateway: self.gateway,
-        };
-        netns::create_veth(&ns, cfg, switch, queues)?;
+        netns::create_veth(&ns, self.config(spec), switch, queues)?;
         open_xdp(switch, queues, ns).inspect_err(|_| {
             let _ = netns::delete_own_link(switch);
         })
