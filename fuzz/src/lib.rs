@@ -384,9 +384,9 @@ impl tapyard_switch::control::gateway::Control for GatewayCtl {
 
     fn republish(&self) {}
 
-    fn lease_guarded(&self, _net: &str, mac: Option<[u8; 6]>) -> bool {
+    fn lease_guarded(&self, leases: &[(&str, Option<[u8; 6]>)]) -> bool {
         // Some clients guarded, some not: both of the gateway's ways taken.
-        mac.is_none_or(|m| m[5] & 1 == 0)
+        leases.iter().any(|(_, mac)| mac.is_none_or(|m| m[5] & 1 == 0))
     }
 }
 
