@@ -104,6 +104,15 @@ fn afxdp_ports_switch_to_each_other_to_a_tap_and_to_the_gateway() {
     assert!(pa["counters"]["rx_packets"].as_u64().unwrap() > 1000, "{pa}");
     assert!(pa["counters"]["tx_packets"].as_u64().unwrap() > 1000, "{pa}");
 
+    // port set --down: the container sees its carrier go, and nothing
+    // passes; --up brings both back through the same sockets.
+    d.ok(&["port", "set", &net, &b.name, "--down"]);
+    let no_carrier = || b.run(&["sh", "-c", "ip link show eth0 | grep -q NO-CARRIER"]);
+    assert!(wait_for(5, no_carrier), "the container sees no carrier");
+    assert!(!a.ping_quick("10.91.0.3"));
+    d.ok(&["port", "set", &net, &b.name, "--up"]);
+    assert!(wait_for(10, || a.ping_quick("10.91.0.3")), "traffic flows again after --up\n{}", d.log());
+
     // Disconnect deletes the veth: both ends.
     d.ok(&["disconnect", &net, &a.name]);
     assert!(!host_has(&switch_end), "the switch's end is gone");

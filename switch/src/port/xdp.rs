@@ -560,6 +560,36 @@ fn ethtool<T>(ifname: &str, data: &mut T) -> io::Result<()> {
     Ok(())
 }
 
+/// Brings `ifname` (in the caller's namespace) up or down, as `ip link set
+/// IFNAME up|down` does (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP
+/// changed). On a veth the peer then shows carrier or NO-CARRIER.
+fn set_link_up(ifname: &str, up: bool) -> io::Result<()> {
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {ifname:?}")));
+    }
+    let sock = ioctl_socket()?;
+    // SAFETY: ifreq is plain data; all-zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: `req` names the interface and is live for the call; the
+    // kernel writes the flags member.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS wrote the flags member; every member of the
+    // union is plain data.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    let up_flag = libc::IFF_UP as libc::c_short;
+    req.ifr_ifru.ifru_flags = if up { flags | up_flag } else { flags & !up_flag };
+    // SAFETY: as above; the kernel reads the flags member.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Receive queues of `ifname` in use (ETHTOOL_GCHANNELS: rx + combined).
 fn rx_queues(ifname: &str) -> io::Result<usize> {
     let mut ch = [0u32; 9];
@@ -974,6 +1004,14 @@ impl Port for XdpPort {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Cuts or restores the link (`port set --down|--up`): the switch's end
+    /// goes down or up, so the namespace's end shows NO-CARRIER or carrier,
+    /// as a TAP's carrier does. The sockets stay bound (the kernel unbinds
+    /// them only when the device goes away).
+    fn set_carrier(&self, up: bool) -> io::Result<()> {
+        set_link_up(&self.name, up)
     }
 }
 
