@@ -99,6 +99,9 @@ fn afxdp_ports_switch_to_each_other_to_a_tap_and_to_the_gateway() {
         assert!(pa["afxdp"]["counters"][k].is_u64(), "{k}: {pa}");
     }
     assert_eq!(pa["afxdp"]["counters"]["port_rx_dropped"], 0, "no frame too long for a chunk: {pa}");
+    let stats = d.json(&["stats"]);
+    let sa = stats["ports"].as_array().unwrap().iter().find(|p| p["netns"] == a.name.as_str()).cloned().unwrap();
+    assert!(sa["afxdp_counters"]["rx_ring_full"].is_u64(), "stats carries the sockets' counters: {sa}");
     let table = d.ok(&["port", "ls", &net]);
     assert!(table.contains(&format!("afxdp(native):{switch_end}")), "{table}");
     assert!(pa["counters"]["rx_packets"].as_u64().unwrap() > 1000, "{pa}");

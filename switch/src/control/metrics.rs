@@ -356,6 +356,15 @@ pub fn render(s: &StatsInfo) -> String {
                 .map_or_else(|| format!("vhost-user port counter {name} (docs/stats.md)."), str::to_string);
             e.counter(&format!("tapyard_vhost_{name}_total"), &help, l, *v);
         }
+        for (name, v) in &p.afxdp_counters {
+            let help = match name.as_str() {
+                "rx_ring_full" => "AF_XDP port: frames the kernel dropped because the socket's RX ring was full (the worker fell behind).",
+                "rx_fill_ring_empty" => "AF_XDP port: times the kernel found no free buffer in the fill ring.",
+                "port_rx_dropped" => "AF_XDP port: frames the port dropped (longer than a buffer, or a bad descriptor).",
+                _ => "AF_XDP port: a counter of the kernel's XDP_STATISTICS (docs/stats.md).",
+            };
+            e.counter(&format!("tapyard_afxdp_{name}_total"), help, l, *v);
+        }
     }
     for n in &s.networks {
         let l: &[(&str, &str)] = &[("network", &n.name)];
@@ -471,6 +480,9 @@ mod tests {
             };
             p.counters.rx_packets = 7;
             p.counters.drops.insert("runt".into(), 3);
+            if id == 2 {
+                p.afxdp_counters.insert("rx_ring_full".into(), 9);
+            }
             s.ports.push(p);
         }
         s.networks.push(NetworkStatsInfo { name: "n".into(), ..Default::default() });
@@ -490,6 +502,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(",reason=\"runt\"} 3\n"), "{text}");
+        assert!(text.contains("# TYPE tapyard_afxdp_rx_ring_full_total counter\n"), "{text}");
+        assert!(text.contains("tapyard_afxdp_rx_ring_full_total{network=\"n\",port=\"2\""), "{text}");
         assert!(text.contains("tapyard_worker_busy_seconds_total{worker=\"0\"} 1.5\n"), "{text}");
         // Samples of a metric follow its TYPE line without another metric in between.
         let lines: Vec<&str> = text.lines().collect();

@@ -1024,7 +1024,13 @@ impl SocketOwner {
 }
 
 fn xdp_info(switch_ifname: &str, x: &XdpPort) -> XdpInfo {
-    let mut counters = std::collections::BTreeMap::new();
+    XdpInfo { switch_ifname: switch_ifname.to_string(), mode: x.mode().to_string(), counters: xdp_counters(x) }
+}
+
+/// An AF_XDP port's own counters (`port ls`'s `afxdp.counters`, `stats`'s
+/// `afxdp_counters`, the `tapyard_afxdp_*` metrics).
+pub(super) fn xdp_counters(x: &XdpPort) -> BTreeMap<String, u64> {
+    let mut counters = BTreeMap::new();
     // The sockets' own drops, before a worker saw the frames; an error
     // (sockets unbound: the veth is going) shows none.
     if let Ok(k) = x.kernel_stats() {
@@ -1036,7 +1042,7 @@ fn xdp_info(switch_ifname: &str, x: &XdpPort) -> XdpInfo {
         counters.insert("tx_ring_empty".to_string(), k.tx_ring_empty);
     }
     counters.insert("port_rx_dropped".to_string(), x.rx_dropped());
-    XdpInfo { switch_ifname: switch_ifname.to_string(), mode: x.mode().to_string(), counters }
+    counters
 }
 
 fn vhost_info(v: &VhostPort) -> VhostInfo {

@@ -891,6 +891,10 @@ pub struct PortStatsInfo {
     /// ring was empty, kicks, calls); absent for a TAP.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub vhost_counters: std::collections::BTreeMap<String, u64>,
+    /// An AF_XDP port's sockets' drops (as `afxdp.counters` in the port
+    /// object); absent for other ports.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub afxdp_counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// `stats`: one network, its ports' counters summed.

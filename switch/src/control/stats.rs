@@ -263,6 +263,7 @@ impl Daemon {
                     counters: p.stats.snapshot(),
                     rates: sampler.port_rates(p.id, &p.stats),
                     vhost_counters: p.vhost.as_deref().map(|v| v.counters().snapshot()).unwrap_or_default(),
+                    afxdp_counters: p.xdp.as_deref().map(super::ports::xdp_counters).unwrap_or_default(),
                 }
             })
             .collect();
@@ -278,6 +279,7 @@ impl Daemon {
                 counters: u.port_stats.snapshot(),
                 rates: sampler.port_rates(u.port_id, &u.port_stats),
                 vhost_counters: Default::default(),
+                afxdp_counters: Default::default(),
             });
         }
         out.sort_by_key(|p| p.id);
