@@ -489,8 +489,11 @@ fn port_kind_afxdp_gives_the_container_an_af_xdp_port() {
     if !net_admin() {
         return;
     }
-    if std::env::var_os("TAPYARD_IN_USERNS").is_some() {
-        eprintln!("port_kind_afxdp_gives_the_container_an_af_xdp_port: skipped: AF_XDP needs root in the host's user namespace");
+    if !common::initial_userns() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "port_kind_afxdp_gives_the_container_an_af_xdp_port: skipped: AF_XDP needs root in the host's user namespace"
+        );
         return;
     }
     let d = Daemon::start("cnix");

@@ -71,6 +71,15 @@ pub fn net_admin() -> bool {
     false
 }
 
+/// Whether this process runs in the host's (initial) user namespace, whose
+/// uid map is the identity over every id: where root has the capabilities
+/// that only count there (CAP_BPF for XDP programs). Not so in
+/// scripts/test.sh's user-namespace run or scripts/test-rootless.sh's pass.
+pub fn initial_userns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+}
+
 /// Fails the calling test, with the Debian package that provides it, when `tool`
 /// is not on PATH. Peers are never optional: a test without its peer fails.
 pub fn need(tool: &str, package: &str) {
