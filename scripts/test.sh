@@ -29,7 +29,7 @@ if [ "$(id -u)" -ne 0 ] && [ -z "${TAPYARD_IN_USERNS:-}" ]; then
   env TAPYARD_IN_USERNS=1 unshare --user --map-root-user --net --mount -- "$0" "$@"
   fuzz_skip=""
   if [ -n "${TAPYARD_SKIP_FUZZ:-}" ]; then fuzz_skip="; fuzz smoke (TAPYARD_SKIP_FUZZ is set)"; fi
-  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker, rootless podman, vm-guest and AF_XDP ports (they need root)$fuzz_skip"
+  echo "test.sh: summary: all passed; SKIPPED: rootless pass as nobody, rootless uplink, rootless Docker, rootless podman, vm-guest, AF_XDP ports and CPU steering (they need root)$fuzz_skip"
   exit 0
 fi
 if [ -n "${TAPYARD_IN_USERNS:-}" ]; then
@@ -80,7 +80,7 @@ if [ -n "${TAPYARD_SKIP_ROOTLESS:-}" ]; then
 else
   scripts/test-rootless.sh
   skipped+=("tests/cni_podman.rs in the rootless pass (rootful podman cannot run as root of a single-uid user namespace here; it runs in the root pass; rootless podman itself is scripts/test-rootless-podman.sh)")
-  skipped+=("AF_XDP ports (tests/afxdp.rs, the portKind test of tests/cni.rs) in the rootless pass (XDP programs need CAP_BPF in the host's user namespace; the root pass runs them)")
+  skipped+=("AF_XDP ports and CPU steering (tests/afxdp.rs, tests/steering.rs, the portKind test of tests/cni.rs) in the rootless pass (BPF programs need CAP_BPF in the host's user namespace; the root pass runs them)")
   skipped+=("a second user in tests/control_socket.rs in the rootless pass (a single-uid user namespace has no other user to refuse; the root pass refuses a throwaway user and admits it through --socket-group)")
   skipped+=("containers in tests/docker_real.rs in the rootless pass (a rootful dockerd started as root of a single-uid user namespace makes tapyard networks, but runc cannot start containers there: devpts gid 5 is unmapped; the root pass runs them, and scripts/test-docker-rootless.sh runs them under Docker's own rootless mode)")
 fi

@@ -54,7 +54,8 @@ pub struct BenchArgs {
     pub against: Vec<Baseline>,
     /// tapyard data paths, comma-separated: switched (A and B on one network), routed
     /// (on two networks joined by a router), busy (switched, daemon --poll busy), afxdp
-    /// (switched, both ports `connect --kind afxdp`; not in the default set), or none.
+    /// (switched, both ports `connect --kind afxdp`), steer (switched, daemon
+    /// --tap-steering cpu); the last two not in the default set; or none.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "switched,routed,busy", value_name = "LIST")]
     pub paths: Vec<TapyardPath>,
     /// Seconds of each iperf3 and ping-pong measurement.
@@ -147,6 +148,7 @@ pub enum TapyardPath {
     Routed,
     Busy,
     Afxdp,
+    Steer,
     #[value(name = "none")]
     Nothing,
 }

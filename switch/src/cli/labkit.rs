@@ -465,7 +465,7 @@ pub struct Segment {
 
 /// An L2 segment that namespaces attach to.
 pub trait Backend {
-    /// Short name (bridge, vde, ovs, ovs-tso, tapyard, tapyard-routed, tapyard-busy, tapyard-afxdp).
+    /// Short name (bridge, vde, ovs, ovs-tso, tapyard, tapyard-routed, tapyard-busy, tapyard-afxdp, tapyard-steer).
     fn name(&self) -> &str;
     /// A title for people.
     fn title(&self) -> &str;
@@ -717,6 +717,8 @@ pub enum TapyardMode {
     Busy,
     /// As `Switched`, both ports AF_XDP (`connect --kind afxdp`).
     Afxdp,
+    /// As `Switched`, the daemon started with `--tap-steering cpu`.
+    Steer,
 }
 
 /// A tapyard daemon started by this backend (this very executable, or
@@ -816,6 +818,7 @@ impl Backend for Tapyard {
             TapyardMode::Routed => "tapyard-routed",
             TapyardMode::Busy => "tapyard-busy",
             TapyardMode::Afxdp => "tapyard-afxdp",
+            TapyardMode::Steer => "tapyard-steer",
         }
     }
     fn title(&self) -> &str {
@@ -824,10 +827,15 @@ impl Backend for Tapyard {
             TapyardMode::Routed => "tapyard, routed",
             TapyardMode::Busy => "tapyard, switched, --poll busy",
             TapyardMode::Afxdp => "tapyard, switched, AF_XDP ports",
+            TapyardMode::Steer => "tapyard, switched, --tap-steering cpu",
         }
     }
     fn up(&mut self, lab: &mut Lab, ends: &[Endpoint]) -> Res<Segment> {
-        let extra: &[&str] = if self.mode == TapyardMode::Busy { &["--poll", "busy"] } else { &[] };
+        let extra: &[&str] = match self.mode {
+            TapyardMode::Busy => &["--poll", "busy"],
+            TapyardMode::Steer => &["--tap-steering", "cpu"],
+            _ => &[],
+        };
         let pid = self.start(lab, extra)?;
         let workers = self.workers.map(|w| format!(", --workers {w}")).unwrap_or_default();
         let (topo, addrs) = bench_topology(self.mode, ends)?;
@@ -845,6 +853,7 @@ impl Backend for Tapyard {
             ),
             TapyardMode::Busy => format!("as tapyard, the daemon started with --poll busy{workers}"),
             TapyardMode::Afxdp => format!("as tapyard, both ports `--kind afxdp` (veth + AF_XDP){workers}"),
+            TapyardMode::Steer => format!("as tapyard, the daemon started with --tap-steering cpu{workers}"),
             TapyardMode::Switched => {
                 format!("tapyard daemon, A and B on one network (--ipam none: pure L2){workers}")
             }

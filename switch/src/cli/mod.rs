@@ -220,6 +220,13 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = crate::punt::PUNT_DEPTH as u32,
           value_parser = clap::value_parser!(u32).range(crate::punt::PUNT_DEPTH_MIN as i64..=1 << 20))]
     pub punt_depth: u32,
+    /// Which TAP queue (so which worker) gets a frame a container sends:
+    /// `flow`, the kernel's flow hashing; `cpu`, the queue of the CPU the
+    /// sender runs on (an eBPF steering program; workers are pinned, so the
+    /// wake-up stays on that core): lower request/response latency, lower
+    /// bulk TCP (docs/PERFORMANCE.md). Needs BPF (root); else `flow`.
+    #[arg(long, value_enum, default_value_t = TapSteering::Flow)]
+    pub tap_steering: TapSteering,
     /// `tap`: a TAP port into the daemon's own namespace (the host's, as
     /// root) through which networks with egress reach the world, NATed by
     /// the kernel (docs/EGRESS.md); `none`: no network reaches beyond
@@ -293,6 +300,13 @@ pub enum NetnsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `daemon --tap-steering`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapSteering {
+    Flow,
+    Cpu,
 }
 
 /// `connect --kind`.
@@ -875,6 +889,10 @@ fn run(cmd: Cmd, socket: PathBuf, socket_given: bool) -> anyhow::Result<i32> {
                 storm_limit: a.storm_limit,
                 dhcp_leases_per_port: a.dhcp_leases_per_port,
                 punt_depth: a.punt_depth as usize,
+                tap_steering: match a.tap_steering {
+                    TapSteering::Flow => crate::port::tap::Steering::Flow,
+                    TapSteering::Cpu => crate::port::tap::Steering::Cpu,
+                },
                 default_pools,
                 uplink,
                 docker_plugin: a

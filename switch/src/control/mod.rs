@@ -139,6 +139,9 @@ pub struct Config {
     /// (`daemon --punt-depth`); beyond, punted frames are dropped and
     /// counted as `gateway_full`.
     pub punt_depth: usize,
+    /// Which queue of a TAP a frame the node sends goes to
+    /// (`daemon --tap-steering`, port/tap.rs).
+    pub tap_steering: crate::port::tap::Steering,
 }
 
 impl Config {
@@ -160,6 +163,7 @@ impl Config {
             storm_limit: crate::security::DEFAULT_STORM_LIMIT,
             dhcp_leases_per_port: DEFAULT_LEASES_PER_PORT,
             punt_depth: crate::punt::PUNT_DEPTH,
+            tap_steering: crate::port::tap::Steering::Flow,
         }
     }
 }
@@ -302,6 +306,8 @@ impl Daemon {
         // The cores this process may run on (its cpuset), read once here:
         // from an already-pinned thread it would be one core (DEPENDENCIES §5).
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        // Before any TAP is opened (restored ports, the uplink).
+        crate::port::tap::set_steering(cfg.tap_steering);
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers.max(1) {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);

@@ -14,6 +14,7 @@
 // ioctls, raw fds and guest memory. Every block carries a SAFETY note.
 #![allow(unsafe_code)]
 
+mod bpf;
 pub mod mem;
 pub mod ns;
 pub mod sys;

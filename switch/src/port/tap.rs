@@ -15,6 +15,17 @@
 //!   kernel then segments and checksums before we read, and the worker
 //!   finishes frames in software before writing to such a port.
 //!
+//! Queue steering (`daemon --tap-steering`, [`set_steering`]): which queue
+//! the kernel puts a frame the node sends on. `flow` (the default) is the
+//! kernel's own: by flow hash, following where we last wrote the flow.
+//! `cpu` attaches a two-instruction eBPF program (TUNSETSTEERINGEBPF,
+//! [`super::bpf::cpu_steering`]) that picks the queue of the CPU the sender
+//! runs on: worker c, pinned to core c, reads it, so the wake-up is local.
+//! It halves neither throughput nor wake-ups everywhere: docs/PERFORMANCE.md
+//! has the trade-off (request/response latency down, bulk TCP down). A
+//! kernel or user that cannot load it (unprivileged BPF is off on Debian)
+//! gets `flow`, with a warning.
+//!
 //! The device is made persistent (`TUNSETPERSIST`, [`Port::keep`]) once it
 //! is configured and the state file records it, so that a daemon killed with
 //! SIGKILL, or stopped with SIGTERM/SIGINT, leaves the interface in its
@@ -45,10 +56,55 @@ use crate::wire::vnet::VNET_HDR_LEN;
 /// Largest number of queues Linux allows on a TAP (`MAX_TAP_QUEUES`).
 pub const MAX_QUEUES: usize = 256;
 
+/// `TUNSETSTEERINGEBPF`, `_IOR('T', 224, int)` (Linux 4.16+; not in libc).
+const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+
+/// How the kernel picks the queue of a frame the node sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Steering {
+    /// The kernel's: by flow hash (automatic queue selection).
+    #[default]
+    Flow,
+    /// The sending CPU's queue, by an eBPF program.
+    Cpu,
+}
+
+static STEERING: std::sync::OnceLock<Steering> = std::sync::OnceLock::new();
+
+/// Sets the steering of every multi-queue TAP opened from now on, once, at
+/// the daemon's start (`daemon --tap-steering`); later calls do nothing.
+pub fn set_steering(s: Steering) {
+    let _ = STEERING.set(s);
+}
+
+/// Puts `want` in force on the device of `q0` (device-wide), and clears a
+/// program a previous daemon left on a persistent TAP when `want` is
+/// `Flow`. Returns what is in force.
+fn steer(q0: &OwnedFd, queues: usize, want: Steering) -> Steering {
+    let set = |fd: libc::c_int| {
+        // SAFETY: the ioctl reads one int (a program fd, or -1 to detach) through the reference.
+        if unsafe { ioctl_with_ref(q0, TUNSETSTEERINGEBPF as _, &fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if want == Steering::Cpu && queues > 1 {
+        // The device keeps its own reference to the program; ours closes here.
+        match super::bpf::cpu_steering().and_then(|p| set(p.as_raw_fd())) {
+            Ok(()) => return Steering::Cpu,
+            Err(e) => tracing::warn!(error = %e, "cannot steer TAP queues by CPU; the kernel's flow steering instead"),
+        }
+    }
+    // Nothing to detach on kernels without the ioctl, or with no program.
+    let _ = set(-1);
+    Steering::Flow
+}
+
 pub struct TapPort {
     queues: Vec<OwnedFd>,
     name: String,
     offloads: Offloads,
+    steering: Steering,
 }
 
 /// Flags of every queue we open: they must be the same on each.
@@ -179,7 +235,13 @@ impl TapPort {
         for _ in 1..queues.clamp(1, MAX_QUEUES) {
             fds.push(open_queue(&name, false)?.0);
         }
-        Ok(TapPort { queues: fds, name, offloads })
+        let steering = steer(&fds[0], fds.len(), STEERING.get().copied().unwrap_or_default());
+        Ok(TapPort { queues: fds, name, offloads, steering })
+    }
+
+    /// The queue steering in force on the device.
+    pub fn steering(&self) -> Steering {
+        self.steering
     }
 
     /// Sets the carrier the kernel shows for the interface (TUNSETCARRIER,

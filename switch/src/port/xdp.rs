@@ -69,6 +69,10 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::bpf::{
+    self, bpf, bpf_fd, name16, Insn, LinkCreate, MapCreate, MapUpdate, BPF_LINK_CREATE, BPF_MAP_CREATE,
+    BPF_MAP_UPDATE_ELEM,
+};
 use super::{Offloads, Port, PortCaps, RecvReport, RecvState, SendReport};
 use crate::packet::{Batch, HEADROOM};
 use crate::wire::vnet::{VnetHdr, VNET_HDR_LEN};
@@ -95,10 +99,6 @@ const _: () = assert!(RING as usize >= FILL_CHUNKS && RING.is_power_of_two() && 
 const ETH_HLEN: usize = 14;
 
 // bpf(2) constants (include/uapi/linux/bpf.h, if_link.h).
-const BPF_MAP_CREATE: libc::c_int = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
-const BPF_PROG_LOAD: libc::c_int = 5;
-const BPF_LINK_CREATE: libc::c_int = 28;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -318,103 +318,6 @@ pub struct XdpPort {
     rx_dropped: AtomicU64,
 }
 
-/// One BPF instruction (`struct bpf_insn`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-impl Insn {
-    const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-        // The register nibbles are a C bitfield: dst is the low one on
-        // little-endian hosts, the high one on big-endian hosts.
-        let regs = if cfg!(target_endian = "little") { dst | (src << 4) } else { (dst << 4) | src };
-        Insn { code, regs, off, imm }
-    }
-}
-
-/// `bpf_attr` for BPF_MAP_CREATE (the prefix we use; the kernel zeroes the rest).
-#[repr(C)]
-struct MapCreate {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
-}
-
-/// `bpf_attr` for BPF_MAP_UPDATE_ELEM.
-#[repr(C)]
-struct MapUpdate {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// `bpf_attr` for BPF_PROG_LOAD (prefix).
-#[repr(C)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-/// `bpf_attr` for BPF_LINK_CREATE (prefix).
-#[repr(C)]
-struct LinkCreate {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
-/// bpf(2) with `attr`; returns the new fd for commands that make one.
-fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live repr(C) prefix of `union bpf_attr`, of the
-    // size passed; the kernel reads it (and zeroes the rest of its copy).
-    // Pointers inside it are to buffers the caller keeps alive for the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, (attr as *mut T).cast::<libc::c_void>(), std::mem::size_of::<T>() as u32)
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn bpf_fd<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<OwnedFd> {
-    let fd = bpf(cmd, attr)? as RawFd;
-    // SAFETY: the kernel just returned this new fd (O_CLOEXEC); we own it alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn name16(s: &str) -> [u8; 16] {
-    let mut n = [0u8; 16];
-    for (d, c) in n.iter_mut().zip(s.bytes().take(15)) {
-        *d = c;
-    }
-    n
-}
-
 fn xskmap(entries: u32) -> io::Result<OwnedFd> {
     let mut a = MapCreate {
         map_type: BPF_MAP_TYPE_XSKMAP,
@@ -457,39 +360,9 @@ fn program(map: &OwnedFd) -> [Insn; 6] {
     ]
 }
 
-/// Loads `insns` as an XDP program. On failure, loads again with a log
-/// buffer and puts the verifier's log in the error.
+/// Loads `insns` as an XDP program (see [`bpf::load`]).
 fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
-    static LICENSE: &[u8] = b"Dual MIT/GPL\0";
-    let attr = |log: &mut [u8]| ProgLoad {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: LICENSE.as_ptr() as u64,
-        log_level: u32::from(!log.is_empty()),
-        log_size: log.len() as u32,
-        log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
-        kern_version: 0,
-        prog_flags: 0,
-        prog_name: name16("tapyard_xsk"),
-        prog_ifindex: 0,
-        expected_attach_type: BPF_XDP,
-    };
-    match bpf_fd(BPF_PROG_LOAD, &mut attr(&mut [])) {
-        Ok(fd) => Ok(fd),
-        Err(first) => {
-            let mut log = vec![0u8; 64 * 1024];
-            let again = bpf_fd(BPF_PROG_LOAD, &mut attr(&mut log));
-            let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(log.len())]);
-            match again {
-                Ok(fd) => Ok(fd),
-                Err(_) => Err(io::Error::new(
-                    first.kind(),
-                    format!("cannot load the XDP program: {first}; verifier log: {}", text.trim_end()),
-                )),
-            }
-        }
-    }
+    bpf::load(insns, BPF_PROG_TYPE_XDP, BPF_XDP, "tapyard_xsk")
 }
 
 /// Attaches `prog` to `ifindex` through a BPF link: driver mode, else

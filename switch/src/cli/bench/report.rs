@@ -152,10 +152,13 @@ pub fn render_md(results: &Results, view: &View<'_>) -> String {
         s += &table(results, plan, "vde");
     }
     if have.contains("tapyard")
-        && (have.contains("tapyard-routed") || have.contains("tapyard-busy") || have.contains("tapyard-afxdp"))
+        && (have.contains("tapyard-routed")
+            || have.contains("tapyard-busy")
+            || have.contains("tapyard-afxdp")
+            || have.contains("tapyard-steer"))
     {
         s += "\nRatio to tapyard switched (routed / switched: what routing costs; busy / switched: what busy polling buys; \
-              afxdp / switched: what AF_XDP ports buy over TAPs):\n\n";
+              afxdp / switched: what AF_XDP ports buy over TAPs; steer / switched: what CPU steering buys):\n\n";
         s += &table(results, plan, "tapyard");
     }
     s.push('\n');

@@ -119,6 +119,9 @@ pub fn paths(against: &[Baseline], ty: &[TapyardPath]) -> Vec<&'static str> {
     if ty.contains(&TapyardPath::Afxdp) {
         out.push("tapyard-afxdp");
     }
+    if ty.contains(&TapyardPath::Steer) {
+        out.push("tapyard-steer");
+    }
     out
 }
 
@@ -461,6 +464,7 @@ impl Run<'_> {
             "tapyard-routed" => ty(TapyardMode::Routed),
             "tapyard-busy" => ty(TapyardMode::Busy),
             "tapyard-afxdp" => ty(TapyardMode::Afxdp),
+            "tapyard-steer" => ty(TapyardMode::Steer),
             _ => ty(TapyardMode::Switched),
         }
     }

@@ -177,7 +177,7 @@ impl<'de> Deserialize<'de> for Figures {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PathResult {
-    /// bridge, vde, ovs, ovs-tso, tapyard, tapyard-routed, tapyard-busy, tapyard-afxdp.
+    /// bridge, vde, ovs, ovs-tso, tapyard, tapyard-routed, tapyard-busy, tapyard-afxdp, tapyard-steer.
     pub name: String,
     pub status: Status,
     pub reason: Option<String>,
