@@ -947,12 +947,9 @@ fn open_xdp(switch: &str, queues: usize, ns: Netns) -> Result<Device, ApiError> 
 /// the port's identity (network and MAC, unique on a network), so that a
 /// restart finds it again and one left by a killed daemon is recognised.
 fn switch_ifname(network: &str, mac: MacAddr) -> String {
-    // FNV-1a, 32 bits: "tyx" + 8 hex digits = 11 bytes, under IFNAMSIZ.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in network.bytes().chain([0]).chain(mac.0) {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
-    format!("tyx{h:08x}")
+    let seed: Vec<u8> = network.bytes().chain([0]).chain(mac.0).collect();
+    // "tyx" + 8 hex digits (the hash's low 32 bits) = 11 bytes, under IFNAMSIZ.
+    format!("tyx{:08x}", crate::wire::fnv1a(&seed) as u32)
 }
 
 fn parse_unicast_mac(m: &str) -> Result<MacAddr, ApiError> {

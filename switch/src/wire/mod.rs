@@ -69,16 +69,22 @@ impl MacAddr {
     /// get the same MAC across reconnects and daemon restarts, so neighbour
     /// caches in containers stay valid.
     pub fn stable_local(seed: &[u8]) -> MacAddr {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in seed {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        let mut m = MacAddr::from_u64(h);
+        let mut m = MacAddr::from_u64(fnv1a(seed));
         // Unicast (I/G = 0), locally administered (U/L = 1).
         m.0[0] = (m.0[0] & 0xfc) | 0x02;
         m
     }
+}
+
+/// FNV-1a, 64 bits, over `bytes`: a stable (not keyed, not secret) hash for
+/// names and addresses derived from a port's identity.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl fmt::Display for MacAddr {
